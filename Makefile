@@ -1,0 +1,60 @@
+# llm4all-recipes — one environment (.venv) from the committed lock file (constraints.txt).
+#   make demo    fresh machine: create .venv, install, run the offline demo on the tiny default
+#   make test    the test suite (CI runs it through .ci/run)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# pip 23 (Python 3.11's bundled pip) cannot resolve huggingface-hub's `hf_xet` extra: pin a recent one.
+PIP_VERSION ?= 26.3
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test quality style bench lock clean help
+
+help:
+	@echo "make demo | test | install | quality | style | bench | lock | clean"
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check "pip==$(PIP_VERSION)"
+	@# torch first, from its CPU build: a plain `torch` requirement would pull a multi-GB CUDA build
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	@# lighteval downloads tinyBenchmarks.pkl at import unless the file exists: write a placeholder
+	$(PY) -c "import importlib.util, pathlib; p = pathlib.Path(importlib.util.find_spec('lighteval').origin).parent / 'tasks' / 'tasks' / 'tinyBenchmarks.pkl'; p.exists() or p.write_bytes(b'')"
+	$(PIP) check
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/llm4all demo
+
+test: install
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=20 $(PYTEST_ARGS) tests
+
+quality: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/llm4all validate recipes
+
+style: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	OMP_NUM_THREADS=2 $(PY) benchmarks/run_all.py
+
+# Refresh the lock after changing install_requires (review the diff before committing).
+lock: install
+	{ sed -n '1,3p' constraints.txt; $(PIP) freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf outputs hub .pytest_cache .ruff_cache

@@ -1,0 +1,135 @@
+"""The one entry point: `llm4all <stage> --config RECIPE.yaml [--key value ...]`.
+
+`python -m llm4all_recipes <stage> ...` is the same program, so `accelerate launch -m llm4all_recipes
+<stage> ...` and `torchrun -m llm4all_recipes <stage> ...` work for every stage that trains.
+Recipe and input errors print one line naming the file and the key, and exit with status 2.
+"""
+
+import difflib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import RecipeError
+
+USAGE = """usage: llm4all <command> [--config RECIPE.yaml] [--key value ...]
+
+stages (recipes/<model>/<stage>/<variant>.yaml):
+  tiny-model   build the embedded default: tiny Llama + French tokenizer (no args: the tiny-llama recipe)
+  sft          supervised fine-tuning on conversations (TRL SFTTrainer)
+  pipeline     run stage recipes in order, skipping finished ones
+
+commands:
+  validate [PATH ...]   check recipes (default: recipes/) without running them
+  demo                  the offline demo: the tiny-llama pipeline
+
+`llm4all <stage> --help` lists every key of a stage's recipe.
+"""
+
+DEMO_PIPELINE = "recipes/tiny-llama/pipeline.yaml"
+DEFAULT_RECIPES = {"tiny-model": "recipes/tiny-llama/tiny-model/base.yaml"}
+
+
+def _setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def collect_recipes(targets: Sequence[str]) -> list[Path]:
+    """YAML files under the targets, recursively, skipping accelerate_configs/."""
+    files: list[Path] = []
+    for target in targets:
+        path = Path(target)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.y*ml") if "accelerate_configs" not in p.parts)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise RecipeError("no such file or folder", source=str(path))
+    return files
+
+
+def validate(targets: Sequence[str]) -> int:
+    """Check recipes (stage from the folder name) without running them."""
+    from .configs import RECIPES, parse_recipe
+    from .paths import stage_of
+
+    files = collect_recipes(targets or ["recipes"])
+    failed = 0
+    for path in files:
+        stage = stage_of(path)
+        try:
+            if stage not in RECIPES:
+                raise RecipeError(
+                    f"cannot tell the stage: put the recipe under recipes/<model>/<stage>/ with <stage> one of "
+                    f"{', '.join(RECIPES)}",
+                    source=str(path),
+                )
+            parse_recipe(stage, ["--config", str(path)], static=True)
+            print(f"ok    {path}  ({stage})")
+        except RecipeError as err:
+            failed += 1
+            print(f"FAIL  {err}")
+    print(f"{len(files) - failed}/{len(files)} recipes valid")
+    return 2 if failed else 0
+
+
+def run_stage(stage: str, argv: Sequence[str], callbacks=None):
+    """Parse and check a stage's recipe, then run it; returns the stage's result (metrics)."""
+    from .configs import parse_recipe
+    from .paths import resolve_in_repo
+    from .stages import runner
+
+    argv = list(argv)
+    if stage in DEFAULT_RECIPES and not any(a == "--config" or a.startswith("--config=") for a in argv):
+        argv = ["--config", resolve_in_repo(DEFAULT_RECIPES[stage]), *argv]
+    recipe = parse_recipe(stage, argv)
+    return runner(stage)(recipe, callbacks=callbacks)
+
+
+def _help(stage: str) -> int:
+    from .configs import RECIPES, _Parser
+
+    parser = _Parser(RECIPES[stage])
+    parser.prog = f"llm4all {stage} --config RECIPE.yaml"
+    parser.print_help()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    from .configs import RECIPES
+
+    _setup_logging()
+    try:
+        if command == "validate":
+            return validate(rest)
+        if command == "demo":
+            from .paths import resolve_in_repo
+
+            run_stage("pipeline", ["--config", resolve_in_repo(DEMO_PIPELINE), *rest])
+            return 0
+        if command in RECIPES:
+            if "-h" in rest or "--help" in rest:
+                return _help(command)
+            run_stage(command, rest)
+            return 0
+        close = difflib.get_close_matches(command, [*RECIPES, "validate", "demo"], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        print(f"error: unknown command '{command}'{hint}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,636 @@
+"""Typed recipes: one dataclass per stage, parsed with TRL's parser (`trl.TrlParser`).
+
+A recipe is `recipes/<model>/<stage>/<variant>.yaml`. Its top-level keys are the fields of the stage's
+dataclass below (each with `help` metadata: `llm4all <stage> --help` lists them all); `--key value` on
+the command line overrides a top-level key. `parse_recipe` checks everything before any model is
+loaded — unknown keys, types, choices, files, value ranges — and raises `RecipeError` naming the file,
+the key and its line.
+"""
+
+import dataclasses
+import difflib
+import enum
+import json
+import os
+import re
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from trl import SFTConfig, TrlParser
+
+from . import paths
+from .errors import RecipeError
+
+
+def arg(default: Any = dataclasses.MISSING, *, help: str, factory: Any = None, **metadata: Any) -> Any:
+    """A dataclass field with its `help` (shown by `--help` and in docs/RECIPES.md)."""
+    metadata["help"] = help
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# --------------------------------------------------------------------------- dataset mixture
+@dataclass
+class DatasetSource:
+    """One entry of a dataset mixture (`datasets:` / `eval_datasets:` lists of a recipe)."""
+
+    path: str = arg(
+        help="Hub dataset id, local folder (save_to_disk or Hub parquet layout) or a .json/.jsonl/.parquet/.csv file."
+    )
+    name: str | None = arg(None, help="Configuration name, for Hub datasets that have several.")
+    split: str = arg("train", help="Split to read. A single file only has the 'train' split.")
+    columns: list[str] | dict[str, str] | None = arg(
+        None,
+        help="Columns to keep, or a {source_name: stage_name} mapping that renames then keeps. "
+        "Default: the stage's own columns (`messages` for chat stages, `text` for text stages).",
+    )
+    weight: float = arg(
+        1.0,
+        help="Share of the training mixture: of rows for chat stages, of tokens for text stages "
+        "(weights are normalised). Ignored for eval sets, which are used whole.",
+    )
+    repeat: bool = arg(False, help="Allow repeating this source when it is too small for its share.")
+
+    @property
+    def label(self) -> str:
+        """Short name used in metrics (`eval_<label>_loss`) and reports."""
+        stem = Path(self.path.rstrip("/")).name
+        for suffix in (".jsonl", ".json", ".parquet", ".csv"):
+            stem = stem.removesuffix(suffix)
+        return stem if self.split in ("train", stem) else f"{stem}_{self.split}"
+
+
+@dataclass
+class MixtureArgs:
+    datasets: list[DatasetSource] = arg(
+        factory=list,
+        help="Training mixture: a list of sources (path, name, split, columns, weight, repeat). Each source is "
+        "shuffled (data_seed, else seed) before it is subsampled to its share.",
+    )
+    eval_datasets: list[DatasetSource] = arg(
+        factory=list,
+        help="Held-out sets, each used whole and reported under its own name. Never carved out of a "
+        "training source: a source listed in both `datasets` and `eval_datasets` is an error.",
+    )
+    mixture_size: int | None = arg(
+        None,
+        help="Total size of the training mixture, in rows (chat stages) or tokens (text stages). Default: the "
+        "largest total for which every non-repeated source can supply its share.",
+    )
+
+
+# --------------------------------------------------------------------------- common keys
+@dataclass
+class RunArgs:
+    overwrite_output_dir: bool = arg(
+        False, help="Replace an existing output_dir (and restart an interrupted run) instead of failing."
+    )
+    dry_run: bool = arg(
+        False,
+        help="Print the resolved recipe, the token count and the number of steps, then exit (no model).",
+    )
+
+
+@dataclass
+class ModelArgs:
+    model_name_or_path: str | None = arg(
+        None, help="Hub model id, or a local folder such as a previous stage's output_dir."
+    )
+    model_revision: str | None = arg(None, help="Hub revision (branch, tag or commit) of the model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = arg(
+        "auto", help="Dtype of the loaded weights ('auto' keeps the checkpoint's)."
+    )
+    attn_implementation: str | None = arg(
+        None, help="Attention kernel: eager, sdpa, flash_attention_2 ... (default: transformers' choice)."
+    )
+    use_peft: bool = arg(False, help="Train LoRA adapters (peft) instead of the full model.")
+    lora_r: int = arg(16, help="LoRA rank.")
+    lora_alpha: int = arg(32, help="LoRA alpha (scaling = alpha / r).")
+    lora_dropout: float = arg(0.05, help="LoRA dropout.")
+    lora_target_modules: list[str] | None = arg(
+        None, help="Module names to adapt (default: all linear layers)."
+    )
+    merge_lora: bool = arg(
+        True,
+        help="With use_peft: save the merged model at the root of output_dir (loads with plain transformers) "
+        "and the adapter under adapter/. If false, only the adapter is saved.",
+    )
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class TrainerArgs(MixtureArgs, RunArgs, SFTConfig):
+    """Keys shared by every stage that trains with a TRL trainer (all of `trl.SFTConfig` included)."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
+
+    # Defaults that differ from TRL's, for sane runs on a laptop as on a GPU node.
+    bf16: bool | None = arg(
+        None, help="bf16 mixed precision. Default: on where a CUDA GPU supports it, off on CPU."
+    )
+    gradient_checkpointing: bool | None = arg(
+        None, help="Deprecated alias of activation_checkpointing (kept for old recipes)."
+    )
+    activation_checkpointing: bool | None = arg(
+        False, help="Recompute activations in the backward pass (saves memory on big models)."
+    )
+    save_total_limit: int | None = arg(2, help="Number of checkpoint-N folders kept for resume.")
+
+    def __post_init__(self):
+        self.datasets = [_to_source(d) for d in self.datasets]
+        self.eval_datasets = [_to_source(d) for d in self.eval_datasets]
+        if self.bf16 is None:
+            self.bf16 = (not self.fp16) and _cuda_bf16()
+        super().__post_init__()
+
+    def check(self, static: bool) -> None:
+        """Value checks run before any model is loaded (`static`: for `validate`, see `check_path`)."""
+        check_mixture(self, static)
+        check_output_dir(self, static)
+        _positive(self, "learning_rate", "max_length", "mixture_size", "per_device_train_batch_size")
+
+
+@dataclass
+class TrainRecipe(ModelArgs, TrainerArgs):
+    """Keys shared by the stages that train an existing model (sft, kd, cpt)."""
+
+    def check(self, static: bool) -> None:
+        if not self.model_name_or_path:
+            raise RecipeError("required (a Hub id or a local model folder)", key="model_name_or_path")
+        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        super().check(static)
+        if self.use_peft:
+            _positive(self, "lora_r", "lora_alpha")
+            if not 0 <= self.lora_dropout < 1:
+                raise RecipeError("must be in [0, 1)", key="lora_dropout")
+        if self.chat_template_path is not None:
+            self.chat_template_path = check_chat_template(self.chat_template_path, self.assistant_only_loss)
+
+
+@dataclass
+class SFTRecipe(TrainRecipe):
+    """`llm4all sft`: supervised fine-tuning on conversations (`messages` column)."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ("messages",)
+
+    assistant_only_loss: bool = arg(
+        True,
+        help="Compute the loss on assistant tokens only (needs {% generation %} markers in the chat template).",
+    )
+    chat_template_path: str | None = arg(
+        None,
+        help="A .jinja chat template file, or the name of one shipped with the package (e.g. 'chatml'). "
+        "Default: the tokenizer's own template.",
+    )
+
+
+@dataclass
+class TinyModelRecipe(TrainerArgs):
+    """`llm4all tiny-model`: the embedded default — tiny Llama + French BPE tokenizer, briefly pretrained."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ("text",)
+
+    model_config: dict[str, Any] = arg(
+        factory=dict, help="transformers LlamaConfig keys (hidden_size, num_hidden_layers, ...)."
+    )
+    tokenizer_files: list[str] = arg(
+        factory=list,
+        help="jsonl files (a `text` or `messages` column) the byte-level BPE tokenizer is trained on.",
+    )
+    tokenizer_vocab_size: int = arg(
+        2048, help="Vocabulary size of the trained tokenizer (special tokens included)."
+    )
+    chat_template_path: str | None = arg(
+        "chatml",
+        help="Chat template (.jinja file or shipped name) stored with the tokenizer; needs generation markers.",
+    )
+    packing: bool = arg(True, help="Concatenate documents into blocks of max_length tokens (pretraining).")
+    packing_strategy: str = arg(
+        "wrapped",
+        help="How documents are packed: wrapped (cut mid-document, classic LM pretraining), bfd, bfd_split.",
+        choices=["bfd", "bfd_split", "wrapped"],
+    )
+    max_length: int | None = arg(256, help="Block length in tokens.")
+
+    def check(self, static: bool) -> None:
+        if not self.model_config:
+            raise RecipeError("required: the LlamaConfig of the tiny model", key="model_config")
+        if not self.tokenizer_files:
+            raise RecipeError("required: text files to train the tokenizer on", key="tokenizer_files")
+        for i, path in enumerate(self.tokenizer_files):
+            check_path(path, f"tokenizer_files[{i}]", static)
+        if not self.eval_datasets:
+            raise RecipeError("required: held-out text to measure perplexity on", key="eval_datasets")
+        super().check(static)
+        _positive(self, "tokenizer_vocab_size")
+        self.chat_template_path = check_chat_template(self.chat_template_path, require_generation=True)
+
+
+@dataclass
+class PipelineStep:
+    """One stage of a pipeline: a stage recipe, optionally with overrides."""
+
+    recipe: str = arg(
+        help="Path of a stage recipe (recipes/<model>/<stage>/<variant>.yaml); its folder names the stage."
+    )
+    overrides: dict[str, Any] = arg(
+        factory=dict, help="Top-level keys overridden for this step (as --key value)."
+    )
+
+    @property
+    def stage(self) -> str:
+        return paths.stage_of(self.recipe)
+
+    def argv(self) -> list[str]:
+        out = ["--config", self.recipe]
+        for key, value in self.overrides.items():
+            out += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        return out
+
+
+@dataclass
+class PipelineRecipe:
+    """`llm4all pipeline`: stage recipes run in order, each reading the previous one's output."""
+
+    steps: list[PipelineStep] = arg(factory=list, help="The stage recipes, in order.")
+    force: bool = arg(
+        False, help="Rerun every step, replacing finished outputs (default: skip finished steps)."
+    )
+    dry_run: bool = arg(False, help="Only check every step's recipe and print what would run.")
+
+    def __post_init__(self):
+        self.steps = [s if isinstance(s, PipelineStep) else PipelineStep(**s) for s in self.steps]
+
+    def check(self, static: bool) -> None:
+        if not self.steps:
+            raise RecipeError("required: at least one step", key="steps")
+        for i, step in enumerate(self.steps):
+            if step.stage not in RECIPES or step.stage == "pipeline":
+                raise RecipeError(
+                    f"cannot tell the stage of {step.recipe} (its folder must be one of: "
+                    f"{', '.join(s for s in RECIPES if s != 'pipeline')})",
+                    key=f"steps[{i}].recipe",
+                )
+            if not os.path.isfile(step.recipe):
+                raise RecipeError(f"no such recipe file: {step.recipe}", key=f"steps[{i}].recipe")
+
+
+RECIPES: dict[str, type] = {
+    "tiny-model": TinyModelRecipe,
+    "sft": SFTRecipe,
+    "pipeline": PipelineRecipe,
+}
+
+
+# --------------------------------------------------------------------------- value checks
+def _to_source(value: Any) -> DatasetSource:
+    return value if isinstance(value, DatasetSource) else DatasetSource(**value)
+
+
+def _positive(recipe: Any, *keys: str) -> None:
+    for key in keys:
+        value = getattr(recipe, key, None)
+        if value is not None and value <= 0:
+            raise RecipeError(f"must be > 0 (got {value})", key=key)
+
+
+def check_path(value: str, key: str, static: bool, *, hub_ok: bool = False) -> None:
+    """A local path must exist; in `static` mode (validate) paths under outputs/ may not exist yet."""
+    if hub_ok and paths.is_hub_id(value):
+        return
+    if static and paths.is_produced(value):
+        return
+    if not os.path.exists(os.path.expanduser(value)):
+        what = "not a local path nor a Hub id" if hub_ok else "no such file or folder"
+        hint = " (produced by another stage: run it first)" if paths.is_produced(value) else ""
+        raise RecipeError(f"{what}: {value}{hint}", key=key)
+
+
+def check_mixture(recipe: MixtureArgs, static: bool) -> None:
+    from .data.mixture import check_sources  # reads at most a line or a schema per local source
+
+    if not recipe.datasets:
+        raise RecipeError("required: at least one training source", key="datasets")
+    check_sources(recipe.datasets, "datasets", recipe.COLUMNS, static)
+    check_sources(recipe.eval_datasets, "eval_datasets", recipe.COLUMNS, static)
+    seen = {
+        (os.path.abspath(s.path) if not paths.is_hub_id(s.path) else s.path, s.name, s.split)
+        for s in recipe.datasets
+    }
+    for i, src in enumerate(recipe.eval_datasets):
+        ident = (
+            os.path.abspath(src.path) if not paths.is_hub_id(src.path) else src.path,
+            src.name,
+            src.split,
+        )
+        if ident in seen:
+            raise RecipeError(
+                f"{src.path} (split {src.split}) is also a training source: eval data must be held out",
+                key=f"eval_datasets[{i}]",
+            )
+
+
+def check_output_dir(recipe: Any, static: bool) -> None:
+    if static or recipe.dry_run or recipe.overwrite_output_dir:
+        return
+    if os.path.exists(recipe.output_dir):
+        raise RecipeError(
+            f"{recipe.output_dir} already holds a finished run; pass --overwrite_output_dir true to replace it",
+            key="output_dir",
+        )
+
+
+def has_generation_markers(template: str | None) -> bool:
+    """True when a chat template marks assistant spans with {% generation %} (any whitespace control)."""
+    return bool(template) and re.search(r"\{%-?\s*generation\s*-?%\}", template) is not None
+
+
+def check_chat_template(value: str, require_generation: bool) -> str:
+    """Resolve a shipped template name to its file; check `{% generation %}` markers when needed."""
+    path = value
+    if not value.endswith((".jinja", ".j2")) and "/" not in value:
+        path = str(paths.CHAT_TEMPLATES_DIR / f"{value}.jinja")
+        if not os.path.exists(path):
+            shipped = sorted(p.stem for p in paths.CHAT_TEMPLATES_DIR.glob("*.jinja"))
+            raise RecipeError(
+                f"no shipped chat template named '{value}' (shipped: {', '.join(shipped)}); or give a .jinja file",
+                key="chat_template_path",
+            )
+    elif not os.path.isfile(path):
+        raise RecipeError(f"no such file: {value}", key="chat_template_path")
+    if require_generation:
+        text = Path(path).read_text(encoding="utf-8")
+        if not has_generation_markers(text):
+            raise RecipeError(
+                f"{value} has no {{% generation %}} markers, which assistant_only_loss needs "
+                "(wrap each assistant message in {% generation %}...{% endgeneration %})",
+                key="chat_template_path",
+            )
+    return path
+
+
+# --------------------------------------------------------------------------- parsing
+class _Parser(TrlParser):
+    """TRL's parser, raising `RecipeError` instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        key = None
+        if message.startswith("argument --"):
+            key = message.split()[1].lstrip("-").split("/")[0].rstrip(":")
+        raise RecipeError(message, source="command line", key=key)
+
+
+@dataclass
+class RecipeFile:
+    """Where a parsed recipe came from: kept on the recipe as `recipe.origin`."""
+
+    path: str
+    values: dict[str, Any]  # the YAML mapping as written
+    lines: dict[str, int]  # key (dotted, with [i]) -> line in the file
+    cli_keys: list[str]  # top-level keys overridden on the command line
+    argv: list[str]
+
+    def locate(self, err: RecipeError) -> RecipeError:
+        top = (err.key or "").split("[")[0].split(".")[0]
+        if top and top in self.cli_keys:
+            return err.located("command line")
+        return err.located(self.path, self.lines.get(err.key or "", self.lines.get(top)))
+
+
+def read_yaml(path: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Load a recipe mapping with the line of every key; duplicate keys are an error."""
+    if not os.path.isfile(path):
+        raise RecipeError("no such recipe file", source=path)
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise RecipeError(
+            f"invalid YAML: {getattr(exc, 'problem', exc)}", source=path, line=mark.line + 1 if mark else None
+        ) from None
+    if values is None:
+        values, node = {}, None
+    if not isinstance(values, dict):
+        raise RecipeError("a recipe must be a YAML mapping of key: value", source=path)
+    lines: dict[str, int] = {}
+
+    def walk(n: Any, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            seen = set()
+            for k, v in n.value:
+                key = f"{prefix}.{k.value}" if prefix else str(k.value)
+                if key in seen:
+                    raise RecipeError("duplicate key", source=path, key=key, line=k.start_mark.line + 1)
+                seen.add(key)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                lines[f"{prefix}[{i}]"] = item.start_mark.line + 1
+                walk(item, f"{prefix}[{i}]")
+
+    walk(node, "")
+    return values, lines
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_value(value: Any, tp: Any) -> bool:
+    """Does a YAML value fit a dataclass annotation? (numbers written as strings such as 1e-5 are accepted)."""
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is object:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(check_value(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if tp is bool:
+        return isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false"))
+    if tp is int:
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and value.lstrip("-").isdigit()
+        )
+    if tp is float:
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, int | float):
+            return True
+        try:
+            float(value)
+            return isinstance(value, str)
+        except (TypeError, ValueError):
+            return False
+    if tp is str:
+        return isinstance(value, str)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return value in {m.value for m in tp} or isinstance(value, tp)
+    if origin in (list, Sequence, tuple) or tp in (list, tuple):
+        args = typing.get_args(tp)
+        return (
+            isinstance(value, list) and all(check_value(v, args[0]) for v in value)
+            if args
+            else isinstance(value, list)
+        )
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, dict)
+    return True
+
+
+def check_keys(cls: type, values: dict[str, Any], prefix: str = "") -> None:
+    """Unknown keys (with a suggestion), missing required keys and wrong types, recursively."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in known:
+            if not prefix and key == "env":
+                continue
+            close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.75)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RecipeError(f"unknown key{hint}", key=full)
+        tp = hints[key]
+        if not check_value(value, tp):
+            raise RecipeError(
+                f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})",
+                key=full,
+            )
+        item_cls = _dataclass_item(tp)
+        if item_cls is not None and isinstance(value, list):
+            for i, item in enumerate(value):
+                check_keys(item_cls, item, f"{full}[{i}].")
+    for f in known.values():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if prefix and required and f.name not in values:
+            raise RecipeError("required key missing", key=f"{prefix}{f.name}")
+
+
+def _dataclass_item(tp: Any) -> type | None:
+    for arg_tp in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg_tp):
+            return arg_tp
+    return None
+
+
+def _check_choices(parser: TrlParser, values: dict[str, Any]) -> None:
+    for action in parser._actions:
+        if action.choices and action.dest in values:
+            value = values[action.dest]
+            value = value.value if isinstance(value, enum.Enum) else value
+            if str(value) not in [str(c.value if isinstance(c, enum.Enum) else c) for c in action.choices]:
+                raise RecipeError(
+                    f"invalid value {value!r}; choose one of: {', '.join(map(str, action.choices))}",
+                    key=action.dest,
+                )
+
+
+def _cli_keys(argv: Sequence[str]) -> list[str]:
+    return [a[2:].split("=")[0] for a in argv if a.startswith("--")]
+
+
+def _guess_key(message: str, candidates: Sequence[str]) -> str | None:
+    for key in sorted(candidates, key=len, reverse=True):
+        if f"`{key}`" in message or f"--{key}" in message or f"'{key}'" in message or f" {key} " in message:
+            return key
+    return None
+
+
+def split_config(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Take `--config PATH` (or `--config=PATH`) out of argv."""
+    rest, config = [], None
+    it = iter(argv)
+    for a in it:
+        if a == "--config":
+            config = next(it, None)
+            if config is None:
+                raise RecipeError("--config needs a recipe path", source="command line")
+        elif a.startswith("--config="):
+            config = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return config, rest
+
+
+def parse_recipe(stage: str, argv: Sequence[str], *, static: bool = False) -> Any:
+    """Parse `--config RECIPE.yaml [--key value ...]` into the stage's dataclass and check it.
+
+    `static=True` (used by `validate`) does not require outputs of other stages to exist yet.
+    """
+    cls = RECIPES[stage]
+    config, overrides = split_config(argv)
+    if config is None:
+        raise RecipeError(f"missing --config RECIPE.yaml (e.g. recipes/<model>/{stage}/<variant>.yaml)")
+    folder_stage = paths.stage_of(config)
+    if folder_stage in RECIPES and folder_stage != stage:
+        raise RecipeError(
+            f"this recipe is a '{folder_stage}' recipe (its folder), not a '{stage}' one", source=config
+        )
+    values, lines = read_yaml(config)
+    cli = _cli_keys(overrides)
+    origin = RecipeFile(config, values, lines, cli, list(argv))
+    try:
+        check_keys(cls, values)
+        parser = _Parser(cls)
+        _check_choices(parser, values)
+    except RecipeError as err:
+        raise origin.locate(err) from None
+    has_output = "output_dir" in {f.name for f in dataclasses.fields(cls)}
+    if has_output and "output_dir" not in values and "output_dir" not in cli:
+        default = paths.default_output_dir(config)
+        if default is None:
+            raise RecipeError(
+                "required when the recipe is not under recipes/<model>/<stage>/",
+                source=config,
+                key="output_dir",
+            )
+        overrides += ["--output_dir", default]
+    try:
+        (recipe,) = parser.parse_args_and_config(["--config", config, *overrides])
+    except RecipeError as err:
+        raise origin.locate(err) from None
+    except (ValueError, TypeError) as exc:
+        key = _guess_key(str(exc), [*values, *cli])
+        raise origin.locate(RecipeError(str(exc).strip(), key=key)) from None
+    recipe.origin = origin
+    try:
+        recipe.check(static)
+    except RecipeError as err:
+        raise origin.locate(err) from None
+    return recipe
+
+
+def resolved_recipe(recipe: Any) -> dict[str, Any]:
+    """The recipe as run: the keys written in the YAML file, command-line overrides applied."""
+    origin: RecipeFile = recipe.origin
+    keys = list(dict.fromkeys([*origin.values, *origin.cli_keys, "output_dir"]))
+    return {k: _plain(getattr(recipe, k)) for k in keys if k != "env" and hasattr(recipe, k)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

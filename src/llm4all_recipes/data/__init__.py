@@ -1,0 +1,1 @@
+"""Data: dataset mixtures, dataset builders, chat templates and French prompts."""

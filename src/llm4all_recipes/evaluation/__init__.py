@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, ROUGE (French-aware), lighteval tasks, forgetting reports."""

@@ -1,0 +1,59 @@
+"""One place where every stage loads models and tokenizers (Hub id or local folder)."""
+
+import logging
+import os
+
+from .errors import RecipeError
+from .paths import is_hub_id
+
+logger = logging.getLogger(__name__)
+
+
+def _explain(path: str, exc: Exception, key: str) -> RecipeError:
+    if os.path.isdir(path):
+        return RecipeError(f"{path} is not a loadable checkpoint: {exc}", key=key)
+    if is_hub_id(path):
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline else ""
+        return RecipeError(f"cannot fetch Hub repo {path}{hint}: {exc}", key=key)
+    return RecipeError(f"no such model folder: {path}", key=key)
+
+
+def load_tokenizer(path: str, revision: str | None = None, key: str = "model_name_or_path"):
+    """AutoTokenizer with a pad token (the EOS when the tokenizer has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise _explain(path, exc, key) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("tokenizer of %s has no pad token: using its EOS %r", path, tokenizer.eos_token)
+    return tokenizer
+
+
+def load_model(
+    path: str,
+    *,
+    dtype: str = "auto",
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+    key: str = "model_name_or_path",
+):
+    """AutoModelForCausalLM from a Hub id or a folder; errors name the recipe key."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "revision": revision}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _explain(path, exc, key) from None
+
+
+def count_parameters(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"parameters": total, "trainable_parameters": trainable}

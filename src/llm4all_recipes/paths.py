@@ -1,0 +1,55 @@
+"""Where things live: the repository, recipes, outputs, and how a path is told from a Hub id."""
+
+import os
+import re
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The package is used from a clone (editable install): recipes and card templates sit at its root.
+REPO_ROOT = PACKAGE_DIR.parents[1]
+RECIPES_DIR = REPO_ROOT / "recipes"
+CHAT_TEMPLATES_DIR = PACKAGE_DIR / "data" / "chat_templates"
+OUTPUTS = "outputs"  # produced artefacts (git-ignored); `validate` does not require them to exist yet
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def is_hub_id(value: str) -> bool:
+    """`name` or `namespace/name` that is not an existing local path."""
+    return bool(_HUB_ID.match(value)) and not Path(value).exists() and not value.startswith(".")
+
+
+def is_produced(value: str) -> bool:
+    """A path under `outputs/` (or the local hub folder): made by another stage, maybe not yet."""
+    parts = Path(os.path.normpath(value)).parts
+    return bool(parts) and parts[0] in (OUTPUTS, "hub")
+
+
+def stage_of(recipe_path: str | os.PathLike) -> str:
+    """A recipe's stage is its folder name: recipes/<model>/<stage>/<variant>.yaml."""
+    path = Path(recipe_path)
+    if path.parent.name == "datasets":
+        return "build-dataset"
+    if path.name == "pipeline.yaml":
+        return "pipeline"
+    return path.parent.name
+
+
+def default_output_dir(recipe_path: str | os.PathLike) -> str | None:
+    """outputs/<model>/<stage>/<variant> for recipes/<model>/<stage>/<variant>.yaml, else None."""
+    path = Path(os.path.abspath(recipe_path))
+    parts = path.with_suffix("").parts
+    if "recipes" not in parts:
+        return None
+    rel = parts[len(parts) - 1 - parts[::-1].index("recipes") + 1 :]
+    if len(rel) < 2:
+        return None
+    return str(Path(OUTPUTS, *rel))
+
+
+def resolve_in_repo(path: str) -> str:
+    """A relative path that does not exist from the working directory is tried from the repo root."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    candidate = REPO_ROOT / path
+    return str(candidate) if candidate.exists() else path

@@ -1,0 +1,112 @@
+"""Supervised fine-tuning on conversations with TRL's SFTTrainer (assistant-only loss, optional LoRA).
+
+    llm4all sft --config recipes/tiny-llama/sft/chat.yaml
+    accelerate launch --config_file recipes/accelerate_configs/ddp.yaml -m llm4all_recipes sft \\
+        --config recipes/<model>/sft/<variant>.yaml [--learning_rate 1e-5 ...]
+"""
+
+import logging
+
+from ..configs import SFTRecipe, has_generation_markers
+from ..errors import RecipeError
+from ..models import load_model, load_tokenizer
+from ..outputs import staged_output
+from ..training import eval_results, finish, fit, load_data, print_plan, save_trained
+
+logger = logging.getLogger(__name__)
+
+
+def lora_config(recipe):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=recipe.lora_target_modules or "all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def run(recipe: SFTRecipe, callbacks=None):
+    # 1. Tokenizer and data: every input error surfaces here, before the model is loaded.
+    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
+    if recipe.chat_template_path:
+        with open(recipe.chat_template_path, encoding="utf-8") as f:
+            tokenizer.chat_template = f.read()
+    if recipe.assistant_only_loss and not has_generation_markers(tokenizer.chat_template):
+        raise RecipeError(
+            f"assistant_only_loss needs a chat template with {{% generation %}} markers; the tokenizer of "
+            f"{recipe.model_name_or_path} has none: set chat_template_path (e.g. 'chatml')",
+            key="chat_template_path",
+        )
+    train, evals, report = load_data(recipe)
+    if recipe.dry_run:
+        return print_plan(recipe, "sft", train, tokenizer, report)
+
+    # 2. Model (+ LoRA).
+    model = load_model(
+        recipe.model_name_or_path,
+        dtype=recipe.dtype,
+        revision=recipe.model_revision,
+        attn_implementation=recipe.attn_implementation,
+    )
+    peft_config = lora_config(recipe) if recipe.use_peft else None
+
+    # 3. Train in <output_dir>.tmp, resume from its last checkpoint, rename when done.
+    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir, keep_on_error=True) as tmp:
+        trainer, metrics = fit(
+            recipe,
+            tmp,
+            model=model,
+            tokenizer=tokenizer,
+            train_dataset=train,
+            eval_datasets=evals,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
+        metrics["data"] = report
+        save_trained(trainer, tmp, recipe)
+        finish(
+            tmp,
+            stage="sft",
+            recipe=recipe,
+            metrics=metrics,
+            parent=recipe.model_name_or_path,
+            card={
+                "model_name": recipe.hub_model_id or recipe.output_dir,
+                "summary": "A chat model fine-tuned on French conversations (assistant-only loss).",
+                "training": _training_md(recipe, metrics),
+                "results": eval_results(metrics),
+                "data_report": report,
+                "datasets": [s.path for s in recipe.datasets],
+                "chat": True,
+            },
+        )
+    return metrics
+
+
+def _training_md(recipe: SFTRecipe, metrics: dict) -> str:
+    train = metrics["train"]
+    lines = [
+        "Supervised fine-tuning with TRL's `SFTTrainer`"
+        + (" (loss on assistant tokens only)" if recipe.assistant_only_loss else "")
+        + (
+            f", LoRA r={recipe.lora_r}, alpha={recipe.lora_alpha}"
+            if recipe.use_peft
+            else ", full fine-tuning"
+        )
+        + ".",
+        "",
+        f"- steps: {train['global_step']}, learning rate {recipe.learning_rate}, "
+        f"{recipe.per_device_train_batch_size} × {recipe.gradient_accumulation_steps} sequences per device and step, "
+        f"{metrics['world_size']} process(es)",
+        f"- max length: {recipe.max_length} tokens; final train loss {train.get('train_loss', float('nan')):.4f}",
+    ]
+    for label, after in metrics["eval"].items():
+        before = metrics["eval_before"].get(label, {})
+        lines.append(
+            f"- eval `{label}`: loss {before.get('loss', float('nan')):.4f} → {after['loss']:.4f} "
+            f"(perplexity {before.get('perplexity', float('nan')):.2f} → {after['perplexity']:.2f})"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""The embedded default: train a French byte-level BPE tokenizer, build a small Llama from the recipe's
+config, pretrain it briefly on the old-domain text, and record its held-out perplexity before/after.
+
+    llm4all tiny-model                      # = --config recipes/tiny-llama/tiny-model/base.yaml
+"""
+
+import logging
+from pathlib import Path
+
+from ..configs import TinyModelRecipe
+from ..evaluation.perplexity import perplexity
+from ..outputs import staged_output
+from ..tiny import build_model, build_tokenizer
+from ..training import finish, fit, load_data, print_plan, save_trained
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RECIPE = "recipes/tiny-llama/tiny-model/base.yaml"
+
+
+def run(recipe: TinyModelRecipe, callbacks=None):
+    # 1. Tokenizer, then data (token-weighted mixture): all before any model exists.
+    template = Path(recipe.chat_template_path).read_text(encoding="utf-8")
+    tokenizer = build_tokenizer(recipe.tokenizer_files, recipe.tokenizer_vocab_size, template)
+    train, evals, report = load_data(recipe, tokenizer)
+    if recipe.dry_run:
+        return print_plan(recipe, "tiny-model", train, tokenizer, report)
+
+    # 2. Random model, its perplexity on the held-out sets.
+    model = build_model(recipe.model_config, tokenizer, recipe.seed)
+
+    def held_out(tag: str) -> dict:
+        return {
+            label: perplexity(
+                model, tokenizer, ds["text"], max_length=recipe.max_length, desc=f"{tag} {label}"
+            )
+            for label, ds in evals.items()
+        }
+
+    before = held_out("untrained")
+
+    # 3. Short pretraining (packed raw text), then the same measure.
+    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir, keep_on_error=True) as tmp:
+        trainer, metrics = fit(
+            recipe,
+            tmp,
+            model=model,
+            tokenizer=tokenizer,
+            train_dataset=train,
+            eval_datasets={},
+            callbacks=callbacks,
+        )
+        after = held_out("trained")
+        metrics.update(
+            eval_before=before,
+            eval=after,
+            perplexity_ratio={k: after[k]["perplexity"] / before[k]["perplexity"] for k in after},
+            data=report,
+        )
+        save_trained(trainer, tmp, recipe)
+        finish(
+            tmp,
+            stage="tiny-model",
+            recipe=recipe,
+            metrics=metrics,
+            parent=None,
+            card={
+                "model_name": recipe.hub_model_id or "tiny-llama-fr",
+                "summary": (
+                    "A tiny Llama with a byte-level BPE tokenizer trained on French text written for this project: "
+                    "the embedded default of llm4all-recipes, for tests and the offline demo. It is not a useful "
+                    "language model."
+                ),
+                "training": _training_md(recipe, metrics),
+                "results": [
+                    {"dataset_name": k, "metric_type": "perplexity", "metric_value": v["perplexity"]}
+                    for k, v in after.items()
+                ],
+                "data_report": report,
+                "license": "apache-2.0",
+                "language": ["fr"],
+                "chat": False,
+            },
+        )
+    return metrics
+
+
+def _training_md(recipe: TinyModelRecipe, metrics: dict) -> str:
+    cfg = recipe.model_config
+    lines = [
+        f"Built from a `LlamaConfig` ({cfg.get('num_hidden_layers')} layers, hidden size {cfg.get('hidden_size')}, "
+        f"{metrics['parameters']:,} parameters) and a {recipe.tokenizer_vocab_size}-token byte-level BPE tokenizer "
+        f"trained on {', '.join(f'`{f}`' for f in recipe.tokenizer_files)}; then pretrained for "
+        f"{metrics['train']['global_step']} steps on packed blocks of {recipe.max_length} tokens.",
+        "",
+    ]
+    for label, after in metrics["eval"].items():
+        before = metrics["eval_before"][label]
+        lines.append(
+            f"- `{label}` perplexity: {before['perplexity']:.1f} (untrained) → {after['perplexity']:.1f} "
+            f"(× {metrics['perplexity_ratio'][label]:.3f})"
+        )
+    return "\n".join(lines)

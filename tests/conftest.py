@@ -1,0 +1,62 @@
+"""Offline, isolated test session: the Hub is off, caches live in a temporary folder, the working
+directory is the repository root (recipes use repo-relative paths), and the tiny default model is
+built once per session from the shipped recipe.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before any Hugging Face library is imported: no network, private caches.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="llm4all-tests-"))
+os.environ.update(
+    HF_HOME=str(_SESSION_TMP / "hf_home"),
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    HF_HUB_DISABLE_TELEMETRY="1",
+    TOKENIZERS_PARALLELISM="false",
+    WANDB_DISABLED="true",
+    LLM4ALL_HUB_DIR=str(_SESSION_TMP / "hub"),
+)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+os.chdir(REPO)
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    return _SESSION_TMP
+
+
+@pytest.fixture(scope="session")
+def tiny_model(session_tmp) -> Path:
+    """The embedded default, built once from recipes/tiny-llama/tiny-model/base.yaml (as `llm4all tiny-model`)."""
+    from llm4all_recipes.cli import main
+
+    out = session_tmp / "tiny-model"
+    assert main(["tiny-model", "--output_dir", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_metrics(tiny_model) -> dict:
+    return json.loads((tiny_model / "metrics.json").read_text())
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    """Write a recipe under tmp/recipes/<model>/<stage>/<name> (so its stage and output_dir derive from it)."""
+
+    def write(text: str, stage: str = "sft", name: str = "test.yaml") -> str:
+        path = tmp_path / "recipes" / "m" / stage / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    return write

@@ -1,0 +1,231 @@
+"""Recipes: TRL-parser parsing into typed dataclasses, YAML vs CLI precedence, and bad recipes failing
+with one clear message (file, key, line), exit status 2, before any model is loaded."""
+
+import pytest
+
+from llm4all_recipes import configs
+from llm4all_recipes.cli import main
+from llm4all_recipes.configs import DatasetSource, SFTRecipe, parse_recipe
+from llm4all_recipes.errors import RecipeError
+
+CHAT = "tests/fixtures/chat/train.jsonl"
+CHAT_EVAL = "tests/fixtures/chat/eval.jsonl"
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """An existing folder standing for a model: parsing only checks that it exists."""
+    path = tmp_path / "model"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def base(model_dir, tmp_path):
+    def text(extra: str = "") -> str:
+        return (
+            f"model_name_or_path: {model_dir}\n"
+            f"output_dir: {tmp_path / 'out'}\n"
+            f"datasets:\n  - path: {CHAT}\n"
+            f"eval_datasets:\n  - path: {CHAT_EVAL}\n"
+            "learning_rate: 1.0e-4\n"
+            "per_device_train_batch_size: 2\n" + extra
+        )
+
+    return text
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if any stage tries to load a model."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    import llm4all_recipes.models as models
+
+    monkeypatch.setattr(models, "load_model", boom)
+    import llm4all_recipes.stages.sft as sft
+
+    monkeypatch.setattr(sft, "load_model", boom)
+
+
+def test_yaml_values_are_typed(recipe_file, base):
+    recipe = parse_recipe("sft", ["--config", recipe_file(base("num_train_epochs: 2\nbf16: false\n"))])
+    assert isinstance(recipe, SFTRecipe)
+    assert recipe.learning_rate == pytest.approx(1e-4)
+    assert recipe.num_train_epochs == 2.0
+    assert recipe.per_device_train_batch_size == 2
+    assert recipe.datasets == [DatasetSource(path=CHAT)]
+    assert recipe.eval_datasets[0].label == "eval"
+    assert recipe.assistant_only_loss is True  # our default for chat SFT
+    assert recipe.bf16 is False
+
+
+def test_cli_overrides_beat_yaml(recipe_file, base):
+    path = recipe_file(base())
+    recipe = parse_recipe(
+        "sft", ["--config", path, "--learning_rate", "3e-3", "--per_device_train_batch_size=5"]
+    )
+    assert recipe.learning_rate == pytest.approx(3e-3)
+    assert recipe.per_device_train_batch_size == 5
+    resolved = configs.resolved_recipe(recipe)
+    assert resolved["learning_rate"] == pytest.approx(3e-3)
+    assert resolved["datasets"] == [{"path": CHAT, "split": "train", "weight": 1.0, "repeat": False}]
+
+
+def test_yaml_floats_written_like_1e_minus_5_are_numbers(recipe_file, base):
+    # PyYAML reads `1e-5` (no dot) as a string; the recipe still gets a float.
+    recipe = parse_recipe("sft", ["--config", recipe_file(base().replace("1.0e-4", "1e-5"))])
+    assert recipe.learning_rate == pytest.approx(1e-5)
+
+
+def test_default_output_dir_follows_the_recipe_path(tmp_path, model_dir):
+    path = tmp_path / "recipes" / "my-model" / "sft" / "french.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(f"model_name_or_path: {model_dir}\ndatasets:\n  - path: {CHAT}\n")
+    recipe = parse_recipe("sft", ["--config", str(path)])
+    assert recipe.output_dir == "outputs/my-model/sft/french"
+
+
+BAD_RECIPES = [
+    # (what, extra YAML or replacement, key named in the message, words in the message)
+    ("misspelt key", "learnin_rate: 0.1\n", "learnin_rate", "did you mean 'learning_rate'"),
+    ("wrong type", "num_train_epochs: three\n", "num_train_epochs", "expected float"),
+    ("wrong type in a list entry", None, "datasets[0].weight", "expected float"),
+    ("invalid choice", "lr_scheduler_type: cosine_annealing\n", "lr_scheduler_type", "choose one of"),
+    ("value out of range", "max_length: -4\n", "max_length", "must be > 0"),
+    ("missing dataset file", None, "datasets[0].path", "tests/fixtures/chat/nope.jsonl"),
+    (
+        "missing chat template file",
+        "chat_template_path: templates/none.jinja\n",
+        "chat_template_path",
+        "no such file",
+    ),
+    (
+        "unknown shipped template",
+        "chat_template_path: vicuna\n",
+        "chat_template_path",
+        "no shipped chat template",
+    ),
+    ("duplicate key", "max_length: 12\nmax_length: 13\n", "max_length", "duplicate key"),
+    ("dataset without the stage's column", None, "datasets[0].columns", "no column ['messages']"),
+    ("eval set that is a training set", None, "eval_datasets[0]", "held out"),
+    ("unknown key in a dataset entry", None, "datasets[0].wieght", "unknown key"),
+    ("missing model", None, "model_name_or_path", "required"),
+]
+
+
+def _bad_text(what: str, extra, base) -> str:
+    text = base(extra or "")
+    if what == "wrong type in a list entry":
+        text = text.replace(f"  - path: {CHAT}\n", f"  - path: {CHAT}\n    weight: heavy\n", 1)
+    elif what == "missing dataset file":
+        text = text.replace(f"  - path: {CHAT}\n", "  - path: tests/fixtures/chat/nope.jsonl\n", 1)
+    elif what == "dataset without the stage's column":
+        text = text.replace(f"  - path: {CHAT}\n", "  - path: tests/fixtures/text/old_train.jsonl\n", 1)
+    elif what == "eval set that is a training set":
+        text = text.replace(CHAT_EVAL, CHAT)
+    elif what == "unknown key in a dataset entry":
+        text = text.replace(f"  - path: {CHAT}\n", f"  - path: {CHAT}\n    wieght: 2\n", 1)
+    elif what == "missing model":
+        text = (
+            "\n".join(line for line in text.splitlines() if not line.startswith("model_name_or_path")) + "\n"
+        )
+    return text
+
+
+@pytest.mark.parametrize(("what", "extra", "key", "words"), BAD_RECIPES, ids=[b[0] for b in BAD_RECIPES])
+def test_bad_recipe_fails_early_naming_file_and_key(
+    what, extra, key, words, recipe_file, base, capsys, no_model_load, tmp_path
+):
+    path = recipe_file(_bad_text(what, extra, base))
+    assert main(["sft", "--config", path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}"), err
+    assert f"key '{key}'" in err, err
+    assert words in err, err
+    assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_bad_recipe_message_gives_the_line(recipe_file, base):
+    path = recipe_file(base("seed: 1\nlearnin_rate: 0.1\n"))
+    with pytest.raises(RecipeError) as exc:
+        parse_recipe("sft", ["--config", path])
+    assert exc.value.line == 9
+    assert str(exc.value).startswith(f"{path}:9: key 'learnin_rate'")
+
+
+def test_bad_cli_override_names_the_command_line(recipe_file, base, capsys, no_model_load):
+    path = recipe_file(base())
+    assert main(["sft", "--config", path, "--learning_rate", "fast"]) == 2
+    err = capsys.readouterr().err
+    assert "command line" in err and "learning_rate" in err and "invalid float value" in err
+    assert main(["sft", "--config", path, "--no_such_key", "1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+
+
+def test_cli_override_errors_are_blamed_on_the_command_line(recipe_file, base):
+    with pytest.raises(RecipeError) as exc:
+        parse_recipe("sft", ["--config", recipe_file(base()), "--max_length", "-3"])
+    assert exc.value.source == "command line" and exc.value.key == "max_length"
+
+
+def test_yaml_syntax_error_gives_file_and_line(recipe_file, base, capsys):
+    path = recipe_file(base("datasets: [unclosed\n"))
+    assert main(["sft", "--config", path]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}:" in err and "invalid YAML" in err
+
+
+def test_missing_recipe_file(capsys):
+    assert main(["sft", "--config", "recipes/none/sft/missing.yaml"]) == 2
+    assert "recipes/none/sft/missing.yaml: no such recipe file" in capsys.readouterr().err
+
+
+def test_recipe_in_another_stage_folder_is_refused(recipe_file, base, capsys):
+    path = recipe_file(base(), stage="tiny-model")
+    assert main(["sft", "--config", path]) == 2
+    assert "is a 'tiny-model' recipe" in capsys.readouterr().err
+
+
+def test_assistant_only_loss_needs_generation_markers(recipe_file, base, tmp_path, capsys):
+    plain = tmp_path / "plain.jinja"
+    plain.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    path = recipe_file(base(f"chat_template_path: {plain}\n"))
+    assert main(["sft", "--config", path]) == 2
+    assert "generation" in capsys.readouterr().err
+    # without assistant-only loss the same template is fine
+    recipe = parse_recipe("sft", ["--config", path, "--assistant_only_loss", "false"])
+    assert recipe.chat_template_path == str(plain)
+
+
+def test_finished_output_dir_is_not_overwritten_silently(recipe_file, base, tmp_path):
+    (tmp_path / "out").mkdir()
+    path = recipe_file(base())
+    with pytest.raises(RecipeError, match="overwrite_output_dir"):
+        parse_recipe("sft", ["--config", path])
+    assert parse_recipe("sft", ["--config", path, "--overwrite_output_dir", "true"]).overwrite_output_dir
+
+
+def test_unknown_command_suggests(capsys):
+    assert main(["stf"]) == 2
+    assert "did you mean 'sft'" in capsys.readouterr().err
+
+
+def test_every_field_has_help():
+    import dataclasses
+
+    for stage, cls in configs.RECIPES.items():
+        for f in dataclasses.fields(cls):
+            if f.init:
+                assert f.metadata.get("help"), f"{stage}: {f.name} has no help"
+    for cls in (DatasetSource, configs.PipelineStep):
+        assert all(f.metadata.get("help") for f in dataclasses.fields(cls))
+
+
+def test_stage_help_lists_keys(capsys):
+    assert main(["sft", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--assistant_only_loss" in out and "--datasets" in out and "--use_peft" in out
