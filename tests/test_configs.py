@@ -43,10 +43,9 @@ def no_model_load(monkeypatch):
         raise AssertionError("a model was loaded")
 
     import llm4all_recipes.models as models
+    import llm4all_recipes.stages.sft as sft  # imported first: it binds load_model at import
 
     monkeypatch.setattr(models, "load_model", boom)
-    import llm4all_recipes.stages.sft as sft
-
     monkeypatch.setattr(sft, "load_model", boom)
 
 
@@ -153,8 +152,8 @@ def test_bad_recipe_message_gives_the_line(recipe_file, base):
     path = recipe_file(base("seed: 1\nlearnin_rate: 0.1\n"))
     with pytest.raises(RecipeError) as exc:
         parse_recipe("sft", ["--config", path])
-    assert exc.value.line == 9
-    assert str(exc.value).startswith(f"{path}:9: key 'learnin_rate'")
+    assert exc.value.line == 10
+    assert str(exc.value).startswith(f"{path}:10: key 'learnin_rate'")
 
 
 def test_bad_cli_override_names_the_command_line(recipe_file, base, capsys, no_model_load):

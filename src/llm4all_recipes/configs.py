@@ -28,8 +28,8 @@ from .errors import RecipeError
 
 
 def arg(default: Any = dataclasses.MISSING, *, help: str, factory: Any = None, **metadata: Any) -> Any:
-    """A dataclass field with its `help` (shown by `--help` and in docs/RECIPES.md)."""
-    metadata["help"] = help
+    """A dataclass field with its `help` (shown by `--help`; `%` escaped for argparse)."""
+    metadata["help"] = help.replace("%", "%%")
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -129,6 +129,13 @@ def _cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def _has_accelerator() -> bool:
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
+
+
 @dataclass
 class TrainerArgs(MixtureArgs, RunArgs, SFTConfig):
     """Keys shared by every stage that trains with a TRL trainer (all of `trl.SFTConfig` included)."""
@@ -146,12 +153,19 @@ class TrainerArgs(MixtureArgs, RunArgs, SFTConfig):
         False, help="Recompute activations in the backward pass (saves memory on big models)."
     )
     save_total_limit: int | None = arg(2, help="Number of checkpoint-N folders kept for resume.")
+    use_cpu: bool | None = arg(
+        None,
+        help="Train on the CPU. Default: true when no GPU is available (which also lets torchrun run several "
+        "gloo CPU processes; transformers does not set up CPU distribution otherwise).",
+    )
 
     def __post_init__(self):
         self.datasets = [_to_source(d) for d in self.datasets]
         self.eval_datasets = [_to_source(d) for d in self.eval_datasets]
         if self.bf16 is None:
             self.bf16 = (not self.fp16) and _cuda_bf16()
+        if self.use_cpu is None:
+            self.use_cpu = not _has_accelerator()
         super().__post_init__()
 
     def check(self, static: bool) -> None:

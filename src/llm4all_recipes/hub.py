@@ -1,0 +1,182 @@
+"""Publish a stage output folder: to a Hub repo, or to the local hub folder.
+
+    publish("outputs/tiny-llama/sft/chat", "me/tiny-llama-sft")          # a model
+    publish("outputs/datasets/simsamu", "me/simsamu-dialogues")          # a dataset (Hub parquet layout)
+
+- **Hub** (`target: hub`, or `auto` with a token and the network): `create_repo` (private unless
+  `private=False`) + `upload_folder`. An existing repo, or an existing `revision` branch, is never
+  overwritten unless `overwrite=True`.
+- **Local hub folder** (`target: local`, or `auto` offline / without a token): the same files under
+  `$LLM4ALL_HUB_DIR` (default `./hub`) as `<namespace>/<name>` for models and `datasets/<namespace>/<name>`
+  for datasets, mirroring Hub URLs; the mixture loader reads both layouts.
+
+Datasets (`save_to_disk` folders) are exported to the Hub's parquet layout, `data/<split>-NNNNN-of-NNNNN.parquet`,
+next to their card, recipe and lineage. Checkpoints and other resume-only files are not published. The
+token is read by huggingface_hub (`HF_TOKEN` or `hf auth login`) and never logged or written.
+"""
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RecipeError
+
+logger = logging.getLogger(__name__)
+
+IGNORE_PATTERNS = [
+    "checkpoint-*",
+    "checkpoint-*/*",
+    "eval_before.json",
+    "training_args.bin",
+    "runs/*",
+    "*.tmp",
+]
+SHARD_BYTES = 500 * 2**20  # parquet shards of at most ~500 MB, as the Hub's own converter does
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
+
+
+@dataclass
+class Published:
+    target: str  # "hub" or "local"
+    repo_id: str
+    repo_type: str
+    location: str  # URL or folder
+    revision: str | None = None
+
+
+def local_hub_dir() -> Path:
+    return Path(os.environ.get("LLM4ALL_HUB_DIR", "hub"))
+
+
+def is_dataset_folder(folder: str | os.PathLike) -> bool:
+    folder = Path(folder)
+    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+
+
+def resolve_target(target: str) -> str:
+    """`auto` means the Hub when a token is available and the network is not disabled, else the local folder."""
+    if target != "auto":
+        return target
+    from huggingface_hub import constants, get_token
+
+    return "hub" if get_token() and not constants.is_offline_mode() else "local"
+
+
+def export_parquet(folder: Path, dest: Path) -> dict[str, int]:
+    """A save_to_disk dataset as Hub parquet shards under dest/data/; returns {split: rows}."""
+    import datasets
+
+    loaded = datasets.load_from_disk(str(folder))
+    splits = loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+    rows = {}
+    for split, ds in splits.items():
+        shards = max(1, math.ceil(ds.data.nbytes / SHARD_BYTES))
+        for i in range(shards):
+            path = dest / "data" / f"{split}-{i:05d}-of-{shards:05d}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds.shard(shards, i, contiguous=True).to_parquet(str(path))
+        rows[split] = len(ds)
+    for name in ("README.md", "recipe.yaml", "metrics.json", "lineage.json", "build_report.json"):
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, dest / name)
+    return rows
+
+
+def publish(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    repo_type: str | None = None,
+    private: bool = True,
+    overwrite: bool = False,
+    target: str = "auto",
+    revision: str | None = None,
+    commit_message: str | None = None,
+) -> Published:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RecipeError(f"nothing to publish: {folder} is not a folder (run its stage first)", key="path")
+    if not _REPO_ID.match(repo_id or ""):
+        raise RecipeError(f"expected <namespace>/<name>, got {repo_id!r}", key="repo_id")
+    repo_type = repo_type or ("dataset" if is_dataset_folder(folder) else "model")
+    where = resolve_target(target)
+    with tempfile.TemporaryDirectory(prefix="llm4all-publish-") as staging:
+        content = folder
+        if repo_type == "dataset" and is_dataset_folder(folder):
+            content = Path(staging)
+            export_parquet(folder, content)
+        if where == "local":
+            return _publish_local(content, repo_id, repo_type, overwrite)
+        return _publish_hub(content, repo_id, repo_type, private, overwrite, revision, commit_message)
+
+
+def _publish_local(content: Path, repo_id: str, repo_type: str, overwrite: bool) -> Published:
+    dest = local_hub_dir() / ("datasets" if repo_type == "dataset" else "") / repo_id
+    if dest.exists() and not overwrite:
+        raise RecipeError(f"{dest} already exists; pass --overwrite true to replace it", key="repo_id")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(content, tmp, ignore=shutil.ignore_patterns(*IGNORE_PATTERNS))
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    logger.info("published %s %s to the local hub folder %s", repo_type, repo_id, dest)
+    return Published("local", repo_id, repo_type, str(dest))
+
+
+def _publish_hub(
+    content: Path,
+    repo_id: str,
+    repo_type: str,
+    private: bool,
+    overwrite: bool,
+    revision: str | None,
+    message: str | None,
+) -> Published:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        exists = api.repo_exists(repo_id, repo_type=repo_type)
+        if revision is None and exists and not overwrite:
+            raise RecipeError(
+                f"Hub {repo_type} repo {repo_id} already exists; pass --overwrite true to push a new commit to it",
+                key="repo_id",
+            )
+        if (
+            revision is not None
+            and exists
+            and api.revision_exists(repo_id, revision, repo_type=repo_type)
+            and not overwrite
+        ):
+            raise RecipeError(
+                f"revision {revision!r} of {repo_id} already exists; pass --overwrite true", key="revision"
+            )
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        api.upload_folder(
+            folder_path=str(content),
+            repo_id=repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            commit_message=message or f"Upload {repo_type} with llm4all-recipes",
+            ignore_patterns=IGNORE_PATTERNS,
+        )
+    except HfHubHTTPError as exc:
+        raise RecipeError(f"the Hub refused the upload of {repo_id}: {exc}", key="repo_id") from None
+    logger.info(
+        "published %s %s to %s%s", repo_type, repo_id, url, f" (revision {revision})" if revision else ""
+    )
+    return Published("hub", repo_id, repo_type, str(url), revision)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
