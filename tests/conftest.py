@@ -23,8 +23,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import json  # noqa: E402
 
 import pytest  # noqa: E402
+from hub_server import HubServer, patch_hf_hub  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+HUB_TOKEN = "hf_fake_token_for_tests"
 FIXTURES = REPO / "tests" / "fixtures"
 os.chdir(REPO)
 
@@ -47,6 +49,25 @@ def tiny_model(session_tmp) -> Path:
 @pytest.fixture(scope="session")
 def tiny_metrics(tiny_model) -> dict:
     return json.loads((tiny_model / "metrics.json").read_text())
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A `HubServer` on 127.0.0.1 (files under tmp/hub), this process's `huggingface_hub` pointed at it.
+
+    `HF_ENDPOINT` alone does not work here: `huggingface_hub` is already imported, and it copied the endpoint
+    into `constants.ENDPOINT`, `constants.HUGGINGFACE_CO_URL_TEMPLATE` (used by `hf_hub_download`) and the
+    module-level `hf_api.api` behind `create_repo`, `upload_folder`, ...; the conftest's `HF_HUB_OFFLINE=1`
+    is likewise frozen in `constants.HF_HUB_OFFLINE` (and in `datasets.config`). `patch_hf_hub` sets the env
+    vars (`HF_ENDPOINT`, `HF_HUB_OFFLINE=0`, `HF_HUB_DISABLE_XET=1`, `HF_TOKEN`) *and* those copies, and swaps
+    the shared httpx client for one that reroutes `huggingface.co` to the server (`ModelCard.validate`
+    hard-codes it), all through `monkeypatch`. Downloads use a per-test `cache_dir` / `local_dir`, so that
+    nothing is shared through the session's HF cache. (`HfApi(endpoint=hub.url)` alone is not enough either:
+    offline mode blocks every request in the client's httpx event hook, whatever the endpoint.)
+    """
+    with HubServer(tmp_path / "hub") as server:
+        patch_hf_hub(monkeypatch, server.url, token=HUB_TOKEN)
+        yield server
 
 
 @pytest.fixture

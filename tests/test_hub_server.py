@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import HUB_TOKEN as TOKEN
 from hub_server import HubServer, patch_hf_hub
 from huggingface_hub import HfApi, ModelCard, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
@@ -13,27 +14,6 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import get_session, hf_raise_for_status
-
-TOKEN = "hf_fake_token_for_tests"
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A `HubServer` on 127.0.0.1 (files under tmp/hub), this process's `huggingface_hub` pointed at it.
-
-    `HF_ENDPOINT` alone does not work here: `huggingface_hub` is already imported, and it copied the endpoint
-    into `constants.ENDPOINT`, `constants.HUGGINGFACE_CO_URL_TEMPLATE` (used by `hf_hub_download`) and the
-    module-level `hf_api.api` behind `create_repo`, `upload_folder`, ...; the conftest's `HF_HUB_OFFLINE=1`
-    is likewise frozen in `constants.HF_HUB_OFFLINE` (and in `datasets.config`). `patch_hf_hub` sets the env
-    vars (`HF_ENDPOINT`, `HF_HUB_OFFLINE=0`, `HF_HUB_DISABLE_XET=1`, `HF_TOKEN`) *and* those copies, and swaps
-    the shared httpx client for one that reroutes `huggingface.co` to the server (`ModelCard.validate`
-    hard-codes it), all through `monkeypatch`. Downloads use a per-test `cache_dir` / `local_dir`, so that
-    nothing is shared through the session's HF cache. (`HfApi(endpoint=hub.url)` alone is not enough either:
-    offline mode blocks every request in the client's httpx event hook, whatever the endpoint.)
-    """
-    with HubServer(tmp_path / "hub") as server:
-        patch_hf_hub(monkeypatch, server.url, token=TOKEN)
-        yield server
 
 
 def requests_to(hub, method, path_part):

@@ -10,8 +10,7 @@ import yaml
 from .paths import REPO_ROOT, is_hub_id
 
 MODEL_CARD_TEMPLATE = REPO_ROOT / "model_cards" / "model_card.md"
-
-LOWRANK_NOTE = ""
+DATASET_CARD_TEMPLATE = REPO_ROOT / "dataset_cards" / "dataset_card.md"
 
 
 def parent_card_data(model_path: str | None) -> dict[str, Any]:
@@ -31,8 +30,8 @@ def base_model_repo(lineage: list[dict[str, Any]]) -> str | None:
     if len(lineage) < 2:
         return None
     parent = lineage[-2]
-    if parent.get("hub_model_id"):
-        return parent["hub_model_id"]
+    if parent.get("hub_repo_id"):
+        return parent["hub_repo_id"]
     model = parent.get("model")
     return model if model and is_hub_id(model) else None
 
@@ -60,7 +59,7 @@ def render_model_card(
 
     inherited = parent_card_data(parent)
     base_model = base_model_repo(lineage)
-    repo_id = lineage[-1].get("hub_model_id") or lineage[-1].get("output_dir") or model_name
+    repo_id = lineage[-1].get("hub_repo_id") or lineage[-1].get("output_dir") or model_name
     eval_results = [
         EvalResult(
             task_type="text-generation",
@@ -115,5 +114,152 @@ def render_model_card(
         chat=chat,
         limitations=limitations or "A research artefact: evaluate it on your own data before any use.",
         load_kwargs=load_kwargs,
+    )
+    return str(card)
+
+
+def size_category(n: int) -> str:
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+def _dataset_facts(recipe: Any, report: dict[str, Any]) -> dict[str, Any]:
+    """Builder-specific text of a dataset card: summary, processing steps, columns."""
+    if recipe.builder == "simsamu":
+        task = {
+            "dialogue": "one row per regulator turn with its history"
+            if recipe.per_turn
+            else "one row per call",
+            "summary": "transcript → fiche de régulation, one row per call that has a summary",
+        }[recipe.task]
+        steps = [
+            "Read each call's Rev-like JSON transcript (`monologues[].terms[]`), keeping WORD terms"
+            + (" and punctuation" if recipe.punctuation else "")
+            + ".",
+            "Speakers: `medecin` → regulator (`assistant`); `patient`, `patient_<n>`, `appelant` → caller "
+            f"(`user`); skipped labels: {', '.join(recipe.skip_speakers) or 'none'}; any other label is an error.",
+            "Monologues without words (the `<NA>` items) are left out and counted; consecutive monologues of one "
+            "role are merged into one turn.",
+            "The RTTM file of each call is checked against the JSON (same speakers in the same order): "
+            f"{len(report['rttm_mismatches'])} call(s) disagree"
+            + (f" ({', '.join(report['rttm_mismatches'])})" if report["rttm_mismatches"] else "")
+            + ".",
+            "Labels: situation (the folder name without `dj_` and its year/month token), communication mode "
+            "(`simsamu_communication_modes.csv`), actor ids (`metadata.csv`).",
+            f"Task: {task}; the French system prompt is `data/prompts/simsamu_system.jinja`.",
+        ]
+        columns = {
+            "id": "call folder name" + (" + `#` + turn index" if recipe.per_turn else ""),
+            "situation": "simulated situation (grouping key of the splits)",
+            "communication_mode": "caller's communication mode (Angry, Shy, Cooperative, ...)",
+            "regulator_actor / caller_actor": "actor ids of the roles",
+            "duration": "seconds", "num_turns": "turns after merging",
+            "summary": "fiche de régulation, when `summaries.jsonl` has one",
+            "messages": "chat: system prompt, then the call (regulator = assistant)",
+        }  # fmt: skip
+        if recipe.per_turn:
+            columns["prompt / completion"] = "history / the regulator turn to predict"
+        return {
+            "summary": f"Simulated French emergency calls to the SAMU (centre 15), as chat data ({task}).",
+            "steps": steps,
+            "columns": columns,
+            "license": recipe.license or "mit",
+            "task_categories": ["summarization", "text-generation"]
+            if recipe.task == "summary"
+            else ["text-generation"],
+            "note": "the source calls were played by actors; no real patient data",
+        }
+    steps = [
+        f"Input layout: {report.get('layout')}"
+        + (
+            " (one row per speaker track, merged into one time-ordered transcript per meeting)"
+            if report.get("layout") == "summre"
+            else ""
+        )
+        + ".",
+        "Transcript lines `speaker : text`; meetings without a summary are counted and left out.",
+        "Chat rows: French system prompt and instruction (`data/prompts/meeting_*.jinja`) → summary.",
+    ]
+    if recipe.tokenizer_name_or_path:
+        steps.append(
+            f"`chunks`: the transcript cut at turn boundaries into pieces of at most {recipe.chunk_tokens} tokens "
+            f"of `{recipe.tokenizer_name_or_path}`, overlapping by up to {recipe.chunk_overlap} tokens (map-reduce)."
+        )
+    columns = {
+        "id": "meeting id", "turns": "[{speaker, text}] in time order", "transcript": "`speaker : text` lines",
+        "summary": "reference summary", "num_speakers / num_words": "sizes",
+        "messages": "chat: system, instruction + transcript, summary (assistant)",
+    }  # fmt: skip
+    if recipe.tokenizer_name_or_path:
+        columns["chunks"] = "token-bounded overlapping transcript pieces"
+    return {
+        "summary": "French meeting transcripts with reference summaries, for summarisation.",
+        "steps": steps,
+        "columns": columns,
+        "license": recipe.license,
+        "task_categories": ["summarization", "text-generation"],
+        "note": "",
+    }
+
+
+def render_dataset_card(
+    *, recipe: Any, dataset: Any, report: dict[str, Any], lineage: list[dict[str, Any]]
+) -> str:
+    """Dataset card: front matter (licence, configs in the Hub parquet layout, per-split num_examples) + sections."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    facts = _dataset_facts(recipe, report)
+    repo_id = recipe.hub_dataset_id or recipe.output_dir
+    splits = {name: len(dataset[name]) if name in dataset else 0 for name in report["splits"]}
+    card_data = DatasetCardData(
+        language=["fr"],
+        license=facts["license"],
+        pretty_name=Path(recipe.output_dir).name,
+        task_categories=facts["task_categories"],
+        size_categories=[size_category(sum(splits.values()))],
+        source_datasets=[recipe.source] if is_hub_id(recipe.source) else None,
+        tags=["llm4all", "french", recipe.builder],
+        configs=[
+            {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in dataset]}
+        ],
+        dataset_info={"splits": [{"name": s, "num_examples": len(dataset[s])} for s in dataset]},
+    )
+    source = (
+        f"[`{recipe.source}`](https://huggingface.co/datasets/{recipe.source})"
+        if is_hub_id(recipe.source)
+        else f"`{recipe.source}` (local folder)"
+    )
+    entry = lineage[-1]
+    card = DatasetCard.from_template(
+        card_data,
+        template_path=str(DATASET_CARD_TEMPLATE),
+        pretty_name=Path(recipe.output_dir).name,
+        summary=facts["summary"],
+        source=source,
+        license=facts["license"],
+        source_license_note=facts["note"],
+        builder=recipe.builder,
+        steps=facts["steps"],
+        group=report["group"],
+        splits_from=report["splits_from"],
+        splits=splits,
+        skipped={
+            **report.get("skipped", {}),
+            **(
+                {"without a summary": len(report["without_summary"])} if report.get("without_summary") else {}
+            ),
+        },
+        columns=facts["columns"],
+        repo_id=repo_id,
+        output_dir=recipe.output_dir,
+        recipe_yaml=yaml.safe_dump(entry["recipe"], sort_keys=False, allow_unicode=True).rstrip(),
+        versions=", ".join(f"{k} {v}" for k, v in entry["versions"].items()),
     )
     return str(card)

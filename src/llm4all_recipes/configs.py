@@ -98,6 +98,21 @@ class RunArgs:
 
 
 @dataclass
+class HubArgs:
+    """How a stage publishes its output when `push_to_hub: true` (through `hub.publish()`, after the stage)."""
+
+    hub_overwrite: bool = arg(
+        False,
+        help="Allow pushing to an existing Hub repo / local hub folder (default: refuse, never overwrite silently).",
+    )
+    hub_target: Literal["auto", "hub", "local"] = arg(
+        "auto",
+        help="Where push_to_hub publishes: the Hub, the local hub folder (./hub or $LLM4ALL_HUB_DIR), or auto "
+        "(the Hub with a token and the network, else the local folder).",
+    )
+
+
+@dataclass
 class ModelArgs:
     model_name_or_path: str | None = arg(
         None, help="Hub model id, or a local folder such as a previous stage's output_dir."
@@ -137,7 +152,7 @@ def _has_accelerator() -> bool:
 
 
 @dataclass
-class TrainerArgs(MixtureArgs, RunArgs, SFTConfig):
+class TrainerArgs(MixtureArgs, RunArgs, HubArgs, SFTConfig):
     """Keys shared by every stage that trains with a TRL trainer (all of `trl.SFTConfig` included)."""
 
     COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
@@ -172,6 +187,7 @@ class TrainerArgs(MixtureArgs, RunArgs, SFTConfig):
         """Value checks run before any model is loaded (`static`: for `validate`, see `check_path`)."""
         check_mixture(self, static)
         check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
         _positive(self, "learning_rate", "max_length", "mixture_size", "per_device_train_batch_size")
 
 
@@ -252,6 +268,131 @@ class TinyModelRecipe(TrainerArgs):
 
 
 @dataclass
+class BuildDatasetRecipe(RunArgs, HubArgs):
+    """`llm4all build-dataset`: a dataset (save_to_disk + card) from the simsamu or a meetings layout."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
+    SIMSAMU_ONLY: typing.ClassVar[tuple[str, ...]] = (
+        "task",
+        "per_turn",
+        "skip_speakers",
+        "punctuation",
+        "download_audio",
+    )
+    MEETINGS_ONLY: typing.ClassVar[tuple[str, ...]] = (
+        "layout",
+        "tokenizer_name_or_path",
+        "chunk_tokens",
+        "chunk_overlap",
+    )
+
+    builder: Literal["simsamu", "meetings"] = arg("simsamu", help="Which builder reads `source`.")
+    source: str | None = arg(
+        None,
+        help="Input: a Hub dataset id (fetched with snapshot_download when online) or a local folder/file in "
+        "the same layout (simsamu: the call folders and root tables; meetings: jsonl/parquet/dataset folder).",
+    )
+    output_dir: str | None = arg(None, help="Default: outputs/datasets/<variant>.")
+    seed: int = arg(42, help="Seed of the split assignment.")
+    splits: dict[str, float] = arg(
+        factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1},
+        help="Split shares (of rows), assigned by group (simsamu: situation; meetings: meeting) so that no group "
+        "is in two splits. Sources that come with their own splits keep them (never re-carved).",
+    )
+    folds: int | None = arg(None, help="k-fold instead of `splits`: the groups are dealt into `folds` folds.")
+    fold: int = arg(0, help="With `folds`: the fold used as `test` (the others are `train`).")
+    summaries: str | None = arg(
+        None,
+        help="jsonl of summaries ({id|meeting_id, summary}); simsamu default: summaries.jsonl at the source root "
+        "when present.",
+    )
+    license: str | None = arg(None, help="Licence of the built dataset (card); simsamu default: mit.")
+    push_to_hub: bool = arg(False, help="Publish the dataset after building it (see hub_target).")
+    hub_dataset_id: str | None = arg(None, help="<namespace>/<name> of the published dataset.")
+    hub_private_repo: bool = arg(True, help="Create the Hub repo private.")
+    # simsamu
+    task: Literal["dialogue", "summary"] = arg(
+        "dialogue",
+        help="simsamu: `dialogue` = the call as a chat (system prompt, regulator = assistant); `summary` = "
+        "transcript -> fiche de régulation (calls without a summary are counted and left out).",
+    )
+    per_turn: bool = arg(
+        False,
+        help="simsamu dialogue: one row per regulator turn with its history (`prompt`/`completion` columns too, "
+        "for next-turn evaluation).",
+    )
+    skip_speakers: list[str] = arg(
+        factory=lambda: ["inintelligible"],
+        help="simsamu: speaker labels skipped (and counted) instead of an error.",
+    )
+    punctuation: bool = arg(True, help="simsamu: keep the PUNCTUATION terms of the transcripts.")
+    download_audio: bool = arg(
+        False, help="simsamu from the Hub: also download the .m4a audio (not used here)."
+    )
+    # meetings
+    layout: Literal["auto", "turns", "summre"] = arg(
+        "auto", help="meetings: input layout (auto-detected by columns)."
+    )
+    tokenizer_name_or_path: str | None = arg(
+        None, help="meetings: a tokenizer to cut long transcripts into token-bounded `chunks` (map-reduce)."
+    )
+    chunk_tokens: int = arg(1024, help="meetings: chunk size in tokens.")
+    chunk_overlap: int = arg(128, help="meetings: overlap between consecutive chunks, in tokens.")
+
+    def check(self, static: bool) -> None:
+        if not self.source:
+            raise RecipeError("required: a Hub dataset id or a local path", key="source")
+        check_path(self.source, "source", static, hub_ok=True)
+        if self.summaries:
+            check_path(self.summaries, "summaries", static)
+        given = {*self.origin.values, *self.origin.cli_keys}
+        other = self.MEETINGS_ONLY if self.builder == "simsamu" else self.SIMSAMU_ONLY
+        for key in other:
+            if key in given:
+                raise RecipeError(f"does not apply to the {self.builder} builder", key=key)
+        if self.folds is not None:
+            if self.folds < 2:
+                raise RecipeError("must be >= 2", key="folds")
+            if not 0 <= self.fold < self.folds:
+                raise RecipeError(f"must be in [0, {self.folds})", key="fold")
+        elif not self.splits or any(v < 0 for v in self.splits.values()) or sum(self.splits.values()) <= 0:
+            raise RecipeError("shares must be >= 0 with a positive sum", key="splits")
+        if self.per_turn and self.task != "dialogue":
+            raise RecipeError("per_turn applies to task: dialogue", key="per_turn")
+        if not 0 <= self.chunk_overlap < self.chunk_tokens:
+            raise RecipeError("need 0 <= chunk_overlap < chunk_tokens", key="chunk_overlap")
+        check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_dataset_id, "hub_dataset_id")
+
+
+@dataclass
+class PublishRecipe(HubArgs):
+    """`llm4all publish`: push a stage's output folder to the Hub (or the local hub folder)."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
+
+    path: str | None = arg(None, help="The folder to publish: a stage's output_dir.")
+    repo_id: str | None = arg(None, help="<namespace>/<name> of the Hub repo.")
+    repo_type: Literal["auto", "model", "dataset"] = arg(
+        "auto", help="auto: dataset for a save_to_disk folder, model otherwise."
+    )
+    private: bool = arg(True, help="Create the repo private (the default: release deliberately).")
+    overwrite: bool = arg(False, help="Allow pushing to an existing repo or revision.")
+    target: Literal["auto", "hub", "local"] = arg("auto", help="Same as hub_target in stage recipes.")
+    revision: str | None = arg(
+        None, help="A branch to push to (created from main); refused if it exists unless overwrite."
+    )
+    commit_message: str | None = arg(None, help="Commit message on the Hub.")
+    dry_run: bool = arg(False, help="Print what would be published, and where, then exit.")
+
+    def check(self, static: bool) -> None:
+        if not self.path:
+            raise RecipeError("required: the folder to publish", key="path")
+        check_path(self.path, "path", static)
+        check_hub(True, self.repo_id, "repo_id")
+
+
+@dataclass
 class PipelineStep:
     """One stage of a pipeline: a stage recipe, optionally with overrides."""
 
@@ -301,8 +442,10 @@ class PipelineRecipe:
 
 
 RECIPES: dict[str, type] = {
+    "build-dataset": BuildDatasetRecipe,
     "tiny-model": TinyModelRecipe,
     "sft": SFTRecipe,
+    "publish": PublishRecipe,
     "pipeline": PipelineRecipe,
 }
 
@@ -363,6 +506,16 @@ def check_output_dir(recipe: Any, static: bool) -> None:
             f"{recipe.output_dir} already holds a finished run; pass --overwrite_output_dir true to replace it",
             key="output_dir",
         )
+
+
+def check_hub(push: bool, repo_id: str | None, key: str) -> None:
+    """A stage that publishes needs a well-formed `<namespace>/<name>` repo id."""
+    if not push:
+        return
+    if not repo_id:
+        raise RecipeError("required when publishing (push_to_hub: true)", key=key)
+    if not paths.is_repo_id(repo_id):
+        raise RecipeError(f"expected <namespace>/<name>, got {repo_id!r}", key=key)
 
 
 def has_generation_markers(template: str | None) -> bool:
@@ -590,16 +743,18 @@ def parse_recipe(stage: str, argv: Sequence[str], *, static: bool = False) -> An
     """
     cls = RECIPES[stage]
     config, overrides = split_config(argv)
-    if config is None:
-        raise RecipeError(f"missing --config RECIPE.yaml (e.g. recipes/<model>/{stage}/<variant>.yaml)")
-    folder_stage = paths.stage_of(config)
-    if folder_stage in RECIPES and folder_stage != stage:
-        raise RecipeError(
-            f"this recipe is a '{folder_stage}' recipe (its folder), not a '{stage}' one", source=config
-        )
-    values, lines = read_yaml(config)
+    if config is None:  # every key from the command line (handy for publish)
+        values, lines, source = {}, {}, "command line"
+    else:
+        folder_stage = paths.stage_of(config)
+        if folder_stage in RECIPES and folder_stage != stage:
+            raise RecipeError(
+                f"this recipe is a '{folder_stage}' recipe (its folder), not a '{stage}' one", source=config
+            )
+        values, lines = read_yaml(config)
+        source = config
     cli = _cli_keys(overrides)
-    origin = RecipeFile(config, values, lines, cli, list(argv))
+    origin = RecipeFile(source, values, lines, cli, list(argv))
     try:
         check_keys(cls, values)
         parser = _Parser(cls)
@@ -608,16 +763,16 @@ def parse_recipe(stage: str, argv: Sequence[str], *, static: bool = False) -> An
         raise origin.locate(err) from None
     has_output = "output_dir" in {f.name for f in dataclasses.fields(cls)}
     if has_output and "output_dir" not in values and "output_dir" not in cli:
-        default = paths.default_output_dir(config)
+        default = paths.default_output_dir(config) if config else None
         if default is None:
             raise RecipeError(
                 "required when the recipe is not under recipes/<model>/<stage>/",
-                source=config,
+                source=source,
                 key="output_dir",
             )
         overrides += ["--output_dir", default]
     try:
-        (recipe,) = parser.parse_args_and_config(["--config", config, *overrides])
+        (recipe,) = parser.parse_args_and_config([*(["--config", config] if config else []), *overrides])
     except RecipeError as err:
         raise origin.locate(err) from None
     except (ValueError, TypeError) as exc:
@@ -635,7 +790,10 @@ def resolved_recipe(recipe: Any) -> dict[str, Any]:
     """The recipe as run: the keys written in the YAML file, command-line overrides applied."""
     origin: RecipeFile = recipe.origin
     keys = list(dict.fromkeys([*origin.values, *origin.cli_keys, "output_dir"]))
-    return {k: _plain(getattr(recipe, k)) for k in keys if k != "env" and hasattr(recipe, k)}
+    # token-like keys (hub_token ...) are secrets: never written to a recipe, a lineage or a card
+    return {
+        k: _plain(getattr(recipe, k)) for k in keys if k != "env" and "token" not in k and hasattr(recipe, k)
+    }
 
 
 def _plain(value: Any) -> Any:

@@ -15,17 +15,16 @@ next to their card, recipe and lineage. Checkpoints and other resume-only files 
 token is read by huggingface_hub (`HF_TOKEN` or `hf auth login`) and never logged or written.
 """
 
-import json
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RecipeError
+from .paths import is_repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,6 @@ IGNORE_PATTERNS = [
     "*.tmp",
 ]
 SHARD_BYTES = 500 * 2**20  # parquet shards of at most ~500 MB, as the Hub's own converter does
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
 
 
 @dataclass
@@ -102,7 +100,7 @@ def publish(
     folder = Path(folder)
     if not folder.is_dir():
         raise RecipeError(f"nothing to publish: {folder} is not a folder (run its stage first)", key="path")
-    if not _REPO_ID.match(repo_id or ""):
+    if not is_repo_id(repo_id):
         raise RecipeError(f"expected <namespace>/<name>, got {repo_id!r}", key="repo_id")
     repo_type = repo_type or ("dataset" if is_dataset_folder(folder) else "model")
     where = resolve_target(target)
@@ -178,5 +176,24 @@ def _publish_hub(
     return Published("hub", repo_id, repo_type, str(url), revision)
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+def publish_stage_output(recipe, repo_type: str) -> str | None:
+    """After a stage: publish its output_dir when the recipe says `push_to_hub: true` (main process only).
+
+    Returns where it went (URL or folder), or None.
+    """
+    if not recipe.push_to_hub:
+        return None
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return None
+    repo_id = recipe.hub_dataset_id if repo_type == "dataset" else recipe.hub_model_id
+    published = publish(
+        recipe.output_dir,
+        repo_id,
+        repo_type=repo_type,
+        private=recipe.hub_private_repo is not False,
+        overwrite=recipe.hub_overwrite,
+        target=recipe.hub_target,
+    )
+    return published.location

@@ -87,8 +87,20 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def redact(argv: list[str]) -> list[str]:
+    """Command-line values of token-like keys are never written anywhere."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a.startswith("--") and "token" in a:
+            if "=" in a:
+                out[i] = a.split("=", 1)[0] + "=***"
+            elif i + 1 < len(out):
+                out[i + 1] = "***"
+    return out
+
+
 def launch_command(stage: str, recipe: Any) -> str:
-    argv = getattr(getattr(recipe, "origin", None), "argv", sys.argv[1:])
+    argv = redact(getattr(getattr(recipe, "origin", None), "argv", sys.argv[1:]))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     prefix = f"accelerate launch --num_processes {world} -m llm4all_recipes" if world > 1 else "llm4all"
     return " ".join([prefix, stage, *argv])
@@ -120,7 +132,7 @@ def write_run_files(
     entry = {
         "stage": stage,
         "output_dir": str(getattr(recipe, "output_dir", folder)),
-        "hub_model_id": getattr(recipe, "hub_model_id", None),
+        "hub_repo_id": getattr(recipe, "hub_model_id", None) or getattr(recipe, "hub_dataset_id", None),
         "recipe_path": recipe.origin.path,
         "recipe": resolved,
         "command": launch_command(stage, recipe),

@@ -12,6 +12,12 @@ CHAT_TEMPLATES_DIR = PACKAGE_DIR / "data" / "chat_templates"
 OUTPUTS = "outputs"  # produced artefacts (git-ignored); `validate` does not require them to exist yet
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
+
+
+def is_repo_id(value: str | None) -> bool:
+    """A full Hub repo id, `<namespace>/<name>` (what we publish to)."""
+    return bool(value) and bool(_REPO_ID.match(value))
 
 
 def is_hub_id(value: str) -> bool:

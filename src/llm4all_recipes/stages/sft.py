@@ -9,6 +9,7 @@ import logging
 
 from ..configs import SFTRecipe, has_generation_markers
 from ..errors import RecipeError
+from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer
 from ..outputs import staged_output
 from ..training import eval_results, finish, fit, load_data, print_plan, save_trained
@@ -83,6 +84,7 @@ def run(recipe: SFTRecipe, callbacks=None):
                 "chat": True,
             },
         )
+    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 
 

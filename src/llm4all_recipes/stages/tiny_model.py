@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..configs import TinyModelRecipe
 from ..evaluation.perplexity import perplexity
+from ..hub import publish_stage_output
 from ..outputs import staged_output
 from ..tiny import build_model, build_tokenizer
 from ..training import finish, fit, load_data, print_plan, save_trained
@@ -82,6 +83,7 @@ def run(recipe: TinyModelRecipe, callbacks=None):
                 "chat": False,
             },
         )
+    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 
 

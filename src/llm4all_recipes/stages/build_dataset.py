@@ -1,0 +1,108 @@
+"""Build a French dataset from its source layout: simulated SAMU calls (`medkit/simsamu`) or meetings.
+
+    llm4all build-dataset --config recipes/datasets/simsamu.yaml
+    llm4all build-dataset --config recipes/datasets/meetings.yaml
+
+Writes `save_to_disk` + dataset card + recipe + build report into output_dir (through `.tmp`, so bad
+input leaves nothing behind), then publishes it when `push_to_hub: true`.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+from ..cards import render_dataset_card
+from ..configs import BuildDatasetRecipe
+from ..data import meetings, simsamu
+from ..data.splits import grouped_splits
+from ..errors import RecipeError
+from ..hub import publish_stage_output
+from ..outputs import staged_output, write_run_files
+
+logger = logging.getLogger(__name__)
+
+
+def fetch_source(recipe: BuildDatasetRecipe) -> str:
+    """A local path as is; a Hub dataset id through snapshot_download (simsamu) or datasets (meetings)."""
+    if Path(recipe.source).exists() or recipe.builder == "meetings":
+        return recipe.source
+    from huggingface_hub import snapshot_download
+
+    ignore = None if recipe.download_audio else ["*.m4a", "*.wav", "*.mp3", "*.flac"]
+    try:
+        return snapshot_download(recipe.source, repo_type="dataset", ignore_patterns=ignore)
+    except Exception as exc:  # offline, unknown repo, no access: say which and stop
+        raise RecipeError(f"cannot download the Hub dataset {recipe.source}: {exc}", key="source") from None
+
+
+def build(recipe: BuildDatasetRecipe, source: str) -> tuple[dict[str, list[dict]], dict]:
+    """({split: rows}, report) for the recipe's builder."""
+    if recipe.builder == "simsamu":
+        root = Path(source)
+        summaries = Path(recipe.summaries) if recipe.summaries else root / "summaries.jsonl"
+        rows, report = simsamu.build_rows(
+            root,
+            task=recipe.task,
+            per_turn=recipe.per_turn,
+            summaries=summaries if summaries.is_file() else None,
+            skip_speakers=tuple(recipe.skip_speakers),
+            punctuation=recipe.punctuation,
+        )
+        groups = [r["situation"] for r in rows]
+        report["group"] = "situation"
+        by_split = {"all": rows}
+    else:
+        count = None
+        if recipe.tokenizer_name_or_path:
+            from ..models import load_tokenizer
+
+            tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, key="tokenizer_name_or_path")
+            count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        by_split, report = meetings.build_rows(
+            source,
+            layout=recipe.layout,
+            summaries=Path(recipe.summaries) if recipe.summaries else None,
+            count_tokens=count,
+            chunk_tokens=recipe.chunk_tokens,
+            chunk_overlap=recipe.chunk_overlap,
+        )
+        report["group"] = "meeting"
+        if len(by_split) > 1:  # official splits are kept as they are
+            report["splits_from"] = "source"
+            return by_split, report
+        rows = next(iter(by_split.values()))
+        groups = [r["id"] for r in rows]
+    parts = grouped_splits(groups, recipe.splits, recipe.seed, recipe.folds, recipe.fold)
+    report["splits_from"] = f"{recipe.folds}-fold, fold {recipe.fold}" if recipe.folds else "shares"
+    return {name: [rows[i] for i in idx] for name, idx in parts.items()}, report
+
+
+def run(recipe: BuildDatasetRecipe, callbacks=None):
+    import datasets
+
+    # 1. Read and check everything; nothing is written before the data is known to be good.
+    source = fetch_source(recipe)
+    splits, report = build(recipe, source)
+    report["splits"] = {name: len(rows) for name, rows in splits.items()}
+    report["empty_splits"] = [name for name, rows in splits.items() if not rows]
+    if not any(splits.values()):
+        raise RecipeError("no row was built (see the skipped counts)", key="source")
+    for name in report["empty_splits"]:
+        logger.warning("split %r is empty: fewer %ss than splits", name, report["group"])
+    dataset = datasets.DatasetDict(
+        {name: datasets.Dataset.from_list(rows) for name, rows in splits.items() if rows}
+    )
+    if recipe.dry_run:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return report
+
+    # 2. save_to_disk + card + recipe + report, through <output_dir>.tmp.
+    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir) as tmp:
+        dataset.save_to_disk(str(tmp))
+        lineage = write_run_files(tmp, stage="build-dataset", recipe=recipe, metrics=report, parent=None)
+        card = render_dataset_card(recipe=recipe, dataset=dataset, report=report, lineage=lineage)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+
+    # 3. Publish (Hub or local hub folder) when asked.
+    report["published"] = publish_stage_output(recipe, "dataset")
+    return report

@@ -1,0 +1,78 @@
+"""Cards rendered from model_cards/ and dataset_cards/ templates through huggingface_hub."""
+
+import datasets
+import yaml
+from huggingface_hub import DatasetCard, ModelCard
+
+from llm4all_recipes.cards import render_model_card
+
+LINEAGE = [
+    {"stage": "base", "model": "OpenLLM-France/Lucie-7B"},
+    {
+        "stage": "compress",
+        "output_dir": "outputs/lucie/compress/w60",
+        "hub_repo_id": "llm4all/lucie-7b-w60",
+        "recipe_path": "recipes/lucie/compress/w60.yaml",
+        "recipe": {"ratio": 0.6, "method": "whitening"},
+        "command": "llm4all compress --config recipes/lucie/compress/w60.yaml",
+        "versions": {"torch": "2.13.0"},
+    },
+    {
+        "stage": "sft",
+        "output_dir": "outputs/lucie/sft/samu",
+        "hub_repo_id": "llm4all/lucie-7b-w60-samu",
+        "recipe_path": "recipes/lucie/sft/samu.yaml",
+        "recipe": {"learning_rate": 1e-5},
+        "command": "accelerate launch --num_processes 8 -m llm4all_recipes sft --config recipes/lucie/sft/samu.yaml",
+        "versions": {"torch": "2.13.0"},
+    },
+]
+
+
+def test_model_card_front_matter_and_lineage():
+    text = render_model_card(
+        stage="sft",
+        model_name="llm4all/lucie-7b-w60-samu",
+        summary="A test.",
+        training="trained",
+        lineage=LINEAGE,
+        results=[{"dataset_name": "simsamu", "metric_type": "perplexity", "metric_value": 12.5}],
+        datasets=["medkit/simsamu", "outputs/datasets/simsamu"],
+        license="apache-2.0",
+        chat=True,
+    )
+    card = ModelCard(text)
+    assert card.data.base_model == "llm4all/lucie-7b-w60"  # the parent stage's repo: the Hub's model tree
+    assert card.data.datasets == ["medkit/simsamu"]  # Hub ids only in the front matter
+    assert card.data.license == "apache-2.0"
+    assert {"llm4all", "llm4all-sft"} <= set(card.data.tags)
+    (result,) = card.data.eval_results
+    assert (result.dataset_name, result.metric_type, result.metric_value) == ("simsamu", "perplexity", 12.5)
+    lineage = card.text.split("## Lineage")[1]
+    for stage in LINEAGE[1:]:
+        assert stage["command"] in lineage and stage["recipe_path"] in lineage
+    assert "OpenLLM-France/Lucie-7B" in lineage
+    assert "ratio: 0.6" in lineage and "learning_rate: 1.0e-05" in lineage
+    assert 'AutoModelForCausalLM.from_pretrained("llm4all/lucie-7b-w60-samu")' in card.text
+
+
+def test_dataset_card_counts_match_the_data(tmp_path, recipe_file):
+    from llm4all_recipes.cli import main
+
+    out = tmp_path / "turns"
+    path = recipe_file(
+        f"builder: simsamu\nsource: tests/fixtures/simsamu\noutput_dir: {out}\nper_turn: true\n",
+        stage="datasets",
+        name="t.yaml",
+    )
+    assert main(["build-dataset", "--config", path]) == 0
+    ds = datasets.load_from_disk(str(out))
+    card = DatasetCard.load(out / "README.md")
+    splits = {s["name"]: s["num_examples"] for s in card.data.dataset_info["splits"]}
+    assert splits == {s: len(ds[s]) for s in ds}
+    assert card.data.license == "mit" and card.data.language == ["fr"]
+    assert "| untranscribed (<NA>) segment | 3 |" in card.text
+    recipe_block = card.text.split("## Recipe")[1].split("```yaml")[1].split("```")[0]
+    assert yaml.safe_load(recipe_block)["per_turn"] is True
+    for split in ds:
+        assert f"| {split} | {len(ds[split])} |" in card.text
