@@ -17,9 +17,11 @@ from .errors import RecipeError
 USAGE = """usage: llm4all <command> [--config RECIPE.yaml] [--key value ...]
 
 stages (recipes/<model>/<stage>/<variant>.yaml):
-  tiny-model   build the embedded default: tiny Llama + French tokenizer (no args: the tiny-llama recipe)
-  sft          supervised fine-tuning on conversations (TRL SFTTrainer)
-  pipeline     run stage recipes in order, skipping finished ones
+  tiny-model      build the embedded default: tiny Llama + French tokenizer (no args: the tiny-llama recipe)
+  build-dataset   a dataset + card from the simsamu or a meetings layout (recipes/datasets/)
+  sft             supervised fine-tuning on conversations (TRL SFTTrainer)
+  publish         push an output folder to the Hub (or the local hub folder)
+  pipeline        run stage recipes in order, skipping finished ones
 
 commands:
   validate [PATH ...]   check recipes (default: recipes/) without running them
