@@ -47,6 +47,49 @@ def tiny_model(session_tmp) -> Path:
 
 
 @pytest.fixture(scope="session")
+def compressed_model(tiny_model, session_tmp) -> Path:
+    """The tiny default compressed by recipes/tiny-llama/compress/whitening-60.yaml (60 %, whitening)."""
+    from llm4all_recipes.cli import main
+
+    out = session_tmp / "compress-w60"
+    config = "recipes/tiny-llama/compress/whitening-60.yaml"
+    assert (
+        main(
+            [
+                "compress",
+                "--config",
+                config,
+                "--model_name_or_path",
+                str(tiny_model),
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def distilled_model(compressed_model, session_tmp) -> Path:
+    """That student healed by recipes/tiny-llama/feature-distill/whitening-60.yaml (a shorter token budget)."""
+    from llm4all_recipes.cli import main
+
+    out = session_tmp / "feature-distill-w60"
+    config = "recipes/tiny-llama/feature-distill/whitening-60.yaml"
+    argv = [
+        "--model_name_or_path",
+        str(compressed_model),
+        "--output_dir",
+        str(out),
+        "--tokens_per_block",
+        "131072",
+    ]
+    assert main(["feature-distill", "--config", config, *argv]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_metrics(tiny_model) -> dict:
     return json.loads((tiny_model / "metrics.json").read_text())
 

@@ -7,6 +7,7 @@ loaded — unknown keys, types, choices, files, value ranges — and raises `Rec
 the key and its line.
 """
 
+import argparse
 import dataclasses
 import difflib
 import enum
@@ -84,6 +85,13 @@ class MixtureArgs:
         "largest total for which every non-repeated source can supply its share.",
     )
 
+    def __post_init__(self):
+        self.datasets = [_to_source(d) for d in self.datasets]
+        self.eval_datasets = [_to_source(d) for d in self.eval_datasets]
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+
 
 # --------------------------------------------------------------------------- common keys
 @dataclass
@@ -124,6 +132,10 @@ class ModelArgs:
     attn_implementation: str | None = arg(
         None, help="Attention kernel: eager, sdpa, flash_attention_2 ... (default: transformers' choice)."
     )
+
+
+@dataclass
+class LoraArgs:
     use_peft: bool = arg(False, help="Train LoRA adapters (peft) instead of the full model.")
     lora_r: int = arg(16, help="LoRA rank.")
     lora_alpha: int = arg(32, help="LoRA alpha (scaling = alpha / r).")
@@ -175,8 +187,6 @@ class TrainerArgs(MixtureArgs, RunArgs, HubArgs, SFTConfig):
     )
 
     def __post_init__(self):
-        self.datasets = [_to_source(d) for d in self.datasets]
-        self.eval_datasets = [_to_source(d) for d in self.eval_datasets]
         if self.bf16 is None:
             self.bf16 = (not self.fp16) and _cuda_bf16()
         if self.use_cpu is None:
@@ -192,7 +202,7 @@ class TrainerArgs(MixtureArgs, RunArgs, HubArgs, SFTConfig):
 
 
 @dataclass
-class TrainRecipe(ModelArgs, TrainerArgs):
+class TrainRecipe(ModelArgs, LoraArgs, TrainerArgs):
     """Keys shared by the stages that train an existing model (sft, kd, cpt)."""
 
     def check(self, static: bool) -> None:
@@ -268,7 +278,19 @@ class TinyModelRecipe(TrainerArgs):
 
 
 @dataclass
-class BuildDatasetRecipe(RunArgs, HubArgs):
+class StageArgs(RunArgs, HubArgs):
+    """Output and publishing keys of the stages that do not train with a TRL trainer."""
+
+    output_dir: str | None = arg(
+        None, help="Default: outputs/<model>/<stage>/<variant>, from the recipe's path."
+    )
+    seed: int = arg(42, help="Random seed (sampling, splits).")
+    push_to_hub: bool = arg(False, help="Publish the output after the stage (see hub_target).")
+    hub_private_repo: bool = arg(True, help="Create the Hub repo private.")
+
+
+@dataclass
+class BuildDatasetRecipe(StageArgs):
     """`llm4all build-dataset`: a dataset (save_to_disk + card) from the simsamu or a meetings layout."""
 
     COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
@@ -292,8 +314,6 @@ class BuildDatasetRecipe(RunArgs, HubArgs):
         help="Input: a Hub dataset id (fetched with snapshot_download when online) or a local folder/file in "
         "the same layout (simsamu: the call folders and root tables; meetings: jsonl/parquet/dataset folder).",
     )
-    output_dir: str | None = arg(None, help="Default: outputs/datasets/<variant>.")
-    seed: int = arg(42, help="Seed of the split assignment.")
     splits: dict[str, float] = arg(
         factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1},
         help="Split shares (of rows), assigned by group (simsamu: situation; meetings: meeting) so that no group "
@@ -307,9 +327,7 @@ class BuildDatasetRecipe(RunArgs, HubArgs):
         "when present.",
     )
     license: str | None = arg(None, help="Licence of the built dataset (card); simsamu default: mit.")
-    push_to_hub: bool = arg(False, help="Publish the dataset after building it (see hub_target).")
     hub_dataset_id: str | None = arg(None, help="<namespace>/<name> of the published dataset.")
-    hub_private_repo: bool = arg(True, help="Create the Hub repo private.")
     # simsamu
     task: Literal["dialogue", "summary"] = arg(
         "dialogue",
@@ -363,6 +381,153 @@ class BuildDatasetRecipe(RunArgs, HubArgs):
             raise RecipeError("need 0 <= chunk_overlap < chunk_tokens", key="chunk_overlap")
         check_output_dir(self, static)
         check_hub(self.push_to_hub, self.hub_dataset_id, "hub_dataset_id")
+
+
+@dataclass
+class CalibrationArgs:
+    num_calibration_samples: int = arg(
+        128, help="Calibration windows drawn (seeded) from the `datasets` text."
+    )
+    calibration_seq_len: int = arg(512, help="Tokens per calibration window.")
+    calibration_batch_size: int = arg(8, help="Windows per forward pass of a decoder layer.")
+    device: str = arg(
+        "auto", help="Where each decoder layer runs: auto (cuda when available), cpu, cuda, cuda:1 ..."
+    )
+    perplexity_max_length: int = arg(
+        512, help="Window of the perplexity measured before/after on eval_datasets."
+    )
+
+    def check_calibration(self, static: bool) -> None:
+        _positive(
+            self,
+            "num_calibration_samples",
+            "calibration_seq_len",
+            "calibration_batch_size",
+            "perplexity_max_length",
+        )
+        if not self.datasets:
+            raise RecipeError("required: calibration text (a `text` column)", key="datasets")
+        check_mixture(self, static)
+
+
+@dataclass
+class CompressRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
+    """`llm4all compress`: SVD-family low-rank initialisation of the decoder's linear layers."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ("text",)
+
+    hub_model_id: str | None = arg(None, help="<namespace>/<name> of the published checkpoint.")
+    targets: list[str] = arg(
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        help="Linear layers of the decoder blocks to compress: a module's last name (q_proj) or a glob on its full "
+        "name (model.layers.1?.mlp.*). Embeddings and lm_head are never touched.",
+    )
+    ratio: float = arg(
+        0.2, help="Fraction of the targeted linear parameters removed (SVD-LLM convention), in (0, 1)."
+    )
+    method: Literal["svd", "asvd", "whitening", "outcov"] = arg(
+        "whitening",
+        help="Initialiser: svd (plain truncated SVD), asvd (activation-scaled), whitening (SVD-LLM, Cholesky of "
+        "the input Gram), outcov (projection on the top output-covariance eigenvectors).",
+    )
+    asvd_alpha: float = arg(0.5, help="asvd: the scaling is diag(mean|x|^alpha).")
+    jitter: float = arg(
+        1e-6, help="whitening: first relative jitter tried when the Gram is not positive definite."
+    )
+    rank_allocation: Literal["uniform", "bottom_first", "loss", "explicit"] = arg(
+        "uniform",
+        help="uniform ranks; bottom_first (Lillama: lower ranks from the first layers upward until the budget is "
+        "met); loss (greedy on each matrix's truncation error); explicit (`ranks`).",
+    )
+    ranks: dict[str, int] = arg(factory=dict, help="explicit allocation: {module name or glob: rank}.")
+    rank_multiple: int = arg(
+        1, help="Round ranks to a multiple (8, 64 on GPUs) without exceeding the budget."
+    )
+    min_rank_fraction: float = arg(0.25, help="bottom_first: lowest rank, as a fraction of mn/(m+n).")
+    skip_first_layers: int = arg(0, help="bottom_first: leave the first N decoder layers dense.")
+    propagate: Literal["compressed", "original"] = arg(
+        "compressed",
+        help="Feed layer i+1 with the outputs of compressed layer i (GPTQ) or of the original one.",
+    )
+
+    def check(self, static: bool) -> None:
+        if not self.model_name_or_path:
+            raise RecipeError("required: the model to compress", key="model_name_or_path")
+        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        if not 0 < self.ratio < 1:
+            raise RecipeError(f"must be in (0, 1), got {self.ratio}", key="ratio")
+        if not self.targets:
+            raise RecipeError("required: at least one module pattern", key="targets")
+        if self.rank_allocation == "explicit" and not self.ranks:
+            raise RecipeError("rank_allocation: explicit needs `ranks: {module: rank}`", key="ranks")
+        if self.ranks and self.rank_allocation != "explicit":
+            raise RecipeError("`ranks` is only read with rank_allocation: explicit", key="ranks")
+        if not 0 < self.min_rank_fraction < 1:
+            raise RecipeError("must be in (0, 1)", key="min_rank_fraction")
+        _positive(self, "rank_multiple", "asvd_alpha")
+        self.check_calibration(static)
+        check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
+
+
+@dataclass
+class FeatureDistillRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
+    """`llm4all feature-distill`: Lillama — each compressed block learns its original block's outputs."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ("text",)
+
+    hub_model_id: str | None = arg(None, help="<namespace>/<name> of the published checkpoint.")
+    teacher_model_name_or_path: str | None = arg(
+        None, help="The original (dense) model. Default: the student's compression_config.base_model."
+    )
+    schedule: Literal["parallel", "sequential"] = arg(
+        "parallel",
+        help="parallel: every block learns from the teacher's own inputs (detached; blocks independent, as "
+        "Lillama); sequential: from the outputs of the already distilled student blocks.",
+    )
+    joint_inputs: bool = arg(
+        False,
+        help="Also train on the other input stream (parallel + student inputs = Lillama's Teacher+Student loss).",
+    )
+    learning_rate: float = arg(1e-4, help="AdamW learning rate of the low-rank factors.")
+    weight_decay: float = arg(0.0, help="AdamW weight decay.")
+    tokens_per_block: int | None = arg(
+        None,
+        help="Training tokens per block (the token budget). Default: one pass over the calibration windows.",
+    )
+    num_holdout_samples: int = arg(
+        16,
+        help="Held-out calibration windows (from the end of the token stream) used to keep each block's best state.",
+    )
+    eval_every: int = arg(20, help="Steps between held-out evaluations of a block.")
+
+    def check(self, static: bool) -> None:
+        if not self.model_name_or_path:
+            raise RecipeError(
+                "required: the compressed student (a compress output)", key="model_name_or_path"
+            )
+        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        if self.teacher_model_name_or_path:
+            check_path(self.teacher_model_name_or_path, "teacher_model_name_or_path", static, hub_ok=True)
+        _positive(self, "learning_rate", "tokens_per_block", "num_holdout_samples", "eval_every")
+        self.check_calibration(static)
+        check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
+
+
+@dataclass
+class ExportDenseRecipe(ModelArgs, StageArgs):
+    """`llm4all export-dense`: multiply a low-rank checkpoint's factors out into a plain checkpoint."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
+    hub_model_id: str | None = arg(None, help="<namespace>/<name> of the published checkpoint.")
+
+    def check(self, static: bool) -> None:
+        if not self.model_name_or_path:
+            raise RecipeError("required: a low-rank checkpoint", key="model_name_or_path")
+        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
 
 
 @dataclass
@@ -444,6 +609,9 @@ class PipelineRecipe:
 RECIPES: dict[str, type] = {
     "build-dataset": BuildDatasetRecipe,
     "tiny-model": TinyModelRecipe,
+    "compress": CompressRecipe,
+    "feature-distill": FeatureDistillRecipe,
+    "export-dense": ExportDenseRecipe,
     "sft": SFTRecipe,
     "publish": PublishRecipe,
     "pipeline": PipelineRecipe,
@@ -548,8 +716,25 @@ def check_chat_template(value: str, require_generation: bool) -> str:
 
 
 # --------------------------------------------------------------------------- parsing
+def _json_dict(text: str) -> dict:
+    """`--ranks '{"o_proj": 32}'`: dict keys given on the command line are JSON."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 class _Parser(TrlParser):
-    """TRL's parser, raising `RecipeError` instead of printing usage and exiting."""
+    """TRL's parser, raising `RecipeError` instead of printing usage and exiting; dict keys read JSON."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for action in self._actions:
+            if action.type is dict or typing.get_origin(action.type) is dict:
+                action.type = _json_dict
 
     def error(self, message: str):
         key = None

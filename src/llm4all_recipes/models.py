@@ -23,6 +23,8 @@ def load_tokenizer(path: str, revision: str | None = None, key: str = "model_nam
     """AutoTokenizer with a pad token (the EOS when the tokenizer has none)."""
     from transformers import AutoTokenizer
 
+    from . import compression  # noqa: F401  (registers the low-rank checkpoint format)
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as exc:
@@ -41,8 +43,12 @@ def load_model(
     attn_implementation: str | None = None,
     key: str = "model_name_or_path",
 ):
-    """AutoModelForCausalLM from a Hub id or a folder; errors name the recipe key."""
+    """AutoModelForCausalLM from a Hub id or a folder; errors name the recipe key. Low-rank checkpoints
+    (`model_type: llm4all_lowrank`, with a `compression_config`) load through the package's own class, no
+    remote code needed."""
     from transformers import AutoModelForCausalLM
+
+    from . import compression  # noqa: F401  (registers the low-rank checkpoint format)
 
     kwargs = {"dtype": dtype, "revision": revision}
     if attn_implementation:
@@ -57,3 +63,16 @@ def count_parameters(model) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"parameters": total, "trainable_parameters": trainable}
+
+
+def compression_config(model) -> dict | None:
+    """The `compression_config` of a loaded low-rank model, or None for a dense one."""
+    return getattr(model.config, "compression_config", None)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

@@ -49,7 +49,8 @@ def tmp_dir(output_dir: str | os.PathLike) -> Path:
 def staged_output(output_dir: str | os.PathLike, *, overwrite: bool = False, keep_on_error: bool = False):
     """Yield `<output_dir>.tmp`; on success replace `<output_dir>` with it (main process only).
 
-    On error the temporary folder is removed, unless `keep_on_error` (trainers keep checkpoints to resume).
+    On error the temporary folder is removed, unless `keep_on_error` (stages that resume keep what they saved:
+    checkpoint-N/ folders, per-block states).
     `overwrite` starts from an empty temporary folder.
     """
     from accelerate import PartialState
@@ -65,7 +66,7 @@ def staged_output(output_dir: str | os.PathLike, *, overwrite: bool = False, kee
         yield tmp
     except BaseException:
         if state.is_main_process:
-            if keep_on_error and any(tmp.glob("checkpoint-*")):
+            if keep_on_error and tmp.is_dir() and any(tmp.iterdir()):
                 logger.error("run interrupted: %s kept; rerun the same command to resume from it", tmp)
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -142,3 +143,21 @@ def write_run_files(
     lineage = [*read_lineage(parent), entry]
     write_json(folder / "lineage.json", {"stages": lineage})
     return lineage
+
+
+def finish(
+    tmp: Path, *, stage: str, recipe: Any, metrics: dict, parent: str | None, card: dict[str, Any]
+) -> None:
+    """Write recipe.yaml, metrics.json, lineage.json and the README.md card (main process only)."""
+    from accelerate import PartialState
+
+    from .cards import render_model_card
+
+    if not PartialState().is_main_process:
+        return
+    # eval_before.json only serves a resume; training_args.bin is a pickle that recipe.yaml replaces
+    for leftover in ("eval_before.json", "training_args.bin"):
+        (tmp / leftover).unlink(missing_ok=True)
+    lineage = write_run_files(tmp, stage=stage, recipe=recipe, metrics=metrics, parent=parent)
+    text = render_model_card(stage=stage, lineage=lineage, parent=parent, **card)
+    (tmp / "README.md").write_text(text, encoding="utf-8")

@@ -43,7 +43,7 @@ def load_data(recipe: Any, tokenizer=None):
     train, report = build_mixture(
         recipe.datasets,
         needed=recipe.COLUMNS,
-        seed=recipe.data_seed if recipe.data_seed is not None else recipe.seed,
+        seed=recipe.seed if getattr(recipe, "data_seed", None) is None else recipe.data_seed,
         size=recipe.mixture_size,
         count_tokens=text_token_counter(tokenizer) if text else None,
     )
@@ -203,25 +203,6 @@ def save_trained(trainer, tmp: Path, recipe: Any) -> None:
         merged.save_pretrained(str(tmp))
         trainer.processing_class.save_pretrained(str(tmp))
     trainer.accelerator.wait_for_everyone()
-
-
-def finish(
-    tmp: Path, *, stage: str, recipe: Any, metrics: dict, parent: str | None, card: dict[str, Any]
-) -> None:
-    """Write recipe.yaml, metrics.json, lineage.json and the README.md card (main process only)."""
-    from accelerate import PartialState
-
-    from .cards import render_model_card
-    from .outputs import write_run_files
-
-    if not PartialState().is_main_process:
-        return
-    # eval_before.json only serves a resume; training_args.bin is a pickle that recipe.yaml replaces
-    for leftover in ("eval_before.json", "training_args.bin"):
-        (tmp / leftover).unlink(missing_ok=True)
-    lineage = write_run_files(tmp, stage=stage, recipe=recipe, metrics=metrics, parent=parent)
-    text = render_model_card(stage=stage, lineage=lineage, parent=parent, **card)
-    (tmp / "README.md").write_text(text, encoding="utf-8")
 
 
 def eval_results(metrics: dict) -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ from ..configs import SFTRecipe, has_generation_markers
 from ..errors import RecipeError
 from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer
-from ..outputs import staged_output
-from ..training import eval_results, finish, fit, load_data, print_plan, save_trained
+from ..outputs import finish, staged_output
+from ..training import eval_results, fit, load_data, print_plan, save_trained
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from ..configs import TinyModelRecipe
 from ..evaluation.perplexity import perplexity
 from ..hub import publish_stage_output
-from ..outputs import staged_output
+from ..outputs import finish, staged_output
 from ..tiny import build_model, build_tokenizer
-from ..training import finish, fit, load_data, print_plan, save_trained
+from ..training import fit, load_data, print_plan, save_trained
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,174 @@
+"""Calibration: activation statistics collected by forward hooks, one decoder layer at a time.
+
+The GPTQ driver pattern: the model stays on the CPU; the hidden states entering the first decoder layer
+are captured once, then each layer in turn is moved to the device, run on those states (batch by batch)
+with hooks accumulating the statistics of its linear inputs, and its outputs become the next layer's
+inputs. Only one layer and one layer's statistics are alive at a time.
+
+Statistics are per *distinct input*: modules that read the same tensor (q/k/v read the attention input,
+gate/up the MLP input) share one `InputStats`, found by comparing the tensors the hooks receive.
+"""
+
+import contextlib
+import random
+import weakref
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+class InputStats:
+    """Σ x xᵀ and Σ |x| of one layer input, accumulated in float64 (`add_batch`, as GPTQ's objects)."""
+
+    live: "weakref.WeakSet[InputStats]" = weakref.WeakSet()  # for tests: how many are alive
+
+    def __init__(self, dim: int, device: torch.device | str):
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        self.abs_sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.count = 0
+        InputStats.live.add(self)
+
+    @torch.no_grad()
+    def add_batch(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        self.gram.addmm_(x.T, x)
+        self.abs_sum += x.abs().sum(0)
+        self.count += x.shape[0]
+
+    @property
+    def mean_abs(self) -> torch.Tensor:
+        return self.abs_sum / max(self.count, 1)
+
+
+def calibration_ids(token_ids: list[int], n_samples: int, seq_len: int, seed: int) -> torch.Tensor:
+    """`n_samples` windows of `seq_len` tokens drawn (seeded) from one token stream: (n_samples, seq_len)."""
+    if len(token_ids) < seq_len:
+        raise ValueError(f"calibration text has {len(token_ids)} tokens, fewer than one sample of {seq_len}")
+    rng = random.Random(seed)
+    starts = [rng.randrange(0, len(token_ids) - seq_len + 1) for _ in range(n_samples)]
+    return torch.tensor([token_ids[s : s + seq_len] for s in starts], dtype=torch.long)
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(dotted name, ModuleList) of the decoder blocks: the ModuleList with num_hidden_layers entries."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if (
+            isinstance(module, nn.ModuleList)
+            and len(module) == n
+            and name.split(".")[-1] in ("layers", "h", "blocks")
+        ):
+            return name, module
+    raise ValueError(
+        "cannot find the decoder layers of this model (a ModuleList of num_hidden_layers blocks)"
+    )
+
+
+class _Stop(Exception):
+    pass
+
+
+class LayerStream:
+    """Hidden states flowing through the decoder layers one layer at a time (model kept on the CPU)."""
+
+    def __init__(
+        self, model: nn.Module, ids: torch.Tensor, *, device: str | torch.device, batch_size: int = 8
+    ):
+        self.model, self.device = model, torch.device(device)
+        self.prefix, self.layers = decoder_layers(model)
+        self.inputs: list[torch.Tensor] = []  # per batch, on the CPU
+        self.kwargs: list[dict] = []  # what the model passes to each layer (masks, rotary embeddings ...)
+        self._capture(ids, batch_size)
+
+    @torch.no_grad()
+    def _capture(self, ids: torch.Tensor, batch_size: int) -> None:
+        first = self.layers[0]
+        stream = self
+
+        class Catcher(nn.Module):
+            def forward(self, hidden_states, *args, **kwargs):
+                stream.inputs.append(hidden_states.detach().cpu())
+                stream.kwargs.append(kwargs)
+                raise _Stop
+
+        self.layers[0] = Catcher()
+        try:
+            self._move_outside(self.device)  # embeddings, rotary embeddings, final norm ...
+            for start in range(0, len(ids), batch_size):
+                with contextlib.suppress(_Stop):
+                    self.model(input_ids=ids[start : start + batch_size].to(self.device), use_cache=False)
+        finally:
+            self.layers[0] = first
+            self._move_outside(torch.device("cpu"))
+
+    def _move_outside(self, device: torch.device) -> None:
+        for name, param in self.model.named_parameters():
+            if not name.startswith(self.prefix + "."):
+                param.data = param.data.to(device)
+        for name, buf in self.model.named_buffers():
+            if not name.startswith(self.prefix + "."):
+                buf.data = buf.data.to(device)
+
+    @torch.no_grad()
+    def forward(self, layer: nn.Module, inputs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Run one layer (already on the device) on every batch; outputs back on the CPU."""
+        outputs = []
+        for x, kwargs in zip(inputs if inputs is not None else self.inputs, self.kwargs):
+            out = layer(x.to(self.device), **kwargs)
+            outputs.append((out[0] if isinstance(out, tuple) else out).detach().cpu())
+        return outputs
+
+
+def distinct_inputs(layer: nn.Module, names: Iterable[str], run: Callable[[], None]) -> dict[str, str]:
+    """{module: leader} where the leader is the first module reading the same input tensor (one batch run)."""
+    seen: dict[str, tuple] = {}
+    handles = []
+    for name in names:
+        module = layer.get_submodule(name)
+
+        def hook(mod, args, name=name):
+            x = args[0]
+            seen.setdefault(name, (x.data_ptr(), tuple(x.shape)))
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    leaders: dict[str, str] = {}
+    by_input: dict[tuple, str] = {}
+    for name in names:
+        leaders[name] = by_input.setdefault(seen[name], name)
+    return leaders
+
+
+@torch.no_grad()
+def collect_stats(
+    stream: LayerStream, layer: nn.Module, names: list[str], desc: str = ""
+) -> tuple[dict[str, InputStats], list[torch.Tensor]]:
+    """Statistics of the inputs of `names` (modules of `layer`, on the device), one per distinct input,
+    and the layer's outputs (CPU) computed in the same pass."""
+    device = stream.device
+    leaders = distinct_inputs(layer, names, lambda: stream.forward(layer, stream.inputs[:1]))
+    stats: dict[str, InputStats] = {}
+    handles = []
+    for leader in sorted(set(leaders.values())):
+        module = layer.get_submodule(leader)
+        stats[leader] = InputStats(module.in_features, device)
+        handles.append(
+            module.register_forward_pre_hook(lambda mod, args, s=stats[leader]: s.add_batch(args[0]))
+        )
+    try:
+        outputs = []
+        for x, kwargs in tqdm(
+            list(zip(stream.inputs, stream.kwargs)), desc=desc, leave=False, disable=not desc
+        ):
+            out = layer(x.to(device), **kwargs)
+            outputs.append((out[0] if isinstance(out, tuple) else out).detach().cpu())
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: stats[leaders[name]] for name in names}, outputs

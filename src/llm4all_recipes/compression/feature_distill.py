@@ -1,0 +1,210 @@
+"""Lillama: layer-local feature distillation of a low-rank student against its original (teacher) model.
+
+Each compressed decoder block i learns to reproduce the teacher block's output y = T_i(x) with its low-rank
+factors (everything else frozen), from detached inputs, with the loss (a = S_i(x), per token, fp32)
+
+    L(a, y) = mean |a − y|  −  mean log σ( cos(a, y) )
+
+    schedule: parallel    x = the teacher's own input to block i: blocks are independent (as Lillama)
+    schedule: sequential  x = the output of the already distilled student blocks < i (their errors are seen)
+    joint_inputs          both streams (parallel + student inputs = Lillama's Teacher+Student loss)
+
+Blocks stream one at a time: the teacher and student blocks i are moved to the device, the hidden states of
+the calibration windows stay on the CPU, and the teacher runs once over the whole depth. Each block keeps the
+state with the lowest loss on held-out calibration windows (evaluated before training, every `eval_every`
+steps and at the end), so a too-high learning rate never makes a block worse than its initialisation. A
+finished block is saved, so an interrupted run resumes at the next block.
+"""
+
+import copy
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .calibration import LayerStream, decoder_layers
+from .lowrank import LowRankLinear
+
+logger = logging.getLogger(__name__)
+
+
+def lillama_loss(a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mean |a − y| − mean log σ(cos(a, y)), the cosine over the hidden dimension of each token."""
+    a, y = a.float(), y.float()
+    return (a - y).abs().mean() - F.logsigmoid(F.cosine_similarity(a, y, dim=-1)).mean()
+
+
+@dataclass
+class DistillConfig:
+    schedule: str = "parallel"
+    joint_inputs: bool = False
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    tokens_per_block: int | None = None
+    batch_size: int = 8
+    eval_every: int = 20
+    device: str = "cpu"
+
+
+@dataclass
+class BlockReport:
+    layer: int
+    initial_loss: float
+    best_loss: float
+    final_loss: float
+    best_step: int
+    steps: int
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def low_rank_parameters(block: nn.Module) -> dict[str, nn.Parameter]:
+    return {
+        n: p
+        for n, p in block.named_parameters()
+        if any(isinstance(m, LowRankLinear) for m in _owners(block, n))
+    }
+
+
+def _owners(block: nn.Module, param_name: str):
+    parts = param_name.split(".")
+    for i in range(1, len(parts)):
+        yield block.get_submodule(".".join(parts[:i]))
+
+
+@torch.no_grad()
+def held_out_loss(
+    block: nn.Module, inputs: list[torch.Tensor], targets: list[torch.Tensor], kwargs: list[dict], device
+) -> float:
+    total, count = 0.0, 0
+    for x, y, kw in zip(inputs, targets, kwargs):
+        out = block(x.to(device), **kw)
+        a = out[0] if isinstance(out, tuple) else out
+        total += float(lillama_loss(a, y.to(device))) * x.shape[0]
+        count += x.shape[0]
+    return total / count
+
+
+def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, dict]], holdout: tuple, cfg: DistillConfig,
+                layer: int) -> BlockReport:  # fmt: skip
+    """Train the block's low-rank factors on (input, target, layer kwargs) batches; keep the best held-out state."""
+    device = torch.device(cfg.device)
+    params = low_rank_parameters(block)
+    for p in block.parameters():
+        p.requires_grad_(False)
+    originals = {n: p.dtype for n, p in params.items()}
+    for p in params.values():  # fp32 master weights for the optimiser
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    tokens_per_step = pairs[0][0].shape[0] * pairs[0][0].shape[1]
+    budget = cfg.tokens_per_block or tokens_per_step * len(pairs)
+    steps = max(1, math.ceil(budget / tokens_per_step))
+
+    def evaluate() -> float:
+        block.eval()
+        return held_out_loss(block, *holdout, device)
+
+    initial = best = evaluate()
+    best_state, best_step, history = (
+        copy.deepcopy({n: p.detach().cpu() for n, p in params.items()}),
+        0,
+        [(0, initial)],
+    )
+    block.train()
+    for step in tqdm(range(1, steps + 1), desc=f"distil block {layer}", leave=False):
+        x, y, kw = pairs[(step - 1) % len(pairs)]
+        out = block(x.to(device), **kw)
+        a = out[0] if isinstance(out, tuple) else out
+        loss = lillama_loss(a, y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % cfg.eval_every == 0 or step == steps:
+            current = evaluate()
+            history.append((step, current))
+            if current < best:
+                best, best_step = current, step
+                best_state = {n: p.detach().cpu().clone() for n, p in params.items()}
+            block.train()
+    final = history[-1][1]
+    with torch.no_grad():
+        for n, p in params.items():
+            p.data = best_state[n].to(device=p.device, dtype=originals[n])
+            p.requires_grad_(False)
+    block.eval()
+    return BlockReport(layer, initial, best, final, best_step, steps, history)
+
+
+@torch.no_grad()
+def distill(teacher: nn.Module, student: nn.Module, train_ids: torch.Tensor, holdout_ids: torch.Tensor,
+            cfg: DistillConfig, state_dir: Path | None = None) -> list[BlockReport]:  # fmt: skip
+    """Distil every compressed block of `student` (in place); teacher and student stay on the CPU."""
+    _, t_layers = decoder_layers(teacher)
+    _, s_layers = decoder_layers(student)
+    if len(t_layers) != len(s_layers):
+        raise ValueError("teacher and student have different numbers of decoder layers")
+    device = torch.device(cfg.device)
+    t_train = LayerStream(teacher, train_ids, device=device, batch_size=cfg.batch_size)
+    t_hold = LayerStream(teacher, holdout_ids, device=device, batch_size=cfg.batch_size)
+    s_train, s_hold = list(t_train.inputs), list(t_hold.inputs)  # embeddings are shared: same first inputs
+    done = _finished(state_dir)
+    reports: list[BlockReport] = []
+    for i, (t_block, s_block) in enumerate(zip(t_layers, s_layers)):
+        t_block.to(device)
+        s_block.to(device)
+        y_train, y_hold = t_train.forward(t_block), t_hold.forward(t_block)
+        if low_rank_parameters(s_block):
+            if i in done:
+                s_block.load_state_dict(load_file(str(state_dir / f"block_{i}.safetensors")), strict=False)
+                reports.append(BlockReport(**done[i]))
+            else:
+                pairs, hold = [], ([], [], [])
+                streams = {"parallel": [(t_train.inputs, t_hold.inputs)], "sequential": [(s_train, s_hold)]}[
+                    cfg.schedule
+                ]
+                if cfg.joint_inputs:
+                    streams.append(
+                        (s_train, s_hold) if cfg.schedule == "parallel" else (t_train.inputs, t_hold.inputs)
+                    )
+                for x_train, x_hold in streams:
+                    pairs += list(zip(x_train, y_train, t_train.kwargs))
+                    hold[0].extend(x_hold)
+                    hold[1].extend(y_hold)
+                    hold[2].extend(t_hold.kwargs)
+                with torch.enable_grad():
+                    report = train_block(s_block, pairs, hold, cfg, i)
+                reports.append(report)
+                _save_block(state_dir, i, s_block, report)
+            logger.info(
+                "block %d: held-out loss %.4f -> %.4f", i, reports[-1].initial_loss, reports[-1].best_loss
+            )
+        if cfg.schedule == "sequential" or cfg.joint_inputs:
+            s_train, s_hold = t_train.forward(s_block, s_train), t_hold.forward(s_block, s_hold)
+        t_block.to("cpu")
+        s_block.to("cpu")
+        t_train.inputs, t_hold.inputs = y_train, y_hold
+    return reports
+
+
+def _finished(state_dir: Path | None) -> dict[int, dict]:
+    if state_dir is None or not (state_dir / "progress.json").is_file():
+        return {}
+    return {int(k): v for k, v in json.loads((state_dir / "progress.json").read_text()).items()}
+
+
+def _save_block(state_dir: Path | None, layer: int, block: nn.Module, report: BlockReport) -> None:
+    if state_dir is None:
+        return
+    state_dir.mkdir(parents=True, exist_ok=True)
+    params = {n: p.detach().cpu().contiguous() for n, p in low_rank_parameters(block).items()}
+    save_file(params, str(state_dir / f"block_{layer}.safetensors"))
+    progress = _finished(state_dir)
+    progress[layer] = report.__dict__
+    (state_dir / "progress.json").write_text(json.dumps(progress, indent=1))

@@ -1,0 +1,247 @@
+"""Which linear layers are compressed, and at which rank.
+
+Convention (SVD-LLM): `ratio` is the fraction of the *targeted* linear parameters removed. An m x n matrix
+at rank r keeps r·(m + n) parameters, so it is only factored when r < mn / (m + n); otherwise it stays
+dense. Uniform rank: r = ⌊(1 − ratio) · mn / (m + n)⌋. The budget is ⌊(1 − ratio) · Σ mn⌋ kept parameters.
+
+    uniform       every matrix at the uniform rank of its own shape (k/v of GQA models included)
+    bottom_first  Lillama: from the first decoder layer upward, lower all the ranks of a layer together, step by
+                  step, down to `min_rank_fraction` · mn/(m+n), then the next layer, until the budget is met
+    loss          greedy on truncation errors: repeatedly give `rank_multiple` more rank to the matrix whose next
+                  singular directions remove the most relative error (σ² / Σσ² of that matrix) per parameter
+    explicit      `ranks: {glob: rank}` from the recipe (the ratio is then only reported)
+
+With `rank_multiple` > 1, ranks are multiples of it: rounded down, then topped up (largest matrices first) while
+the budget allows, so the achieved ratio is never below the target.
+"""
+
+import fnmatch
+import heapq
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import RecipeError
+from .calibration import decoder_layers
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ALLOCATIONS = ("uniform", "bottom_first", "loss", "explicit")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # full module name, e.g. model.layers.3.self_attn.q_proj
+    layer: int
+    out_features: int  # m
+    in_features: int  # n
+
+    @property
+    def params(self) -> int:
+        return self.out_features * self.in_features
+
+    @property
+    def max_rank(self) -> int:
+        """Largest r with r(m + n) < mn: above it the factors are bigger than the matrix."""
+        m, n = self.out_features, self.in_features
+        return math.ceil(m * n / (m + n)) - 1
+
+    def cost(self, rank: int | None) -> int:
+        return self.params if rank is None else rank * (self.out_features + self.in_features)
+
+
+def matches(name: str, pattern: str) -> bool:
+    """A pattern is a module's last name (`q_proj`) or a glob on its full dotted name (`*.layers.1?.mlp.*`)."""
+    return name.rsplit(".", 1)[-1] == pattern or fnmatch.fnmatchcase(name, pattern)
+
+
+def find_targets(model: nn.Module, patterns: list[str]) -> list[Target]:
+    """The nn.Linear modules of the decoder blocks matching the patterns (embeddings and lm_head never)."""
+    prefix, _ = decoder_layers(model)
+    linears = [
+        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(prefix + ".")
+    ]
+    if not linears:
+        raise RecipeError(
+            "the model has no linear layer inside its decoder blocks to compress", key="targets"
+        )
+    targets, used = [], set()
+    for name, module in linears:
+        hit = [p for p in patterns if matches(name, p)]
+        if hit:
+            used.update(hit)
+            layer = int(re.match(re.escape(prefix) + r"\.(\d+)\.", name).group(1))
+            targets.append(Target(name, layer, module.out_features, module.in_features))
+    unused = [p for p in patterns if p not in used]
+    if unused:
+        names = sorted({n.rsplit(".", 1)[-1] for n, _ in linears})
+        raise RecipeError(
+            f"pattern(s) {unused} match no linear layer (the decoder has: {', '.join(names)})", key="targets"
+        )
+    return targets
+
+
+def budget(targets: list[Target], ratio: float) -> int:
+    return math.floor((1 - ratio) * sum(t.params for t in targets))
+
+
+def kept(targets: list[Target], ranks: dict[str, int | None]) -> int:
+    return sum(t.cost(ranks.get(t.name)) for t in targets)
+
+
+def achieved_ratio(targets: list[Target], ranks: dict[str, int | None]) -> float:
+    return 1 - kept(targets, ranks) / sum(t.params for t in targets)
+
+
+def _round(rank: int, multiple: int) -> int:
+    return (rank // multiple) * multiple
+
+
+def _top_up(targets: list[Target], ranks: dict, limit: int, multiple: int) -> dict:
+    """Give `multiple` more rank to factored matrices, largest first, while the budget allows."""
+    total, grew = kept(targets, ranks), True
+    while grew:
+        grew = False
+        for t in sorted(targets, key=lambda t: -t.params):
+            r, step = ranks.get(t.name), multiple * (t.out_features + t.in_features)
+            if r is not None and r + multiple <= t.max_rank and total + step <= limit:
+                ranks[t.name], total, grew = r + multiple, total + step, True
+    return ranks
+
+
+def uniform(targets: list[Target], ratio: float, multiple: int = 1) -> dict[str, int | None]:
+    ranks: dict[str, int | None] = {}
+    for t in targets:
+        r = math.floor((1 - ratio) * t.params / (t.out_features + t.in_features))
+        r = _round(min(r, t.max_rank), multiple)
+        ranks[t.name] = r if r >= 1 else None
+    if any(r is None for r in ranks.values()):
+        raise RecipeError(
+            f"ratio {ratio} leaves some matrices no rank (rank_multiple={multiple})", key="ratio"
+        )
+    return _top_up(targets, ranks, budget(targets, ratio), multiple) if multiple > 1 else ranks
+
+
+def bottom_first(
+    targets: list[Target],
+    ratio: float,
+    multiple: int = 1,
+    min_rank_fraction: float = 0.25,
+    skip_first_layers: int = 0,
+) -> dict[str, int | None]:
+    limit = budget(targets, ratio)
+    ranks: dict[str, int | None] = dict.fromkeys((t.name for t in targets), None)
+    total = kept(targets, ranks)
+    for layer in sorted({t.layer for t in targets if t.layer >= skip_first_layers}):
+        group = [t for t in targets if t.layer == layer]
+        floor = {
+            t.name: max(
+                multiple,
+                _round(math.floor(min_rank_fraction * t.params / (t.out_features + t.in_features)), multiple),
+            )
+            for t in group
+        }
+        top = max(t.max_rank for t in group)
+        for r in range(_round(top, multiple), 0, -multiple):  # all matrices of the layer lowered together
+            for t in group:
+                if floor[t.name] <= r <= t.max_rank:
+                    total += t.cost(r) - t.cost(ranks[t.name])
+                    ranks[t.name] = r
+                    if total <= limit:
+                        return ranks
+    raise RecipeError(
+        f"bottom_first cannot remove {ratio:.0%} with min_rank_fraction={min_rank_fraction} and skip_first_layers="
+        f"{skip_first_layers} (at most {achieved_ratio(targets, ranks):.1%}); lower them or the ratio",
+        key="ratio",
+    )
+
+
+def loss_based(
+    targets: list[Target], ratio: float, energies: dict[str, torch.Tensor], multiple: int = 1
+) -> dict[str, int | None]:
+    """Greedy: start every matrix at `multiple`, then add rank where it removes the most relative error per parameter."""
+    limit = budget(targets, ratio)
+    ranks: dict[str, int | None] = {t.name: multiple for t in targets}
+    if kept(targets, ranks) > limit:
+        raise RecipeError(f"ratio {ratio} is too high for rank_multiple={multiple}", key="ratio")
+    rel = {t.name: (energies[t.name] / energies[t.name].sum().clamp_min(1e-30)).double() for t in targets}
+
+    def gain(t: Target, r: int) -> float:
+        return float(rel[t.name][r : r + multiple].sum()) / (multiple * (t.out_features + t.in_features))
+
+    heap = [(-gain(t, multiple), i) for i, t in enumerate(targets) if multiple * 2 <= t.max_rank]
+    heapq.heapify(heap)
+    total = kept(targets, ranks)
+    while heap:
+        _, i = heapq.heappop(heap)
+        t = targets[i]
+        step = multiple * (t.out_features + t.in_features)
+        if total + step > limit:
+            continue  # a smaller matrix may still fit
+        ranks[t.name] += multiple
+        total += step
+        if ranks[t.name] + multiple <= t.max_rank:
+            heapq.heappush(heap, (-gain(t, ranks[t.name]), i))
+    return ranks
+
+
+def explicit(targets: list[Target], ranks_by_pattern: dict[str, int]) -> dict[str, int | None]:
+    ranks: dict[str, int | None] = dict.fromkeys((t.name for t in targets), None)
+    for pattern, rank in ranks_by_pattern.items():
+        hit = [t for t in targets if matches(t.name, pattern)]
+        if not hit:
+            raise RecipeError(f"pattern {pattern!r} matches no targeted module", key=f"ranks.{pattern}")
+        for t in hit:
+            if not 1 <= rank <= t.max_rank:
+                raise RecipeError(
+                    f"rank {rank} for {t.name} ({t.out_features}x{t.in_features}) must be >= 1 and < mn/(m+n) = "
+                    f"{t.params / (t.out_features + t.in_features):.1f} (else the factors outweigh the matrix)",
+                    key=f"ranks.{pattern}",
+                )
+            ranks[t.name] = rank
+    return ranks
+
+
+def summary(
+    model: nn.Module, targets: list[Target], ranks: dict[str, int | None], ratio: float | None
+) -> dict:
+    """Parameters and bytes before/after (targeted and whole model), target and achieved ratios.
+    `model` is the dense model (or its meta-device skeleton)."""
+    total = sum(p.numel() for p in model.parameters())
+    before, after = sum(t.params for t in targets), kept(targets, ranks)
+    size = next(model.parameters()).element_size()
+    return {
+        "target_ratio": ratio,
+        "achieved_ratio": round(1 - after / before, 4),
+        "targeted_params_before": before,
+        "targeted_params_after": after,
+        "model_params_before": total,
+        "model_params_after": total - before + after,
+        "model_fraction_removed": round((before - after) / total, 4),
+        "bytes_before": total * size,
+        "bytes_after": (total - before + after) * size,
+        "compressed_modules": sum(r is not None for r in ranks.values()),
+        "dense_modules": sum(r is None for r in ranks.values()),
+    }
+
+
+def memory_estimate(
+    model: nn.Module, targets: list[Target], n_samples: int, seq_len: int, device_dtype_bytes: int = 4
+) -> dict:
+    """Peak memory of the layer-by-layer compression, in bytes (an upper bound: inputs shared by several
+    modules are counted once per module here; the driver shares them)."""
+    hidden = model.config.hidden_size
+    per_layer: dict[int, list[Target]] = {}
+    for t in targets:
+        per_layer.setdefault(t.layer, []).append(t)
+    stats = max(sum(8 * t.in_features**2 + 8 * t.in_features for t in ts) for ts in per_layer.values())
+    layer_params = max(sum(t.params for t in ts) for ts in per_layer.values())
+    activations = 2 * n_samples * seq_len * hidden * device_dtype_bytes
+    return {
+        "statistics_bytes_per_layer_max": stats,
+        "layer_weights_bytes_max": layer_params * device_dtype_bytes,
+        "activations_bytes_cpu": activations,
+        "model_bytes_cpu": sum(p.numel() * p.element_size() for p in model.parameters()),
+    }

@@ -1,0 +1,189 @@
+"""Compress the decoder's linear layers into SVD-initialised low-rank factors, calibrated layer by layer.
+
+    llm4all compress --config recipes/tiny-llama/compress/whitening-60.yaml
+    llm4all compress --config ... --dry_run true   # rank map, parameters, bytes, memory estimate; no calibration
+
+Writes a low-rank checkpoint (model_type llm4all_lowrank + compression_config + modeling file) that loads
+with `load_model()` or with plain transformers and `trust_remote_code=True`.
+"""
+
+import logging
+
+import torch
+
+from ..configs import CompressRecipe
+from ..errors import RecipeError
+from ..evaluation.perplexity import corpus_ids, perplexity
+from ..hub import publish_stage_output
+from ..models import load_model, load_tokenizer, resolve_device
+from ..outputs import finish, staged_output
+from ..training import load_data
+
+logger = logging.getLogger(__name__)
+
+NOTE = (
+    "Low-rank checkpoints need their loader: `trust_remote_code=True` (the modeling file ships with the "
+    "weights) or llm4all-recipes' `load_model()`. Serving engines such as vLLM or TGI do not run them as they "
+    "are; `llm4all export-dense` multiplies the factors out into a plain checkpoint, which gives up the size "
+    "and speed gains."
+)
+
+
+def skeleton(recipe):
+    """The model's structure on the meta device (no weights): enough for targets, ranks and sizes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..compression import MODEL_TYPE
+
+    try:
+        config = AutoConfig.from_pretrained(recipe.model_name_or_path, revision=recipe.model_revision)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(
+            f"cannot read the config of {recipe.model_name_or_path}: {exc}", key="model_name_or_path"
+        ) from None
+    if config.model_type == MODEL_TYPE:
+        raise RecipeError(
+            "this model is already low-rank: compress its base model (or export-dense it first)",
+            key="model_name_or_path",
+        )
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def allocation(recipe: CompressRecipe, targets):
+    """The rank map, or (rank_allocation: loss) a function of the spectra measured during calibration."""
+    from ..compression import ranks as R
+
+    if recipe.rank_allocation == "uniform":
+        return R.uniform(targets, recipe.ratio, recipe.rank_multiple)
+    if recipe.rank_allocation == "bottom_first":
+        return R.bottom_first(
+            targets, recipe.ratio, recipe.rank_multiple, recipe.min_rank_fraction, recipe.skip_first_layers
+        )
+    if recipe.rank_allocation == "explicit":
+        return R.explicit(targets, recipe.ranks)
+    return lambda spectra: R.loss_based(targets, recipe.ratio, spectra, recipe.rank_multiple)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**26 else f"{n / 2**20:.2f} MiB"
+
+
+def print_plan(recipe: CompressRecipe, model, targets, ranks) -> dict:
+    from ..compression import ranks as R
+
+    memory = R.memory_estimate(model, targets, recipe.num_calibration_samples, recipe.calibration_seq_len)
+    print(
+        f"# llm4all compress --dry_run: {recipe.model_name_or_path}, {recipe.method}, {recipe.rank_allocation}"
+    )
+    if callable(ranks):
+        print(
+            "# ranks: decided after calibration (rank_allocation: loss); budget",
+            R.budget(targets, recipe.ratio),
+            "parameters",
+        )
+        return {"memory": memory}
+    for t in targets:
+        r = ranks[t.name]
+        print(f"{t.name:<48} {t.out_features:>6}x{t.in_features:<6} {'dense' if r is None else f'rank {r}'}")
+    facts = R.summary(model, targets, ranks, recipe.ratio)
+    print(f"# targeted parameters: {facts['targeted_params_before']:,} -> {facts['targeted_params_after']:,} "
+          f"(ratio {facts['achieved_ratio']:.4f}, target {recipe.ratio})")  # fmt: skip
+    print(f"# model: {facts['model_params_before']:,} -> {facts['model_params_after']:,} parameters "
+          f"({facts['model_fraction_removed']:.1%} removed), {_gb(facts['bytes_before'])} -> {_gb(facts['bytes_after'])}")  # fmt: skip
+    print(f"# memory: one layer's statistics <= {_gb(memory['statistics_bytes_per_layer_max'])} and weights "
+          f"{_gb(memory['layer_weights_bytes_max'])} on {resolve_device(recipe.device)}; calibration activations "
+          f"{_gb(memory['activations_bytes_cpu'])} and the model {_gb(memory['model_bytes_cpu'])} on the CPU")  # fmt: skip
+    return {**facts, "memory": memory}
+
+
+def run(recipe: CompressRecipe, callbacks=None):
+    from ..compression import LowRankForCausalLM
+    from ..compression import ranks as R
+    from ..compression.calibration import calibration_ids
+    from ..compression.compressor import compress_model
+
+    # 1. Targets and ranks from the model's shapes alone (no weights, no data).
+    targets = R.find_targets(skeleton(recipe), recipe.targets)
+    ranks = allocation(recipe, targets)
+    if recipe.dry_run:
+        return print_plan(recipe, skeleton(recipe), targets, ranks)
+
+    # 2. Calibration windows and held-out text, then the model.
+    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
+    calib, evals, data_report = load_data(recipe, tokenizer)
+    if not any(text.strip() for text in calib["text"]):
+        raise RecipeError("the calibration set is empty (no text)", key="datasets")
+    stream = corpus_ids(tokenizer, calib["text"])
+    try:
+        ids = calibration_ids(stream, recipe.num_calibration_samples, recipe.calibration_seq_len, recipe.seed)
+    except ValueError as exc:
+        raise RecipeError(str(exc), key="calibration_seq_len") from None
+    model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+    device = resolve_device(recipe.device)
+
+    def held_out(tag: str) -> dict:
+        model.to(device)
+        out = {
+            k: perplexity(
+                model, tokenizer, ds["text"], max_length=recipe.perplexity_max_length, desc=f"{tag} {k}"
+            )
+            for k, ds in evals.items()
+        }
+        model.to("cpu")
+        return out
+
+    before = held_out("dense")
+    dense_size = skeleton(recipe)  # parameter counts of the dense model, for the summary
+
+    # 3. Layer by layer: statistics -> initialisation -> low-rank swap.
+    ranks, report = compress_model(
+        model, ids, targets, ranks, method=recipe.method, alpha=recipe.asvd_alpha, jitter=recipe.jitter,
+        device=device, batch_size=recipe.calibration_batch_size, propagate=recipe.propagate,
+    )  # fmt: skip
+    facts = R.summary(dense_size, targets, ranks, recipe.ratio)
+    LowRankForCausalLM.from_base(model, {
+        "method": recipe.method, "ratio": recipe.ratio, "achieved_ratio": facts["achieved_ratio"],
+        "model_fraction_removed": facts["model_fraction_removed"], "rank_allocation": recipe.rank_allocation,
+        "targets": recipe.targets, "ranks": {k: v for k, v in ranks.items() if v is not None},
+        "base_model": recipe.model_name_or_path,
+        "calibration": {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
+                        "seq_len": recipe.calibration_seq_len, "seed": recipe.seed, "propagate": recipe.propagate},
+    })  # fmt: skip
+    after = held_out("compressed")
+    metrics = {"compression": facts, "eval_before": before, "eval": after, "data": data_report, **report,
+               "parameters": facts["model_params_after"]}  # fmt: skip
+
+    # 4. Checkpoint (low-rank format) + card, then publish.
+    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        finish(tmp, stage="compress", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card={
+            "model_name": recipe.hub_model_id or recipe.output_dir,
+            "summary": f"{recipe.model_name_or_path} with {facts['achieved_ratio']:.0%} of its decoder's linear "
+                       f"parameters removed by {recipe.method} low-rank factorisation.",
+            "training": compression_md(recipe, facts, before, after),
+            "results": [{"dataset_name": k, "metric_type": "perplexity", "metric_value": v["perplexity"]} for k, v in after.items()],
+            "data_report": data_report, "tags": ["compression", "low-rank", recipe.method],
+            "limitations": NOTE, "load_kwargs": ", trust_remote_code=True",
+        })  # fmt: skip
+    metrics["published"] = publish_stage_output(recipe, "model")
+    return metrics
+
+
+def compression_md(recipe: CompressRecipe, facts: dict, before: dict, after: dict) -> str:
+    lines = [
+        f"- method: `{recipe.method}`, rank allocation `{recipe.rank_allocation}`, targets {', '.join(recipe.targets)}",
+        f"- ratio: {facts['achieved_ratio']:.4f} of the targeted linear parameters removed (target {recipe.ratio}); "
+        f"{facts['model_fraction_removed']:.1%} of the whole model",
+        f"- parameters: {facts['model_params_before']:,} → {facts['model_params_after']:,}; "
+        f"bytes: {facts['bytes_before']:,} → {facts['bytes_after']:,}",
+        f"- calibration: {recipe.num_calibration_samples} windows × {recipe.calibration_seq_len} tokens, "
+        f"layer by layer (inputs of layer i+1 from the {recipe.propagate} layer i)",
+    ]
+    for k in after:
+        lines.append(
+            f"- perplexity `{k}`: {before[k]['perplexity']:.2f} (dense) → {after[k]['perplexity']:.2f}"
+        )
+    lines += ["", NOTE]
+    return "\n".join(lines)

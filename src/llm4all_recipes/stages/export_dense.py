@@ -1,0 +1,39 @@
+"""Multiply a low-rank checkpoint's factors out into a plain checkpoint of its base architecture.
+
+    llm4all export-dense --model_name_or_path outputs/tiny-llama/compress/whitening-60 --output_dir outputs/dense
+
+The result loads anywhere (vLLM, TGI, plain transformers) but has the dense model's size and speed.
+"""
+
+from ..compression import to_dense
+from ..configs import ExportDenseRecipe
+from ..errors import RecipeError
+from ..hub import publish_stage_output
+from ..models import compression_config, load_model, load_tokenizer
+from ..outputs import finish, staged_output
+
+
+def run(recipe: ExportDenseRecipe, callbacks=None):
+    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
+    model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+    facts = compression_config(model)
+    if facts is None:
+        raise RecipeError("not a low-rank checkpoint: nothing to densify", key="model_name_or_path")
+    facts = dict(facts)
+    dense = to_dense(model)
+    metrics = {"parameters": sum(p.numel() for p in dense.parameters()), "densified_from": facts}
+    if recipe.dry_run:
+        print(f"# export-dense {recipe.model_name_or_path}: {metrics['parameters']:,} dense parameters")
+        return metrics
+    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir) as tmp:
+        dense.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        finish(tmp, stage="export-dense", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card={
+            "model_name": recipe.hub_model_id or recipe.output_dir,
+            "summary": f"{recipe.model_name_or_path} with its low-rank factors multiplied out: a plain "
+                       f"{type(dense).__name__} (same function, dense size).",
+            "training": f"Dense export of a `{facts.get('method')}` low-rank checkpoint (ratio {facts.get('achieved_ratio')}).",
+            "tags": ["compression"],
+        })  # fmt: skip
+    metrics["published"] = publish_stage_output(recipe, "model")
+    return metrics

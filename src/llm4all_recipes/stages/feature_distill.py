@@ -1,0 +1,154 @@
+"""Lillama feature distillation: heal a low-rank student block by block against its original model.
+
+    llm4all feature-distill --config recipes/tiny-llama/feature-distill/whitening-60.yaml
+
+The student is a `compress` output; the teacher defaults to its compression_config's base model. Writes the
+distilled student in the same low-rank format. An interrupted run resumes at the first unfinished block.
+"""
+
+import logging
+import shutil
+
+from ..configs import FeatureDistillRecipe
+from ..errors import RecipeError
+from ..evaluation.perplexity import corpus_ids, perplexity
+from ..hub import publish_stage_output
+from ..models import compression_config, load_model, load_tokenizer, resolve_device
+from ..outputs import finish, staged_output
+from ..training import load_data
+
+logger = logging.getLogger(__name__)
+HOLDOUT_SHARE = 0.1  # the last 10 % of the calibration token stream provides the held-out windows
+
+
+def teacher_of(recipe: FeatureDistillRecipe) -> str:
+    from ..compression import MODEL_TYPE
+    from ..compression.lowrank import read_config
+
+    config = read_config(recipe.model_name_or_path)
+    if config and config.get("model_type") != MODEL_TYPE:
+        raise RecipeError(
+            "not a low-rank checkpoint (run `llm4all compress` first)", key="model_name_or_path"
+        )
+    teacher = recipe.teacher_model_name_or_path or config.get("compression_config", {}).get("base_model")
+    if not teacher:
+        raise RecipeError(
+            "required: the student's compression_config names no base model", key="teacher_model_name_or_path"
+        )
+    return teacher
+
+
+def check_tokenizers(student, teacher) -> None:
+    """Same vocabulary (the hidden states are compared token by token)."""
+    if student.get_vocab() != teacher.get_vocab():
+        raise RecipeError(
+            "the teacher's tokenizer differs from the student's", key="teacher_model_name_or_path"
+        )
+
+
+def split_windows(recipe: FeatureDistillRecipe, stream: list[int]):
+    from ..compression.calibration import calibration_ids
+
+    cut = int(len(stream) * (1 - HOLDOUT_SHARE))
+    try:
+        train = calibration_ids(
+            stream[:cut], recipe.num_calibration_samples, recipe.calibration_seq_len, recipe.seed
+        )
+        hold = calibration_ids(
+            stream[cut:], recipe.num_holdout_samples, recipe.calibration_seq_len, recipe.seed + 1
+        )
+    except ValueError as exc:
+        raise RecipeError(
+            f"{exc} (the held-out windows come from the last 10 % of the text)", key="datasets"
+        ) from None
+    return train, hold
+
+
+def run(recipe: FeatureDistillRecipe, callbacks=None):
+    from ..compression.feature_distill import DistillConfig, distill
+
+    # 1. Who teaches whom, and on which windows: all checked before any model loads.
+    teacher_path = teacher_of(recipe)
+    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
+    check_tokenizers(tokenizer, load_tokenizer(teacher_path, key="teacher_model_name_or_path"))
+    calib, evals, data_report = load_data(recipe, tokenizer)
+    train_ids, hold_ids = split_windows(recipe, corpus_ids(tokenizer, calib["text"]))
+    device = resolve_device(recipe.device)
+    cfg = DistillConfig(recipe.schedule, recipe.joint_inputs, recipe.learning_rate, recipe.weight_decay,
+                        recipe.tokens_per_block, recipe.calibration_batch_size, recipe.eval_every, device)  # fmt: skip
+    if recipe.dry_run:
+        tokens = recipe.tokens_per_block or train_ids.numel()
+        print(f"# feature-distill {recipe.model_name_or_path} <- {teacher_path} ({recipe.schedule}); {train_ids.numel()} "
+              f"training and {hold_ids.numel()} held-out tokens; {tokens} tokens per block")  # fmt: skip
+        return {"teacher": teacher_path, "tokens_per_block": tokens}
+
+    # 2. Models (on the CPU; one block at a time goes to the device).
+    student = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+    if compression_config(student) is None:
+        raise RecipeError(
+            "not a low-rank checkpoint (run `llm4all compress` first)", key="model_name_or_path"
+        )
+    teacher = load_model(teacher_path, dtype=recipe.dtype, key="teacher_model_name_or_path")
+
+    def held_out(tag: str) -> dict:
+        student.to(device)
+        out = {
+            k: perplexity(
+                student, tokenizer, ds["text"], max_length=recipe.perplexity_max_length, desc=f"{tag} {k}"
+            )
+            for k, ds in evals.items()
+        }
+        student.to("cpu")
+        return out
+
+    before = held_out("before")
+
+    # 3. Block by block, resumable from <output_dir>.tmp/distill_state.
+    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir, keep_on_error=True) as tmp:
+        state = tmp / "distill_state"
+        reports = distill(teacher, student, train_ids, hold_ids, cfg, state_dir=state)
+        after = held_out("after")
+        student.config.compression_config["feature_distill"] = {
+            "teacher": teacher_path, "schedule": recipe.schedule, "joint_inputs": recipe.joint_inputs,
+            "learning_rate": recipe.learning_rate, "tokens_per_block": reports[0].steps * train_ids.shape[1] * recipe.calibration_batch_size if reports else 0,
+        }  # fmt: skip
+        metrics = {
+            "blocks": [{k: v for k, v in r.__dict__.items() if k != "history"} for r in reports],
+            "eval_before": before, "eval": after, "data": data_report,
+            "parameters": sum(p.numel() for p in student.parameters()),
+        }  # fmt: skip
+        student.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(state, ignore_errors=True)  # resume-only
+        finish(tmp, stage="feature-distill", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card={
+            "model_name": recipe.hub_model_id or recipe.output_dir,
+            "summary": f"{recipe.model_name_or_path} healed by Lillama feature distillation against {teacher_path}.",
+            "training": distill_md(recipe, teacher_path, metrics),
+            "results": [{"dataset_name": k, "metric_type": "perplexity", "metric_value": v["perplexity"]} for k, v in after.items()],
+            "data_report": data_report, "tags": ["compression", "low-rank", "lillama"],
+            "load_kwargs": ", trust_remote_code=True",
+        })  # fmt: skip
+    metrics["published"] = publish_stage_output(recipe, "model")
+    return metrics
+
+
+def distill_md(recipe: FeatureDistillRecipe, teacher: str, metrics: dict) -> str:
+    lines = [
+        f"Lillama feature distillation from `{teacher}`: schedule `{recipe.schedule}`"
+        + (" with both input streams" if recipe.joint_inputs else "")
+        + f", AdamW lr {recipe.learning_rate}, loss mean|a−y| − log σ(cos(a, y)); each block keeps its best state "
+        "on held-out calibration windows.",
+        "",
+        "| block | held-out loss before | best | at step | steps |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for b in metrics["blocks"]:
+        lines.append(
+            f"| {b['layer']} | {b['initial_loss']:.4f} | {b['best_loss']:.4f} | {b['best_step']} | {b['steps']} |"
+        )
+    lines.append("")
+    for k, v in metrics["eval"].items():
+        lines.append(
+            f"- perplexity `{k}`: {metrics['eval_before'][k]['perplexity']:.2f} → {v['perplexity']:.2f}"
+        )
+    return "\n".join(lines)
