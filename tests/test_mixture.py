@@ -152,3 +152,20 @@ def test_empty_source_is_an_error(tmp_path):
     with pytest.raises(RecipeError, match=r"empty\.jsonl is empty") as exc:
         check_sources([DatasetSource(path=str(empty_file))], "datasets", ["text"], static=False)
     assert exc.value.key == "datasets[0].path"
+
+
+def test_streaming_and_max_rows(two_sources):
+    a, _ = two_sources
+    streamed = load_source(
+        DatasetSource(path=a, streaming=True, max_rows=10), "datasets[0]", ["text"], seed=3
+    )
+    assert len(streamed) == 10 and set(streamed["text"]) <= {f"a{i}" for i in range(100)}
+    capped = load_source(DatasetSource(path=a, max_rows=7), "eval_datasets[0]", ["text"], seed=3)
+    assert len(capped) == 7
+    assert (
+        capped["text"]
+        == load_source(DatasetSource(path=a, max_rows=7), "eval_datasets[0]", ["text"], seed=3)["text"]
+    )
+    with pytest.raises(RecipeError, match="needs max_rows") as exc:
+        check_sources([DatasetSource(path=a, streaming=True)], "datasets", ["text"], static=False)
+    assert exc.value.key == "datasets[0].max_rows"

@@ -57,6 +57,14 @@ class DatasetSource:
         "(weights are normalised). Ignored for eval sets, which are used whole.",
     )
     repeat: bool = arg(False, help="Allow repeating this source when it is too small for its share.")
+    streaming: bool = arg(
+        False,
+        help="Read the dataset as a stream (nothing downloaded in full): for big Hub corpora; needs max_rows.",
+    )
+    max_rows: int | None = arg(
+        None,
+        help="Use at most this many rows: the first rows of the shuffled stream (streaming), else a seeded sample.",
+    )
 
     @property
     def label(self) -> str:

@@ -105,6 +105,12 @@ def check_sources(sources: Sequence[DatasetSource], key: str, needed: Sequence[s
         check_path(src.path, f"{k}.path", static, hub_ok=True)
         if not src.weight > 0:
             raise RecipeError(f"must be > 0 (got {src.weight})", key=f"{k}.weight")
+        if src.streaming and not src.max_rows:
+            raise RecipeError(
+                "a streamed source needs max_rows (how much of the stream to read)", key=f"{k}.max_rows"
+            )
+        if src.max_rows is not None and src.max_rows <= 0:
+            raise RecipeError(f"must be > 0 (got {src.max_rows})", key=f"{k}.max_rows")
         renames, kept = _renames(src, needed)
         missing = [c for c in needed if c not in kept]
         if missing:
@@ -124,13 +130,22 @@ def check_sources(sources: Sequence[DatasetSource], key: str, needed: Sequence[s
 
 
 # --------------------------------------------------------------------------- loading
-def load_source(src: DatasetSource, key: str, needed: Sequence[str]):
-    """Load one source as a `datasets.Dataset` restricted to its kept columns."""
+def load_source(src: DatasetSource, key: str, needed: Sequence[str], seed: int = 0):
+    """Load one source as a `datasets.Dataset` restricted to its kept columns (at most `max_rows` rows)."""
     import datasets
 
     path = Path(src.path)
     try:
-        if path.is_file():
+        if src.streaming:
+            if path.is_file():
+                stream = datasets.load_dataset(
+                    FILE_BUILDERS[path.suffix], data_files=str(path), split="train", streaming=True
+                )
+            else:
+                stream = datasets.load_dataset(src.path, src.name, split=src.split, streaming=True)
+            stream = stream.shuffle(seed=seed, buffer_size=10_000).take(src.max_rows)
+            ds = datasets.Dataset.from_list(list(stream))
+        elif path.is_file():
             builder = FILE_BUILDERS.get(path.suffix)
             if builder is None:
                 raise RecipeError(
@@ -162,7 +177,10 @@ def load_source(src: DatasetSource, key: str, needed: Sequence[str]):
         )
     if renames:
         ds = ds.rename_columns(renames)
-    return ds.select_columns(kept)
+    ds = ds.select_columns(kept)
+    if src.max_rows is not None and len(ds) > src.max_rows:
+        ds = ds.shuffle(seed=seed).select(range(src.max_rows))
+    return ds
 
 
 def build_mixture(
@@ -180,7 +198,7 @@ def build_mixture(
     unit = "tokens" if count_tokens is not None else "rows"
     loaded, sizes, lengths = [], [], []
     for i, src in enumerate(sources):
-        ds = load_source(src, f"{key}[{i}]", needed).shuffle(seed=seed)
+        ds = load_source(src, f"{key}[{i}]", needed, seed).shuffle(seed=seed)
         if len(ds) == 0:
             raise RecipeError(f"{src.path} (split {src.split}) is empty", key=f"{key}[{i}]")
         lens = count_tokens(ds) if count_tokens else [1] * len(ds)

@@ -1,0 +1,171 @@
+"""Compression benchmark: perplexity of the dense model vs svd / asvd / whitening × uniform / loss-based ranks
+at 20 / 40 / 60 / 80 %, each without and with Lillama feature distillation, over calibration seeds; the
+compression wall time; CPU forward latency and weight bytes of compressed vs dense models.
+
+    python benchmarks/compression.py --model outputs/tiny-llama/tiny-model/base \\
+        --text tests/fixtures/text/old_train.jsonl --eval tests/fixtures/text/old_eval.jsonl --name tiny-llama
+
+Results go to benchmarks/results/compression-<name>.json and to the `compression-<name>` section of
+docs/BENCHMARKS.md (replaced on rerun).
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from report import command_line, machine, write_section
+
+from llm4all_recipes.compression import ranks as R
+from llm4all_recipes.compression.calibration import calibration_ids
+from llm4all_recipes.compression.compressor import compress_model
+from llm4all_recipes.compression.feature_distill import DistillConfig, distill
+from llm4all_recipes.evaluation.perplexity import corpus_ids, perplexity
+from llm4all_recipes.models import load_model, load_tokenizer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def read_texts(path: str, limit: int | None = None) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f if line.strip()]
+    return texts[:limit] if limit else texts
+
+
+@torch.no_grad()
+def latency_ms(model, seq_len: int, repeats: int = 20) -> float:
+    ids = torch.randint(0, model.config.vocab_size, (1, seq_len))
+    model.eval()
+    for _ in range(3):
+        model(input_ids=ids)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(input_ids=ids)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--text", required=True, help="calibration jsonl (`text`)")
+    parser.add_argument("--eval", required=True, help="held-out jsonl (`text`) for perplexity")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
+    parser.add_argument("--methods", nargs="+", default=["svd", "asvd", "whitening"])
+    parser.add_argument("--allocations", nargs="+", default=["uniform", "loss"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--fd-tokens", type=int, default=131072, help="feature-distillation tokens per block")
+    parser.add_argument("--fd-lr", type=float, default=1e-4)
+    parser.add_argument("--eval-docs", type=int, default=None)
+    parser.add_argument("--latency-seq-len", type=int, default=256)
+    args = parser.parse_args()
+
+    tokenizer = load_tokenizer(args.model)
+    stream = corpus_ids(tokenizer, read_texts(args.text))
+    evals = read_texts(args.eval, args.eval_docs)
+    cut = int(len(stream) * 0.9)
+    dense = load_model(args.model, dtype="float32")
+    base_ppl = perplexity(dense, tokenizer, evals, max_length=args.seq_len)["perplexity"]
+    base_latency, base_bytes = latency_ms(dense, args.latency_seq_len), weight_bytes(dense)
+    print(f"dense: perplexity {base_ppl:.3f}, {base_latency:.2f} ms, {base_bytes} bytes")
+    rows = []
+    for ratio in args.ratios:
+        for method in args.methods:
+            for allocation in args.allocations:
+                for seed in args.seeds:
+                    ids = calibration_ids(stream[:cut], args.samples, args.seq_len, seed)
+                    hold = calibration_ids(stream[cut:], max(4, args.samples // 8), args.seq_len, seed + 100)
+                    model = load_model(args.model, dtype="float32")
+                    targets = R.find_targets(model, R.DEFAULT_TARGETS)
+                    plan = (
+                        R.uniform(targets, ratio)
+                        if allocation == "uniform"
+                        else (lambda s, t=targets, r=ratio: R.loss_based(t, r, s))
+                    )
+                    start = time.perf_counter()
+                    ranks, _ = compress_model(model, ids, targets, plan, method=method)
+                    seconds = time.perf_counter() - start
+                    ppl = perplexity(model, tokenizer, evals, max_length=args.seq_len)["perplexity"]
+                    row = {"ratio": ratio, "method": method, "allocation": allocation, "seed": seed,
+                           "achieved_ratio": R.achieved_ratio(targets, ranks), "compress_seconds": seconds,
+                           "perplexity": ppl, "bytes": weight_bytes(model)}  # fmt: skip
+                    if args.fd_tokens:
+                        cfg = DistillConfig(
+                            learning_rate=args.fd_lr,
+                            tokens_per_block=args.fd_tokens,
+                            batch_size=8,
+                            eval_every=16,
+                        )
+                        start = time.perf_counter()
+                        distill(dense, model, ids, hold, cfg)
+                        row["distill_seconds"] = time.perf_counter() - start
+                        row["perplexity_distilled"] = perplexity(
+                            model, tokenizer, evals, max_length=args.seq_len
+                        )["perplexity"]
+                    if seed == args.seeds[0] and allocation == "uniform" and method == "whitening":
+                        row["latency_ms"] = latency_ms(model, args.latency_seq_len)
+                    rows.append(row)
+                    print(json.dumps(row))
+    RESULTS.mkdir(exist_ok=True)
+    result = {"model": args.model, "dense_perplexity": base_ppl, "dense_latency_ms": base_latency,
+              "dense_bytes": base_bytes, "rows": rows, "command": command_line(), "machine": machine()}  # fmt: skip
+    (RESULTS / f"compression-{args.name}.json").write_text(json.dumps(result, indent=1))
+    write_section(f"compression-{args.name}", markdown(args, result))
+
+
+def markdown(args, result: dict) -> str:
+    rows = result["rows"]
+    lines = [
+        f"## Compression: {args.name}",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']}. Model `{args.model}`; calibration {args.samples} windows × {args.seq_len} "
+        f"tokens of `{args.text}` (seeds {args.seeds}); perplexity on `{args.eval}` (window {args.seq_len}); "
+        f"feature distillation: {args.fd_tokens} tokens per block, lr {args.fd_lr}.",
+        "",
+        f"Dense perplexity: **{result['dense_perplexity']:.2f}**. Cells: mean perplexity over seeds (± half the "
+        "spread between seeds); `+FD` after Lillama feature distillation.",
+        "",
+        "| ratio | method | ranks | perplexity | +FD | achieved ratio | compress s |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
+    keys = sorted(
+        {(r["ratio"], r["method"], r["allocation"]) for r in rows},
+        key=lambda k: (k[0], args.methods.index(k[1]), k[2]),
+    )
+    for ratio, method, allocation in keys:
+        group = [r for r in rows if (r["ratio"], r["method"], r["allocation"]) == (ratio, method, allocation)]
+
+        def cell(key: str, group=group) -> str:
+            values = [r[key] for r in group if key in r]
+            if not values:
+                return "-"
+            spread = (max(values) - min(values)) / 2
+            return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+
+        lines.append(
+            f"| {ratio:.0%} | {method} | {allocation} | {cell('perplexity')} | {cell('perplexity_distilled')} | "
+            f"{statistics.mean(r['achieved_ratio'] for r in group):.3f} | {statistics.mean(r['compress_seconds'] for r in group):.1f} |"
+        )
+    lines += ["", "Size and CPU forward latency (batch 1 × "
+              f"{args.latency_seq_len} tokens, median of 20; whitening, uniform ranks):", "",
+              "| model | weight bytes | latency ms |", "|---|---:|---:|",
+              f"| dense | {result['dense_bytes']:,} | {result['dense_latency_ms']:.2f} |"]  # fmt: skip
+    for r in rows:
+        if "latency_ms" in r:
+            lines.append(f"| {r['ratio']:.0%} removed | {r['bytes']:,} | {r['latency_ms']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
