@@ -90,6 +90,35 @@ def distilled_model(compressed_model, session_tmp) -> Path:
 
 
 @pytest.fixture(scope="session")
+def svd80_compressed(tiny_model, session_tmp) -> Path:
+    """The healing chain's student: recipes/tiny-llama/compress/svd-80.yaml (plain SVD, 80 %: ~1.3x perplexity)."""
+    from llm4all_recipes.cli import main
+
+    out = session_tmp / "compress-svd80"
+    argv = [
+        "--config",
+        "recipes/tiny-llama/compress/svd-80.yaml",
+        "--model_name_or_path",
+        str(tiny_model),
+        "--output_dir",
+        str(out),
+    ]
+    assert main(["compress", *argv]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def svd80_distilled(svd80_compressed, session_tmp) -> Path:
+    from llm4all_recipes.cli import main
+
+    out = session_tmp / "feature-distill-svd80"
+    argv = ["--config", "recipes/tiny-llama/feature-distill/svd-80.yaml", "--model_name_or_path", str(svd80_compressed),
+            "--output_dir", str(out), "--tokens_per_block", "131072"]  # fmt: skip
+    assert main(["feature-distill", *argv]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_metrics(tiny_model) -> dict:
     return json.loads((tiny_model / "metrics.json").read_text())
 

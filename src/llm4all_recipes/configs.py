@@ -244,6 +244,107 @@ class SFTRecipe(TrainRecipe):
 
 
 @dataclass
+class KDArgs:
+    kd_loss: Literal["forward_kl", "reverse_kl", "jsd"] = arg(
+        "forward_kl",
+        help="Divergence: forward_kl (classic KD), reverse_kl, or jsd (generalized JSD, see kd_beta).",
+    )
+    kd_beta: float = arg(
+        0.5, help="jsd: weight of the teacher in the mixture, in [0, 1] (0 = forward KL, 1 = reverse KL)."
+    )
+    kd_temperature: float = arg(
+        1.0, help="Softmax temperature τ > 0 of both distributions; the loss is scaled by τ²."
+    )
+    kd_alpha: float = arg(
+        0.0, help="Weight of the cross-entropy on the labels, in [0, 1]: α·CE + (1−α)·τ²·D."
+    )
+
+    def check_kd(self) -> None:
+        if not self.kd_temperature > 0:
+            raise RecipeError(f"must be > 0, got {self.kd_temperature}", key="kd_temperature")
+        if not 0 <= self.kd_beta <= 1:
+            raise RecipeError(f"must be in [0, 1], got {self.kd_beta}", key="kd_beta")
+        if not 0 <= self.kd_alpha <= 1:
+            raise RecipeError(f"must be in [0, 1], got {self.kd_alpha}", key="kd_alpha")
+
+
+@dataclass
+class KDRecipe(KDArgs, TrainRecipe):
+    """`llm4all kd`: off-policy logit distillation of the student (model_name_or_path) from a teacher."""
+
+    data_format: Literal["text", "messages"] = arg(
+        "text",
+        help="text: raw text, packed, every token trained (healing); messages: chat, assistant tokens only.",
+    )
+    teacher_model_name_or_path: str | None = arg(
+        None, help="The teacher (Hub id or folder); optional with teacher_cache (then checked against it)."
+    )
+    teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = arg(
+        "auto", help="Dtype the teacher is loaded in."
+    )
+    teacher_cache: str | None = arg(
+        None,
+        help="A `cache-teacher` output: its packed data and top-k teacher log-probs replace datasets and teacher runs.",
+    )
+    perplexity_max_length: int = arg(
+        256, help="Window of the perplexity measured before/after on eval_datasets (text)."
+    )
+    packing: bool | None = arg(
+        None, help="Pack rows into blocks of max_length (default: true for text, false for messages)."
+    )
+    packing_strategy: str = arg("wrapped", help="Packing of text: wrapped (contiguous blocks), bfd, bfd_split.",
+                                choices=["bfd", "bfd_split", "wrapped"])  # fmt: skip
+    assistant_only_loss: bool | None = arg(
+        None, help="Distil assistant tokens only (default: true for messages)."
+    )
+    chat_template_path: str | None = arg(
+        None, help="A .jinja chat template (messages), or a shipped name (chatml)."
+    )
+
+    @property
+    def COLUMNS(self) -> tuple[str, ...]:  # noqa: N802  (the stage's data column, like the other recipes' constant)
+        return () if self.teacher_cache else (self.data_format,)
+
+    def __post_init__(self):
+        if self.packing is None:
+            self.packing = self.data_format == "text"
+        if self.assistant_only_loss is None:
+            self.assistant_only_loss = self.data_format == "messages"
+        super().__post_init__()
+
+    def check(self, static: bool) -> None:
+        if not self.model_name_or_path:
+            raise RecipeError(
+                "required: the student (a Hub id or a local model folder)", key="model_name_or_path"
+            )
+        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        if not self.teacher_model_name_or_path and not self.teacher_cache:
+            raise RecipeError("required: a teacher, or a teacher_cache", key="teacher_model_name_or_path")
+        if self.teacher_model_name_or_path:
+            check_path(self.teacher_model_name_or_path, "teacher_model_name_or_path", static, hub_ok=True)
+        if self.teacher_cache:
+            check_path(self.teacher_cache, "teacher_cache", static)
+            if self.datasets:
+                raise RecipeError(
+                    "the teacher cache fixes the training data: remove `datasets`", key="datasets"
+                )
+        elif not self.datasets:
+            raise RecipeError("required: at least one training source", key="datasets")
+        from .data.mixture import check_sources
+
+        check_sources(self.datasets, "datasets", self.COLUMNS, static)
+        check_sources(self.eval_datasets, "eval_datasets", ("text",), static)
+        self.check_kd()
+        check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
+        _positive(self, "learning_rate", "max_length", "perplexity_max_length")
+        if self.use_peft:
+            _positive(self, "lora_r", "lora_alpha")
+        if self.chat_template_path is not None:
+            self.chat_template_path = check_chat_template(self.chat_template_path, self.assistant_only_loss)
+
+
+@dataclass
 class TinyModelRecipe(TrainerArgs):
     """`llm4all tiny-model`: the embedded default — tiny Llama + French BPE tokenizer, briefly pretrained."""
 
@@ -295,6 +396,50 @@ class StageArgs(RunArgs, HubArgs):
     seed: int = arg(42, help="Random seed (sampling, splits).")
     push_to_hub: bool = arg(False, help="Publish the output after the stage (see hub_target).")
     hub_private_repo: bool = arg(True, help="Create the Hub repo private.")
+
+
+@dataclass
+class CacheTeacherRecipe(MixtureArgs, StageArgs):
+    """`llm4all cache-teacher`: tokenise and pack the data, run the teacher once, store its top-k per token."""
+
+    teacher_model_name_or_path: str | None = arg(None, help="The teacher (Hub id or folder).")
+    teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = arg(
+        "auto", help="Dtype the teacher runs in."
+    )
+    data_format: Literal["text", "messages"] = arg(
+        "text",
+        help="text: packed into contiguous blocks; messages: one chat per row, assistant tokens trained.",
+    )
+    max_length: int = arg(256, help="Tokens per row (the block length of packed text).")
+    top_k: int = arg(64, help="Teacher log-probs kept per token (the vocabulary size makes the cache exact).")
+    kd_temperature: float = arg(
+        1.0, help="Temperature of the cached log-probs (the kd recipe must use the same)."
+    )
+    cache_dtype: Literal["float16", "float32"] = arg("float16", help="Storage dtype of the log-probs.")
+    batch_size: int = arg(8, help="Rows per teacher forward.")
+    shard_rows: int = arg(1024, help="Rows per memory-mapped shard file.")
+    device: str = arg("auto", help="Where the teacher runs: auto (cuda when available), cpu, cuda ...")
+    chat_template_path: str | None = arg(
+        None, help="messages: a .jinja chat template or a shipped name (chatml)."
+    )
+
+    @property
+    def COLUMNS(self) -> tuple[str, ...]:  # noqa: N802
+        return (self.data_format,)
+
+    def check(self, static: bool) -> None:
+        if not self.teacher_model_name_or_path:
+            raise RecipeError("required: the teacher", key="teacher_model_name_or_path")
+        check_path(self.teacher_model_name_or_path, "teacher_model_name_or_path", static, hub_ok=True)
+        if not self.kd_temperature > 0:
+            raise RecipeError(f"must be > 0, got {self.kd_temperature}", key="kd_temperature")
+        _positive(self, "max_length", "top_k", "batch_size", "shard_rows")
+        if self.chat_template_path is not None:
+            self.chat_template_path = check_chat_template(
+                self.chat_template_path, self.data_format == "messages"
+            )
+        check_mixture(self, static)
+        check_output_dir(self, static)
 
 
 @dataclass
@@ -620,6 +765,8 @@ RECIPES: dict[str, type] = {
     "compress": CompressRecipe,
     "feature-distill": FeatureDistillRecipe,
     "export-dense": ExportDenseRecipe,
+    "cache-teacher": CacheTeacherRecipe,
+    "kd": KDRecipe,
     "sft": SFTRecipe,
     "publish": PublishRecipe,
     "pipeline": PipelineRecipe,

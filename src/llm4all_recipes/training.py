@@ -59,7 +59,7 @@ def sequence_lengths(dataset, tokenizer, max_length: int | None) -> list[int]:
             for m in dataset["messages"]
         ]
     else:
-        lens = [len(ids) + 1 for ids in tokenizer(dataset["text"])["input_ids"]]
+        lens = [len(ids) + 1 for ids in tokenizer(list(dataset["text"]))["input_ids"]]
     return [min(n, max_length) if max_length else n for n in lens]
 
 

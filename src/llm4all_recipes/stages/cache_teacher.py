@@ -1,0 +1,153 @@
+"""Offline teacher: tokenise and pack the data, run the teacher once, keep its top-k log-probs per token.
+
+    llm4all cache-teacher --config recipes/tiny-llama/cache-teacher/base.yaml
+
+Writes `data/` (the packed rows, save_to_disk: input_ids, attention_mask, labels, row), `topk/` (per row shard,
+memory-mapped .npy arrays: logprobs (rows, max_length, k) and indices), `fingerprint.json` (data, teacher,
+tokenizer, k, temperature), the recipe and a README. `llm4all kd --teacher_cache <this folder>` trains on
+exactly these rows, without running the teacher.
+"""
+
+import json
+import logging
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..configs import CacheTeacherRecipe
+from ..models import load_model, load_tokenizer, resolve_device
+from ..outputs import staged_output, write_json, write_run_files
+from ..trainers.kd import data_hash, model_identity, tokenizer_hash
+from ..training import load_data
+
+logger = logging.getLogger(__name__)
+
+
+def pack_rows(dataset, tokenizer, data_format: str, max_length: int):
+    """(rows, report). text: one token stream cut into blocks of max_length, every token trained (the last
+    incomplete block is dropped and counted); messages: one chat per row, assistant tokens trained, padded."""
+    import datasets
+
+    pad = tokenizer.pad_token_id
+    rows, report = [], {"truncated_rows": 0, "dropped_tail_tokens": 0}
+    if data_format == "text":
+        stream = []
+        for ids in tokenizer(list(dataset["text"]), add_special_tokens=False)["input_ids"]:
+            stream.extend([*ids, tokenizer.eos_token_id])
+        blocks = len(stream) // max_length
+        report["dropped_tail_tokens"] = len(stream) - blocks * max_length
+        for b in range(blocks):
+            ids = stream[b * max_length : (b + 1) * max_length]
+            rows.append({"input_ids": ids, "attention_mask": [1] * max_length, "labels": list(ids)})
+    else:
+        for messages in dataset["messages"]:
+            out = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+            ids, mask = out["input_ids"], out["assistant_masks"]
+            report["truncated_rows"] += len(ids) > max_length
+            ids, mask = ids[:max_length], mask[:max_length]
+            n = len(ids)
+            rows.append({
+                "input_ids": ids + [pad] * (max_length - n),
+                "attention_mask": [1] * n + [0] * (max_length - n),
+                "labels": [t if m else -100 for t, m in zip(ids, mask)] + [-100] * (max_length - n),
+            })  # fmt: skip
+    for i, row in enumerate(rows):
+        row["row"] = i
+    report["rows"], report["tokens"] = len(rows), sum(sum(r["attention_mask"]) for r in rows)
+    return datasets.Dataset.from_list(rows), report
+
+
+def run(recipe: CacheTeacherRecipe, callbacks=None):
+    # 1. Tokeniser, data, packed rows: all before the teacher loads.
+    tokenizer = load_tokenizer(recipe.teacher_model_name_or_path, key="teacher_model_name_or_path")
+    if recipe.chat_template_path:
+        with open(recipe.chat_template_path, encoding="utf-8") as f:
+            tokenizer.chat_template = f.read()
+    train, _, mixture = load_data(recipe, tokenizer)
+    rows, report = pack_rows(train, tokenizer, recipe.data_format, recipe.max_length)
+    value_bytes = 2 if recipe.cache_dtype == "float16" else 4
+    report["cache_bytes"] = len(rows) * recipe.max_length * recipe.top_k * (value_bytes + 4)
+    if recipe.dry_run:
+        print(f"# cache-teacher: {report['rows']} rows x {recipe.max_length} tokens, top-{recipe.top_k}: "
+              f"{report['cache_bytes'] / 2**20:.1f} MiB of cache")  # fmt: skip
+        return report
+
+    # 2. One teacher pass, shard by shard, straight into memory-mapped files.
+    teacher = load_model(
+        recipe.teacher_model_name_or_path, dtype=recipe.teacher_dtype, key="teacher_model_name_or_path"
+    )
+    device = resolve_device(recipe.device)
+    teacher.to(device).eval()
+    vocab = len(tokenizer)
+    dtype = np.float16 if recipe.cache_dtype == "float16" else np.float32
+    mass, counted = 0.0, 0
+    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir) as tmp:
+        rows.save_to_disk(str(tmp / "data"))
+        (tmp / "topk").mkdir()
+        for shard in range(math.ceil(len(rows) / recipe.shard_rows)):
+            start, stop = shard * recipe.shard_rows, min(len(rows), (shard + 1) * recipe.shard_rows)
+            shape = (stop - start, recipe.max_length, recipe.top_k)
+            lp = np.lib.format.open_memmap(
+                tmp / "topk" / f"logprobs-{shard:05d}.npy", mode="w+", dtype=dtype, shape=shape
+            )
+            ix = np.lib.format.open_memmap(
+                tmp / "topk" / f"indices-{shard:05d}.npy", mode="w+", dtype=np.int32, shape=shape
+            )
+            for b in tqdm(range(start, stop, recipe.batch_size), desc=f"teacher shard {shard}"):
+                batch = rows[b : min(b + recipe.batch_size, stop)]
+                ids = torch.tensor(batch["input_ids"], device=device)
+                attention = torch.tensor(batch["attention_mask"], device=device)
+                with torch.no_grad():
+                    logits = teacher(input_ids=ids, attention_mask=attention, use_cache=False).logits[
+                        ..., :vocab
+                    ]
+                top = F.log_softmax(logits.float() / recipe.kd_temperature, dim=-1).topk(recipe.top_k, dim=-1)
+                lp[b - start : b - start + len(ids)] = top.values.cpu().numpy().astype(dtype)
+                ix[b - start : b - start + len(ids)] = top.indices.cpu().numpy().astype(np.int32)
+                keep = attention.bool()
+                mass += float(top.values.exp().sum(-1)[keep].sum())
+                counted += int(keep.sum())
+            lp.flush()
+            ix.flush()
+            del lp, ix
+        report["mean_topk_mass"] = mass / max(counted, 1)
+        fingerprint = {
+            "data": data_hash(rows), "teacher": recipe.teacher_model_name_or_path, "teacher_identity": model_identity(teacher),
+            "tokenizer": tokenizer_hash(tokenizer), "top_k": recipe.top_k, "temperature": recipe.kd_temperature,
+            "max_length": recipe.max_length, "data_format": recipe.data_format, "rows": len(rows),
+            "shard_rows": recipe.shard_rows, "cache_dtype": recipe.cache_dtype, "vocab_size": vocab,
+        }  # fmt: skip
+        write_json(tmp / "fingerprint.json", fingerprint)
+        write_run_files(
+            tmp, stage="cache-teacher", recipe=recipe, metrics={**report, "data": mixture}, parent=None
+        )
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "README.md").write_text(readme(recipe, report, fingerprint), encoding="utf-8")
+    logger.info(
+        "top-%d holds %.4f of the teacher's probability mass on average",
+        recipe.top_k,
+        report["mean_topk_mass"],
+    )
+    return report
+
+
+def readme(recipe: CacheTeacherRecipe, report: dict, fingerprint: dict) -> str:
+    return f"""# Teacher cache of `{recipe.teacher_model_name_or_path}`
+
+Top-{recipe.top_k} log-probabilities (temperature {recipe.kd_temperature}, {recipe.cache_dtype}) of every token of
+{report["rows"]} rows × {recipe.max_length} tokens ({report["tokens"]} real tokens, {recipe.data_format} data), for
+`llm4all kd --teacher_cache <this folder>`. On average the top-{recipe.top_k} tokens hold
+{report["mean_topk_mass"]:.4f} of the teacher's probability mass; the rest (the tail) is not distilled.
+
+- `data/`: the packed rows (save_to_disk), used unchanged by the kd stage
+- `topk/logprobs-NNNNN.npy`, `topk/indices-NNNNN.npy`: {recipe.shard_rows} rows per shard, memory-mapped
+- `fingerprint.json`: what the cache depends on; the kd stage refuses a cache that does not match its
+  student tokenizer, teacher or temperature
+
+```json
+{json.dumps(fingerprint, indent=2)}
+```
+"""

@@ -1,0 +1,166 @@
+"""Logit distillation (KD) of a student from a teacher: healing a compressed model, or a smaller student.
+
+    llm4all kd --config recipes/tiny-llama/kd/heal.yaml
+    accelerate launch --config_file recipes/accelerate_configs/zero3.yaml -m llm4all_recipes kd --config ...
+
+With `teacher_cache` (a `cache-teacher` output) the student trains on the cache's rows and the cached top-k
+teacher log-probs, with no teacher forward. A low-rank student is written back in the low-rank format.
+"""
+
+import logging
+
+from datasets import load_from_disk
+
+from ..configs import KDRecipe
+from ..data.mixture import load_eval_sets
+from ..errors import RecipeError
+from ..evaluation.perplexity import perplexity
+from ..hub import publish_stage_output
+from ..models import load_model, load_tokenizer, resolve_device
+from ..outputs import finish, staged_output
+from ..trainers.kd import (
+    CachedTeacherCollator,
+    KDTrainer,
+    TeacherCache,
+    data_hash,
+    model_identity,
+    tokenizer_hash,
+)
+from ..training import eval_results, fit, load_data, print_plan, save_trained
+from .sft import lora_config
+
+logger = logging.getLogger(__name__)
+
+
+def open_cache(recipe: KDRecipe, tokenizer):
+    """The cache, its rows and collator, after checking its fingerprint against this run."""
+    cache = TeacherCache(recipe.teacher_cache)
+    meta = cache.meta
+    if meta["tokenizer"] != tokenizer_hash(tokenizer):
+        raise RecipeError(
+            "fingerprint mismatch: the student's tokenizer differs from the one the cache was made with",
+            key="teacher_cache",
+        )
+    if meta["temperature"] != recipe.kd_temperature:
+        raise RecipeError(f"fingerprint mismatch: the cache holds log-probs at temperature {meta['temperature']}, the recipe asks "
+                          f"{recipe.kd_temperature}", key="kd_temperature")  # fmt: skip
+    rows = load_from_disk(str(cache.path / "data"))
+    if data_hash(rows) != meta["data"]:
+        raise RecipeError(
+            "fingerprint mismatch: the cache's data/ changed since the teacher ran", key="teacher_cache"
+        )
+    return cache, rows, CachedTeacherCollator(cache)
+
+
+def run(recipe: KDRecipe, callbacks=None):
+    # 1. Tokenisers, data, cache fingerprint: every input error before any model loads.
+    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
+    if recipe.chat_template_path:
+        with open(recipe.chat_template_path, encoding="utf-8") as f:
+            tokenizer.chat_template = f.read()
+    if recipe.teacher_model_name_or_path:
+        teacher_tok = load_tokenizer(recipe.teacher_model_name_or_path, key="teacher_model_name_or_path")
+        if teacher_tok.get_vocab() != tokenizer.get_vocab():
+            raise RecipeError("the teacher and the student have different tokenizers (logit distillation needs the same "
+                              "vocabulary)", key="teacher_model_name_or_path")  # fmt: skip
+    collator, report = None, []
+    if recipe.teacher_cache:
+        cache, train, collator = open_cache(recipe, tokenizer)
+        recipe.packing, recipe.remove_unused_columns = False, False
+        recipe.dataset_kwargs = {"skip_prepare_dataset": True}  # the cache's rows are used unchanged
+        report = [
+            {
+                "source": recipe.teacher_cache,
+                "split": "data",
+                "used_rows": len(train),
+                "available_rows": len(train),
+                "share": 1.0,
+            }
+        ]
+    else:
+        train, _, report = load_data(recipe, tokenizer)
+    perplexity_sets = load_eval_sets(recipe.eval_datasets, needed=("text",))
+    if recipe.dry_run and recipe.teacher_cache:
+        print(
+            f"# kd from cache {recipe.teacher_cache}: {len(train)} rows x {cache.meta['max_length']} tokens"
+        )
+        return {"rows": len(train)}
+    if recipe.dry_run:
+        return print_plan(recipe, "kd", train, tokenizer, report)
+
+    # 2. Student (maybe low-rank, maybe + LoRA) and teacher (once, eval mode, its own dtype).
+    student = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+    teacher = None
+    if recipe.teacher_model_name_or_path:
+        teacher = load_model(
+            recipe.teacher_model_name_or_path, dtype=recipe.teacher_dtype, key="teacher_model_name_or_path"
+        )
+        if recipe.teacher_cache and model_identity(teacher) != cache.meta["teacher_identity"]:
+            raise RecipeError(
+                "fingerprint mismatch: this teacher is not the one the cache was made with",
+                key="teacher_model_name_or_path",
+            )
+    device = resolve_device("auto")
+
+    def held_out(model, tag: str) -> dict:
+        model.to(device)
+        out = {
+            k: perplexity(
+                model, tokenizer, ds["text"], max_length=recipe.perplexity_max_length, desc=f"{tag} {k}"
+            )
+            for k, ds in perplexity_sets.items()
+        }
+        model.to("cpu")
+        return out
+
+    before = held_out(student, "student before")
+    teacher_ppl = held_out(teacher, "teacher") if teacher is not None else {}
+
+    # 3. Train: TRL's SFT machinery, KD loss (resume from <output_dir>.tmp).
+    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir, keep_on_error=True) as tmp:
+        trainer, metrics = fit(
+            recipe, tmp, model=student, tokenizer=tokenizer, train_dataset=train, eval_datasets={}, trainer_cls=KDTrainer,
+            peft_config=lora_config(recipe) if recipe.use_peft else None, callbacks=callbacks, data_collator=collator,
+            teacher_model=None if recipe.teacher_cache else teacher, kd_loss=recipe.kd_loss, kd_beta=recipe.kd_beta,
+            kd_temperature=recipe.kd_temperature, kd_alpha=recipe.kd_alpha,
+        )  # fmt: skip
+        save_trained(trainer, tmp, recipe)
+        healed = trainer.model.merge_and_unload() if recipe.use_peft and recipe.merge_lora else trainer.model
+        after = held_out(healed, "student after")
+        metrics.update(eval_before=before, eval=after, teacher_eval=teacher_ppl, data=report)
+        finish(tmp, stage="kd", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card={
+            "model_name": recipe.hub_model_id or recipe.output_dir,
+            "summary": f"{recipe.model_name_or_path} distilled from "
+                       f"{recipe.teacher_model_name_or_path or 'a cached teacher'} (logit distillation).",
+            "training": distillation_md(recipe, metrics),
+            "results": eval_results(metrics), "data_report": report, "tags": ["distillation"],
+            "chat": recipe.data_format == "messages",
+            "load_kwargs": ", trust_remote_code=True" if getattr(student.config, "compression_config", None) else "",
+        })  # fmt: skip
+    metrics["published"] = publish_stage_output(recipe, "model")
+    return metrics
+
+
+def distillation_md(recipe: KDRecipe, metrics: dict) -> str:
+    teacher = recipe.teacher_model_name_or_path or "-"
+    source = (
+        f"cached top-k log-probs (`{recipe.teacher_cache}`)"
+        if recipe.teacher_cache
+        else "the teacher run on every batch"
+    )
+    lines = [
+        "### Distillation",
+        "",
+        f"- teacher: `{teacher}`, through {source}",
+        f"- loss: `{recipe.kd_loss}`"
+        + (f" (β = {recipe.kd_beta})" if recipe.kd_loss == "jsd" else "")
+        + f", temperature τ = {recipe.kd_temperature} (× τ²), α = {recipe.kd_alpha} (weight of the cross-entropy), on "
+        + ("assistant tokens" if recipe.data_format == "messages" else "every token"),
+        f"- {metrics['train']['global_step']} steps, learning rate {recipe.learning_rate}, tokens seen "
+        f"{int(metrics['train'].get('num_tokens') or 0):,}",
+    ]
+    for k, v in metrics["eval"].items():
+        t = metrics["teacher_eval"].get(k, {}).get("perplexity")
+        lines.append(f"- perplexity `{k}`: {metrics['eval_before'][k]['perplexity']:.2f} → {v['perplexity']:.2f}"
+                     + (f" (teacher {t:.2f})" if t else ""))  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Trainers: distillation losses and the KD trainer (thin TRL subclasses)."""
