@@ -302,7 +302,7 @@ class KDRecipe(KDArgs, TrainRecipe):
     )
 
     @property
-    def COLUMNS(self) -> tuple[str, ...]:  # noqa: N802  (the stage's data column, like the other recipes' constant)
+    def COLUMNS(self) -> tuple[str, ...]:
         return () if self.teacher_cache else (self.data_format,)
 
     def __post_init__(self):
@@ -424,7 +424,7 @@ class CacheTeacherRecipe(MixtureArgs, StageArgs):
     )
 
     @property
-    def COLUMNS(self) -> tuple[str, ...]:  # noqa: N802
+    def COLUMNS(self) -> tuple[str, ...]:
         return (self.data_format,)
 
     def check(self, static: bool) -> None:
