@@ -345,6 +345,68 @@ class KDRecipe(KDArgs, TrainRecipe):
 
 
 @dataclass
+class CPTRecipe(KDArgs, TrainRecipe):
+    """`llm4all cpt`: continued pretraining on new text, with replay of old text and an optional KL to the model
+    before training (forgetting control)."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ("text",)
+
+    replay_datasets: list[DatasetSource] = arg(
+        factory=list,
+        help="Old-domain text replayed during continued pretraining (same entry format as datasets).",
+    )
+    replay_share: float = arg(
+        0.0,
+        help="Share of the training tokens taken from replay_datasets, in [0, 1); the literature uses 5-25 %% "
+        "(0 = naive continued pretraining).",
+    )
+    kl_coef: float = arg(0.0, help="Weight of the KL to the reference model (0 = off).")
+    kl_on: Literal["replay", "all"] = arg(
+        "replay", help="Tokens the KL applies to: replay tokens only, or all tokens."
+    )
+    reference_model_name_or_path: str | None = arg(
+        None,
+        help="The model the KL pulls towards. Default: model_name_or_path (the model before this stage).",
+    )
+    reference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = arg(
+        "auto", help="Dtype of the reference model."
+    )
+    perplexity_max_length: int = arg(
+        256, help="Window of the perplexity measured before/after on eval_datasets."
+    )
+    max_length: int | None = arg(
+        256, help="Block length: new and replay text are packed separately into blocks."
+    )
+    lr_scheduler_type: str = arg(
+        "cosine",
+        help="Re-warm then re-decay: cosine after warmup_steps (or warmup_stable_decay with lr_scheduler_kwargs).",
+    )
+
+    def __post_init__(self):
+        self.replay_datasets = [_to_source(d) for d in self.replay_datasets]
+        super().__post_init__()
+
+    def check(self, static: bool) -> None:
+        super().check(static)
+        if not 0 <= self.replay_share < 1:
+            raise RecipeError(f"must be in [0, 1), got {self.replay_share}", key="replay_share")
+        if self.replay_share > 0 and not self.replay_datasets:
+            raise RecipeError("replay_share > 0 needs replay_datasets", key="replay_datasets")
+        if self.replay_datasets and self.replay_share == 0:
+            raise RecipeError("replay_datasets are only read with replay_share > 0", key="replay_share")
+        from .data.mixture import check_sources
+
+        check_sources(self.replay_datasets, "replay_datasets", ("text",), static)
+        if self.kl_coef < 0:
+            raise RecipeError(f"must be >= 0, got {self.kl_coef}", key="kl_coef")
+        if self.kl_coef > 0 and self.kl_on == "replay" and self.replay_share == 0:
+            raise RecipeError("kl_on: replay needs replay tokens (replay_share > 0)", key="kl_on")
+        if self.reference_model_name_or_path:
+            check_path(self.reference_model_name_or_path, "reference_model_name_or_path", static, hub_ok=True)
+        self.check_kd()
+
+
+@dataclass
 class TinyModelRecipe(TrainerArgs):
     """`llm4all tiny-model`: the embedded default — tiny Llama + French BPE tokenizer, briefly pretrained."""
 
@@ -767,6 +829,7 @@ RECIPES: dict[str, type] = {
     "export-dense": ExportDenseRecipe,
     "cache-teacher": CacheTeacherRecipe,
     "kd": KDRecipe,
+    "cpt": CPTRecipe,
     "sft": SFTRecipe,
     "publish": PublishRecipe,
     "pipeline": PipelineRecipe,

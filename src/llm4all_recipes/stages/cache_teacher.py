@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..configs import CacheTeacherRecipe
+from ..data.packing import chat_rows, text_rows
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import staged_output, write_json, write_run_files
 from ..trainers.kd import data_hash, model_identity, tokenizer_hash
@@ -27,33 +28,14 @@ logger = logging.getLogger(__name__)
 
 
 def pack_rows(dataset, tokenizer, data_format: str, max_length: int):
-    """(rows, report). text: one token stream cut into blocks of max_length, every token trained (the last
-    incomplete block is dropped and counted); messages: one chat per row, assistant tokens trained, padded."""
+    """(rows as a Dataset with a `row` index, report of what packing dropped or truncated)."""
     import datasets
 
-    pad = tokenizer.pad_token_id
-    rows, report = [], {"truncated_rows": 0, "dropped_tail_tokens": 0}
+    report = {"truncated_rows": 0, "dropped_tail_tokens": 0}
     if data_format == "text":
-        stream = []
-        for ids in tokenizer(list(dataset["text"]), add_special_tokens=False)["input_ids"]:
-            stream.extend([*ids, tokenizer.eos_token_id])
-        blocks = len(stream) // max_length
-        report["dropped_tail_tokens"] = len(stream) - blocks * max_length
-        for b in range(blocks):
-            ids = stream[b * max_length : (b + 1) * max_length]
-            rows.append({"input_ids": ids, "attention_mask": [1] * max_length, "labels": list(ids)})
+        rows, report["dropped_tail_tokens"] = text_rows(list(dataset["text"]), tokenizer, max_length)
     else:
-        for messages in dataset["messages"]:
-            out = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
-            ids, mask = out["input_ids"], out["assistant_masks"]
-            report["truncated_rows"] += len(ids) > max_length
-            ids, mask = ids[:max_length], mask[:max_length]
-            n = len(ids)
-            rows.append({
-                "input_ids": ids + [pad] * (max_length - n),
-                "attention_mask": [1] * n + [0] * (max_length - n),
-                "labels": [t if m else -100 for t, m in zip(ids, mask)] + [-100] * (max_length - n),
-            })  # fmt: skip
+        rows, report["truncated_rows"] = chat_rows(list(dataset["messages"]), tokenizer, max_length)
     for i, row in enumerate(rows):
         row["row"] = i
     report["rows"], report["tokens"] = len(rows), sum(sum(r["attention_mask"]) for r in rows)

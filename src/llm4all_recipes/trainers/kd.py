@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from trl import SFTTrainer
 
+from ..data.packing import StackCollator
 from .losses import distillation_loss
 
 
@@ -106,14 +107,15 @@ class TeacherCache:
         return torch.stack(logprobs), torch.stack(indices)
 
 
-class CachedTeacherCollator:
+class CachedTeacherCollator(StackCollator):
     """Stacks the cache's fixed-length rows and adds the teacher's top-k arrays of those rows."""
 
     def __init__(self, cache: TeacherCache):
+        super().__init__()
         self.cache = cache
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {k: torch.tensor([f[k] for f in features]) for k in ("input_ids", "attention_mask", "labels")}
+        batch = super().__call__(features)
         batch["teacher_logprobs"], batch["teacher_indices"] = self.cache.rows([f["row"] for f in features])
         return batch
 

@@ -89,5 +89,19 @@ def distillation_loss(
         if labels is None:
             raise ValueError("alpha > 0 needs labels for the cross-entropy term")
         total = total + alpha * F.cross_entropy(s, labels[mask].long(), reduction="sum")
-    denominator = num_items if num_items is not None else mask.sum()
-    return total / torch.as_tensor(denominator, device=total.device).clamp_min(1)
+    return total / _denominator(num_items, mask, total)
+
+
+def cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, num_items=None
+) -> torch.Tensor:
+    """Σ −log p(label) over the mask (float32), normalised like `distillation_loss`."""
+    mask = mask.bool()
+    total = F.cross_entropy(logits[mask].float(), labels[mask].long(), reduction="sum")
+    return total / _denominator(num_items, mask, total)
+
+
+def _denominator(num_items, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(num_items if num_items is not None else mask.sum(), device=like.device).clamp_min(
+        1
+    )
