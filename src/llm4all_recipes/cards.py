@@ -209,13 +209,14 @@ def _dataset_facts(recipe: Any, report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render_dataset_card(
-    *, recipe: Any, dataset: Any, report: dict[str, Any], lineage: list[dict[str, Any]]
-) -> str:
-    """Dataset card: front matter (licence, configs in the Hub parquet layout, per-split num_examples) + sections."""
+def render_dataset_card(*, recipe: Any, dataset: Any, report: dict[str, Any], lineage: list[dict[str, Any]],
+                        facts: dict[str, Any] | None = None, source: str | None = None) -> str:  # fmt: skip
+    """Dataset card: front matter (licence, configs in the Hub parquet layout, per-split num_examples) + sections.
+    `facts` (summary, steps, columns, license, task_categories, note) default to the builder's."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    facts = _dataset_facts(recipe, report)
+    facts = facts or _dataset_facts(recipe, report)
+    source = source or recipe.source
     repo_id = recipe.hub_dataset_id or recipe.output_dir
     splits = {name: len(dataset[name]) if name in dataset else 0 for name in report["splits"]}
     card_data = DatasetCardData(
@@ -224,17 +225,17 @@ def render_dataset_card(
         pretty_name=Path(recipe.output_dir).name,
         task_categories=facts["task_categories"],
         size_categories=[size_category(sum(splits.values()))],
-        source_datasets=[recipe.source] if is_hub_id(recipe.source) else None,
-        tags=["llm4all", "french", recipe.builder],
+        source_datasets=[source] if is_hub_id(source) else None,
+        tags=["llm4all", "french", getattr(recipe, "builder", lineage[-1]["stage"])],
         configs=[
             {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in dataset]}
         ],
         dataset_info={"splits": [{"name": s, "num_examples": len(dataset[s])} for s in dataset]},
     )
-    source = (
-        f"[`{recipe.source}`](https://huggingface.co/datasets/{recipe.source})"
-        if is_hub_id(recipe.source)
-        else f"`{recipe.source}` (local folder)"
+    source_md = (
+        f"[`{source}`](https://huggingface.co/datasets/{source})"
+        if is_hub_id(source)
+        else f"`{source}` (local)"
     )
     entry = lineage[-1]
     card = DatasetCard.from_template(
@@ -242,13 +243,14 @@ def render_dataset_card(
         template_path=str(DATASET_CARD_TEMPLATE),
         pretty_name=Path(recipe.output_dir).name,
         summary=facts["summary"],
-        source=source,
+        source=source_md,
         license=facts["license"],
         source_license_note=facts["note"],
-        builder=recipe.builder,
+        stage=lineage[-1]["stage"],
+        builder=getattr(recipe, "builder", None),
         steps=facts["steps"],
-        group=report["group"],
-        splits_from=report["splits_from"],
+        group=report.get("group"),
+        splits_from=report.get("splits_from"),
         splits=splits,
         skipped={
             **report.get("skipped", {}),

@@ -505,6 +505,61 @@ class CacheTeacherRecipe(MixtureArgs, StageArgs):
 
 
 @dataclass
+class SelectRecipe(ModelArgs, MixtureArgs, StageArgs):
+    """`llm4all select`: keep the new documents worth training on (perplexity band, no duplicates, no eval overlap)."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ("text",)
+
+    keep: Literal["lowest", "highest", "band"] = arg(
+        "band",
+        help="By perplexity under model_name_or_path: the lowest (closest to what the model knows), the highest "
+        "(most novel), or a quantile band (drops boilerplate at the bottom and noise at the top).",
+    )
+    band: list[float] = arg(
+        factory=lambda: [0.1, 0.9], help="keep: band — the [low, high] perplexity quantiles kept."
+    )
+    keep_fraction: float = arg(0.5, help="keep: lowest / highest — the fraction of documents kept.")
+    score_max_length: int = arg(512, help="Tokens of each document scored (its beginning).")
+    batch_size: int = arg(8, help="Documents per scoring forward.")
+    near_duplicate_threshold: float = arg(
+        0.8, help="MinHash-LSH Jaccard similarity above which a document is a near duplicate."
+    )
+    decontaminate: list[DatasetSource] = arg(
+        factory=list,
+        help="Evaluation sets to protect: documents sharing a word n-gram with them are removed.",
+    )
+    decontamination_ngram: int = arg(13, help="n of the word n-grams checked against the protected sets.")
+    device: str = arg("auto", help="Where the scoring model runs.")
+    hub_dataset_id: str | None = arg(None, help="<namespace>/<name> of the published dataset.")
+
+    def __post_init__(self):
+        self.decontaminate = [_to_source(d) for d in self.decontaminate]
+        super().__post_init__()
+
+    def check(self, static: bool) -> None:
+        if not self.model_name_or_path:
+            raise RecipeError(
+                "required: the reference model that scores perplexity", key="model_name_or_path"
+            )
+        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        if len(self.band) != 2 or not 0 <= self.band[0] < self.band[1] <= 1:
+            raise RecipeError(
+                f"expected [low, high] quantiles with 0 <= low < high <= 1, got {self.band}", key="band"
+            )
+        if not 0 < self.keep_fraction <= 1:
+            raise RecipeError("must be in (0, 1]", key="keep_fraction")
+        if not 0 < self.near_duplicate_threshold <= 1:
+            raise RecipeError("must be in (0, 1]", key="near_duplicate_threshold")
+        _positive(self, "score_max_length", "batch_size", "decontamination_ngram")
+        check_mixture(self, static)
+        from .data.mixture import check_sources
+
+        check_sources(self.decontaminate, "decontaminate", ("text",), static)
+        check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_dataset_id, "hub_dataset_id")
+
+
+@dataclass
 class BuildDatasetRecipe(StageArgs):
     """`llm4all build-dataset`: a dataset (save_to_disk + card) from the simsamu or a meetings layout."""
 
@@ -829,6 +884,7 @@ RECIPES: dict[str, type] = {
     "export-dense": ExportDenseRecipe,
     "cache-teacher": CacheTeacherRecipe,
     "kd": KDRecipe,
+    "select": SelectRecipe,
     "cpt": CPTRecipe,
     "sft": SFTRecipe,
     "publish": PublishRecipe,

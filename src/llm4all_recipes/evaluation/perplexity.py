@@ -85,3 +85,32 @@ def perplexity(
     bar.close()
     model.train(was_training)
     return {"perplexity": math.exp(nll / count), "loss": nll / count, "tokens": count}
+
+
+@torch.no_grad()
+def document_perplexities(model, tokenizer, texts: list[str], *, max_length: int = 512, batch_size: int = 8,
+                          desc: str = "scoring") -> list[float]:  # fmt: skip
+    """Perplexity of each document on its first `max_length` tokens (EOS appended), batched with padding."""
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[float] = []
+    encoded = [
+        [*ids[: max_length - 1], tokenizer.eos_token_id]
+        for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    ]
+    for start in tqdm(range(0, len(encoded), batch_size), desc=desc, leave=False):
+        chunk = encoded[start : start + batch_size]
+        width = max(len(ids) for ids in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for i, seq in enumerate(chunk):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            attention[i, : len(seq)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits[:, :-1].float()
+        targets = ids[:, 1:].to(device)
+        mask = attention[:, 1:].to(device).bool()
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        per_doc = (nll * mask).sum(1).double() / mask.sum(1).clamp_min(1)
+        out.extend(math.exp(float(v)) for v in per_doc)
+    return out
