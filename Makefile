@@ -33,8 +33,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# One thread per process: on 2 cores, torch's 2 threads slow down 20-50x as soon as anything else runs.
 demo: install
-	HF_HUB_OFFLINE=1 $(VENV)/bin/llm4all demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 $(VENV)/bin/llm4all demo
 
 test: install
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=20 $(PYTEST_ARGS) tests

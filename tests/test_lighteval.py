@@ -36,7 +36,10 @@ def folders(tmp_path_factory) -> dict[str, str]:
     turns, _ = simsamu.build_rows(Path("tests/fixtures/simsamu"), per_turn=True)
     by_split, _ = meetings.build_rows("tests/fixtures/meetings/meetings.jsonl")
     rows = [r for split in by_split.values() for r in split]
-    return {"simsamu": _publish(turns[::12][:8], root / "simsamu"), "meetings": _publish(rows, root / "meetings")}
+    return {
+        "simsamu": _publish(turns[::12][:8], root / "simsamu"),
+        "meetings": _publish(rows, root / "meetings"),
+    }
 
 
 @pytest.fixture
@@ -57,7 +60,9 @@ def test_french_rouge_metric():
     from llm4all_recipes.evaluation.lighteval_tasks import FrenchRouge, chat_doc
 
     doc = chat_doc([{"role": "user", "content": "?"}], "Le médecin régulateur arrive.", "t|0")
-    same = FrenchRouge(("rouge1", "rougeL")).compute(doc, ModelResponse(text=["le MÉDECIN régulateur arrive"]))
+    same = FrenchRouge(("rouge1", "rougeL")).compute(
+        doc, ModelResponse(text=["le MÉDECIN régulateur arrive"])
+    )
     assert same == {"rouge1_fr": 1.0, "rougeL_fr": 1.0}
     # accented words are words, not fragments: "médecin" ≠ "m" + "decin"
     assert FrenchRouge().compute(doc, ModelResponse(text=["m decin"])) == {"rougeL_fr": 0.0}
@@ -95,13 +100,19 @@ def test_long_prompts_fit_the_context(tiny_model):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     manager = MessagesPromptManager(use_chat_template=True, tokenizer=tokenizer, max_length=256)
     long = " ".join(f"phrase {i} de la transcription." for i in range(400))
-    doc = chat_doc([{"role": "system", "content": "Système."}, {"role": "user", "content": f"Début. {long} Fin."}], "r", "t|0")
+    doc = chat_doc(
+        [{"role": "system", "content": "Système."}, {"role": "user", "content": f"Début. {long} Fin."}],
+        "r",
+        "t|0",
+    )
     doc.generation_size = 64
     prompt = manager.prepare_prompt(doc)
     assert len(tokenizer(prompt)["input_ids"]) <= 256 - 64
     assert "Système." in prompt and "Début." in prompt and "Fin." in prompt and "[…]" in prompt
-    assert prompt.endswith(tokenizer.apply_chat_template([], tokenize=False, add_generation_prompt=True))
-    history = [{"role": r, "content": f"tour {i} " + "mot " * 20} for i, r in enumerate(["assistant", "user"] * 10)]
+    assert prompt.endswith("<|im_start|>assistant\n")  # the tiny model's ChatML, add_generation_prompt
+    history = [
+        {"role": r, "content": f"tour {i} " + "mot " * 20} for i, r in enumerate(["assistant", "user"] * 10)
+    ]
     doc = chat_doc([{"role": "system", "content": "Système."}, *history], "r", "t|0")
     doc.generation_size = 64
     prompt = manager.prepare_prompt(doc)

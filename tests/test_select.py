@@ -45,7 +45,9 @@ def test_select_stage(tiny_model, tmp_path, recipe_file):
     eval_doc = read("tests/fixtures/text/new_eval.jsonl")[0]
     extra = [docs[0], "Préambule. " + " ".join(eval_doc.split()[5:25]) + " Fin."]
     source = tmp_path / "docs.jsonl"
-    source.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs + extra), encoding="utf-8")
+    source.write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs + extra), encoding="utf-8"
+    )
     out = tmp_path / "selected"
     path = recipe_file(f"model_name_or_path: {tiny_model}\noutput_dir: {out}\ndatasets:\n  - path: {source}\n"
                        "decontaminate:\n  - path: tests/fixtures/text/new_eval.jsonl\nscore_max_length: 128\n",
@@ -55,7 +57,8 @@ def test_select_stage(tiny_model, tmp_path, recipe_file):
     assert report["documents"] == len(docs) + 2
     assert report["dropped"]["exact duplicate"] == 1 and report["dropped"]["eval overlap"] == 1
     kept = datasets.load_from_disk(str(out))["train"]
-    dropped = [json.loads(line) for line in open(out / "dropped.jsonl", encoding="utf-8")]
+    with open(out / "dropped.jsonl", encoding="utf-8") as f:
+        dropped = [json.loads(line) for line in f]
     assert len(kept) + len(dropped) == report["documents"]  # nothing silently lost
     lo, hi = report["thresholds"]["low"], report["thresholds"]["high"]
     assert all(lo <= p <= hi for p in kept["perplexity"])

@@ -217,3 +217,17 @@ def test_builds_from_the_hub_id_through_snapshot_download(hub, recipe_file, tmp_
     assert not any(p.endswith(".m4a") for p in downloads)  # audio is not fetched unless asked
     card = (out / "README.md").read_text()
     assert "source_datasets:\n- medkit/simsamu" in card
+
+
+def test_every_task_variant_puts_a_call_in_the_same_split(recipe_file, tmp_path):
+    """Per call, per turn and summaries: the same calls in the same splits (no train/test leak across variants)."""
+    splits = {}
+    for variant, extra in {"calls": "", "turns": "per_turn: true\n", "summary": "task: summary\n"}.items():
+        out = tmp_path / variant
+        path = recipe_file(f"builder: simsamu\nsource: tests/fixtures/simsamu\noutput_dir: {out}\nseed: 3\n"
+                           "splits: {train: 0.5, validation: 0.25, test: 0.25}\n" + extra, stage="datasets", name=f"{variant}.yaml")  # fmt: skip
+        assert main(["build-dataset", "--config", path]) == 0
+        ds = datasets.load_from_disk(str(out))
+        splits[variant] = {s: sorted({i.split("#")[0] for i in ds[s]["id"]}) for s in ds}
+    assert splits["calls"] == splits["turns"]
+    assert all(set(splits["summary"][s]) <= set(splits["calls"][s]) for s in splits["summary"])

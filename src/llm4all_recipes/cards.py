@@ -25,6 +25,22 @@ def parent_card_data(model_path: str | None) -> dict[str, Any]:
     return ModelCard.load(readme).data.to_dict()
 
 
+def dataset_repo_ids(paths: list[str], extra: list[str] | None = None) -> list[str]:
+    """Hub ids of training data: Hub ids as they are, local dataset folders by the repo they were published to."""
+    out = list(extra or [])
+    for path in paths:
+        lineage = Path(path) / "lineage.json"
+        if lineage.is_file():
+            import json
+
+            repo = json.loads(lineage.read_text(encoding="utf-8"))["stages"][-1].get("hub_repo_id")
+            if repo:
+                out.append(repo)
+        elif is_hub_id(path):
+            out.append(path)
+    return list(dict.fromkeys(out))
+
+
 def base_model_repo(lineage: list[dict[str, Any]]) -> str | None:
     """The parent stage's Hub repo: its hub_model_id, or the Hub id it started from."""
     if len(lineage) < 2:
@@ -54,7 +70,8 @@ def render_model_card(
     limitations: str = "",
     load_kwargs: str = "",
 ) -> str:
-    """Markdown of a model card; `results` rows are {dataset_name, metric_type, metric_value}."""
+    """Markdown of a model card; `results` rows are {dataset_name, metric_type, metric_value}; `datasets` are
+    Hub ids (see dataset_repo_ids)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     inherited = parent_card_data(parent)
@@ -73,7 +90,7 @@ def render_model_card(
     card_data = ModelCardData(
         model_name=model_name,
         base_model=base_model,
-        datasets=[d for d in datasets or [] if is_hub_id(d)] or None,
+        datasets=datasets or None,
         license=license or inherited.get("license"),
         language=language or inherited.get("language"),
         library_name="transformers",
@@ -132,6 +149,17 @@ def size_category(n: int) -> str:
 
 def _dataset_facts(recipe: Any, report: dict[str, Any]) -> dict[str, Any]:
     """Builder-specific text of a dataset card: summary, processing steps, columns."""
+    if recipe.builder == "text":
+        return {
+            "summary": "French text, one document per row, one split per source file.",
+            "steps": [
+                f"Read {', '.join(f'`{f}`' for f in report['files'])}: each file is a split named after it."
+            ],
+            "columns": {"text": "a document", "id": "its id in the source file"},
+            "license": recipe.license,
+            "task_categories": ["text-generation"],
+            "note": "",
+        }
     if recipe.builder == "simsamu":
         task = {
             "dialogue": "one row per regulator turn with its history"

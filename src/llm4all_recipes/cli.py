@@ -90,7 +90,7 @@ def run_stage(stage: str, argv: Sequence[str], callbacks=None):
     from .paths import resolve_in_repo
     from .stages import runner
 
-    argv = list(argv)
+    argv = ["--from_step" if a == "--from" else a for a in argv] if stage == "pipeline" else list(argv)
     if stage in DEFAULT_RECIPES and not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", resolve_in_repo(DEFAULT_RECIPES[stage]), *argv]
     recipe = parse_recipe(stage, argv)

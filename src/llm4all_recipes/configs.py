@@ -126,6 +126,11 @@ class HubArgs:
         help="Where push_to_hub publishes: the Hub, the local hub folder (./hub or $LLM4ALL_HUB_DIR), or auto "
         "(the Hub with a token and the network, else the local folder).",
     )
+    card_datasets: list[str] = arg(
+        factory=list,
+        help="Hub dataset ids for the card's `datasets` front matter, besides those found from the recipe's sources "
+        "(Hub ids, and local dataset folders that were published): e.g. the Hub copy of local training files.",
+    )
 
 
 @dataclass
@@ -560,6 +565,88 @@ class SelectRecipe(ModelArgs, MixtureArgs, StageArgs):
 
 
 @dataclass
+class EvalRecipe(ModelArgs, StageArgs):
+    """`llm4all eval`: perplexity (old/new domain, forgetting report), French task ROUGE, lighteval tasks."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
+
+    perplexity_datasets: list[DatasetSource] = arg(
+        factory=list,
+        help="Held-out text sets (a `text` column), each reported under its name (old_*/new_* for the forgetting report).",
+    )
+    compare_to: list[str] | None = arg(
+        None,
+        help="Models also measured on the perplexity sets (the forgetting report). Default: the model's ancestors "
+        "listed in its lineage.json that are local model folders.",
+    )
+    old_domain: str | None = arg(
+        None, help="Name of the old-domain perplexity set (default: the one starting with old)."
+    )
+    new_domain: str | None = arg(
+        None, help="Name of the new-domain perplexity set (default: the one starting with new)."
+    )
+    simsamu_dataset: str | None = arg(
+        None,
+        help="A per-turn simsamu dataset (prompt/completion): ROUGE-L of the generated next regulator turn.",
+    )
+    simsamu_split: str = arg("test", help="Split of simsamu_dataset.")
+    meetings_dataset: str | None = arg(
+        None, help="A meetings dataset: ROUGE-1/2/L of generated summaries (map-reduce when long)."
+    )
+    meetings_split: str = arg("test", help="Split of meetings_dataset.")
+    max_generations: int = arg(
+        8, help="Budget of generations for the whole evaluation (each map-reduce step counts)."
+    )
+    max_new_tokens: int = arg(64, help="Tokens per generation.")
+    chunk_tokens: int = arg(
+        384, help="Meetings too long for the context are summarised by chunks of this many tokens."
+    )
+    chunk_overlap: int = arg(64, help="Overlap of consecutive chunks, in tokens.")
+    lighteval_tasks: list[str] = arg(
+        factory=list,
+        help="lighteval tasks: llm4all_simsamu_next_turn|0 and llm4all_meeting_summary|0 (on simsamu_dataset / "
+        "meetings_dataset, offline), or any lighteval task string (needs the Hub).",
+    )
+    lighteval_max_samples: int | None = arg(None, help="Samples per lighteval task (default: all).")
+    perplexity_max_length: int = arg(256, help="Window of the strided perplexity.")
+    device: str = arg("auto", help="Where the models run.")
+    update_model_card: bool = arg(
+        True,
+        help="Also add the results to the evaluated model's own card (model-index) when it is a local folder.",
+    )
+
+    def __post_init__(self):
+        self.perplexity_datasets = [_to_source(d) for d in self.perplexity_datasets]
+
+    def check(self, static: bool) -> None:
+        if not self.model_name_or_path:
+            raise RecipeError("required: the model to evaluate", key="model_name_or_path")
+        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        from .data.mixture import check_sources
+
+        check_sources(self.perplexity_datasets, "perplexity_datasets", ("text",), static)
+        for key in ("simsamu_dataset", "meetings_dataset"):
+            if getattr(self, key):
+                check_path(getattr(self, key), key, static, hub_ok=True)
+        for i, path in enumerate(self.compare_to or []):
+            check_path(path, f"compare_to[{i}]", static, hub_ok=True)
+        if (
+            self.simsamu_dataset is None
+            and self.meetings_dataset is None
+            and not self.perplexity_datasets
+            and not self.lighteval_tasks
+        ):
+            raise RecipeError(
+                "nothing to evaluate: give perplexity_datasets, a task dataset or lighteval_tasks",
+                key="perplexity_datasets",
+            )
+        _positive(self, "max_generations", "max_new_tokens", "chunk_tokens", "perplexity_max_length")
+        if not 0 <= self.chunk_overlap < self.chunk_tokens:
+            raise RecipeError("need 0 <= chunk_overlap < chunk_tokens", key="chunk_overlap")
+        check_output_dir(self, static)
+
+
+@dataclass
 class BuildDatasetRecipe(StageArgs):
     """`llm4all build-dataset`: a dataset (save_to_disk + card) from the simsamu or a meetings layout."""
 
@@ -578,7 +665,9 @@ class BuildDatasetRecipe(StageArgs):
         "chunk_overlap",
     )
 
-    builder: Literal["simsamu", "meetings"] = arg("simsamu", help="Which builder reads `source`.")
+    builder: Literal["simsamu", "meetings", "text"] = arg(
+        "simsamu", help="Which builder reads `source` (text: a folder of jsonl files, one split per file)."
+    )
     source: str | None = arg(
         None,
         help="Input: a Hub dataset id (fetched with snapshot_download when online) or a local folder/file in "
@@ -634,8 +723,12 @@ class BuildDatasetRecipe(StageArgs):
         if self.summaries:
             check_path(self.summaries, "summaries", static)
         given = {*self.origin.values, *self.origin.cli_keys}
-        other = self.MEETINGS_ONLY if self.builder == "simsamu" else self.SIMSAMU_ONLY
-        for key in other:
+        other = {
+            "simsamu": self.MEETINGS_ONLY,
+            "meetings": self.SIMSAMU_ONLY,
+            "text": self.SIMSAMU_ONLY + self.MEETINGS_ONLY,
+        }
+        for key in other[self.builder]:
             if key in given:
                 raise RecipeError(f"does not apply to the {self.builder} builder", key=key)
         if self.folds is not None:
@@ -837,10 +930,15 @@ class PipelineStep:
     overrides: dict[str, Any] = arg(
         factory=dict, help="Top-level keys overridden for this step (as --key value)."
     )
+    step_name: str | None = arg(None, help="Name of the step (for --from); default <stage>:<variant>.")
 
     @property
     def stage(self) -> str:
         return paths.stage_of(self.recipe)
+
+    @property
+    def name(self) -> str:
+        return self.step_name or f"{self.stage}:{Path(self.recipe).stem}"
 
     def argv(self) -> list[str]:
         out = ["--config", self.recipe]
@@ -856,6 +954,9 @@ class PipelineRecipe:
     steps: list[PipelineStep] = arg(factory=list, help="The stage recipes, in order.")
     force: bool = arg(
         False, help="Rerun every step, replacing finished outputs (default: skip finished steps)."
+    )
+    from_step: str | None = arg(
+        None, help="Rerun from this step on (a step name such as kd:heal, or a stage); also `--from`."
     )
     dry_run: bool = arg(False, help="Only check every step's recipe and print what would run.")
 
@@ -887,6 +988,7 @@ RECIPES: dict[str, type] = {
     "select": SelectRecipe,
     "cpt": CPTRecipe,
     "sft": SFTRecipe,
+    "eval": EvalRecipe,
     "publish": PublishRecipe,
     "pipeline": PipelineRecipe,
 }

@@ -151,10 +151,16 @@ def finish(
     """Write recipe.yaml, metrics.json, lineage.json and the README.md card (main process only)."""
     from accelerate import PartialState
 
-    from .cards import render_model_card
+    from .cards import dataset_repo_ids, render_model_card
 
     if not PartialState().is_main_process:
         return
+    if "datasets" not in card:
+        sources = [*getattr(recipe, "datasets", []), *getattr(recipe, "replay_datasets", [])]
+        card = {
+            **card,
+            "datasets": dataset_repo_ids([s.path for s in sources], getattr(recipe, "card_datasets", [])),
+        }
     # eval_before.json only serves a resume; training_args.bin is a pickle that recipe.yaml replaces
     for leftover in ("eval_before.json", "training_args.bin"):
         (tmp / leftover).unlink(missing_ok=True)

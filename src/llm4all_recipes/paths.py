@@ -2,6 +2,7 @@
 
 import os
 import re
+from contextvars import ContextVar
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -25,10 +26,16 @@ def is_hub_id(value: str) -> bool:
     return bool(_HUB_ID.match(value)) and not Path(value).exists() and not value.startswith(".")
 
 
+# Output folders that earlier steps of a pipeline will write (set while a pipeline checks its steps).
+PLANNED_OUTPUTS: ContextVar[frozenset[str]] = ContextVar("planned_outputs", default=frozenset())
+
+
 def is_produced(value: str) -> bool:
-    """A path under `outputs/` (or the local hub folder): made by another stage, maybe not yet."""
+    """A path under `outputs/` (or the local hub folder), or one an earlier pipeline step writes: made by
+    another stage, maybe not yet."""
     parts = Path(os.path.normpath(value)).parts
-    return bool(parts) and parts[0] in (OUTPUTS, "hub")
+    planned = PLANNED_OUTPUTS.get()
+    return bool(parts) and (parts[0] in (OUTPUTS, "hub") or os.path.abspath(value) in planned)
 
 
 def stage_of(recipe_path: str | os.PathLike) -> str:

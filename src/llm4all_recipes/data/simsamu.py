@@ -240,7 +240,13 @@ def build_rows(
     system = render_prompt("simsamu_system")
     rows, report = (
         [],
-        {"calls": len(calls), "skipped": Counter(), "rttm_mismatches": [], "without_summary": []},
+        {
+            "calls": len(calls),
+            "skipped": Counter(),
+            "rttm_mismatches": [],
+            "without_summary": [],
+            "situations": {c.id: situation_of(c.id) for c in calls},
+        },
     )
     for call in calls:
         report["skipped"].update(call.skipped)

@@ -35,8 +35,32 @@ def fetch_source(recipe: BuildDatasetRecipe) -> str:
         raise RecipeError(f"cannot download the Hub dataset {recipe.source}: {exc}", key="source") from None
 
 
+def text_splits(source: str) -> tuple[dict[str, list[dict]], dict]:
+    """A folder of jsonl files (or one file): one split per file, named after it; every row needs `text`."""
+    from ..data.meetings import _read_jsonl
+
+    path = Path(source)
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    if not files:
+        raise RecipeError(f"no .jsonl file in {source}", key="source")
+    splits = {}
+    for file in files:
+        rows = _read_jsonl(file)
+        for lineno, row in enumerate(rows, 1):
+            if not isinstance(row.get("text"), str):
+                raise RecipeError("a row without a `text` string", source=str(file), line=lineno)
+        splits[file.stem] = rows
+    return splits, {
+        "files": [str(f) for f in files],
+        "splits_from": "one split per source file",
+        "group": None,
+    }
+
+
 def build(recipe: BuildDatasetRecipe, source: str) -> tuple[dict[str, list[dict]], dict]:
     """({split: rows}, report) for the recipe's builder."""
+    if recipe.builder == "text":
+        return text_splits(source)
     if recipe.builder == "simsamu":
         root = Path(source)
         summaries = Path(recipe.summaries) if recipe.summaries else root / "summaries.jsonl"
@@ -48,30 +72,34 @@ def build(recipe: BuildDatasetRecipe, source: str) -> tuple[dict[str, list[dict]
             skip_speakers=tuple(recipe.skip_speakers),
             punctuation=recipe.punctuation,
         )
-        groups = [r["situation"] for r in rows]
+        # splits are drawn over *all* calls, so that every task variant (per call, per turn, summaries) puts a
+        # call in the same split: no situation leaks from one variant's train into another's test
+        calls = list(report.pop("situations").items())
+        parts = grouped_splits([s for _, s in calls], recipe.splits, recipe.seed, recipe.folds, recipe.fold)
+        split_of = {calls[i][0]: name for name, idx in parts.items() for i in idx}
         report["group"] = "situation"
-        by_split = {"all": rows}
-    else:
-        count = None
-        if recipe.tokenizer_name_or_path:
-            from ..models import load_tokenizer
+        report["splits_from"] = f"{recipe.folds}-fold, fold {recipe.fold}" if recipe.folds else "shares"
+        return {name: [r for r in rows if split_of[r["id"].split("#")[0]] == name] for name in parts}, report
+    count = None
+    if recipe.tokenizer_name_or_path:
+        from ..models import load_tokenizer
 
-            tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, key="tokenizer_name_or_path")
-            count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-        by_split, report = meetings.build_rows(
-            source,
-            layout=recipe.layout,
-            summaries=Path(recipe.summaries) if recipe.summaries else None,
-            count_tokens=count,
-            chunk_tokens=recipe.chunk_tokens,
-            chunk_overlap=recipe.chunk_overlap,
-        )
-        report["group"] = "meeting"
-        if len(by_split) > 1:  # official splits are kept as they are
-            report["splits_from"] = "source"
-            return by_split, report
-        rows = next(iter(by_split.values()))
-        groups = [r["id"] for r in rows]
+        tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, key="tokenizer_name_or_path")
+        count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    by_split, report = meetings.build_rows(
+        source,
+        layout=recipe.layout,
+        summaries=Path(recipe.summaries) if recipe.summaries else None,
+        count_tokens=count,
+        chunk_tokens=recipe.chunk_tokens,
+        chunk_overlap=recipe.chunk_overlap,
+    )
+    report["group"] = "meeting"
+    if len(by_split) > 1:  # official splits are kept as they are
+        report["splits_from"] = "source"
+        return by_split, report
+    rows = next(iter(by_split.values()))
+    groups = [r["id"] for r in rows]
     parts = grouped_splits(groups, recipe.splits, recipe.seed, recipe.folds, recipe.fold)
     report["splits_from"] = f"{recipe.folds}-fold, fold {recipe.fold}" if recipe.folds else "shares"
     return {name: [rows[i] for i in idx] for name, idx in parts.items()}, report

@@ -80,7 +80,6 @@ def run(recipe: SFTRecipe, callbacks=None):
                 "training": _training_md(recipe, metrics),
                 "results": eval_results(metrics),
                 "data_report": report,
-                "datasets": [s.path for s in recipe.datasets],
                 "chat": True,
             },
         )

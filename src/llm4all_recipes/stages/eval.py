@@ -1,0 +1,209 @@
+"""Evaluate a model: perplexity on held-out text (and the forgetting report along its lineage), ROUGE on the
+French tasks (next SAMU regulator turn, meeting summaries with map-reduce), lighteval tasks.
+
+    llm4all eval --config recipes/tiny-llama/eval/simsamu.yaml
+
+Writes metrics.json, forgetting.png and a report card (model-index) into output_dir, and adds the results
+to the evaluated model's own card when it is a local folder (`update_model_card`).
+"""
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from ..configs import DatasetSource, EvalRecipe
+from ..data.mixture import load_eval_sets, load_source
+from ..evaluation import forgetting
+from ..evaluation.generation import Budget, meeting_summaries, simsamu_next_turn
+from ..evaluation.perplexity import perplexity
+from ..models import load_model, load_tokenizer, resolve_device
+from ..outputs import read_lineage, staged_output, write_run_files
+
+logger = logging.getLogger(__name__)
+
+
+def lineage_models(model_path: str) -> list[tuple[str, str]]:
+    """(label, folder) of the model's ancestors that are local model folders, oldest first, then the model."""
+    chain = []
+    for entry in read_lineage(model_path)[:-1]:
+        folder = entry.get("output_dir") or entry.get("model")
+        if folder and (Path(folder) / "config.json").is_file():
+            chain.append((entry["stage"], folder))
+    return [*chain, ("this model", model_path)]
+
+
+def run(recipe: EvalRecipe, callbacks=None):
+    # 1. Data first (errors before any model loads).
+    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
+    ppl_sets = load_eval_sets(recipe.perplexity_datasets, needed=("text",), key="perplexity_datasets")
+    simsamu = (load_source(DatasetSource(path=recipe.simsamu_dataset, split=recipe.simsamu_split), "simsamu_dataset",
+                           ("id", "prompt", "completion")) if recipe.simsamu_dataset else None)  # fmt: skip
+    meetings = (load_source(DatasetSource(path=recipe.meetings_dataset, split=recipe.meetings_split), "meetings_dataset",
+                            ["id", "turns", "summary", *(["chunks"] if _has_chunks(recipe) else [])]) if recipe.meetings_dataset else None)  # fmt: skip
+    if recipe.compare_to is None:
+        compare = lineage_models(recipe.model_name_or_path)
+    else:
+        compare = [*((Path(p).name, p) for p in recipe.compare_to), ("this model", recipe.model_name_or_path)]
+    if recipe.dry_run:
+        print(f"# eval {recipe.model_name_or_path}: perplexity on {list(ppl_sets)} for {[c[0] for c in compare]}; "
+              f"simsamu {len(simsamu) if simsamu else 0} rows, meetings {len(meetings) if meetings else 0}; "
+              f"{recipe.max_generations} generations at most")  # fmt: skip
+        return {}
+
+    # 2. Perplexity of the model (and of its lineage: the forgetting report).
+    device = resolve_device(recipe.device)
+    metrics: dict = {"perplexity": {}, "models": [c[0] for c in compare]}
+    for label, path in compare:
+        model = load_model(path, dtype=recipe.dtype)
+        model.to(device)
+        metrics["perplexity"][label] = {k: perplexity(model, tokenizer, ds["text"], max_length=recipe.perplexity_max_length,
+                                                       desc=f"{label} {k}")["perplexity"] for k, ds in ppl_sets.items()}  # fmt: skip
+        if path != recipe.model_name_or_path:
+            del model
+    # `model` is now the evaluated one (last in `compare`)
+    budget = Budget(recipe.max_generations)
+    if simsamu is not None:
+        metrics["simsamu"] = simsamu_next_turn(model, tokenizer, simsamu, budget, recipe.max_new_tokens)
+    if meetings is not None:
+        context = getattr(model.config, "max_position_embeddings", 2048)
+        metrics["meetings"] = meeting_summaries(model, tokenizer, meetings, budget, context=context, chunk_tokens=recipe.chunk_tokens,
+                                                overlap=recipe.chunk_overlap, max_new_tokens=recipe.max_new_tokens)  # fmt: skip
+    metrics["generations_left"] = budget.left
+    model.to("cpu")
+
+    # 3. lighteval (imported only here).
+    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir) as tmp:
+        if recipe.lighteval_tasks:
+            from ..evaluation.lighteval_tasks import run_lighteval
+
+            metrics["lighteval"] = run_lighteval(recipe.model_name_or_path, recipe.lighteval_tasks, str(tmp / "lighteval"),
+                                                 simsamu=recipe.simsamu_dataset, meetings=recipe.meetings_dataset,
+                                                 max_samples=recipe.lighteval_max_samples)  # fmt: skip
+        old, new = recipe.old_domain or _first(ppl_sets, "old"), recipe.new_domain or _first(ppl_sets, "new")
+        points = []
+        if old and new:
+            points = [
+                {"model": label, "old": v[old], "new": v[new]} for label, v in metrics["perplexity"].items()
+            ]
+            forgetting.plot(
+                points, tmp / "forgetting.png", old, new, arrows=[(i, i + 1) for i in range(len(points) - 1)]
+            )
+            metrics["forgetting"] = {"old": old, "new": new, "points": points}
+        results = results_of(metrics)
+        write_run_files(tmp, stage="eval", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path)
+        (tmp / "README.md").write_text(report_card(recipe, metrics, results), encoding="utf-8")
+        if recipe.update_model_card and Path(recipe.model_name_or_path, "README.md").is_file():
+            add_to_model_card(
+                Path(recipe.model_name_or_path), recipe, metrics, results, tmp / "forgetting.png"
+            )
+    return metrics
+
+
+def _has_chunks(recipe: EvalRecipe) -> bool:
+    from ..data.mixture import peek_columns
+
+    columns = peek_columns(
+        DatasetSource(path=recipe.meetings_dataset, split=recipe.meetings_split), "meetings_dataset"
+    )
+    return bool(columns and "chunks" in columns)
+
+
+def _first(sets: dict, prefix: str) -> str | None:
+    return next((k for k in sets if k.startswith(prefix)), None)
+
+
+def results_of(metrics: dict) -> list[dict]:
+    """model-index rows of the evaluated model."""
+    rows = [
+        {"dataset_name": k, "metric_type": "perplexity", "metric_value": v}
+        for k, v in metrics["perplexity"].get("this model", {}).items()
+    ]
+    if "rougeL" in metrics.get("simsamu", {}):
+        rows.append(
+            {
+                "dataset_name": "simsamu next regulator turn",
+                "metric_type": "rougeL",
+                "metric_value": metrics["simsamu"]["rougeL"],
+            }
+        )
+    for m in ("rouge1", "rouge2", "rougeL"):
+        if m in metrics.get("meetings", {}):
+            rows.append(
+                {
+                    "dataset_name": "meeting summaries",
+                    "metric_type": m,
+                    "metric_value": metrics["meetings"][m],
+                }
+            )
+    for task, values in metrics.get("lighteval", {}).items():
+        rows += [
+            {"dataset_name": task, "metric_type": k, "metric_value": v}
+            for k, v in values.items()
+            if isinstance(v, int | float)
+        ]
+    return rows
+
+
+def results_md(metrics: dict, results: list[dict]) -> str:
+    lines = ["| set | metric | value |", "|---|---|---:|"]
+    lines += [f"| {r['dataset_name']} | {r['metric_type']} | {r['metric_value']:.4g} |" for r in results]
+    if "forgetting" in metrics:
+        f = metrics["forgetting"]
+        lines += ["", "Learning vs forgetting along the model's lineage:", "", forgetting.table(f["points"], f["old"], f["new"]),
+                  "", "![learning vs forgetting](forgetting.png)"]  # fmt: skip
+    for task in ("simsamu", "meetings"):
+        for s in metrics.get(task, {}).get("samples", [])[:2]:
+            lines += [
+                "",
+                f"<details><summary>{task}: {s['id']}</summary>",
+                "",
+                f"> {s['prediction']}",
+                "",
+                "</details>",
+            ]
+    return "\n".join(lines)
+
+
+def report_card(recipe: EvalRecipe, metrics: dict, results: list[dict]) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    data = ModelCardData(
+        base_model=recipe.model_name_or_path if not Path(recipe.model_name_or_path).exists() else None,
+        tags=["llm4all", "llm4all-eval"],
+        model_name=recipe.model_name_or_path,
+        eval_results=[EvalResult(task_type="text-generation", dataset_type=r["dataset_name"], dataset_name=r["dataset_name"],
+                                 metric_type=r["metric_type"], metric_value=float(r["metric_value"])) for r in results] or None,
+    )  # fmt: skip
+    return f"---\n{data.to_yaml()}\n---\n\n# Evaluation of `{recipe.model_name_or_path}`\n\n{results_md(metrics, results)}\n"
+
+
+def add_to_model_card(
+    folder: Path, recipe: EvalRecipe, metrics: dict, results: list[dict], plot: Path
+) -> None:
+    """Merge the results into the evaluated model's card (model-index) and add an evaluation section."""
+    from huggingface_hub import EvalResult, ModelCard
+
+    card = ModelCard.load(folder / "README.md")
+    existing = card.data.eval_results or []
+    keys = {(r["dataset_name"], r["metric_type"]) for r in results}
+    kept = [e for e in existing if (e.dataset_name, e.metric_type) not in keys]
+    card.data.eval_results = kept + [EvalResult(task_type="text-generation", dataset_type=r["dataset_name"], dataset_name=r["dataset_name"],
+                                                metric_type=r["metric_type"], metric_value=float(r["metric_value"])) for r in results]  # fmt: skip
+    if not card.data.model_name:
+        card.data.model_name = folder.name
+    marker = "\n## Evaluation (llm4all eval)\n"
+    text = (
+        card.text.split(marker)[0].rstrip()
+        + "\n"
+        + marker
+        + f"\nBy `{recipe.origin.path}`.\n\n"
+        + results_md(metrics, results)
+        + "\n"
+    )
+    card.text = text
+    if plot.is_file():
+        shutil.copyfile(plot, folder / "forgetting.png")
+    card.save(folder / "README.md")
+    logger.info("results added to %s", folder / "README.md")
+    (folder / "eval_results.json").write_text(json.dumps(results, indent=1))
