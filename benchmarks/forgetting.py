@@ -49,7 +49,9 @@ def main() -> None:
                 print(json.dumps(rows[-1]))
     result = {"rows": rows, "command": command_line(), "machine": machine(), "model": args.model}
     Path(__file__).resolve().parent.joinpath("results").mkdir(exist_ok=True)
-    Path(__file__).resolve().parent.joinpath("results", "forgetting.json").write_text(json.dumps(result, indent=1))
+    Path(__file__).resolve().parent.joinpath("results", "forgetting.json").write_text(
+        json.dumps(result, indent=1)
+    )
     write_section("forgetting", markdown(args, result))
 
 

@@ -37,10 +37,17 @@ def arm(name: str, teacher: str, student: str, tmp: str, cache: str) -> dict:
         metrics = run_stage("sft", ["--config", "recipes/tiny-llama/sft/chat.yaml", *common])
         train = metrics["train"]
     elif name in ("kd-online", "kd-cache"):
-        source = ["--teacher_cache", cache] if name == "kd-cache" else ["--teacher_model_name_or_path", teacher, "--datasets", CHAT]
+        source = (
+            ["--teacher_cache", cache]
+            if name == "kd-cache"
+            else ["--teacher_model_name_or_path", teacher, "--datasets", CHAT]
+        )
         recipe = Path(tmp) / "recipes" / "b" / "kd" / "chat.yaml"
         recipe.parent.mkdir(parents=True, exist_ok=True)
-        recipe.write_text("data_format: messages\nlearning_rate: 1.0e-3\n" + ("" if name == "kd-cache" else "kd_loss: forward_kl\n"))
+        recipe.write_text(
+            "data_format: messages\nlearning_rate: 1.0e-3\n"
+            + ("" if name == "kd-cache" else "kd_loss: forward_kl\n")
+        )
         metrics = run_stage("kd", ["--config", str(recipe), *source, *common])
         train = metrics["train"]
     else:
@@ -115,7 +122,13 @@ def main() -> None:
             print(json.dumps(speed[-1]))
         mass = json.loads(Path(cache, "metrics.json").read_text())["mean_topk_mass"]
         heal = healing(args.teacher, tmp)
-    result = {"speed": speed, "healing": heal, "topk_mass": mass, "command": command_line(), "machine": machine()}
+    result = {
+        "speed": speed,
+        "healing": heal,
+        "topk_mass": mass,
+        "command": command_line(),
+        "machine": machine(),
+    }
     Path(__file__).resolve().parent.joinpath("results").mkdir(exist_ok=True)
     Path(__file__).resolve().parent.joinpath("results", "kd.json").write_text(json.dumps(result, indent=1))
     write_section("kd", markdown(args, result))
@@ -135,7 +148,9 @@ def markdown(args, result: dict) -> str:
     names = {"sft": "SFT of the student (the speed limit)", "kd-online": "KDTrainer, teacher online",
              "kd-cache": "KDTrainer, top-64 cache", "gkd": "TRL GKDTrainer, λ = 0"}  # fmt: skip
     for r in result["speed"]:
-        lines.append(f"| {names[r['arm']]} | {r['tokens_per_second']:.0f} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} |")
+        lines.append(
+            f"| {names[r['arm']]} | {r['tokens_per_second']:.0f} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} |"
+        )
     lines += [
         "",
         f"The top-64 cache holds {result['topk_mass']:.4f} of the teacher's probability mass on average.",
@@ -146,7 +161,11 @@ def markdown(args, result: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["healing"]:
-        recovered = (r["compressed"] - r["healed"]) / (r["compressed"] - r["dense"]) if r["compressed"] > r["dense"] else float("nan")
+        recovered = (
+            (r["compressed"] - r["healed"]) / (r["compressed"] - r["dense"])
+            if r["compressed"] > r["dense"]
+            else float("nan")
+        )
         lines.append(f"| {r['method']} | {r['ratio']:.0%} | {r['dense']:.2f} | {r['compressed']:.2f} | {r['distilled']:.2f} | "
                      f"{r['healed']:.2f} | {recovered:.0%} |")  # fmt: skip
     return "\n".join(lines) + "\n"

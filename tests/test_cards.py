@@ -4,7 +4,7 @@ import datasets
 import yaml
 from huggingface_hub import DatasetCard, ModelCard
 
-from llm4all_recipes.cards import render_model_card
+from llm4all_recipes.cards import dataset_repo_ids, render_model_card
 
 LINEAGE = [
     {"stage": "base", "model": "OpenLLM-France/Lucie-7B"},
@@ -37,7 +37,7 @@ def test_model_card_front_matter_and_lineage():
         training="trained",
         lineage=LINEAGE,
         results=[{"dataset_name": "simsamu", "metric_type": "perplexity", "metric_value": 12.5}],
-        datasets=["medkit/simsamu", "outputs/datasets/simsamu"],
+        datasets=dataset_repo_ids(["medkit/simsamu", "/nonexistent/local/data"]),
         license="apache-2.0",
         chat=True,
     )
@@ -76,3 +76,18 @@ def test_dataset_card_counts_match_the_data(tmp_path, recipe_file):
     assert yaml.safe_load(recipe_block)["per_turn"] is True
     for split in ds:
         assert f"| {split} | {len(ds[split])} |" in card.text
+
+
+def test_dataset_ids_of_published_local_folders(tmp_path):
+    folder = tmp_path / "built"
+    folder.mkdir()
+    (folder / "lineage.json").write_text(
+        '{"stages": [{"stage": "build-dataset", "hub_repo_id": "me/calls"}]}'
+    )
+    unpublished = tmp_path / "other"
+    unpublished.mkdir()
+    (unpublished / "lineage.json").write_text('{"stages": [{"stage": "build-dataset", "hub_repo_id": null}]}')
+    ids = dataset_repo_ids(
+        ["medkit/simsamu", str(folder), str(unpublished), "tests/fixtures/chat/train.jsonl"], ["me/extra"]
+    )
+    assert ids == ["me/extra", "medkit/simsamu", "me/calls"]

@@ -70,7 +70,7 @@ def test_cli_overrides_beat_yaml(recipe_file, base):
     assert recipe.per_device_train_batch_size == 5
     resolved = configs.resolved_recipe(recipe)
     assert resolved["learning_rate"] == pytest.approx(3e-3)
-    assert resolved["datasets"] == [{"path": CHAT, "split": "train", "weight": 1.0, "repeat": False}]
+    assert resolved["datasets"] == [{"path": CHAT}]  # entries keep what differs from the defaults
 
 
 def test_yaml_floats_written_like_1e_minus_5_are_numbers(recipe_file, base):

@@ -219,9 +219,7 @@ class TrainRecipe(ModelArgs, LoraArgs, TrainerArgs):
     """Keys shared by the stages that train an existing model (sft, kd, cpt)."""
 
     def check(self, static: bool) -> None:
-        if not self.model_name_or_path:
-            raise RecipeError("required (a Hub id or a local model folder)", key="model_name_or_path")
-        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        check_model(self.model_name_or_path, static, "the model (a Hub id or a local model folder)")
         super().check(static)
         if self.use_peft:
             _positive(self, "lora_r", "lora_alpha")
@@ -318,11 +316,7 @@ class KDRecipe(KDArgs, TrainRecipe):
         super().__post_init__()
 
     def check(self, static: bool) -> None:
-        if not self.model_name_or_path:
-            raise RecipeError(
-                "required: the student (a Hub id or a local model folder)", key="model_name_or_path"
-            )
-        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        check_model(self.model_name_or_path, static, "the student (a Hub id or a local model folder)")
         if not self.teacher_model_name_or_path and not self.teacher_cache:
             raise RecipeError("required: a teacher, or a teacher_cache", key="teacher_model_name_or_path")
         if self.teacher_model_name_or_path:
@@ -542,11 +536,7 @@ class SelectRecipe(ModelArgs, MixtureArgs, StageArgs):
         super().__post_init__()
 
     def check(self, static: bool) -> None:
-        if not self.model_name_or_path:
-            raise RecipeError(
-                "required: the reference model that scores perplexity", key="model_name_or_path"
-            )
-        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        check_model(self.model_name_or_path, static, "the reference model that scores perplexity")
         if len(self.band) != 2 or not 0 <= self.band[0] < self.band[1] <= 1:
             raise RecipeError(
                 f"expected [low, high] quantiles with 0 <= low < high <= 1, got {self.band}", key="band"
@@ -619,9 +609,7 @@ class EvalRecipe(ModelArgs, StageArgs):
         self.perplexity_datasets = [_to_source(d) for d in self.perplexity_datasets]
 
     def check(self, static: bool) -> None:
-        if not self.model_name_or_path:
-            raise RecipeError("required: the model to evaluate", key="model_name_or_path")
-        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        check_model(self.model_name_or_path, static, "the model to evaluate")
         from .data.mixture import check_sources
 
         check_sources(self.perplexity_datasets, "perplexity_datasets", ("text",), static)
@@ -814,9 +802,7 @@ class CompressRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
     )
 
     def check(self, static: bool) -> None:
-        if not self.model_name_or_path:
-            raise RecipeError("required: the model to compress", key="model_name_or_path")
-        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        check_model(self.model_name_or_path, static, "the model to compress")
         if not 0 < self.ratio < 1:
             raise RecipeError(f"must be in (0, 1), got {self.ratio}", key="ratio")
         if not self.targets:
@@ -865,11 +851,7 @@ class FeatureDistillRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
     eval_every: int = arg(20, help="Steps between held-out evaluations of a block.")
 
     def check(self, static: bool) -> None:
-        if not self.model_name_or_path:
-            raise RecipeError(
-                "required: the compressed student (a compress output)", key="model_name_or_path"
-            )
-        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        check_model(self.model_name_or_path, static, "the compressed student (a compress output)")
         if self.teacher_model_name_or_path:
             check_path(self.teacher_model_name_or_path, "teacher_model_name_or_path", static, hub_ok=True)
         _positive(self, "learning_rate", "tokens_per_block", "num_holdout_samples", "eval_every")
@@ -886,9 +868,7 @@ class ExportDenseRecipe(ModelArgs, StageArgs):
     hub_model_id: str | None = arg(None, help="<namespace>/<name> of the published checkpoint.")
 
     def check(self, static: bool) -> None:
-        if not self.model_name_or_path:
-            raise RecipeError("required: a low-rank checkpoint", key="model_name_or_path")
-        check_path(self.model_name_or_path, "model_name_or_path", static, hub_ok=True)
+        check_model(self.model_name_or_path, static, "a low-rank checkpoint")
         check_output_dir(self, static)
         check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
 
@@ -1004,6 +984,13 @@ def _positive(recipe: Any, *keys: str) -> None:
         value = getattr(recipe, key, None)
         if value is not None and value <= 0:
             raise RecipeError(f"must be > 0 (got {value})", key=key)
+
+
+def check_model(value: str | None, static: bool, what: str, key: str = "model_name_or_path") -> None:
+    """A required model: a Hub id or an existing folder (or, in `static` mode, one a stage will produce)."""
+    if not value:
+        raise RecipeError(f"required: {what}", key=key)
+    check_path(value, key, static, hub_ok=True)
 
 
 def check_path(value: str, key: str, static: bool, *, hub_ok: bool = False) -> None:
@@ -1360,8 +1347,14 @@ def resolved_recipe(recipe: Any) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items() if v is not None}
+    if dataclasses.is_dataclass(value) and not isinstance(
+        value, type
+    ):  # nested entries: only what differs from defaults
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.default is dataclasses.MISSING or getattr(value, f.name) != f.default
+        }
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, dict):

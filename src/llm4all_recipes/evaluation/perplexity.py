@@ -114,3 +114,20 @@ def document_perplexities(model, tokenizer, texts: list[str], *, max_length: int
         per_doc = (nll * mask).sum(1).double() / mask.sum(1).clamp_min(1)
         out.extend(math.exp(float(v)) for v in per_doc)
     return out
+
+
+def held_out_perplexities(
+    model, tokenizer, sets: dict, *, max_length: int, device: str = "cpu", tag: str = ""
+) -> dict:
+    """{name: perplexity(...)} of each named text set; the model visits `device` for the measure, then goes back."""
+    home = next(model.parameters()).device
+    model.to(device)
+    try:
+        return {
+            name: perplexity(
+                model, tokenizer, ds["text"], max_length=max_length, desc=f"{tag} {name}".strip()
+            )
+            for name, ds in sets.items()
+        }
+    finally:
+        model.to(home)

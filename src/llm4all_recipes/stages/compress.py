@@ -13,7 +13,7 @@ import torch
 
 from ..configs import CompressRecipe
 from ..errors import RecipeError
-from ..evaluation.perplexity import corpus_ids, perplexity
+from ..evaluation.perplexity import corpus_ids, held_out_perplexities
 from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
@@ -122,18 +122,9 @@ def run(recipe: CompressRecipe, callbacks=None):
     model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
     device = resolve_device(recipe.device)
 
-    def held_out(tag: str) -> dict:
-        model.to(device)
-        out = {
-            k: perplexity(
-                model, tokenizer, ds["text"], max_length=recipe.perplexity_max_length, desc=f"{tag} {k}"
-            )
-            for k, ds in evals.items()
-        }
-        model.to("cpu")
-        return out
-
-    before = held_out("dense")
+    before = held_out_perplexities(
+        model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="dense"
+    )
     dense_size = skeleton(recipe)  # parameter counts of the dense model, for the summary
 
     # 3. Layer by layer: statistics -> initialisation -> low-rank swap.
@@ -150,7 +141,9 @@ def run(recipe: CompressRecipe, callbacks=None):
         "calibration": {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
                         "seq_len": recipe.calibration_seq_len, "seed": recipe.seed, "propagate": recipe.propagate},
     })  # fmt: skip
-    after = held_out("compressed")
+    after = held_out_perplexities(
+        model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="compressed"
+    )
     metrics = {"compression": facts, "eval_before": before, "eval": after, "data": data_report, **report,
                "parameters": facts["model_params_after"]}  # fmt: skip
 

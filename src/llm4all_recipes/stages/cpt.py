@@ -18,7 +18,7 @@ from ..data.mixture import build_mixture, load_eval_sets, text_token_counter
 from ..data.packing import StackCollator, text_rows
 from ..errors import RecipeError
 from ..evaluation import forgetting
-from ..evaluation.perplexity import perplexity
+from ..evaluation.perplexity import held_out_perplexities
 from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
@@ -98,18 +98,9 @@ def run(recipe: CPTRecipe, callbacks=None):
         reference = load_model(ref_path, dtype=recipe.reference_dtype, key="reference_model_name_or_path")
     device = resolve_device("auto")
 
-    def held_out(m, tag: str) -> dict:
-        m.to(device)
-        out = {
-            k: perplexity(
-                m, tokenizer, ds["text"], max_length=recipe.perplexity_max_length, desc=f"{tag} {k}"
-            )
-            for k, ds in evals.items()
-        }
-        m.to("cpu")
-        return out
-
-    before = held_out(model, "before")
+    before = held_out_perplexities(
+        model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="before"
+    )
 
     # 3. Train (TRL machinery, CE + KL loss), resumable from <output_dir>.tmp.
     recipe.packing, recipe.remove_unused_columns = False, False
@@ -123,7 +114,9 @@ def run(recipe: CPTRecipe, callbacks=None):
         )  # fmt: skip
         save_trained(trainer, tmp, recipe)
         trained = trainer.model.merge_and_unload() if recipe.use_peft and recipe.merge_lora else trainer.model
-        after = held_out(trained, "after")
+        after = held_out_perplexities(
+            trained, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="after"
+        )
         metrics.update(eval_before=before, eval=after, data=data)
         old, new = _domains(evals)
         if old and new:

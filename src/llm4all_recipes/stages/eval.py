@@ -16,7 +16,7 @@ from ..configs import DatasetSource, EvalRecipe
 from ..data.mixture import load_eval_sets, load_source
 from ..evaluation import forgetting
 from ..evaluation.generation import Budget, meeting_summaries, simsamu_next_turn
-from ..evaluation.perplexity import perplexity
+from ..evaluation.perplexity import held_out_perplexities
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import read_lineage, staged_output, write_run_files
 
@@ -54,14 +54,13 @@ def run(recipe: EvalRecipe, callbacks=None):
     # 2. Perplexity of the model (and of its lineage: the forgetting report).
     device = resolve_device(recipe.device)
     metrics: dict = {"perplexity": {}, "models": [c[0] for c in compare]}
-    for label, path in compare:
+    for label, path in compare:  # the evaluated model comes last and stays loaded
         model = load_model(path, dtype=recipe.dtype)
-        model.to(device)
-        metrics["perplexity"][label] = {k: perplexity(model, tokenizer, ds["text"], max_length=recipe.perplexity_max_length,
-                                                       desc=f"{label} {k}")["perplexity"] for k, ds in ppl_sets.items()}  # fmt: skip
-        if path != recipe.model_name_or_path:
-            del model
-    # `model` is now the evaluated one (last in `compare`)
+        values = held_out_perplexities(
+            model, tokenizer, ppl_sets, max_length=recipe.perplexity_max_length, device=device, tag=label
+        )
+        metrics["perplexity"][label] = {k: v["perplexity"] for k, v in values.items()}
+    model.to(device)
     budget = Budget(recipe.max_generations)
     if simsamu is not None:
         metrics["simsamu"] = simsamu_next_turn(model, tokenizer, simsamu, budget, recipe.max_new_tokens)

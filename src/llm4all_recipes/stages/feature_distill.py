@@ -11,7 +11,7 @@ import shutil
 
 from ..configs import FeatureDistillRecipe
 from ..errors import RecipeError
-from ..evaluation.perplexity import corpus_ids, perplexity
+from ..evaluation.perplexity import corpus_ids, held_out_perplexities
 from ..hub import publish_stage_output
 from ..models import compression_config, load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
@@ -90,24 +90,17 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
         )
     teacher = load_model(teacher_path, dtype=recipe.dtype, key="teacher_model_name_or_path")
 
-    def held_out(tag: str) -> dict:
-        student.to(device)
-        out = {
-            k: perplexity(
-                student, tokenizer, ds["text"], max_length=recipe.perplexity_max_length, desc=f"{tag} {k}"
-            )
-            for k, ds in evals.items()
-        }
-        student.to("cpu")
-        return out
-
-    before = held_out("before")
+    before = held_out_perplexities(
+        student, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="before"
+    )
 
     # 3. Block by block, resumable from <output_dir>.tmp/distill_state.
     with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir, keep_on_error=True) as tmp:
         state = tmp / "distill_state"
         reports = distill(teacher, student, train_ids, hold_ids, cfg, state_dir=state)
-        after = held_out("after")
+        after = held_out_perplexities(
+            student, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="after"
+        )
         student.config.compression_config["feature_distill"] = {
             "teacher": teacher_path, "schedule": recipe.schedule, "joint_inputs": recipe.joint_inputs,
             "learning_rate": recipe.learning_rate, "tokens_per_block": reports[0].steps * train_ids.shape[1] * recipe.calibration_batch_size if reports else 0,

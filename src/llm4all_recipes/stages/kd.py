@@ -14,7 +14,7 @@ from datasets import load_from_disk
 from ..configs import KDRecipe
 from ..data.mixture import load_eval_sets
 from ..errors import RecipeError
-from ..evaluation.perplexity import perplexity
+from ..evaluation.perplexity import held_out_perplexities
 from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
@@ -102,19 +102,26 @@ def run(recipe: KDRecipe, callbacks=None):
             )
     device = resolve_device("auto")
 
-    def held_out(model, tag: str) -> dict:
-        model.to(device)
-        out = {
-            k: perplexity(
-                model, tokenizer, ds["text"], max_length=recipe.perplexity_max_length, desc=f"{tag} {k}"
-            )
-            for k, ds in perplexity_sets.items()
-        }
-        model.to("cpu")
-        return out
-
-    before = held_out(student, "student before")
-    teacher_ppl = held_out(teacher, "teacher") if teacher is not None else {}
+    before = held_out_perplexities(
+        student,
+        tokenizer,
+        perplexity_sets,
+        max_length=recipe.perplexity_max_length,
+        device=device,
+        tag="student before",
+    )
+    teacher_ppl = (
+        held_out_perplexities(
+            teacher,
+            tokenizer,
+            perplexity_sets,
+            max_length=recipe.perplexity_max_length,
+            device=device,
+            tag="teacher",
+        )
+        if teacher is not None
+        else {}
+    )
 
     # 3. Train: TRL's SFT machinery, KD loss (resume from <output_dir>.tmp).
     with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir, keep_on_error=True) as tmp:
@@ -126,7 +133,14 @@ def run(recipe: KDRecipe, callbacks=None):
         )  # fmt: skip
         save_trained(trainer, tmp, recipe)
         healed = trainer.model.merge_and_unload() if recipe.use_peft and recipe.merge_lora else trainer.model
-        after = held_out(healed, "student after")
+        after = held_out_perplexities(
+            healed,
+            tokenizer,
+            perplexity_sets,
+            max_length=recipe.perplexity_max_length,
+            device=device,
+            tag="student after",
+        )
         metrics.update(eval_before=before, eval=after, teacher_eval=teacher_ppl, data=report)
         finish(tmp, stage="kd", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card={
             "model_name": recipe.hub_model_id or recipe.output_dir,

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from ..configs import TinyModelRecipe
-from ..evaluation.perplexity import perplexity
+from ..evaluation.perplexity import held_out_perplexities
 from ..hub import publish_stage_output
 from ..outputs import finish, staged_output
 from ..tiny import build_model, build_tokenizer
@@ -30,15 +30,7 @@ def run(recipe: TinyModelRecipe, callbacks=None):
     # 2. Random model, its perplexity on the held-out sets.
     model = build_model(recipe.model_config, tokenizer, recipe.seed)
 
-    def held_out(tag: str) -> dict:
-        return {
-            label: perplexity(
-                model, tokenizer, ds["text"], max_length=recipe.max_length, desc=f"{tag} {label}"
-            )
-            for label, ds in evals.items()
-        }
-
-    before = held_out("untrained")
+    before = held_out_perplexities(model, tokenizer, evals, max_length=recipe.max_length, tag="untrained")
 
     # 3. Short pretraining (packed raw text), then the same measure.
     with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir, keep_on_error=True) as tmp:
@@ -51,7 +43,7 @@ def run(recipe: TinyModelRecipe, callbacks=None):
             eval_datasets={},
             callbacks=callbacks,
         )
-        after = held_out("trained")
+        after = held_out_perplexities(model, tokenizer, evals, max_length=recipe.max_length, tag="trained")
         metrics.update(
             eval_before=before,
             eval=after,
