@@ -32,3 +32,10 @@ def test_lighteval_is_imported_lazily():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == "False"
+
+
+def test_usage_lists_every_stage():
+    from llm4all_recipes.configs import RECIPES
+
+    for stage in RECIPES:
+        assert f"  {stage} " in cli.USAGE, stage

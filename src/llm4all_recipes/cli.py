@@ -17,11 +17,19 @@ from .errors import RecipeError
 USAGE = """usage: llm4all <command> [--config RECIPE.yaml] [--key value ...]
 
 stages (recipes/<model>/<stage>/<variant>.yaml):
-  tiny-model      build the embedded default: tiny Llama + French tokenizer (no args: the tiny-llama recipe)
-  build-dataset   a dataset + card from the simsamu or a meetings layout (recipes/datasets/)
-  sft             supervised fine-tuning on conversations (TRL SFTTrainer)
-  publish         push an output folder to the Hub (or the local hub folder)
-  pipeline        run stage recipes in order, skipping finished ones
+  tiny-model       the embedded default: tiny Llama + French tokenizer (no args: the tiny-llama recipe)
+  build-dataset    a dataset + card from the simsamu, meetings or text layout (recipes/datasets/)
+  compress         SVD-family low-rank initialisation of the decoder's linear layers, layer by layer
+  feature-distill  Lillama: heal a low-rank model block by block against its original
+  export-dense     multiply a low-rank checkpoint's factors out into a plain one
+  cache-teacher    run a teacher once, store its top-k log-probs per token
+  kd               logit distillation (TRL), online teacher or cache
+  select           choose new documents: perplexity band, dedup, decontamination
+  cpt              continued pretraining with replay and a KL to the former model
+  sft              supervised fine-tuning on conversations (TRL SFTTrainer)
+  eval             perplexity (forgetting report), French ROUGE, lighteval
+  publish          push an output folder to the Hub (or the local hub folder)
+  pipeline         run stage recipes in order, skipping finished ones (--from, --force)
 
 commands:
   validate [PATH ...]   check recipes (default: recipes/) without running them
