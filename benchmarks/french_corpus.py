@@ -1,26 +1,36 @@
 """Build a French text corpus from documentation shipped in Debian packages, offline.
 
-    cd /work/main && .venv/bin/python benchmarks/french_corpus.py --install
+    cd /work/main && .venv/bin/python benchmarks/french_corpus.py
+    # after training, to add token counts to the README (same data, byte for byte):
+    cd /work/main && .venv/bin/python benchmarks/french_corpus.py --tokenizer outputs/bench/french-small
 
-reads the French help and manuals of the packages below (installed with `apt-get install` when
-`--install` is given and they are missing), keeps the paragraphs made of natural French sentences and
-writes
+reads the French help and manuals of the packages below, keeps the paragraphs made of natural French
+sentences and writes
 
     benchmarks/data/french/train.jsonl   {"id", "text", "source"} per line, documents of ~1-3 KB
     benchmarks/data/french/eval.jsonl    held-out whole source files (~4 % of the text)
     benchmarks/data/french/README.md     packages, versions, licences, sizes, the command
     benchmarks/data/french/stats.json    the same numbers, machine-readable
 
-Packages (pass `--packages` to pick a subset):
+An installed package is read in place (`dpkg -L`); any other is fetched with `apt-get download` and
+unpacked with `dpkg-deb -x` under benchmarks/data/debs/ (no root, no dependencies pulled in;
+`--no-download` reads installed packages only). Packages (`--packages` picks a subset):
 
-    libreoffice-help-fr   LibreOffice help pages (HTML)      /usr/share/libreoffice/help/fr/
-    gnome-user-docs       GNOME help, Mallard XML pages      /usr/share/help/fr/
-    debian-reference-fr   Debian Reference (DocBook HTML)    /usr/share/debian-reference/*.fr.html
-    maint-guide-fr        Debian New Maintainers' Guide      /usr/share/doc/maint-guide-fr/html/
+    libreoffice-help-fr      LibreOffice help pages (HTML)        /usr/share/libreoffice/help/fr/
+    gnome-user-docs          GNOME help, Mallard XML pages        /usr/share/help/fr/
+    debian-reference-fr      Debian Reference (DocBook HTML)      /usr/share/debian-reference/*.fr.html
+    maint-guide-fr           Debian New Maintainers' Guide        /usr/share/doc/maint-guide-fr/html/
+    gimp-help-fr             GIMP user manual                     /usr/share/gimp/2.0/help/fr/
+    lilypond-doc-html-fr     LilyPond manuals                     /usr/share/doc/lilypond/html/Documentation/
+    developers-reference-fr  Debian Developer's Reference         /usr/share/developers-reference/fr/
+    debian-faq-fr            Debian FAQ                           /usr/share/doc/debian/FAQ/fr/
+    debian-edu-doc-fr        Debian Edu manual (bookworm)         /usr/share/doc/debian-edu-doc-fr/
+    aptitude-doc-fr          aptitude user manual                 /usr/share/doc/aptitude/html/fr/
+    kicad-doc-fr             KiCad manuals                        /usr/share/doc/kicad/help/fr/
 
 Cleaning: markup is stripped (code blocks, menus, navigation, "how to get there" boxes, related-topic
 lists and scripts are skipped); a paragraph is kept only if it looks like running French text: long
-enough, starts like a sentence and ends with . ! ? or …, no URL or e-mail address, little inline code,
+enough, starts like a sentence and ends with . ! ? … (or : ; , for list items), no URL or e-mail address, little inline code,
 few menu paths and symbols, and clearly more French than English function words (untranslated strings
 are common in these manuals). Whitespace (non-breaking spaces included) is collapsed to single spaces.
 

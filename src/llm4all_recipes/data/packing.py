@@ -45,10 +45,15 @@ def chat_rows(conversations: list[list[dict]], tokenizer, max_length: int) -> tu
 
 
 class StackCollator:
-    """Batches fixed-length rows: stacks the given integer columns as tensors."""
+    """Batches fixed-length rows: stacks the given integer columns as tensors, cut after the batch's last
+    attended position (right-padded chats do not pay for the padding every row carries)."""
 
     def __init__(self, keys: tuple[str, ...] = ("input_ids", "attention_mask", "labels")):
         self.keys = keys
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return {k: torch.tensor([f[k] for f in features]) for k in self.keys}
+        batch = {k: torch.tensor([f[k] for f in features]) for k in self.keys}
+        if "attention_mask" in batch:
+            width = int(batch["attention_mask"].sum(1).max())
+            batch = {k: v[:, :width] for k, v in batch.items()}
+        return batch

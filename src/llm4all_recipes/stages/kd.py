@@ -67,6 +67,7 @@ def run(recipe: KDRecipe, callbacks=None):
     if recipe.teacher_cache:
         cache, train, collator = open_cache(recipe, tokenizer)
         recipe.packing, recipe.remove_unused_columns = False, False
+        recipe.assistant_only_loss = False  # the cache's labels already carry the assistant-token mask
         recipe.dataset_kwargs = {"skip_prepare_dataset": True}  # the cache's rows are used unchanged
         report = [
             {

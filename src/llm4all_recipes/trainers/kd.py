@@ -116,7 +116,9 @@ class CachedTeacherCollator(StackCollator):
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = super().__call__(features)
-        batch["teacher_logprobs"], batch["teacher_indices"] = self.cache.rows([f["row"] for f in features])
+        logprobs, indices = self.cache.rows([f["row"] for f in features])
+        width = batch["input_ids"].shape[1]
+        batch["teacher_logprobs"], batch["teacher_indices"] = logprobs[:, :width], indices[:, :width]
         return batch
 
 
