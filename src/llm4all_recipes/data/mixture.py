@@ -15,7 +15,6 @@ import csv
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -280,7 +279,3 @@ def text_token_counter(tokenizer, column: str = "text") -> Callable[[Any], list[
         return counted["_n"]
 
     return count
-
-
-def source_paths(sources: Sequence[DatasetSource]) -> list[str]:
-    return [os.path.normpath(s.path) for s in sources]
