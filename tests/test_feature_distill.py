@@ -1,6 +1,7 @@
 """Lillama feature distillation: the loss, held-out improvement per block, the best state protecting a
 too-high learning rate, both schedules, resume per block, bad input."""
 
+import copy
 import json
 
 import pytest
@@ -9,7 +10,9 @@ import torch.nn.functional as F
 
 import llm4all_recipes.compression.feature_distill as fd
 from llm4all_recipes.cli import main
+from llm4all_recipes.compression import ranks as R
 from llm4all_recipes.compression.calibration import calibration_ids, decoder_layers
+from llm4all_recipes.compression.compressor import compress_model
 from llm4all_recipes.evaluation.perplexity import corpus_ids
 from llm4all_recipes.models import load_model, load_tokenizer
 
@@ -57,6 +60,25 @@ def test_a_too_high_learning_rate_keeps_the_initial_state(compressed_model, tiny
     assert all(r.final_loss > r.initial_loss for r in reports)  # it did get worse ...
     after = factors(student)
     assert all(torch.equal(before[n], after[n]) for n in before)  # ... and the initial state was kept
+
+
+def test_a_bfloat16_student_trains_like_float32_and_stays_bfloat16(tiny_model):
+    """Real models load in bf16: the factors train as fp32 master weights under autocast, then are cast back;
+    the held-out losses follow the float32 run's."""
+    teacher = load_model(str(tiny_model))
+    student = copy.deepcopy(teacher)
+    targets = R.find_targets(student, R.DEFAULT_TARGETS)
+    train, hold = windows(tiny_model)
+    compress_model(student, train, targets, R.uniform(targets, 0.8), method="svd")
+    cfg = fd.DistillConfig(learning_rate=1e-3, batch_size=4, eval_every=2, tokens_per_block=64 * 4 * 4)
+    runs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        s = copy.deepcopy(student).to(dtype)
+        runs[dtype] = fd.distill(copy.deepcopy(teacher).to(dtype), s, train, hold, cfg)
+        assert {p.dtype for p in s.parameters()} == {dtype}
+    for r16, r32 in zip(runs[torch.bfloat16], runs[torch.float32]):
+        assert r16.best_loss < r16.initial_loss
+        assert r16.best_loss == pytest.approx(r32.best_loss, rel=0.02)
 
 
 @pytest.mark.parametrize(("schedule", "joint"), [("sequential", False), ("parallel", True)])

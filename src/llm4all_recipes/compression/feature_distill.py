@@ -14,6 +14,9 @@ the calibration windows stay on the CPU, and the teacher runs once over the whol
 state with the lowest loss on held-out calibration windows (evaluated before training, every `eval_every`
 steps and at the end), so a too-high learning rate never makes a block worse than its initialisation. A
 finished block is saved, so an interrupted run resumes at the next block.
+
+Precision: the trained factors are fp32 master weights for AdamW; a block loaded in bf16/fp16 (the dtype of
+real models) computes under autocast in that dtype, the loss in fp32; the best state is cast back.
 """
 
 import copy
@@ -78,6 +81,12 @@ def _owners(block: nn.Module, param_name: str):
         yield block.get_submodule(".".join(parts[:i]))
 
 
+def _autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision for a half-precision block whose trained factors are fp32 (no-op for fp32 blocks)."""
+    half = dtype in (torch.bfloat16, torch.float16)
+    return torch.autocast(device_type=device.type, dtype=dtype if half else torch.bfloat16, enabled=half)
+
+
 @torch.no_grad()
 def held_out_loss(
     block: nn.Module, inputs: list[torch.Tensor], targets: list[torch.Tensor], kwargs: list[dict], device
@@ -99,6 +108,7 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
     for p in block.parameters():
         p.requires_grad_(False)
     originals = {n: p.dtype for n, p in params.items()}
+    compute = next(iter(originals.values()))
     for p in params.values():  # fp32 master weights for the optimiser
         p.data = p.data.float()
         p.requires_grad_(True)
@@ -109,7 +119,8 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
 
     def evaluate() -> float:
         block.eval()
-        return held_out_loss(block, *holdout, device)
+        with _autocast(device, compute):
+            return held_out_loss(block, *holdout, device)
 
     initial = best = evaluate()
     best_state, best_step, history = (
@@ -120,7 +131,8 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
     block.train()
     for step in tqdm(range(1, steps + 1), desc=f"distil block {layer}", leave=False):
         x, y, kw = pairs[(step - 1) % len(pairs)]
-        out = block(x.to(device), **kw)
+        with _autocast(device, compute):
+            out = block(x.to(device), **kw)
         a = out[0] if isinstance(out, tuple) else out
         loss = lillama_loss(a, y.to(device))
         optimizer.zero_grad(set_to_none=True)
