@@ -1,6 +1,6 @@
 """Compression benchmark: perplexity of the dense model vs svd / asvd / whitening × uniform / loss-based ranks
 at 20 / 40 / 60 / 80 %, each without and with Lillama feature distillation, over calibration seeds; the
-compression wall time; CPU forward latency and weight bytes of compressed vs dense models.
+compression wall time; forward latency (on `--device`) and weight bytes of compressed vs dense models.
 
     python benchmarks/compression.py --model outputs/tiny-llama/tiny-model/base \\
         --text tests/fixtures/text/old_train.jsonl --eval tests/fixtures/text/old_eval.jsonl --name tiny-llama
@@ -35,17 +35,31 @@ def read_texts(path: str, limit: int | None = None) -> list[str]:
 
 
 @torch.no_grad()
-def latency_ms(model, seq_len: int, repeats: int = 20) -> float:
-    ids = torch.randint(0, model.config.vocab_size, (1, seq_len))
-    model.eval()
+def latency_ms(model, seq_len: int, device: str, repeats: int = 20) -> float:
+    model.to(device).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, seq_len), device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     for _ in range(3):
         model(input_ids=ids)
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         model(input_ids=ids)
+        sync()
         times.append(time.perf_counter() - start)
+    model.to("cpu")
     return 1000 * statistics.median(times)
+
+
+def device_perplexity(model, tokenizer, texts, max_length: int, device: str) -> float:
+    """Perplexity with the model on `device`; the model goes back to the CPU (the compression drivers stream
+    layers from there)."""
+    model.to(device)
+    try:
+        return perplexity(model, tokenizer, texts, max_length=max_length)["perplexity"]
+    finally:
+        model.to("cpu")
 
 
 def weight_bytes(model) -> int:
@@ -68,6 +82,8 @@ def main() -> None:
     parser.add_argument("--fd-lr", type=float, default=1e-4)
     parser.add_argument("--eval-docs", type=int, default=None)
     parser.add_argument("--latency-seq-len", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where layers are compressed / distilled and perplexity and latency are measured")  # fmt: skip
     args = parser.parse_args()
 
     tokenizer = load_tokenizer(args.model)
@@ -75,10 +91,14 @@ def main() -> None:
     evals = read_texts(args.eval, args.eval_docs)
     cut = int(len(stream) * 0.9)
     dense = load_model(args.model, dtype="float32")
-    base_ppl = perplexity(dense, tokenizer, evals, max_length=args.seq_len)["perplexity"]
-    base_latency, base_bytes = latency_ms(dense, args.latency_seq_len), weight_bytes(dense)
+    base_ppl = device_perplexity(dense, tokenizer, evals, args.seq_len, args.device)
+    base_latency, base_bytes = latency_ms(dense, args.latency_seq_len, args.device), weight_bytes(dense)
     print(f"dense: perplexity {base_ppl:.3f}, {base_latency:.2f} ms, {base_bytes} bytes")
     rows = []
+    RESULTS.mkdir(exist_ok=True)
+    result = {"model": args.model, "device": args.device, "dense_perplexity": base_ppl, "dense_latency_ms": base_latency,
+              "dense_bytes": base_bytes, "rows": rows, "command": command_line(), "machine": machine()}  # fmt: skip
+    out = RESULTS / f"compression-{args.name}.json"
     for ratio in args.ratios:
         for method in args.methods:
             for allocation in args.allocations:
@@ -93,9 +113,9 @@ def main() -> None:
                         else (lambda s, t=targets, r=ratio: R.loss_based(t, r, s))
                     )
                     start = time.perf_counter()
-                    ranks, _ = compress_model(model, ids, targets, plan, method=method)
+                    ranks, _ = compress_model(model, ids, targets, plan, method=method, device=args.device)
                     seconds = time.perf_counter() - start
-                    ppl = perplexity(model, tokenizer, evals, max_length=args.seq_len)["perplexity"]
+                    ppl = device_perplexity(model, tokenizer, evals, args.seq_len, args.device)
                     row = {"ratio": ratio, "method": method, "allocation": allocation, "seed": seed,
                            "achieved_ratio": R.achieved_ratio(targets, ranks), "compress_seconds": seconds,
                            "perplexity": ppl, "bytes": weight_bytes(model)}  # fmt: skip
@@ -105,22 +125,21 @@ def main() -> None:
                             tokens_per_block=args.fd_tokens,
                             batch_size=8,
                             eval_every=16,
+                            device=args.device,
                         )
                         start = time.perf_counter()
                         distill(dense, model, ids, hold, cfg)
                         row["distill_seconds"] = time.perf_counter() - start
-                        row["perplexity_distilled"] = perplexity(
-                            model, tokenizer, evals, max_length=args.seq_len
-                        )["perplexity"]
+                        row["perplexity_distilled"] = device_perplexity(
+                            model, tokenizer, evals, args.seq_len, args.device
+                        )
                     if seed == args.seeds[0] and allocation == "uniform" and method == "whitening":
-                        row["latency_ms"] = latency_ms(model, args.latency_seq_len)
+                        row["latency_ms"] = latency_ms(model, args.latency_seq_len, args.device)
                     rows.append(row)
                     print(json.dumps(row))
-    RESULTS.mkdir(exist_ok=True)
-    result = {"model": args.model, "dense_perplexity": base_ppl, "dense_latency_ms": base_latency,
-              "dense_bytes": base_bytes, "rows": rows, "command": command_line(), "machine": machine()}  # fmt: skip
-    (RESULTS / f"compression-{args.name}.json").write_text(json.dumps(result, indent=1))
-    write_section(f"compression-{args.name}", markdown(args, result))
+                    # after every row: partial results survive an interruption
+                    out.write_text(json.dumps(result, indent=1))
+                    write_section(f"compression-{args.name}", markdown(args, result))
 
 
 def markdown(args, result: dict) -> str:
@@ -157,7 +176,7 @@ def markdown(args, result: dict) -> str:
             f"| {ratio:.0%} | {method} | {allocation} | {cell('perplexity')} | {cell('perplexity_distilled')} | "
             f"{statistics.mean(r['achieved_ratio'] for r in group):.3f} | {statistics.mean(r['compress_seconds'] for r in group):.1f} |"
         )
-    lines += ["", "Size and CPU forward latency (batch 1 × "
+    lines += ["", f"Size and forward latency on {result.get('device', 'cpu')} (batch 1 × "
               f"{args.latency_seq_len} tokens, median of 20; whitening, uniform ranks):", "",
               "| model | weight bytes | latency ms |", "|---|---:|---:|",
               f"| dense | {result['dense_bytes']:,} | {result['dense_latency_ms']:.2f} |"]  # fmt: skip

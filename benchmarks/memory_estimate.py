@@ -37,6 +37,26 @@ def distinct_input_dims(config) -> list[int]:
     ]
 
 
+def estimate(config, samples: int = SAMPLES, seq_len: int = SEQ_LEN, batch: int = BATCH) -> dict[str, float]:
+    """Bytes of layer-by-layer compression with bf16 weights and hidden states, float64 statistics."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    targets = R.find_targets(model, R.DEFAULT_TARGETS)
+    params = sum(p.numel() for p in model.parameters())
+    layer_weights = 2 * max(
+        sum(t.params for t in targets if t.layer == i) for i in range(config.num_hidden_layers)
+    )
+    return {
+        "parameters": params,
+        "device_layer_weights": layer_weights,
+        "device_statistics": sum(8 * d * d + 8 * d for d in distinct_input_dims(config)),
+        # the widest intermediate activation of one batch, counted generously at 8 bytes an element
+        "device_batch_activations": 8 * batch * seq_len * config.intermediate_size,
+        "cpu_model": 2 * params,
+        "cpu_hidden_states": 2 * samples * seq_len * config.hidden_size * 2,
+    }
+
+
 def main() -> None:
     lines = [
         "## Memory of layer-by-layer compression (computed)",
@@ -49,22 +69,13 @@ def main() -> None:
     ]
     totals = {}
     for name, config in CONFIGS.items():
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        targets = R.find_targets(model, R.DEFAULT_TARGETS)
-        params = sum(p.numel() for p in model.parameters())
-        layer_weights = 2 * max(
-            sum(t.params for t in targets if t.layer == i) for i in range(config.num_hidden_layers)
-        )
-        stats = sum(8 * d * d + 8 * d for d in distinct_input_dims(config))
-        batch = (
-            BATCH * SEQ_LEN * config.intermediate_size * 2 * 4
-        )  # the widest intermediate activations, generously
-        hidden = 2 * SAMPLES * SEQ_LEN * config.hidden_size * 2
-        totals[name] = ((layer_weights + stats + batch) / GIB, (2 * params + hidden) / GIB)
+        e = estimate(config)
+        device = e["device_layer_weights"] + e["device_statistics"] + e["device_batch_activations"]
+        totals[name] = (device / GIB, (e["cpu_model"] + e["cpu_hidden_states"]) / GIB)
         lines.append(
-            f"| {name} | {params / 1e9:.2f} B | {layer_weights / GIB:.2f} GiB | {stats / GIB:.2f} GiB | "
-            f"{batch / GIB:.2f} GiB | {2 * params / GIB:.1f} GiB | {hidden / GIB:.1f} GiB |"
+            f"| {name} | {e['parameters'] / 1e9:.2f} B | {e['device_layer_weights'] / GIB:.2f} GiB | "
+            f"{e['device_statistics'] / GIB:.2f} GiB | {e['device_batch_activations'] / GIB:.2f} GiB | "
+            f"{e['cpu_model'] / GIB:.1f} GiB | {e['cpu_hidden_states'] / GIB:.1f} GiB |"
         )
     device, cpu = totals["Llama-3.1-8B"]
     lines += [
