@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu.sh run       # there: installs .whl/ into /tmp/site, runs both, copies results to $OUT
 #   bash benchmarks/gpu.sh demo      # there: the whole `llm4all demo` on the GPU (bf16 on by default), run twice,
 #                                    # then cache-teacher + kd from the cache; logs and metrics to $OUT
+#   bash benchmarks/gpu.sh check     # there: demo, then scale.py
 #
 # Needs outputs/bench/french-small and benchmarks/data/french (benchmarks/README.md says how to build them).
 set -uo pipefail
@@ -48,6 +49,10 @@ quiet() {  # progress bars to one line each, without the intermediate refreshes
 
 demo() {
     setup
+    demo_steps
+}
+
+demo_steps() {
     start=$(date +%s)
     timeout "${DEMO_SECONDS:-260}" python3 -m llm4all_recipes demo 2>&1 | quiet > "$OUT/demo.log"
     echo "demo: rc ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s"; tail -40 "$OUT/demo.log"
@@ -61,21 +66,35 @@ demo() {
         echo "$1 --config $2: rc ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s"; tail -5 "$OUT/$1.log"
     done
     find outputs hub -name metrics.json -o -name README.md -path "hub/*" | tar czf "$OUT/outputs.tgz" -T - 2>/dev/null
-    ls -la "$OUT"
 }
 
-run() {
-    setup
+scale() {
+    timeout "${SCALE_SECONDS:-200}" python3 benchmarks/scale.py ${SCALE_ARGS:---layers 2} 2>&1 | quiet | tee "$OUT/scale.log"
+    cp benchmarks/results/scale-*.json "$OUT/"
+}
+
+compression() {
     mkdir -p benchmarks/data/french
     for split in train eval; do gunzip -c ".bench/french-$split.jsonl.gz" > "benchmarks/data/french/$split.jsonl"; done
-    timeout "${SCALE_SECONDS:-200}" python3 benchmarks/scale.py ${SCALE_ARGS:---layers 2} 2>&1 | tr '\r' '\n' | grep -v "it/s\]$" | tee "$OUT/scale.log"
-    TQDM_DISABLE=1 timeout "${COMPRESSION_SECONDS:-280}" python3 benchmarks/compression.py \
+    timeout "${COMPRESSION_SECONDS:-280}" python3 benchmarks/compression.py \
         --model outputs/bench/french-small-bf16 --text benchmarks/data/french/train.jsonl \
         --eval benchmarks/data/french/eval.jsonl --name french-small-22m --samples 64 --fd-tokens 65536 \
-        --eval-docs 30 ${COMPRESSION_ARGS:-} 2>&1 | tee "$OUT/compression.log"
-    cp docs/BENCHMARKS.md "$OUT/"
-    cp benchmarks/results/scale-*.json benchmarks/results/compression-french-*.json "$OUT/" 2>/dev/null
-    ls -la "$OUT"
+        --eval-docs 30 ${COMPRESSION_ARGS:-} 2>&1 | quiet | tee "$OUT/compression.log"
+    cp benchmarks/results/compression-french-*.json "$OUT/"
 }
 
-"${1:?usage: bash benchmarks/gpu.sh prepare|run|demo}"
+run() {  # the two benchmarks
+    setup
+    scale
+    compression
+    cp docs/BENCHMARKS.md "$OUT/"
+}
+
+check() {  # the demo, then the scale benchmark
+    setup
+    demo_steps
+    scale
+    cp docs/BENCHMARKS.md "$OUT/"
+}
+
+"${1:?usage: bash benchmarks/gpu.sh prepare|run|demo|check}"

@@ -2,10 +2,14 @@
 
     python benchmarks/memory_estimate.py
 
-The layer-by-layer driver keeps on the device one decoder layer (weights), the float64 statistics of its
+The layer-by-layer driver keeps on the device one decoder layer (weights) and the float64 statistics of its
 distinct linear inputs (Llama: attention input shared by q/k/v, o_proj input, MLP input shared by gate/up,
-down_proj input) and one batch of hidden states; on the CPU the model and the calibration hidden states
-(inputs and outputs of the current layer). Writes the `memory-estimate` section of docs/BENCHMARKS.md.
+down_proj input); on top of that, either one batch's activations while statistics are collected (bf16
+intermediates, plus a float64 chunk of `InputStats.chunk_rows` tokens) or the float64 workspace of the
+largest factorisation (whitening: the n x n Cholesky factor and a few m x n matrices), whichever is larger.
+On the CPU: the model and the calibration hidden states (inputs and outputs of the current layer).
+benchmarks/scale.py measures the device peak at these shapes. Writes the `memory-estimate` section of
+docs/BENCHMARKS.md.
 """
 
 import torch
@@ -26,35 +30,12 @@ SAMPLES, SEQ_LEN, BATCH = 256, 2048, 8
 GIB = 2**30
 
 
-def distinct_input_dims(config) -> list[int]:
-    """Llama-family decoder layer: q/k/v share their input, gate/up share theirs."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return [
-        config.hidden_size,
-        config.num_attention_heads * head_dim,
-        config.hidden_size,
-        config.intermediate_size,
-    ]
-
-
-def estimate(config, samples: int = SAMPLES, seq_len: int = SEQ_LEN, batch: int = BATCH) -> dict[str, float]:
-    """Bytes of layer-by-layer compression with bf16 weights and hidden states, float64 statistics."""
+def estimate(config, samples: int = SAMPLES, seq_len: int = SEQ_LEN, batch: int = BATCH) -> dict[str, int]:
+    """`llm4all compress`'s own estimate (ranks.memory_estimate, also printed by --dry_run) on a meta model."""
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    targets = R.find_targets(model, R.DEFAULT_TARGETS)
-    params = sum(p.numel() for p in model.parameters())
-    layer_weights = 2 * max(
-        sum(t.params for t in targets if t.layer == i) for i in range(config.num_hidden_layers)
-    )
-    return {
-        "parameters": params,
-        "device_layer_weights": layer_weights,
-        "device_statistics": sum(8 * d * d + 8 * d for d in distinct_input_dims(config)),
-        # the widest intermediate activation of one batch, counted generously at 8 bytes an element
-        "device_batch_activations": 8 * batch * seq_len * config.intermediate_size,
-        "cpu_model": 2 * params,
-        "cpu_hidden_states": 2 * samples * seq_len * config.hidden_size * 2,
-    }
+    e = R.memory_estimate(model, R.find_targets(model, R.DEFAULT_TARGETS), samples, seq_len, batch)
+    return {**e, "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def main() -> None:
@@ -64,24 +45,27 @@ def main() -> None:
         f"Command: `{command_line()}`. Calibration {SAMPLES} windows × {SEQ_LEN} tokens, batches of {BATCH}; "
         "weights and hidden states in bf16, statistics in float64.",
         "",
-        "| model | parameters | device: layer weights | device: statistics | device: batch activations | CPU: model (bf16) | CPU: hidden states in + out |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | parameters | device: layer weights | device: statistics | device: batch activations | device: factorisation | device: peak | CPU: model (bf16) | CPU: hidden states in + out |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     totals = {}
     for name, config in CONFIGS.items():
         e = estimate(config)
-        device = e["device_layer_weights"] + e["device_statistics"] + e["device_batch_activations"]
-        totals[name] = (device / GIB, (e["cpu_model"] + e["cpu_hidden_states"]) / GIB)
+        totals[name] = (
+            e["device_peak_bytes"] / GIB,
+            (e["model_bytes_cpu"] + e["activations_bytes_cpu"]) / GIB,
+        )
         lines.append(
-            f"| {name} | {e['parameters'] / 1e9:.2f} B | {e['device_layer_weights'] / GIB:.2f} GiB | "
-            f"{e['device_statistics'] / GIB:.2f} GiB | {e['device_batch_activations'] / GIB:.2f} GiB | "
-            f"{e['cpu_model'] / GIB:.1f} GiB | {e['cpu_hidden_states'] / GIB:.1f} GiB |"
+            f"| {name} | {e['parameters'] / 1e9:.2f} B | {e['layer_weights_bytes_max'] / GIB:.2f} GiB | "
+            f"{e['statistics_bytes_per_layer_max'] / GIB:.2f} GiB | {e['batch_activations_bytes'] / GIB:.2f} GiB | "
+            f"{e['factorisation_bytes'] / GIB:.2f} GiB | {e['device_peak_bytes'] / GIB:.1f} GiB | "
+            f"{e['model_bytes_cpu'] / GIB:.1f} GiB | {e['activations_bytes_cpu'] / GIB:.1f} GiB |"
         )
     device, cpu = totals["Llama-3.1-8B"]
     lines += [
         "",
-        f"So Llama-3.1-8B compresses with ≈ {device:.1f} GiB on the device (one layer, its statistics, a batch; "
-        f"plus the float64 SVD workspace of the largest matrix, ≈ 1 GiB) and ≈ {cpu:.0f} GiB of CPU RAM for "
+        f"Device peak = layer weights + statistics + the larger of batch activations and factorisation. So "
+        f"Llama-3.1-8B compresses with ≈ {device:.1f} GiB on the device and ≈ {cpu:.0f} GiB of CPU RAM for "
         f"{SAMPLES} × {SEQ_LEN} calibration tokens; halve the windows to halve the hidden states. "
         "`llm4all compress --dry_run true` prints an estimate for any recipe.",
     ]

@@ -19,6 +19,19 @@ def stats_of(x: torch.Tensor) -> InputStats:
     return s
 
 
+def test_statistics_are_accumulated_in_float64_chunks_exactly(monkeypatch):
+    """bf16 batches of (batch, seq, dim) go to float64 a few rows at a time: same Gram, |x| sums and count."""
+    monkeypatch.setattr(InputStats, "chunk_rows", 7)
+    x = torch.randn(3, 10, 16, dtype=torch.bfloat16)
+    s = InputStats(16, "cpu")
+    s.add_batch(x[:2])
+    s.add_batch(x[2:])
+    flat = x.reshape(-1, 16).to(torch.float64)
+    assert s.count == 30
+    assert torch.allclose(s.gram, flat.T @ flat, rtol=0, atol=1e-12)
+    assert torch.allclose(s.mean_abs, flat.abs().mean(0), rtol=0, atol=1e-12)
+
+
 def problem(seed=0, m=24, n=32, samples=400, low_rank_inputs=False):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(m, n, generator=g, dtype=torch.float64)

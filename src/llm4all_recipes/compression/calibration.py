@@ -30,11 +30,15 @@ class InputStats:
         self.count = 0
         InputStats.live.add(self)
 
+    chunk_rows = 2048  # tokens converted to float64 at a time: bounds the temporary, not the result
+
     @torch.no_grad()
     def add_batch(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
-        self.gram.addmm_(x.T, x)
-        self.abs_sum += x.abs().sum(0)
+        x = x.reshape(-1, x.shape[-1])
+        for chunk in x.split(self.chunk_rows):
+            c = chunk.to(torch.float64)
+            self.gram.addmm_(c.T, c)
+            self.abs_sum += c.abs().sum(0)
         self.count += x.shape[0]
 
     @property

@@ -26,10 +26,15 @@ def cholesky_with_jitter(
     Returns (L, λ). A Gram matrix from fewer samples than dimensions, or with dead channels, is singular.
     """
     scale = float(gram.diagonal().mean()) or 1.0
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     lam = 0.0
     for i in range(tries):
-        lower, info = torch.linalg.cholesky_ex(gram + lam * scale * eye)
+        if lam == 0.0:
+            lower, info = torch.linalg.cholesky_ex(gram)
+        else:  # no n x n identity: at n = 14336 each float64 n x n copy is 1.5 GiB
+            shifted = gram.clone()
+            shifted.diagonal().add_(lam * scale)
+            lower, info = torch.linalg.cholesky_ex(shifted)
+            del shifted
         if int(info) == 0:
             return lower, lam
         lam = jitter * (10**i)

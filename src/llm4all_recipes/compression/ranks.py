@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
-from .calibration import decoder_layers
+from .calibration import InputStats, decoder_layers
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALLOCATIONS = ("uniform", "bottom_first", "loss", "explicit")
@@ -227,21 +227,48 @@ def summary(
     }
 
 
-def memory_estimate(
-    model: nn.Module, targets: list[Target], n_samples: int, seq_len: int, device_dtype_bytes: int = 4
-) -> dict:
-    """Peak memory of the layer-by-layer compression, in bytes (an upper bound: inputs shared by several
-    modules are counted once per module here; the driver shares them)."""
-    hidden = model.config.hidden_size
-    per_layer: dict[int, list[Target]] = {}
+# modules that read the same input tensor, so share one InputStats (Llama / Mistral / Qwen naming)
+SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _input_key(t: Target) -> tuple[int, str]:
+    leaf = t.name.rsplit(".", 1)[-1]
+    for group in SHARED_INPUTS:
+        if leaf in group:
+            return t.layer, t.name[: -len(leaf)] + group[0]
+    return t.layer, t.name
+
+
+def memory_estimate(model: nn.Module, targets: list[Target], n_samples: int, seq_len: int, batch_size: int = 8,
+                    chunk_rows: int = InputStats.chunk_rows) -> dict:  # fmt: skip
+    """Bytes of the layer-by-layer compression (benchmarks/scale.py measures it at Llama-3.1-8B shapes).
+
+    Device: one layer's weights + its float64 statistics (one per distinct input) + the larger of (a) one
+    batch's activations while collecting (three MLP intermediates in the model dtype, a float64 chunk of
+    `chunk_rows` tokens and its |x|) and (b) the float64 workspace of the largest factorisation (the n x n
+    Cholesky factor and about four m x n matrices). CPU: the model and the calibration hidden states (the
+    inputs and outputs of the current layer).
+    """
+    dtype_bytes = next(model.parameters()).element_size()
+    inputs: dict[tuple[int, str], int] = {_input_key(t): t.in_features for t in targets}
+    stats_per_layer: dict[int, int] = {}
+    weights_per_layer: dict[int, int] = {}
+    for (layer, _), dim in inputs.items():
+        stats_per_layer[layer] = stats_per_layer.get(layer, 0) + 8 * dim * dim + 8 * dim
     for t in targets:
-        per_layer.setdefault(t.layer, []).append(t)
-    stats = max(sum(8 * t.in_features**2 + 8 * t.in_features for t in ts) for ts in per_layer.values())
-    layer_params = max(sum(t.params for t in ts) for ts in per_layer.values())
-    activations = 2 * n_samples * seq_len * hidden * device_dtype_bytes
-    return {
-        "statistics_bytes_per_layer_max": stats,
-        "layer_weights_bytes_max": layer_params * device_dtype_bytes,
-        "activations_bytes_cpu": activations,
+        weights_per_layer[t.layer] = weights_per_layer.get(t.layer, 0) + t.params * dtype_bytes
+    widest = max(max(t.out_features, t.in_features) for t in targets)
+    batch = 3 * dtype_bytes * batch_size * seq_len * widest + 2 * 8 * chunk_rows * widest
+    factorisation = max(8 * (t.in_features**2 + 4 * t.out_features * t.in_features) for t in targets)
+    out = {
+        "statistics_bytes_per_layer_max": max(stats_per_layer.values()),
+        "layer_weights_bytes_max": max(weights_per_layer.values()),
+        "batch_activations_bytes": batch,
+        "factorisation_bytes": factorisation,
+        "activations_bytes_cpu": 2 * n_samples * seq_len * model.config.hidden_size * dtype_bytes,
         "model_bytes_cpu": sum(p.numel() * p.element_size() for p in model.parameters()),
     }
+    out["device_peak_bytes"] = (
+        out["statistics_bytes_per_layer_max"] + out["layer_weights_bytes_max"] + max(batch, factorisation)
+    )
+    return out

@@ -72,7 +72,8 @@ def _gb(n: int) -> str:
 def print_plan(recipe: CompressRecipe, model, targets, ranks) -> dict:
     from ..compression import ranks as R
 
-    memory = R.memory_estimate(model, targets, recipe.num_calibration_samples, recipe.calibration_seq_len)
+    memory = R.memory_estimate(model, targets, recipe.num_calibration_samples, recipe.calibration_seq_len,
+                               recipe.calibration_batch_size)  # fmt: skip
     print(
         f"# llm4all compress --dry_run: {recipe.model_name_or_path}, {recipe.method}, {recipe.rank_allocation}"
     )
@@ -91,9 +92,11 @@ def print_plan(recipe: CompressRecipe, model, targets, ranks) -> dict:
           f"(ratio {facts['achieved_ratio']:.4f}, target {recipe.ratio})")  # fmt: skip
     print(f"# model: {facts['model_params_before']:,} -> {facts['model_params_after']:,} parameters "
           f"({facts['model_fraction_removed']:.1%} removed), {_gb(facts['bytes_before'])} -> {_gb(facts['bytes_after'])}")  # fmt: skip
-    print(f"# memory: one layer's statistics <= {_gb(memory['statistics_bytes_per_layer_max'])} and weights "
-          f"{_gb(memory['layer_weights_bytes_max'])} on {resolve_device(recipe.device)}; calibration activations "
-          f"{_gb(memory['activations_bytes_cpu'])} and the model {_gb(memory['model_bytes_cpu'])} on the CPU")  # fmt: skip
+    print(f"# memory: peak ≈ {_gb(memory['device_peak_bytes'])} on {resolve_device(recipe.device)} (one layer's "
+          f"weights {_gb(memory['layer_weights_bytes_max'])}, statistics {_gb(memory['statistics_bytes_per_layer_max'])}, "
+          f"then batch activations {_gb(memory['batch_activations_bytes'])} or factorisation "
+          f"{_gb(memory['factorisation_bytes'])}); calibration activations {_gb(memory['activations_bytes_cpu'])} "
+          f"and the model {_gb(memory['model_bytes_cpu'])} on the CPU")  # fmt: skip
     return {**facts, "memory": memory}
 
 
