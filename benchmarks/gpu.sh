@@ -62,7 +62,7 @@ demo_steps() {
     for step in "cache-teacher recipes/tiny-llama/cache-teacher/base.yaml" "kd recipes/tiny-llama/kd/heal-cached.yaml"; do
         set -- $step
         start=$(date +%s)
-        timeout 90 python3 -m llm4all_recipes "$1" --config "$2" 2>&1 | quiet > "$OUT/$1.log"
+        timeout 60 python3 -m llm4all_recipes "$1" --config "$2" 2>&1 | quiet > "$OUT/$1.log"
         echo "$1 --config $2: rc ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s"; tail -5 "$OUT/$1.log"
     done
     find outputs hub -name metrics.json -o -name README.md -path "hub/*" | tar czf "$OUT/outputs.tgz" -T - 2>/dev/null

@@ -93,10 +93,7 @@ def main() -> None:
         "seconds_per_layer": seconds / args.layers,
         "achieved_ratio": R.achieved_ratio(targets, ranks),
         "peak_device_gib": peak_device_gib(device),
-        "estimate_device_gib": (
-            e["device_layer_weights"] + e["device_statistics"] + e["device_batch_activations"]
-        )
-        / GIB,
+        "estimate_device_gib": e["device_peak_bytes"] / GIB,
         "peak_rss_gib": rss_gib(),
     }
     print(json.dumps(result["compress"]))
