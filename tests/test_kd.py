@@ -3,6 +3,7 @@ healing a compressed student, LoRA students, and bad input."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,6 +101,23 @@ def test_heal_recovers_the_gap(svd80_distilled, svd80_compressed, tiny_model, tm
     assert config["model_type"] == "llm4all_lowrank"  # a low-rank student stays low-rank
     card = (out / "README.md").read_text()
     assert "### Distillation" in card and "forward_kl" in card and "tokens seen" in card
+
+
+def test_heal_from_a_top_64_cache_also_recovers_the_gap(svd80_distilled, tiny_model, tmp_path):
+    """The recipes' cache (k = 64 of 2048, float16, ~60 % of the teacher's mass): heal-cached.yaml must heal
+    too. (Dropping the tail instead of keeping it as a category made this student's perplexity explode.)"""
+    cache = tmp_path / "cache"
+    assert main(["cache-teacher", "--config", "recipes/tiny-llama/cache-teacher/base.yaml",
+                 "--teacher_model_name_or_path", str(tiny_model), "--output_dir", str(cache)]) == 0  # fmt: skip
+    out = tmp_path / "heal-cached"
+    assert main(["kd", "--config", "recipes/tiny-llama/kd/heal-cached.yaml", "--model_name_or_path",
+                 str(svd80_distilled), "--teacher_cache", str(cache), "--output_dir", str(out)]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    dense = json.loads((Path(tiny_model) / "metrics.json").read_text())["eval"]["old_eval"]["perplexity"]
+    before, after = (metrics[k]["old_eval"]["perplexity"] for k in ("eval_before", "eval"))
+    assert (before - after) >= 0.2 * (before - dense), (dense, before, after)
+    new_before, new_after = (metrics[k]["new_eval"]["perplexity"] for k in ("eval_before", "eval"))
+    assert new_after <= 1.02 * new_before  # the domain the cache did not cover is not wrecked
 
 
 def test_lora_student_and_cached_teacher(compressed_model, tiny_model, exact_cache, tmp_path):

@@ -113,13 +113,40 @@ def test_top_k_with_k_equal_vocabulary_is_exact(batch, loss):
     assert float(cached) == pytest.approx(float(full), abs=1e-5)
 
 
-def test_top_k_drops_only_the_teacher_tail(batch):
+def test_top_k_is_the_divergence_of_the_distributions_coarsened_to_k_plus_one_categories(batch):
     student, teacher, mask, _ = batch
     logprobs, indices = F.log_softmax(teacher, -1).topk(4, dim=-1)
     cached = distillation_loss(student, mask, teacher_logprobs=logprobs, teacher_indices=indices)
-    s_log = F.log_softmax(student, -1).gather(-1, indices)
-    reference = (logprobs.exp() * (logprobs - s_log)).sum(-1)[mask].mean()
-    assert float(cached) == pytest.approx(float(reference), rel=1e-5)
+    p, q = F.softmax(teacher, -1)[mask], F.softmax(student, -1)[mask]
+    top = indices[mask]
+    reference = 0.0
+    for i in range(len(p)):  # brute force: k cached tokens + one tail category, on each side
+        p_top, q_top = p[i, top[i]].tolist(), q[i, top[i]].tolist()
+        reference += brute_kl([*p_top, 1 - sum(p_top)], [*q_top, 1 - sum(q_top)])
+    assert float(cached) == pytest.approx(reference / len(p), rel=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_top_k_is_a_non_negative_lower_bound_of_the_full_divergence(batch, loss, k):
+    student, teacher, mask, _ = batch
+    logprobs, indices = F.log_softmax(teacher, -1).topk(k, dim=-1)
+    full = distillation_loss(student, mask, teacher_logits=teacher, loss=loss)
+    cached = distillation_loss(student, mask, teacher_logprobs=logprobs, teacher_indices=indices, loss=loss)
+    assert 0 <= float(cached) <= float(full) + 1e-6
+
+
+def test_top_k_penalises_a_student_that_empties_the_tail(batch):
+    """The minimiser of a tail-dropping loss (all mass on the teacher's top k, in proportion) is not free here:
+    only the teacher itself has a zero loss."""
+    _, teacher, mask, _ = batch
+    t_log = F.log_softmax(teacher, -1)
+    logprobs, indices = t_log.topk(3, dim=-1)
+    emptied = torch.full_like(teacher, -1e4).scatter(-1, indices, logprobs)  # renormalised by log_softmax
+    loss = distillation_loss(emptied, mask, teacher_logprobs=logprobs, teacher_indices=indices)
+    exact = distillation_loss(teacher, mask, teacher_logprobs=logprobs, teacher_indices=indices)
+    assert float(exact) == pytest.approx(0.0, abs=1e-6)
+    assert float(loss) > 0.1
 
 
 def test_padded_teacher_vocabulary_is_allowed(batch):

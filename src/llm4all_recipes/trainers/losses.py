@@ -15,9 +15,13 @@ gradient-accumulation window (what the Trainer passes as `num_items_in_batch`) �
 the same gradient as one big batch; without it, by the mask's own count.
 
 A teacher distribution is either full logits, or a cached top-k: `teacher_logprobs` (…, k) with
-`teacher_indices` (…, k). On a top-k support the sums run over the k cached tokens only (the teacher's tail
-mass is dropped, the student keeps its full-vocabulary normalisation): exact when k is the vocabulary size,
-an approximation otherwise (see docs/DISTILLATION.md).
+`teacher_indices` (…, k). With a top-k cache both distributions are coarsened to k + 1 categories: the k
+cached tokens, and the rest of the vocabulary as one "tail" category (mass 1 − Σ top-k, on each side). D is
+then the divergence between the coarsened distributions: exact when k is the vocabulary size, otherwise a
+lower bound of the full one (data-processing inequality), never negative, and zero only when the student
+matches the teacher on the k tokens *and* on the tail mass. Dropping the tail instead (sums over the k tokens
+alone) has a negative minimum, reached by a student that puts no mass outside the teacher's top k — which
+wrecks the perplexity of every token the teacher did not rank there (see docs/DISTILLATION.md).
 """
 
 import math
@@ -32,6 +36,16 @@ def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     """Σ p (log p − log q) over the last dimension, from log-probabilities (0·log 0 = 0)."""
     p = p_log.exp()
     return torch.where(p > 0, p * (p_log - q_log), torch.zeros_like(p)).sum(-1)
+
+
+TAIL_FLOOR = 1e-8  # smallest tail mass: log 0 would make a gradient of 0 · ∞ when k = vocabulary size
+
+
+def with_tail(top_log: torch.Tensor) -> torch.Tensor:
+    """(…, k) log-probabilities of k tokens → (…, k + 1): the rest of the vocabulary as a last category."""
+    covered = torch.logsumexp(top_log, dim=-1, keepdim=True)
+    tail = torch.log((-torch.expm1(covered.clamp(max=0))).clamp_min(TAIL_FLOOR))
+    return torch.cat([top_log, tail], dim=-1)
 
 
 def divergence(
@@ -81,8 +95,8 @@ def distillation_loss(
         t = teacher_logits[mask].float()[..., :vocab]  # identical tokenizers, padded embedding rows dropped
         teacher_log = F.log_softmax(t / temperature, dim=-1)
     else:
-        teacher_log = teacher_logprobs[mask].float()
-        student_log = student_log.gather(-1, teacher_indices[mask].long())
+        teacher_log = with_tail(teacher_logprobs[mask].float())
+        student_log = with_tail(student_log.gather(-1, teacher_indices[mask].long()))
     kd = divergence(student_log, teacher_log, loss, beta) * temperature**2
     total = (1 - alpha) * kd.sum()
     if alpha > 0:
