@@ -6,7 +6,7 @@ The layer-by-layer driver keeps on the device one decoder layer (weights) and th
 distinct linear inputs (Llama: attention input shared by q/k/v, o_proj input, MLP input shared by gate/up,
 down_proj input); on top of that, either one batch's activations while statistics are collected (bf16
 intermediates, plus a float64 chunk of `InputStats.chunk_rows` tokens) or the float64 workspace of the
-largest factorisation (whitening: the n x n Cholesky factor and a few m x n matrices), whichever is larger.
+largest factorisation (whitening: the n x n Cholesky factor and about seven m x n matrices), whichever is larger.
 On the CPU: the model and the calibration hidden states (inputs and outputs of the current layer).
 benchmarks/scale.py measures the device peak at these shapes. Writes the `memory-estimate` section of
 docs/BENCHMARKS.md.
