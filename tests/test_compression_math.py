@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm4all_recipes.compression import ranks as R
-from llm4all_recipes.compression.calibration import InputStats
+from llm4all_recipes.compression.calibration import InputStats, LayerStream, distinct_inputs
 from llm4all_recipes.compression.init import cholesky_with_jitter, energies, factorize
 from llm4all_recipes.errors import RecipeError
 
@@ -30,6 +30,42 @@ def test_statistics_are_accumulated_in_float64_chunks_exactly(monkeypatch):
     assert s.count == 30
     assert torch.allclose(s.gram, flat.T @ flat, rtol=0, atol=1e-12)
     assert torch.allclose(s.mean_abs, flat.abs().mean(0), rtol=0, atol=1e-12)
+
+
+class ThreeInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second, self.third = (torch.nn.Linear(64, 64) for _ in range(3))
+
+    def forward(self, x):
+        a = self.first(x * 2)  # the temporary x * 2 is freed once `first` returns ...
+        b = self.second(x * 3)  # ... and the allocator hands its memory to x * 3
+        return a + b + self.third(x + 1)
+
+
+def test_distinct_inputs_are_not_merged_by_a_reused_address():
+    block, x = ThreeInputs(), torch.randn(4, 16, 64)
+    with torch.no_grad():
+        leaders = distinct_inputs(block, ["first", "second", "third"], lambda: block(x))
+    assert leaders == {"first": "first", "second": "second", "third": "third"}
+
+
+def test_llama_layers_share_exactly_the_qkv_and_gate_up_inputs():
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=100)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    stream = LayerStream(model, torch.randint(0, 100, (4, 32)), device="cpu", batch_size=2)
+    names = [f"self_attn.{p}_proj" for p in "qkvo"] + [f"mlp.{p}_proj" for p in ("gate", "up", "down")]
+    for layer in stream.layers:
+        with torch.no_grad():
+            leaders = distinct_inputs(
+                layer, names, lambda layer=layer: stream.forward(layer, stream.inputs[:1])
+            )
+            stream.inputs = stream.forward(layer)
+        assert leaders == {"self_attn.q_proj": "self_attn.q_proj", "self_attn.k_proj": "self_attn.q_proj",
+                           "self_attn.v_proj": "self_attn.q_proj", "self_attn.o_proj": "self_attn.o_proj",
+                           "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.gate_proj",
+                           "mlp.down_proj": "mlp.down_proj"}  # fmt: skip
 
 
 def problem(seed=0, m=24, n=32, samples=400, low_rank_inputs=False):

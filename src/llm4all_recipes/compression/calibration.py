@@ -126,15 +126,19 @@ class LayerStream:
 
 
 def distinct_inputs(layer: nn.Module, names: Iterable[str], run: Callable[[], None]) -> dict[str, str]:
-    """{module: leader} where the leader is the first module reading the same input tensor (one batch run)."""
-    seen: dict[str, tuple] = {}
+    """{module: leader} where the leader is the first module reading the same input tensor (one batch run).
+
+    The tensors are kept alive until the comparison: a freed temporary's memory is reused by the allocator,
+    so comparing addresses of tensors that may be dead would merge unrelated inputs (it did: the MLP input
+    was taken for the attention input at random, depending on the allocator's state).
+    """
+    seen: dict[str, torch.Tensor] = {}
     handles = []
     for name in names:
         module = layer.get_submodule(name)
 
         def hook(mod, args, name=name):
-            x = args[0]
-            seen.setdefault(name, (x.data_ptr(), tuple(x.shape)))
+            seen.setdefault(name, args[0])
 
         handles.append(module.register_forward_pre_hook(hook))
     try:
@@ -145,7 +149,8 @@ def distinct_inputs(layer: nn.Module, names: Iterable[str], run: Callable[[], No
     leaders: dict[str, str] = {}
     by_input: dict[tuple, str] = {}
     for name in names:
-        leaders[name] = by_input.setdefault(seen[name], name)
+        x = seen[name]
+        leaders[name] = by_input.setdefault((x.data_ptr(), tuple(x.shape), x.stride(), x.dtype), name)
     return leaders
 
 
