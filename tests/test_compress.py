@@ -16,6 +16,15 @@ from llm4all_recipes.compression import LowRankLinear, to_dense
 from llm4all_recipes.models import load_model
 
 RECIPE = "recipes/tiny-llama/compress/whitening-60.yaml"
+
+
+def compress(model, out, *extra) -> int:
+    """`llm4all compress` with RECIPE on `model`, writing `out`; returns the exit code."""
+    return main(
+        ["compress", "--config", RECIPE, "--model_name_or_path", str(model), "--output_dir", str(out), *extra]
+    )
+
+
 PROMPT = "La Bretagne est une région"
 
 
@@ -74,17 +83,7 @@ def test_dry_run_needs_no_calibration(tiny_model, tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(compressor, "compress_model", lambda *a, **k: pytest.fail("calibration ran"))
     out = tmp_path / "dry"
-    argv = [
-        "--config",
-        RECIPE,
-        "--model_name_or_path",
-        str(tiny_model),
-        "--output_dir",
-        str(out),
-        "--dry_run",
-        "true",
-    ]
-    assert main(["compress", *argv]) == 0
+    assert compress(tiny_model, out, "--dry_run", "true") == 0
     printed = capsys.readouterr().out
     assert "model.layers.3.mlp.down_proj" in printed and "rank 38" in printed
     assert "(ratio 0.6048, target 0.6)" in printed and "# memory:" in printed
@@ -102,21 +101,7 @@ BAD = [
 @pytest.mark.parametrize(("argv", "message"), BAD, ids=["ratio>1", "ratio=0", "pattern", "explicit-rank"])
 def test_bad_input_fails_before_any_output(argv, message, tiny_model, tmp_path, capsys):
     out = tmp_path / "bad"
-    assert (
-        main(
-            [
-                "compress",
-                "--config",
-                RECIPE,
-                "--model_name_or_path",
-                str(tiny_model),
-                "--output_dir",
-                str(out),
-                *argv,
-            ]
-        )
-        == 2
-    )
+    assert compress(tiny_model, out, *argv) == 2
     err = capsys.readouterr().err
     assert message in err, err
     assert not out.exists() and not (tmp_path / "bad.tmp").exists()
@@ -127,22 +112,7 @@ def test_model_without_linear_layers(tmp_path, capsys):
 
     path = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(path)
-    assert (
-        main(
-            [
-                "compress",
-                "--config",
-                RECIPE,
-                "--model_name_or_path",
-                str(path),
-                "--output_dir",
-                str(tmp_path / "o"),
-                "--targets",
-                "c_attn",
-            ]
-        )
-        == 2
-    )
+    assert compress(path, tmp_path / "o", "--targets", "c_attn") == 2
     assert "no linear layer inside its decoder blocks" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -161,20 +131,7 @@ def test_empty_calibration_set(tiny_model, tmp_path, capsys):
 
 
 def test_compressing_a_compressed_model_is_refused(compressed_model, tmp_path, capsys):
-    assert (
-        main(
-            [
-                "compress",
-                "--config",
-                RECIPE,
-                "--model_name_or_path",
-                str(compressed_model),
-                "--output_dir",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 2
-    )
+    assert compress(compressed_model, tmp_path / "o") == 2
     assert "already low-rank" in capsys.readouterr().err
 
 
