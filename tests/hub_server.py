@@ -232,6 +232,12 @@ class HubServer:
             return 200, {}, {"branches": refs, "converts": [], "tags": [], "pullRequests": []}
         if not authed:  # everything below writes
             raise HubError(401, NO_CREDENTIALS, "RepoNotFound")
+        if method == "PUT" and action == "settings":
+            if "visibility" in body or "private" in body:
+                meta["private"] = (
+                    body.get("visibility", "private" if body.get("private") else "public") == "private"
+                )
+            return 200, {}, {}
         if query.get("create_pr"):
             raise HubError(400, "Pull requests are not supported by the test hub")
         if method == "POST" and action == "preupload" and arg:

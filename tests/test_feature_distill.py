@@ -15,6 +15,7 @@ from llm4all_recipes.compression.calibration import calibration_ids, decoder_lay
 from llm4all_recipes.compression.compressor import compress_model
 from llm4all_recipes.evaluation.perplexity import corpus_ids
 from llm4all_recipes.models import load_model, load_tokenizer
+from llm4all_recipes.outputs import write_json
 
 RECIPE = "recipes/tiny-llama/feature-distill/whitening-60.yaml"
 
@@ -126,3 +127,12 @@ def test_student_must_be_low_rank(tiny_model, tmp_path, capsys):
 def test_blocks_are_found_generically(compressed_model):
     prefix, layers = decoder_layers(load_model(str(compressed_model)))
     assert prefix == "model.layers" and len(layers) == 4
+
+
+def test_an_unreadable_progress_file_restarts_the_blocks_instead_of_failing(tmp_path, caplog):
+    (tmp_path / "progress.json").write_text("")  # what a kill mid-write left before writes were atomic
+    assert fd._finished(tmp_path) == {}
+    assert "unreadable" in caplog.text
+    write_json(tmp_path / "progress.json", {"0": {"layer": 0}})
+    assert fd._finished(tmp_path) == {0: {"layer": 0}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["progress.json"]  # no temporary file left

@@ -190,7 +190,7 @@ def test_publish_dry_run_lists_files(model_folder, local_hub, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "model.safetensors" in out and "optimizer.pt" not in out and "(private)" in out
+    assert "model.safetensors" in out and "optimizer.pt" not in out and "(private if new" in out
     assert not (local_hub / "me" / "m").exists()
 
 
@@ -213,3 +213,41 @@ def test_sft_push_to_hub_publishes_model_with_card(tiny_model, recipe_file, tmp_
     assert lineage[-1]["hub_repo_id"] == "me/tiny-chat"
     assert "me/tiny-chat" in (dest / "README.md").read_text()
     assert Path(tmp_path / "sft").is_dir()  # the stage output stays where it was
+
+
+def test_local_publish_never_touches_a_neighbour(model_folder, dataset_folder, local_hub, capsys):
+    publish(dataset_folder, "llm4all/data", target="local")
+    (local_hub / "ns" / "x.tmp").mkdir(parents=True)  # a real repo named x.tmp
+    (local_hub / "ns" / "x.tmp" / "README.md").write_text("repo x.tmp")
+    # a model repo whose namespace is `datasets` would be the datasets folder itself
+    argv = ["publish", "--path", str(model_folder), "--repo_id", "datasets/llm4all", "--repo_type", "model",
+            "--target", "local", "--overwrite", "true"]  # fmt: skip
+    assert main(argv) == 2
+    assert "'datasets' is not a namespace" in capsys.readouterr().err
+    assert (local_hub / "datasets" / "llm4all" / "data" / "README.md").is_file()
+    publish(model_folder, "ns/x", target="local")
+    publish(model_folder, "ns/x", target="local", overwrite=True)
+    assert (local_hub / "ns" / "x.tmp" / "README.md").read_text() == "repo x.tmp"
+    assert sorted(p.name for p in local_hub.iterdir()) == ["datasets", "ns"]  # no staging folder left behind
+    assert sorted(p.name for p in (local_hub / "ns").iterdir()) == ["x", "x.tmp"]
+
+
+def test_overwrite_keeps_the_visibility_unless_asked(hub, model_folder):
+    publish(model_folder, "test-user/pub", target="hub", private=False)
+    assert hub.repo("test-user/pub")["private"] is False
+    publish(model_folder, "test-user/pub", target="hub", overwrite=True)  # private unset: stays public
+    assert hub.repo("test-user/pub")["private"] is False
+    publish(model_folder, "test-user/pub", target="hub", overwrite=True, private=True)
+    assert hub.repo("test-user/pub")["private"] is True
+    publish(model_folder, "test-user/new", target="hub")  # a new repo: private by default
+    assert hub.repo("test-user/new")["private"] is True
+
+
+def test_publish_to_the_hub_while_offline_is_one_line(model_folder, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    argv = ["publish", "--path", str(model_folder), "--repo_id", "me/m", "--target", "hub"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "offline mode is on" in err[0] and "--target local" in err[0]

@@ -102,7 +102,10 @@ def run_stage(stage: str, argv: Sequence[str], callbacks=None):
     if stage in DEFAULT_RECIPES and not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", resolve_in_repo(DEFAULT_RECIPES[stage]), *argv]
     recipe = parse_recipe(stage, argv)
-    return runner(stage)(recipe, callbacks=callbacks)
+    try:
+        return runner(stage)(recipe, callbacks=callbacks)
+    except RecipeError as err:  # raised while running: name the recipe file (and line) or the command line
+        raise recipe.origin.locate(err) from None
 
 
 def _help(stage: str) -> int:

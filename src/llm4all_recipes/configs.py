@@ -212,6 +212,14 @@ class TrainerArgs(MixtureArgs, RunArgs, HubArgs, SFTConfig):
         check_output_dir(self, static)
         check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
         _positive(self, "learning_rate", "max_length", "mixture_size", "per_device_train_batch_size")
+        self.check_length()
+
+    def check_length(self) -> None:
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise RecipeError(
+                f"nothing to train: max_steps is {self.max_steps} and num_train_epochs {self.num_train_epochs} (set one > 0)",
+                key="num_train_epochs",
+            )
 
 
 @dataclass
@@ -320,7 +328,7 @@ class KDRecipe(KDArgs, TrainRecipe):
         if not self.teacher_model_name_or_path and not self.teacher_cache:
             raise RecipeError("required: a teacher, or a teacher_cache", key="teacher_model_name_or_path")
         if self.teacher_model_name_or_path:
-            check_path(self.teacher_model_name_or_path, "teacher_model_name_or_path", static, hub_ok=True)
+            check_model(self.teacher_model_name_or_path, static, "", key="teacher_model_name_or_path")
         if self.teacher_cache:
             check_path(self.teacher_cache, "teacher_cache", static)
             if self.datasets:
@@ -334,6 +342,7 @@ class KDRecipe(KDArgs, TrainRecipe):
         check_sources(self.datasets, "datasets", self.COLUMNS, static)
         check_sources(self.eval_datasets, "eval_datasets", ("text",), static)
         self.check_kd()
+        self.check_length()
         check_output_dir(self, static)
         check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
         _positive(self, "learning_rate", "max_length", "perplexity_max_length")
@@ -401,7 +410,7 @@ class CPTRecipe(KDArgs, TrainRecipe):
         if self.kl_coef > 0 and self.kl_on == "replay" and self.replay_share == 0:
             raise RecipeError("kl_on: replay needs replay tokens (replay_share > 0)", key="kl_on")
         if self.reference_model_name_or_path:
-            check_path(self.reference_model_name_or_path, "reference_model_name_or_path", static, hub_ok=True)
+            check_model(self.reference_model_name_or_path, static, "", key="reference_model_name_or_path")
         self.check_kd()
 
 
@@ -456,7 +465,11 @@ class StageArgs(RunArgs, HubArgs):
     )
     seed: int = arg(42, help="Random seed (sampling, splits).")
     push_to_hub: bool = arg(False, help="Publish the output after the stage (see hub_target).")
-    hub_private_repo: bool = arg(True, help="Create the Hub repo private.")
+    hub_private_repo: bool | None = arg(
+        None,
+        help="Visibility of the Hub repo. Unset: a new repo is private, an existing one keeps its visibility; "
+        "true/false sets it (an existing repo's too).",
+    )
 
 
 @dataclass
@@ -491,7 +504,7 @@ class CacheTeacherRecipe(MixtureArgs, StageArgs):
     def check(self, static: bool) -> None:
         if not self.teacher_model_name_or_path:
             raise RecipeError("required: the teacher", key="teacher_model_name_or_path")
-        check_path(self.teacher_model_name_or_path, "teacher_model_name_or_path", static, hub_ok=True)
+        check_model(self.teacher_model_name_or_path, static, "", key="teacher_model_name_or_path")
         if not self.kd_temperature > 0:
             raise RecipeError(f"must be > 0, got {self.kd_temperature}", key="kd_temperature")
         _positive(self, "max_length", "top_k", "batch_size", "shard_rows")
@@ -617,7 +630,7 @@ class EvalRecipe(ModelArgs, StageArgs):
             if getattr(self, key):
                 check_path(getattr(self, key), key, static, hub_ok=True)
         for i, path in enumerate(self.compare_to or []):
-            check_path(path, f"compare_to[{i}]", static, hub_ok=True)
+            check_model(path, static, "", key=f"compare_to[{i}]")
         if (
             self.simsamu_dataset is None
             and self.meetings_dataset is None
@@ -853,7 +866,7 @@ class FeatureDistillRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
     def check(self, static: bool) -> None:
         check_model(self.model_name_or_path, static, "the compressed student (a compress output)")
         if self.teacher_model_name_or_path:
-            check_path(self.teacher_model_name_or_path, "teacher_model_name_or_path", static, hub_ok=True)
+            check_model(self.teacher_model_name_or_path, static, "", key="teacher_model_name_or_path")
         _positive(self, "learning_rate", "tokens_per_block", "num_holdout_samples", "eval_every")
         self.check_calibration(static)
         check_output_dir(self, static)
@@ -884,7 +897,11 @@ class PublishRecipe(HubArgs):
     repo_type: Literal["auto", "model", "dataset"] = arg(
         "auto", help="auto: dataset for a save_to_disk folder, model otherwise."
     )
-    private: bool = arg(True, help="Create the repo private (the default: release deliberately).")
+    private: bool | None = arg(
+        None,
+        help="Visibility. Unset: a new repo is private (release deliberately), an existing one keeps its "
+        "visibility; true/false sets it (an existing repo's too).",
+    )
     overwrite: bool = arg(False, help="Allow pushing to an existing repo or revision.")
     target: Literal["auto", "hub", "local"] = arg("auto", help="Same as hub_target in stage recipes.")
     revision: str | None = arg(
@@ -991,6 +1008,11 @@ def check_model(value: str | None, static: bool, what: str, key: str = "model_na
     if not value:
         raise RecipeError(f"required: {what}", key=key)
     check_path(value, key, static, hub_ok=True)
+    if os.path.isdir(value):
+        from .models import weights_problem
+
+        if problem := weights_problem(value):
+            raise RecipeError(problem, key=key)
 
 
 def check_path(value: str, key: str, static: bool, *, hub_ok: bool = False) -> None:
@@ -1032,7 +1054,7 @@ def check_mixture(recipe: MixtureArgs, static: bool) -> None:
 def check_output_dir(recipe: Any, static: bool) -> None:
     if static or recipe.dry_run or recipe.overwrite_output_dir:
         return
-    if os.path.exists(recipe.output_dir):
+    if os.path.isdir(recipe.output_dir):
         raise RecipeError(
             f"{recipe.output_dir} already holds a finished run; pass --overwrite_output_dir true to replace it",
             key="output_dir",
@@ -1328,19 +1350,34 @@ def parse_recipe(stage: str, argv: Sequence[str], *, static: bool = False) -> An
         raise origin.locate(RecipeError(str(exc).strip(), key=key)) from None
     recipe.origin = origin
     try:
+        if has_output:  # first: the one check that protects data (a stage replaces its output_dir)
+            from .outputs import check_output_path
+
+            check_output_path(recipe.output_dir)
         recipe.check(static)
     except RecipeError as err:
         raise origin.locate(err) from None
     return recipe
 
 
+_SECRET = re.compile(r"(^|_)(token|secret|password|api_key)$")
+_NOT_SECRET = frozenset(
+    {"pad_token", "eos_token", "bos_token", "unk_token"}
+)  # special tokens, not credentials
+
+
+def is_secret(key: str) -> bool:
+    """Keys whose values are credentials (hub_token ...): never written to a file, a log or a card."""
+    return bool(_SECRET.search(key)) and key not in _NOT_SECRET
+
+
 def resolved_recipe(recipe: Any) -> dict[str, Any]:
-    """The recipe as run: the keys written in the YAML file, command-line overrides applied."""
+    """The recipe as run: the keys written in the YAML file, command-line overrides applied. Secrets and the
+    `env:` mapping (environment variables, often credentials) are left out."""
     origin: RecipeFile = recipe.origin
     keys = list(dict.fromkeys([*origin.values, *origin.cli_keys, "output_dir"]))
-    # token-like keys (hub_token ...) are secrets: never written to a recipe, a lineage or a card
     return {
-        k: _plain(getattr(recipe, k)) for k in keys if k != "env" and "token" not in k and hasattr(recipe, k)
+        k: _plain(getattr(recipe, k)) for k in keys if k != "env" and not is_secret(k) and hasattr(recipe, k)
     }
 
 

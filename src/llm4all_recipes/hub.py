@@ -35,6 +35,9 @@ IGNORE_PATTERNS = [
     "training_args.bin",
     "runs/*",
     "*.tmp",
+    "incomplete",
+    "incomplete/*",
+    ".llm4all*",
 ]
 SHARD_BYTES = 500 * 2**20  # parquet shards of at most ~500 MB, as the Hub's own converter does
 
@@ -86,24 +89,49 @@ def export_parquet(folder: Path, dest: Path) -> dict[str, int]:
     return rows
 
 
+RESERVED_NAMESPACES = (
+    "datasets",
+    "spaces",
+    "models",
+)  # URL prefixes on the Hub (and in the local hub folder)
+
+
+def local_repo_dir(repo_id: str, repo_type: str) -> Path:
+    """`<hub>/<namespace>/<name>` for a model, `<hub>/datasets/<namespace>/<name>` for a dataset (the Hub's URLs)."""
+    return local_hub_dir() / ("datasets" if repo_type == "dataset" else "") / repo_id
+
+
 def publish(
     folder: str | os.PathLike,
     repo_id: str,
     *,
     repo_type: str | None = None,
-    private: bool = True,
+    private: bool | None = None,
     overwrite: bool = False,
     target: str = "auto",
     revision: str | None = None,
     commit_message: str | None = None,
+    token: str | None = None,
 ) -> Published:
+    """Publish `folder`. `private`: None makes a new repo private and leaves an existing one as it is; True/False
+    sets the visibility, of an existing repo too."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RecipeError(f"nothing to publish: {folder} is not a folder (run its stage first)", key="path")
     if not is_repo_id(repo_id):
         raise RecipeError(f"expected <namespace>/<name>, got {repo_id!r}", key="repo_id")
     repo_type = repo_type or ("dataset" if is_dataset_folder(folder) else "model")
+    if repo_id.split("/")[0] in RESERVED_NAMESPACES:
+        raise RecipeError(
+            f"{repo_id!r}: '{repo_id.split('/')[0]}' is not a namespace (the Hub reserves it)", key="repo_id"
+        )
     where = resolve_target(target)
+    if where == "hub":
+        from huggingface_hub import constants
+
+        if constants.is_offline_mode():
+            raise RecipeError("cannot publish to the Hub: offline mode is on (HF_HUB_OFFLINE); publish with --target local, "
+                              "or unset HF_HUB_OFFLINE", key="target")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="llm4all-publish-") as staging:
         content = folder
         if repo_type == "dataset" and is_dataset_folder(folder):
@@ -111,19 +139,27 @@ def publish(
             export_parquet(folder, content)
         if where == "local":
             return _publish_local(content, repo_id, repo_type, overwrite)
-        return _publish_hub(content, repo_id, repo_type, private, overwrite, revision, commit_message)
+        return _publish_hub(content, repo_id, repo_type, private, overwrite, revision, commit_message, token)
 
 
 def _publish_local(content: Path, repo_id: str, repo_type: str, overwrite: bool) -> Published:
-    dest = local_hub_dir() / ("datasets" if repo_type == "dataset" else "") / repo_id
+    """Copy into a hidden staging folder of the hub folder, then rename: only the repo's own folder is replaced."""
+    dest = local_repo_dir(repo_id, repo_type)
     if dest.exists() and not overwrite:
         raise RecipeError(f"{dest} already exists; pass --overwrite true to replace it", key="repo_id")
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(content, tmp, ignore=shutil.ignore_patterns(*IGNORE_PATTERNS))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    if dest.exists() and not dest.is_dir():
+        raise RecipeError(f"{dest} is a file, not a published repo", key="repo_id")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(prefix=".llm4all-publish-", dir=local_hub_dir())
+    )  # never a valid repo name
+    try:
+        shutil.copytree(content, staging / "repo", ignore=shutil.ignore_patterns(*IGNORE_PATTERNS))
+        if dest.exists():
+            os.replace(dest, staging / "replaced")
+        os.replace(staging / "repo", dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     logger.info("published %s %s to the local hub folder %s", repo_type, repo_id, dest)
     return Published("local", repo_id, repo_type, str(dest))
 
@@ -132,15 +168,17 @@ def _publish_hub(
     content: Path,
     repo_id: str,
     repo_type: str,
-    private: bool,
+    private: bool | None,
     overwrite: bool,
     revision: str | None,
     message: str | None,
+    token: str | None,
 ) -> Published:
+    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    api = HfApi()
+    api = HfApi(token=token)
     try:
         exists = api.repo_exists(repo_id, repo_type=repo_type)
         if revision is None and exists and not overwrite:
@@ -157,7 +195,10 @@ def _publish_hub(
             raise RecipeError(
                 f"revision {revision!r} of {repo_id} already exists; pass --overwrite true", key="revision"
             )
-        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private is not False, exist_ok=True)
+        if exists and private is not None and api.repo_info(repo_id, repo_type=repo_type).private != private:
+            api.update_repo_settings(repo_id, repo_type=repo_type, private=private)
+            logger.warning("%s is now %s", repo_id, "private" if private else "public")
         if revision is not None:
             api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
         api.upload_folder(
@@ -170,6 +211,8 @@ def _publish_hub(
         )
     except HfHubHTTPError as exc:
         raise RecipeError(f"the Hub refused the upload of {repo_id}: {exc}", key="repo_id") from None
+    except (httpx.HTTPError, OSError) as exc:
+        raise RecipeError(f"cannot reach the Hub to publish {repo_id}: {exc}", key="repo_id") from None
     logger.info(
         "published %s %s to %s%s", repo_type, repo_id, url, f" (revision {revision})" if revision else ""
     )
@@ -192,8 +235,9 @@ def publish_stage_output(recipe, repo_type: str) -> str | None:
         recipe.output_dir,
         repo_id,
         repo_type=repo_type,
-        private=recipe.hub_private_repo is not False,
+        private=recipe.hub_private_repo,
         overwrite=recipe.hub_overwrite,
         target=recipe.hub_target,
+        token=getattr(recipe, "hub_token", None),
     )
     return published.location

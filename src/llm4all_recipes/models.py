@@ -2,11 +2,51 @@
 
 import logging
 import os
+from pathlib import Path
 
 from .errors import RecipeError
 from .paths import is_hub_id
 
 logger = logging.getLogger(__name__)
+
+
+def safetensors_problem(file: str | os.PathLike) -> str | None:
+    """Why a .safetensors file cannot be loaded (truncated, not safetensors), from its header alone; None if whole."""
+    import json
+    import struct
+
+    try:
+        size = os.path.getsize(file)
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8 or n > 100 * 2**20:
+                return f"{file} is not a safetensors file (or is truncated)"
+            header = json.loads(f.read(n))
+    except (OSError, struct.error, ValueError, UnicodeDecodeError):
+        return f"{file} is not a safetensors file (or is truncated)"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if size < 8 + n + end:
+        return f"{file} is truncated ({size:,} bytes, its header describes {8 + n + end:,})"
+    return None
+
+
+def weights_problem(path: str) -> str | None:
+    """Why a local model folder has no loadable weights: no safetensors (pickle-only checkpoints are not
+    loaded: they can run code), or a truncated/corrupt file. None for a Hub id or a sound folder."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        return None
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in folder.glob("*.bin") if p.name != "training_args.bin")
+        if pickles:
+            return (f"{path} holds only pickle weights ({', '.join(pickles)}); llm4all loads safetensors only: convert "
+                    "them with `model.save_pretrained(folder)` from a trusted environment")  # fmt: skip
+        return f"{path} has no .safetensors weights"
+    for file in files:
+        if problem := safetensors_problem(file):
+            return problem
+    return None
 
 
 def _explain(path: str, exc: Exception, key: str) -> RecipeError:
@@ -46,16 +86,19 @@ def load_model(
     """AutoModelForCausalLM from a Hub id or a folder; errors name the recipe key. Low-rank checkpoints
     (`model_type: llm4all_lowrank`, with a `compression_config`) load through the package's own class, no
     remote code needed."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     from . import compression  # noqa: F401  (registers the low-rank checkpoint format)
 
-    kwargs = {"dtype": dtype, "revision": revision}
+    if problem := weights_problem(path):
+        raise RecipeError(problem, key=key)
+    kwargs = {"dtype": dtype, "revision": revision, "use_safetensors": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise _explain(path, exc, key) from None
 
 

@@ -1,4 +1,4 @@
-"""Stage outputs, as every stage writes them.
+"""Run folders: where every stage writes, and the rules that keep a user's data safe.
 
     <output_dir>/            model + tokenizer (+ chat_template.jinja), or a dataset
         recipe.yaml          the recipe as run (YAML keys with command-line overrides applied)
@@ -7,17 +7,33 @@
         README.md            the model or dataset card
         checkpoint-N/        trainers only, for resume
 
-A stage writes into `<output_dir>.tmp` and renames it at the very end, so a crash never leaves a
-half output that looks finished. A trainer's `.tmp` survives a crash: rerunning resumes from it.
+A stage writes into `<output_dir>.tmp` and renames it at the very end, so a crash never leaves a half
+output that looks finished. The rules (`staged_output`):
+
+- **Paths**: an `output_dir` that is empty, `.`, the working directory, the checkout or any of their parents,
+  a folder of `.git`, or an existing file is refused (`check_output_path`, also run when a recipe is parsed).
+- **One writer**: `<output_dir>.tmp/.llm4all.lock` is locked (`flock`) by the process that writes; another run
+  into the same output_dir is refused, naming the pid and host. The OS releases the lock when its process dies
+  (even by kill -9): the next run takes the folder over, with a warning.
+- **Only our own data is deleted**: `<output_dir>.tmp` carries `.llm4all-run.json` (stage + fingerprint of the
+  recipe). A `.tmp` without it is not ours and is never touched; an existing `output_dir` is replaced only with
+  `overwrite_output_dir` *and* when it is an llm4all output (it has `lineage.json`), re-checked at the rename.
+- **Resume only what belongs to this recipe**: stages that resume (trainers, feature distillation) continue a
+  `.tmp` only when its fingerprint equals this recipe's (run-only keys such as `overwrite_output_dir` or
+  `logging_steps` aside); another recipe's interrupted run is refused with a one-line error. Stages that do
+  not resume start from an emptied `.tmp`.
+- Small state files are written atomically (`write_json`, `atomic_write`: a temporary file, then `os.replace`).
 """
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
 import platform
 import shutil
+import socket
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -25,7 +41,9 @@ from typing import Any
 
 import yaml
 
-from .configs import resolved_recipe
+from .configs import is_secret, resolved_recipe
+from .errors import RecipeError
+from .paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -39,44 +57,300 @@ TRACKED_LIBRARIES = (
     "huggingface-hub",
     "llm4all-recipes",
 )
+MARKER = ".llm4all-run.json"  # in <output_dir>.tmp: the stage and the fingerprint of the recipe writing it
+LOCK = ".llm4all.lock"  # in <output_dir>.tmp: flock'ed by the one process writing it (pid, host inside)
+# Keys that change how a run is launched, logged or published, not what it computes: a resume may change them.
+RUN_ONLY_KEYS = frozenset({
+    "output_dir", "overwrite_output_dir", "dry_run", "resume_from_checkpoint", "push_to_hub", "hub_model_id",
+    "hub_dataset_id", "hub_overwrite", "hub_target", "hub_private_repo", "hub_strategy", "card_datasets",
+    "report_to", "run_name", "logging_steps", "logging_strategy", "logging_first_step", "logging_dir",
+    "disable_tqdm", "log_level", "save_total_limit", "dataloader_num_workers", "eval_on_start",
+})  # fmt: skip
+_HELD_LOCKS: dict[str, int] = {}  # lock path -> open file descriptor (held for as long as the run writes)
 
 
 def tmp_dir(output_dir: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(output_dir).rstrip('/')}.tmp")
 
 
-@contextlib.contextmanager
-def staged_output(output_dir: str | os.PathLike, *, overwrite: bool = False, keep_on_error: bool = False):
-    """Yield `<output_dir>.tmp`; on success replace `<output_dir>` with it (main process only).
+# --------------------------------------------------------------------------- paths
+def check_output_path(output_dir: str | None, key: str = "output_dir") -> None:
+    """Refuse an output folder whose replacement could destroy what is not a run's output."""
+    if output_dir is None or not str(output_dir).strip():
+        raise RecipeError(
+            "empty: give the folder the stage writes (e.g. outputs/<model>/<stage>/<variant>)", key=key
+        )
+    path = Path(os.path.abspath(os.path.expanduser(str(output_dir))))
+    resolved = path.resolve()
+    for name, place in (("the working directory", Path.cwd()), ("the llm4all-recipes checkout", REPO_ROOT),
+                        ("your home folder", Path.home())):  # fmt: skip
+        place = place.resolve()
+        if resolved == place or resolved in place.parents:
+            what = name if resolved == place else f"a parent of {name}"
+            raise RecipeError(f"{output_dir!r} is {what}: a stage replaces its output_dir, choose a folder of its own", key=key)  # fmt: skip
+    if ".git" in resolved.parts:
+        raise RecipeError(f"{output_dir!r} is inside a .git folder", key=key)
+    for folder in (path, tmp_dir(path)):
+        if folder.exists() and not folder.is_dir():
+            raise RecipeError(f"{folder} is a file, not a folder", key=key)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RecipeError(f"cannot create {output_dir}: {parent} is a file, not a folder", key=key)
 
-    On error the temporary folder is removed, unless `keep_on_error` (stages that resume keep what they saved:
-    checkpoint-N/ folders, per-block states).
-    `overwrite` starts from an empty temporary folder.
+
+def is_run_output(folder: Path) -> bool:
+    """A finished llm4all output (every stage writes lineage.json)."""
+    return (folder / "lineage.json").is_file()
+
+
+# --------------------------------------------------------------------------- atomic writes
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write a file completely or not at all (a kill leaves the previous version, never half a file)."""
+    path = Path(path)
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    with open(part, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """A JSON state file, or a one-line error naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"unreadable {what}: {exc}", source=str(path)) from None
+
+
+# --------------------------------------------------------------------------- fingerprint and lock
+def fingerprint(recipe: Any, stage: str) -> tuple[str, dict[str, Any]]:
+    """(hash, values) of what a run computes: its explicit recipe keys that differ from their defaults, run-only
+    keys aside. A resume must match it exactly."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(recipe) if f.default is not dataclasses.MISSING}
+    values = {
+        k: v
+        for k, v in resolved_recipe(recipe).items()
+        if k not in RUN_ONLY_KEYS and defaults.get(k, object()) != v
+    }
+    text = json.dumps({"stage": stage, "recipe": values}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], values
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new), key=lambda k: (k not in new, k))
+    parts = [
+        f"{k}: {old.get(k, '(default)')!r} -> {new.get(k, '(default)')!r}"
+        for k in keys
+        if old.get(k) != new.get(k)
+    ]
+    return "; ".join(parts[:4]) + (f"; and {len(parts) - 4} more" if len(parts) > 4 else "")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(folder: Path) -> None:
+    """Hold `folder/.llm4all.lock` for this process (flock: released by the OS when the process dies)."""
+    import fcntl
+
+    path = folder / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RecipeError(f"cannot write in {folder}: {exc.strerror}", key="output_dir") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode("utf-8", "replace")
+        os.close(fd)
+        try:
+            who = json.loads(holder)
+            who = f"pid {who['pid']} on {who['host']}, since {who['started']}: {who.get('command', '')}"
+        except (ValueError, KeyError, TypeError):
+            who = "another process"
+        raise RecipeError(f"another run is writing {folder} ({who}); wait for it to finish, or choose another output_dir",
+                          key="output_dir") from None  # fmt: skip
+    if (
+        not path.exists() or os.stat(path).st_ino != os.fstat(fd).st_ino
+    ):  # its holder finished and renamed it meanwhile
+        os.close(fd)
+        raise RecipeError(
+            f"another run just finished writing {folder}; run again to see what is there", key="output_dir"
+        )
+    previous = os.read(fd, 4096).decode("utf-8", "replace")
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        old = json.loads(previous)
+        if old["pid"] != os.getpid():
+            gone = (
+                "no longer running"
+                if old["host"] != socket.gethostname() or not _process_alive(old["pid"])
+                else "not holding it"
+            )
+            logger.warning("taking over %s from pid %s on %s (%s)", folder, old["pid"], old["host"], gone)
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": " ".join(redact(sys.argv))}  # fmt: skip
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    _HELD_LOCKS[str(path)] = fd
+
+
+def release_lock(folder: Path, moved_to: Path | None = None) -> None:
+    """Let go of the lock taken on `folder` (now at `moved_to` if the folder was renamed) and remove its file."""
+    fd = _HELD_LOCKS.pop(str(folder / LOCK), None)
+    if fd is not None:
+        with contextlib.suppress(FileNotFoundError):
+            ((moved_to or folder) / LOCK).unlink()
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- the staged output folder
+def _empty(folder: Path) -> None:
+    """Remove a run folder's content, except its lock (which this process holds)."""
+    for child in folder.iterdir():
+        if child.name == LOCK:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _has_work(folder: Path) -> bool:
+    return folder.is_dir() and any(c.name not in (LOCK, MARKER) for c in folder.iterdir())
+
+
+def claim(recipe: Any, stage: str, *, resume: bool) -> Path:
+    """Make `<output_dir>.tmp` this run's (main process): checks, lock, fingerprint. Returns the folder."""
+    final, tmp = Path(recipe.output_dir), tmp_dir(recipe.output_dir)
+    overwrite = bool(getattr(recipe, "overwrite_output_dir", False))
+    check_output_path(recipe.output_dir)
+    if final.exists() and not overwrite:
+        raise RecipeError(f"{final} already holds a finished run; pass --overwrite_output_dir true to replace it", key="output_dir")  # fmt: skip
+    if final.exists() and not is_run_output(final):
+        raise RecipeError(f"{final} exists and is not an llm4all output (no lineage.json): it is never replaced; move it "
+                          "away or choose another output_dir", key="output_dir")  # fmt: skip
+    if tmp.exists() and not (tmp / MARKER).exists() and not (tmp / LOCK).exists() and any(tmp.iterdir()):
+        raise RecipeError(f"{tmp} exists and was not made by llm4all (no {MARKER}): it is never touched; move it away "
+                          "or choose another output_dir", key="output_dir")  # fmt: skip
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RecipeError(f"cannot create {tmp}: {exc.strerror}", key="output_dir") from None
+    acquire_lock(tmp)
+    digest, values = fingerprint(recipe, stage)
+    marker = tmp / MARKER
+    if marker.exists():
+        try:
+            previous = json.loads(marker.read_text(encoding="utf-8"))
+        except ValueError:
+            previous = {}
+        same = previous.get("fingerprint") == digest and previous.get("stage") == stage
+        if resume and _has_work(tmp) and not same and not overwrite:
+            release_lock(tmp)
+            what = (
+                _diff(previous.get("recipe", {}), values)
+                if previous.get("stage") == stage
+                else f"a {previous.get('stage')} run"
+            )
+            raise RecipeError(f"{tmp} holds an interrupted run of another recipe ({what}); rerun that recipe to resume it, or "
+                              "pass --overwrite_output_dir true to discard it and start over", key="output_dir")  # fmt: skip
+        if _has_work(tmp) and (overwrite or not resume):
+            logger.warning(
+                "%s: discarding what an interrupted %s run left there", tmp, previous.get("stage", "llm4all")
+            )
+            _empty(tmp)
+        elif _has_work(tmp):
+            logger.warning("%s: resuming the interrupted run of this recipe", tmp)
+    write_json(marker, {"stage": stage, "fingerprint": digest, "recipe": values})
+    return tmp
+
+
+def _replace(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Rename the finished `.tmp` into place; an existing output is replaced only if allowed (checked again now)."""
+    if not final.exists():
+        os.replace(tmp, final)
+        (final / MARKER).unlink()
+        return
+    if not overwrite or not is_run_output(final):
+        why = "no --overwrite_output_dir" if not overwrite else "it is not an llm4all output"
+        raise RecipeError(f"{final} appeared while this run was writing ({why}): the finished run is kept in {tmp}; move "
+                          f"{final} away and rename {tmp} to {final}", key="output_dir")  # fmt: skip
+    aside = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+    os.replace(final, aside)
+    os.replace(tmp, final)
+    (final / MARKER).unlink()
+    shutil.rmtree(aside)
+
+
+def _everyone(state, error: Exception | None) -> None:
+    """Raise on every process the error the main process met (so no rank waits forever at a barrier)."""
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        box = [error]
+        broadcast_object_list(box, from_process=0)
+        error = box[0]
+    if error is not None:
+        raise error
+
+
+@contextlib.contextmanager
+def staged_output(recipe: Any, stage: str, *, resume: bool = False):
+    """Yield `<output_dir>.tmp`, claimed for this run; on success rename it to `output_dir` (main process only).
+
+    `resume`: the stage continues an interrupted run of the same recipe from what it saved in the folder
+    (checkpoint-N/, per-block states), and keeps that on error; otherwise the folder starts empty and is
+    removed on error.
     """
     from accelerate import PartialState
 
     state = PartialState()
-    final, tmp = Path(output_dir), tmp_dir(output_dir)
+    final, tmp = Path(recipe.output_dir), tmp_dir(recipe.output_dir)
+    error = None
     if state.is_main_process:
-        if overwrite and tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            claim(recipe, stage, resume=resume)
+        except RecipeError as err:
+            error = err
+    _everyone(state, error)
     state.wait_for_everyone()
     try:
         yield tmp
     except BaseException:
         if state.is_main_process:
-            if keep_on_error and tmp.is_dir() and any(tmp.iterdir()):
+            if resume and _has_work(tmp):
                 logger.error("run interrupted: %s kept; rerun the same command to resume from it", tmp)
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
+            release_lock(tmp)
         raise
     state.wait_for_everyone()
+    error = None
     if state.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        logger.info("output written to %s", final)
+        try:
+            _replace(tmp, final, bool(getattr(recipe, "overwrite_output_dir", False)))
+        except RecipeError as err:
+            error = err
+        release_lock(tmp, moved_to=final if error is None else None)
+        if error is None:
+            logger.info("output written to %s", final)
+    _everyone(state, error)
     state.wait_for_everyone()
 
 
@@ -89,10 +363,10 @@ def library_versions() -> dict[str, str]:
 
 
 def redact(argv: list[str]) -> list[str]:
-    """Command-line values of token-like keys are never written anywhere."""
+    """Command-line values of secret keys (`--hub_token ...`) are never written anywhere."""
     out = list(argv)
     for i, a in enumerate(out):
-        if a.startswith("--") and "token" in a:
+        if a.startswith("--") and is_secret(a[2:].split("=", 1)[0]):
             if "=" in a:
                 out[i] = a.split("=", 1)[0] + "=***"
             elif i + 1 < len(out):
@@ -105,10 +379,6 @@ def launch_command(stage: str, recipe: Any) -> str:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     prefix = f"accelerate launch --num_processes {world} -m llm4all_recipes" if world > 1 else "llm4all"
     return " ".join([prefix, stage, *argv])
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
 
 
 def read_lineage(model_path: str | None) -> list[dict[str, Any]]:

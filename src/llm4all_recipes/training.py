@@ -6,9 +6,9 @@ A stage module (stages/sft.py, ...) reads top to bottom with these calls:
     tokenizer = load_tokenizer(...)
     train, evals, report = load_data(recipe, tokenizer)          # errors here: before any model loads
     if recipe.dry_run: return print_plan(...)
-    model = load_model(...)
-    with staged_output(recipe.output_dir, ...) as tmp:
-        trainer, metrics = fit(recipe, tmp, ...)
+    with staged_output(recipe, "sft", resume=True) as tmp:       # claims <output_dir>.tmp (lock, fingerprint)
+        model = load_model(...)
+        trainer, metrics = fit(recipe, tmp, ...)                   # resumes from its last complete checkpoint
         save_trained(trainer, tmp, recipe)
         finish(tmp, ...)                                           # recipe.yaml, metrics.json, lineage, card
 """
@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import yaml
 from .configs import resolved_recipe
 from .data.mixture import build_mixture, load_eval_sets, text_token_counter
 from .models import count_parameters
+from .outputs import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +105,75 @@ def print_plan(recipe: Any, stage: str, dataset, tokenizer, report: list[dict]) 
     return facts
 
 
-def last_checkpoint(folder: str | os.PathLike) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_problem(folder: Path, *, optimizer: bool = True) -> str | None:
+    """Why `checkpoint-N` cannot be resumed from, or None when it is complete.
 
-    return get_last_checkpoint(str(folder)) if os.path.isdir(folder) else None
+    The Trainer writes the weights, then the optimizer, scheduler and RNG states, and `trainer_state.json` last,
+    straight into the folder: a run killed meanwhile leaves a folder that looks like a checkpoint. Complete means:
+    the trainer state parses and says step N, the weights are there (whole safetensors files), and, unless the
+    run saves the model only, the optimizer and scheduler states too.
+    """
+    from .models import safetensors_problem
+
+    step = int(folder.name.split("-")[-1])
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError) as exc:
+        return f"unreadable trainer_state.json ({exc})"
+    if state.get("global_step") != step:
+        return f"trainer_state.json says step {state.get('global_step')}"
+    weights = [*folder.glob("*.safetensors")]
+    sharded = [folder / "pytorch_model_fsdp_0", *folder.glob("global_step*")]  # FSDP / DeepSpeed layouts
+    if not weights and not any(p.exists() for p in sharded):
+        return "no weights"
+    if index := next(folder.glob("*.safetensors.index.json"), None):
+        missing = {
+            f for f in json.loads(index.read_text())["weight_map"].values() if not (folder / f).is_file()
+        }
+        if missing:
+            return f"missing weight shards {sorted(missing)}"
+    for file in weights:
+        if problem := safetensors_problem(file):
+            return problem
+    if optimizer and not any(
+        p.exists() for p in [folder / "optimizer.pt", folder / "optimizer_0", *sharded[1:]]
+    ):
+        return "no optimizer state"
+    if optimizer and not (folder / "scheduler.pt").exists() and not sharded[1:]:
+        return "no scheduler state"
+    return None
+
+
+def last_checkpoint(folder: str | os.PathLike, *, optimizer: bool = True) -> str | None:
+    """The newest complete `checkpoint-N` of a run folder. Newer incomplete ones (a kill while saving) are moved
+    aside into `incomplete/` by the main process, so that the Trainer never writes into or rotates them."""
+    from accelerate import PartialState
+
+    folder = Path(folder)
+    state = PartialState()
+    found = None
+    if folder.is_dir():
+        found = sorted(
+            (p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+            key=lambda p: int(p.name.split("-")[-1]),
+            reverse=True,
+        )
+        if state.is_main_process:
+            for ckpt in list(found):
+                problem = checkpoint_problem(ckpt, optimizer=optimizer)
+                if problem is None:
+                    break
+                aside = folder / "incomplete" / f"{ckpt.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+                aside.parent.mkdir(exist_ok=True)
+                os.replace(ckpt, aside)
+                logger.warning(
+                    "%s is incomplete (%s): moved to %s, resuming from the previous one", ckpt, problem, aside
+                )
+        state.wait_for_everyone()
+        found = [p for p in found if p.exists()]
+    return str(found[0]) if found else None
 
 
 def _eval_summary(metrics: dict[str, float], labels: list[str]) -> dict[str, dict[str, float]]:
@@ -137,6 +204,14 @@ def make_trainer(
     args = copy.copy(recipe)
     args.output_dir = str(tmp)
     args.push_to_hub = False  # publishing is hub.publish()'s job, after the stage
+    # the Trainer pickles its arguments into every checkpoint (training_args.bin): no credential goes with them
+    args.hub_token = None
+    vars(args).pop("origin", None)  # the recipe file's values (its `env:` mapping) and the command line
+    if args.include_num_input_tokens_seen in (
+        "no",
+        False,
+    ):  # counted in trainer_state.json, so a resume keeps it
+        args.include_num_input_tokens_seen = "non_padding"
     if not eval_datasets:
         args.eval_strategy = "no"
     return trainer_cls(
@@ -152,33 +227,42 @@ def make_trainer(
 
 
 def fit(recipe: Any, tmp: Path, *, eval_datasets: dict, **kwargs):
-    """Train in `tmp` (resuming from its last checkpoint); returns (trainer, metrics)."""
+    """Train in `tmp`, resuming from its last complete checkpoint; returns (trainer, metrics)."""
     trainer = make_trainer(recipe, tmp, eval_datasets=eval_datasets, **kwargs)
     labels = list(eval_datasets)
-    resume = recipe.resume_from_checkpoint or last_checkpoint(tmp)
+    resume = recipe.resume_from_checkpoint or last_checkpoint(tmp, optimizer=not recipe.save_only_model)
     before_file = tmp / "eval_before.json"
     if labels and before_file.exists():
         before = json.loads(before_file.read_text())
     elif labels:
         before = _eval_summary(trainer.evaluate(), labels)
         if trainer.is_world_process_zero():
-            before_file.write_text(json.dumps(before))
+            write_json(before_file, before)
     else:
         before = {}
+    saved = json.loads((Path(resume) / "trainer_state.json").read_text()) if resume else {}
     if resume:
-        logger.warning("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+        logger.warning("resuming from %s (step %d)", resume, saved["global_step"])
+        # TRL's token counter is not part of the checkpoint; transformers' own count is
+        trainer._total_train_tokens = saved.get("num_input_tokens_seen", 0)
+    if resume and saved["global_step"] >= saved.get("max_steps", 0) > 0:
+        # killed after its last checkpoint: the Trainer would train one step past max_steps, so load it instead
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(resume)
+        trainer.state = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json"))
+        result_metrics = {}
+    else:
+        result_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     after = _eval_summary(trainer.evaluate(), labels) if labels else {}
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics = {
         "train": {
-            **result.metrics,
+            **result_metrics,
             "global_step": trainer.state.global_step,
             "first_logged_loss": losses[0] if losses else None,
             "last_logged_loss": losses[-1] if losses else None,
-            "num_tokens": next(
-                (h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None
-            ),
+            "num_tokens": trainer.state.num_input_tokens_seen,
         },
         "eval_before": before,
         "eval": after,

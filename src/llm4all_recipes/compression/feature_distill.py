@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -206,17 +206,25 @@ def distill(teacher: nn.Module, student: nn.Module, train_ids: torch.Tensor, hol
 
 
 def _finished(state_dir: Path | None) -> dict[int, dict]:
-    if state_dir is None or not (state_dir / "progress.json").is_file():
+    """Blocks whose distilled state was saved completely (progress.json lists a block after its file is written)."""
+    path = None if state_dir is None else state_dir / "progress.json"
+    if path is None or not path.is_file():
         return {}
-    return {int(k): v for k, v in json.loads((state_dir / "progress.json").read_text()).items()}
+    try:
+        return {int(k): v for k, v in json.loads(path.read_text()).items()}
+    except (ValueError, AttributeError) as exc:
+        logger.warning("%s is unreadable (%s): distilling every block again", path, exc)
+        return {}
 
 
 def _save_block(state_dir: Path | None, layer: int, block: nn.Module, report: BlockReport) -> None:
+    from ..outputs import atomic_write, write_json
+
     if state_dir is None:
         return
     state_dir.mkdir(parents=True, exist_ok=True)
     params = {n: p.detach().cpu().contiguous() for n, p in low_rank_parameters(block).items()}
-    save_file(params, str(state_dir / f"block_{layer}.safetensors"))
+    atomic_write(state_dir / f"block_{layer}.safetensors", save(params))
     progress = _finished(state_dir)
     progress[layer] = report.__dict__
-    (state_dir / "progress.json").write_text(json.dumps(progress, indent=1))
+    write_json(state_dir / "progress.json", progress)

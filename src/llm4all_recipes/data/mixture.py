@@ -164,6 +164,8 @@ def load_source(src: DatasetSource, key: str, needed: Sequence[str], seed: int =
     except RecipeError:
         raise
     except Exception as exc:  # datasets raises many types; the user needs the source and the reason
+        if path.is_file() and FILE_BUILDERS.get(path.suffix) == "json" and (bad := first_bad_json_line(path)):
+            raise RecipeError(f"{path}:{bad[0]}: invalid JSON ({bad[1]})", key=f"{key}.path") from None
         where = "local" if path.exists() else ("Hub" if is_hub_id(src.path) else "local")
         raise RecipeError(
             f"cannot load {where} dataset {src.path}: {exc}".strip(), key=f"{key}.path"
@@ -177,9 +179,43 @@ def load_source(src: DatasetSource, key: str, needed: Sequence[str], seed: int =
     if renames:
         ds = ds.rename_columns(renames)
     ds = ds.select_columns(kept)
+    check_column_types(ds, src.path, key)
     if src.max_rows is not None and len(ds) > src.max_rows:
         ds = ds.shuffle(seed=seed).select(range(src.max_rows))
     return ds
+
+
+def first_bad_json_line(path: Path) -> tuple[int, str] | None:
+    """(line number, reason) of the first line of a jsonl file that is not a JSON object, or None."""
+    if path.suffix == ".json":
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as exc:
+                return lineno, f"{exc.msg}, column {exc.colno}"
+            if not isinstance(row, dict):
+                return lineno, f"a {type(row).__name__}, not an object"
+    return None
+
+
+def check_column_types(ds, source: str, key: str) -> None:
+    """The stage columns hold what the stages read: `text` strings, `messages` lists of {role, content}."""
+    from datasets import LargeList, List, Value
+
+    feature = ds.features.get("text")
+    if feature is not None and not (
+        isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+    ):
+        raise RecipeError(f"column 'text' of {source} holds {feature}, not strings", key=f"{key}.path")
+    feature = ds.features.get("messages")
+    if feature is not None and not isinstance(feature, List | LargeList | list):
+        raise RecipeError(
+            f"column 'messages' of {source} holds {feature}, not lists of messages", key=f"{key}.path"
+        )
 
 
 def build_mixture(

@@ -125,7 +125,7 @@ def run(recipe: BuildDatasetRecipe, callbacks=None):
         return report
 
     # 2. save_to_disk + card + recipe + report, through <output_dir>.tmp.
-    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir) as tmp:
+    with staged_output(recipe, "build-dataset") as tmp:
         dataset.save_to_disk(str(tmp))
         lineage = write_run_files(tmp, stage="build-dataset", recipe=recipe, metrics=report, parent=None)
         card = render_dataset_card(recipe=recipe, dataset=dataset, report=report, lineage=lineage)

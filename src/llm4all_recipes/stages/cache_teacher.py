@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..configs import CacheTeacherRecipe
 from ..data.packing import chat_rows, text_rows
+from ..errors import RecipeError
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import staged_output, write_json, write_run_files
 from ..trainers.kd import data_hash, model_identity, tokenizer_hash
@@ -48,6 +49,9 @@ def run(recipe: CacheTeacherRecipe, callbacks=None):
     if recipe.chat_template_path:
         with open(recipe.chat_template_path, encoding="utf-8") as f:
             tokenizer.chat_template = f.read()
+    if recipe.top_k > len(tokenizer):
+        raise RecipeError(f"{recipe.top_k} is more than the vocabulary ({len(tokenizer)} tokens; the vocabulary size "
+                          "makes the cache exact)", key="top_k")  # fmt: skip
     train, _, mixture = load_data(recipe, tokenizer)
     rows, report = pack_rows(train, tokenizer, recipe.data_format, recipe.max_length)
     value_bytes = 2 if recipe.cache_dtype == "float16" else 4
@@ -57,16 +61,16 @@ def run(recipe: CacheTeacherRecipe, callbacks=None):
               f"{report['cache_bytes'] / 2**20:.1f} MiB of cache")  # fmt: skip
         return report
 
-    # 2. One teacher pass, shard by shard, straight into memory-mapped files.
-    teacher = load_model(
-        recipe.teacher_model_name_or_path, dtype=recipe.teacher_dtype, key="teacher_model_name_or_path"
-    )
-    device = resolve_device(recipe.device)
-    teacher.to(device).eval()
-    vocab = len(tokenizer)
-    dtype = np.float16 if recipe.cache_dtype == "float16" else np.float32
-    mass, counted = 0.0, 0
-    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir) as tmp:
+    with staged_output(recipe, "cache-teacher") as tmp:
+        # 2. One teacher pass, shard by shard, straight into memory-mapped files.
+        teacher = load_model(
+            recipe.teacher_model_name_or_path, dtype=recipe.teacher_dtype, key="teacher_model_name_or_path"
+        )
+        device = resolve_device(recipe.device)
+        teacher.to(device).eval()
+        vocab = len(tokenizer)
+        dtype = np.float16 if recipe.cache_dtype == "float16" else np.float32
+        mass, counted = 0.0, 0
         rows.save_to_disk(str(tmp / "data"))
         (tmp / "topk").mkdir()
         for shard in range(math.ceil(len(rows) / recipe.shard_rows)):

@@ -122,36 +122,36 @@ def run(recipe: CompressRecipe, callbacks=None):
         ids = calibration_ids(stream, recipe.num_calibration_samples, recipe.calibration_seq_len, recipe.seed)
     except ValueError as exc:
         raise RecipeError(str(exc), key="calibration_seq_len") from None
-    model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
-    device = resolve_device(recipe.device)
+    with staged_output(recipe, "compress") as tmp:
+        model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+        device = resolve_device(recipe.device)
 
-    before = held_out_perplexities(
-        model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="dense"
-    )
-    dense_size = skeleton(recipe)  # parameter counts of the dense model, for the summary
+        before = held_out_perplexities(
+            model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="dense"
+        )
+        dense_size = skeleton(recipe)  # parameter counts of the dense model, for the summary
 
-    # 3. Layer by layer: statistics -> initialisation -> low-rank swap.
-    ranks, report = compress_model(
-        model, ids, targets, ranks, method=recipe.method, alpha=recipe.asvd_alpha, jitter=recipe.jitter,
-        device=device, batch_size=recipe.calibration_batch_size, propagate=recipe.propagate,
-    )  # fmt: skip
-    facts = R.summary(dense_size, targets, ranks, recipe.ratio)
-    LowRankForCausalLM.from_base(model, {
-        "method": recipe.method, "ratio": recipe.ratio, "achieved_ratio": facts["achieved_ratio"],
-        "model_fraction_removed": facts["model_fraction_removed"], "rank_allocation": recipe.rank_allocation,
-        "targets": recipe.targets, "ranks": {k: v for k, v in ranks.items() if v is not None},
-        "base_model": recipe.model_name_or_path,
-        "calibration": {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
-                        "seq_len": recipe.calibration_seq_len, "seed": recipe.seed, "propagate": recipe.propagate},
-    })  # fmt: skip
-    after = held_out_perplexities(
-        model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="compressed"
-    )
-    metrics = {"compression": facts, "eval_before": before, "eval": after, "data": data_report, **report,
-               "parameters": facts["model_params_after"]}  # fmt: skip
+        # 3. Layer by layer: statistics -> initialisation -> low-rank swap.
+        ranks, report = compress_model(
+            model, ids, targets, ranks, method=recipe.method, alpha=recipe.asvd_alpha, jitter=recipe.jitter,
+            device=device, batch_size=recipe.calibration_batch_size, propagate=recipe.propagate,
+        )  # fmt: skip
+        facts = R.summary(dense_size, targets, ranks, recipe.ratio)
+        LowRankForCausalLM.from_base(model, {
+            "method": recipe.method, "ratio": recipe.ratio, "achieved_ratio": facts["achieved_ratio"],
+            "model_fraction_removed": facts["model_fraction_removed"], "rank_allocation": recipe.rank_allocation,
+            "targets": recipe.targets, "ranks": {k: v for k, v in ranks.items() if v is not None},
+            "base_model": recipe.model_name_or_path,
+            "calibration": {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
+                            "seq_len": recipe.calibration_seq_len, "seed": recipe.seed, "propagate": recipe.propagate},
+        })  # fmt: skip
+        after = held_out_perplexities(
+            model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="compressed"
+        )
+        metrics = {"compression": facts, "eval_before": before, "eval": after, "data": data_report, **report,
+                   "parameters": facts["model_params_after"]}  # fmt: skip
 
-    # 4. Checkpoint (low-rank format) + card, then publish.
-    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir) as tmp:
+        # 4. Checkpoint (low-rank format) + card, then publish.
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         finish(tmp, stage="compress", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card={

@@ -86,26 +86,29 @@ def run(recipe: CPTRecipe, callbacks=None):
               f"{data['replay_share']}; {steps} steps")  # fmt: skip
         return data
 
-    # 2. Model, and the reference model of the KL (the model before this stage, by default).
-    model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
-    reference = None
-    if recipe.kl_coef > 0:
-        ref_path = recipe.reference_model_name_or_path or recipe.model_name_or_path
-        if load_tokenizer(ref_path, key="reference_model_name_or_path").get_vocab() != tokenizer.get_vocab():
-            raise RecipeError(
-                "the reference model has a different tokenizer", key="reference_model_name_or_path"
-            )
-        reference = load_model(ref_path, dtype=recipe.reference_dtype, key="reference_model_name_or_path")
-    device = resolve_device("auto")
+    with staged_output(recipe, "cpt", resume=True) as tmp:
+        # 2. Model, and the reference model of the KL (the model before this stage, by default).
+        model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+        reference = None
+        if recipe.kl_coef > 0:
+            ref_path = recipe.reference_model_name_or_path or recipe.model_name_or_path
+            if (
+                load_tokenizer(ref_path, key="reference_model_name_or_path").get_vocab()
+                != tokenizer.get_vocab()
+            ):
+                raise RecipeError(
+                    "the reference model has a different tokenizer", key="reference_model_name_or_path"
+                )
+            reference = load_model(ref_path, dtype=recipe.reference_dtype, key="reference_model_name_or_path")
+        device = resolve_device("auto")
 
-    before = held_out_perplexities(
-        model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="before"
-    )
+        before = held_out_perplexities(
+            model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="before"
+        )
 
-    # 3. Train (TRL machinery, CE + KL loss), resumable from <output_dir>.tmp.
-    recipe.packing, recipe.remove_unused_columns = False, False
-    recipe.dataset_kwargs = {"skip_prepare_dataset": True}  # rows are packed per source here
-    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir, keep_on_error=True) as tmp:
+        # 3. Train (TRL machinery, CE + KL loss), resumable from <output_dir>.tmp.
+        recipe.packing, recipe.remove_unused_columns = False, False
+        recipe.dataset_kwargs = {"skip_prepare_dataset": True}  # rows are packed per source here
         trainer, metrics = fit(
             recipe, tmp, model=model, tokenizer=tokenizer, train_dataset=rows, eval_datasets={}, trainer_cls=CPTTrainer,
             peft_config=lora_config(recipe) if recipe.use_peft else None, callbacks=callbacks,

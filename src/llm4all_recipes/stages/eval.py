@@ -51,28 +51,28 @@ def run(recipe: EvalRecipe, callbacks=None):
               f"{recipe.max_generations} generations at most")  # fmt: skip
         return {}
 
-    # 2. Perplexity of the model (and of its lineage: the forgetting report).
-    device = resolve_device(recipe.device)
-    metrics: dict = {"perplexity": {}, "models": [c[0] for c in compare]}
-    for label, path in compare:  # the evaluated model comes last and stays loaded
-        model = load_model(path, dtype=recipe.dtype)
-        values = held_out_perplexities(
-            model, tokenizer, ppl_sets, max_length=recipe.perplexity_max_length, device=device, tag=label
-        )
-        metrics["perplexity"][label] = {k: v["perplexity"] for k, v in values.items()}
-    model.to(device)
-    budget = Budget(recipe.max_generations)
-    if simsamu is not None:
-        metrics["simsamu"] = simsamu_next_turn(model, tokenizer, simsamu, budget, recipe.max_new_tokens)
-    if meetings is not None:
-        context = getattr(model.config, "max_position_embeddings", 2048)
-        metrics["meetings"] = meeting_summaries(model, tokenizer, meetings, budget, context=context, chunk_tokens=recipe.chunk_tokens,
-                                                overlap=recipe.chunk_overlap, max_new_tokens=recipe.max_new_tokens)  # fmt: skip
-    metrics["generations_left"] = budget.left
-    model.to("cpu")
+    with staged_output(recipe, "eval") as tmp:
+        # 2. Perplexity of the model (and of its lineage: the forgetting report).
+        device = resolve_device(recipe.device)
+        metrics: dict = {"perplexity": {}, "models": [c[0] for c in compare]}
+        for label, path in compare:  # the evaluated model comes last and stays loaded
+            model = load_model(path, dtype=recipe.dtype)
+            values = held_out_perplexities(
+                model, tokenizer, ppl_sets, max_length=recipe.perplexity_max_length, device=device, tag=label
+            )
+            metrics["perplexity"][label] = {k: v["perplexity"] for k, v in values.items()}
+        model.to(device)
+        budget = Budget(recipe.max_generations)
+        if simsamu is not None:
+            metrics["simsamu"] = simsamu_next_turn(model, tokenizer, simsamu, budget, recipe.max_new_tokens)
+        if meetings is not None:
+            context = getattr(model.config, "max_position_embeddings", 2048)
+            metrics["meetings"] = meeting_summaries(model, tokenizer, meetings, budget, context=context, chunk_tokens=recipe.chunk_tokens,
+                                                    overlap=recipe.chunk_overlap, max_new_tokens=recipe.max_new_tokens)  # fmt: skip
+        metrics["generations_left"] = budget.left
+        model.to("cpu")
 
-    # 3. lighteval (imported only here).
-    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir) as tmp:
+        # 3. lighteval (imported only here).
         if recipe.lighteval_tasks:
             from ..evaluation.lighteval_tasks import run_lighteval
 

@@ -13,19 +13,25 @@ from ..models import compression_config, load_model, load_tokenizer
 from ..outputs import finish, staged_output
 
 
-def run(recipe: ExportDenseRecipe, callbacks=None):
-    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
+def densify(recipe: ExportDenseRecipe):
+    """(dense model, metrics) of the recipe's low-rank checkpoint."""
     model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
     facts = compression_config(model)
     if facts is None:
         raise RecipeError("not a low-rank checkpoint: nothing to densify", key="model_name_or_path")
-    facts = dict(facts)
     dense = to_dense(model)
-    metrics = {"parameters": sum(p.numel() for p in dense.parameters()), "densified_from": facts}
+    return dense, {"parameters": sum(p.numel() for p in dense.parameters()), "densified_from": dict(facts)}
+
+
+def run(recipe: ExportDenseRecipe, callbacks=None):
+    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     if recipe.dry_run:
+        _, metrics = densify(recipe)
         print(f"# export-dense {recipe.model_name_or_path}: {metrics['parameters']:,} dense parameters")
         return metrics
-    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir) as tmp:
+    with staged_output(recipe, "export-dense") as tmp:
+        dense, metrics = densify(recipe)
+        facts = metrics["densified_from"]
         dense.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         finish(tmp, stage="export-dense", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card={

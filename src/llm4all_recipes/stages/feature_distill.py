@@ -82,20 +82,20 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
               f"training and {hold_ids.numel()} held-out tokens; {tokens} tokens per block")  # fmt: skip
         return {"teacher": teacher_path, "tokens_per_block": tokens}
 
-    # 2. Models (on the CPU; one block at a time goes to the device).
-    student = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
-    if compression_config(student) is None:
-        raise RecipeError(
-            "not a low-rank checkpoint (run `llm4all compress` first)", key="model_name_or_path"
+    with staged_output(recipe, "feature-distill", resume=True) as tmp:
+        # 2. Models (on the CPU; one block at a time goes to the device).
+        student = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+        if compression_config(student) is None:
+            raise RecipeError(
+                "not a low-rank checkpoint (run `llm4all compress` first)", key="model_name_or_path"
+            )
+        teacher = load_model(teacher_path, dtype=recipe.dtype, key="teacher_model_name_or_path")
+
+        before = held_out_perplexities(
+            student, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="before"
         )
-    teacher = load_model(teacher_path, dtype=recipe.dtype, key="teacher_model_name_or_path")
 
-    before = held_out_perplexities(
-        student, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="before"
-    )
-
-    # 3. Block by block, resumable from <output_dir>.tmp/distill_state.
-    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir, keep_on_error=True) as tmp:
+        # 3. Block by block, resumable from <output_dir>.tmp/distill_state.
         state = tmp / "distill_state"
         reports = distill(teacher, student, train_ids, hold_ids, cfg, state_dir=state)
         after = held_out_perplexities(

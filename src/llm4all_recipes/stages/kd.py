@@ -89,43 +89,45 @@ def run(recipe: KDRecipe, callbacks=None):
     if recipe.dry_run:
         return print_plan(recipe, "kd", train, tokenizer, report)
 
-    # 2. Student (maybe low-rank, maybe + LoRA) and teacher (once, eval mode, its own dtype).
-    student = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
-    teacher = None
-    if recipe.teacher_model_name_or_path:
-        teacher = load_model(
-            recipe.teacher_model_name_or_path, dtype=recipe.teacher_dtype, key="teacher_model_name_or_path"
-        )
-        if recipe.teacher_cache and model_identity(teacher) != cache.meta["teacher_identity"]:
-            raise RecipeError(
-                "fingerprint mismatch: this teacher is not the one the cache was made with",
+    with staged_output(recipe, "kd", resume=True) as tmp:
+        # 2. Student (maybe low-rank, maybe + LoRA) and teacher (once, eval mode, its own dtype).
+        student = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+        teacher = None
+        if recipe.teacher_model_name_or_path:
+            teacher = load_model(
+                recipe.teacher_model_name_or_path,
+                dtype=recipe.teacher_dtype,
                 key="teacher_model_name_or_path",
             )
-    device = resolve_device("auto")
+            if recipe.teacher_cache and model_identity(teacher) != cache.meta["teacher_identity"]:
+                raise RecipeError(
+                    "fingerprint mismatch: this teacher is not the one the cache was made with",
+                    key="teacher_model_name_or_path",
+                )
+        device = resolve_device("auto")
 
-    before = held_out_perplexities(
-        student,
-        tokenizer,
-        perplexity_sets,
-        max_length=recipe.perplexity_max_length,
-        device=device,
-        tag="student before",
-    )
-    teacher_ppl = (
-        held_out_perplexities(
-            teacher,
+        before = held_out_perplexities(
+            student,
             tokenizer,
             perplexity_sets,
             max_length=recipe.perplexity_max_length,
             device=device,
-            tag="teacher",
+            tag="student before",
         )
-        if teacher is not None
-        else {}
-    )
+        teacher_ppl = (
+            held_out_perplexities(
+                teacher,
+                tokenizer,
+                perplexity_sets,
+                max_length=recipe.perplexity_max_length,
+                device=device,
+                tag="teacher",
+            )
+            if teacher is not None
+            else {}
+        )
 
-    # 3. Train: TRL's SFT machinery, KD loss (resume from <output_dir>.tmp).
-    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir, keep_on_error=True) as tmp:
+        # 3. Train: TRL's SFT machinery, KD loss (resume from <output_dir>.tmp).
         trainer, metrics = fit(
             recipe, tmp, model=student, tokenizer=tokenizer, train_dataset=train, eval_datasets={}, trainer_cls=KDTrainer,
             peft_config=lora_config(recipe) if recipe.use_peft else None, callbacks=callbacks, data_collator=collator,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..configs import PipelineRecipe, parse_recipe
 from ..errors import RecipeError
-from ..hub import local_hub_dir, resolve_target
+from ..hub import local_repo_dir, resolve_target
 from ..paths import PLANNED_OUTPUTS
 from . import runner
 
@@ -41,7 +41,7 @@ def destination(recipe) -> str | None:
         return None
     if resolve_target(target) != "local":
         return f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{repo}"
-    return str(local_hub_dir() / ("datasets" if kind == "dataset" else "") / repo)
+    return str(local_repo_dir(repo, kind))
 
 
 def is_done(recipe) -> bool:
@@ -98,7 +98,10 @@ def run(recipe: PipelineRecipe, callbacks=None):
             argv += ["--overwrite_output_dir", "true"]
         stage_recipe = parse_recipe(step.stage, argv)
         start = time.perf_counter()
-        runner(step.stage)(stage_recipe)
+        try:
+            runner(step.stage)(stage_recipe)
+        except RecipeError as err:
+            raise stage_recipe.origin.locate(err) from None
         rows.append(_row(step, stage_recipe, "ran", time.perf_counter() - start))
     print_summary(rows)
     return rows

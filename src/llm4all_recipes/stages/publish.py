@@ -10,7 +10,9 @@ offline or without a token (`target: auto`), it writes the local hub folder (./h
 from pathlib import Path
 
 from ..configs import PublishRecipe
-from ..hub import IGNORE_PATTERNS, is_dataset_folder, local_hub_dir, publish, resolve_target
+from ..hub import IGNORE_PATTERNS, is_dataset_folder, local_repo_dir, publish, resolve_target
+
+VISIBILITY = {True: "private", False: "public", None: "private if new; an existing repo keeps its visibility"}
 
 
 def run(recipe: PublishRecipe, callbacks=None):
@@ -21,7 +23,7 @@ def run(recipe: PublishRecipe, callbacks=None):
         dest = (
             f"https://huggingface.co/{'datasets/' if kind == 'dataset' else ''}{recipe.repo_id}"
             if where == "hub"
-            else str(local_hub_dir() / ("datasets" if kind == "dataset" else "") / recipe.repo_id)
+            else str(local_repo_dir(recipe.repo_id, kind))
         )
         files = sorted(
             p
@@ -32,7 +34,7 @@ def run(recipe: PublishRecipe, callbacks=None):
                 for pat in IGNORE_PATTERNS
             )
         )
-        print(f"# would publish {kind} {recipe.path} -> {dest} ({'private' if recipe.private else 'public'})")
+        print(f"# would publish {kind} {recipe.path} -> {dest} ({VISIBILITY[recipe.private]})")
         for p in files:
             print(f"#   {p.relative_to(recipe.path)}  {p.stat().st_size} bytes")
         return {"target": where, "location": dest}

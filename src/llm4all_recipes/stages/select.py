@@ -84,34 +84,34 @@ def run(recipe: SelectRecipe, callbacks=None):
         )
         return {"documents": len(texts), "removed_before_scoring": len(dropped)}
 
-    # 2. Perplexity under the reference model, then the keep rule.
-    model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
-    model.to(resolve_device(recipe.device))
-    scores = document_perplexities(model, tokenizer, [texts[i] for i in survivors], max_length=recipe.score_max_length,
-                                   batch_size=recipe.batch_size)  # fmt: skip
-    ppl = dict(zip(survivors, scores))
-    by_ppl, thresholds = by_perplexity(recipe, ppl)
-    dropped |= by_ppl
-    kept = [i for i in survivors if i not in dropped]
-    reasons = {"exact duplicate": 0, "near duplicate": 0, "eval overlap": 0, "perplexity": 0}
-    for reason in dropped.values():
-        kind = ("exact duplicate" if reason.startswith("exact") else "near duplicate" if reason.startswith("near")
-                else "eval overlap" if reason.startswith("shares") else "perplexity")  # fmt: skip
-        reasons[kind] += 1
-    report = {"documents": len(texts), "kept": len(kept), "dropped": reasons, "keep": recipe.keep, "thresholds": thresholds,
-              "perplexity_quantiles": {q: quantile(scores, q) for q in (0.0, 0.1, 0.5, 0.9, 1.0)} if scores else {},
-              "splits": {"train": len(kept)}}  # fmt: skip
-    logger.info("select: kept %d of %d documents (%s)", len(kept), len(texts), reasons)
+    with staged_output(recipe, "select") as tmp:
+        # 2. Perplexity under the reference model, then the keep rule.
+        model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+        model.to(resolve_device(recipe.device))
+        scores = document_perplexities(model, tokenizer, [texts[i] for i in survivors], max_length=recipe.score_max_length,
+                                       batch_size=recipe.batch_size)  # fmt: skip
+        ppl = dict(zip(survivors, scores))
+        by_ppl, thresholds = by_perplexity(recipe, ppl)
+        dropped |= by_ppl
+        kept = [i for i in survivors if i not in dropped]
+        reasons = {"exact duplicate": 0, "near duplicate": 0, "eval overlap": 0, "perplexity": 0}
+        for reason in dropped.values():
+            kind = ("exact duplicate" if reason.startswith("exact") else "near duplicate" if reason.startswith("near")
+                    else "eval overlap" if reason.startswith("shares") else "perplexity")  # fmt: skip
+            reasons[kind] += 1
+        report = {"documents": len(texts), "kept": len(kept), "dropped": reasons, "keep": recipe.keep, "thresholds": thresholds,
+                  "perplexity_quantiles": {q: quantile(scores, q) for q in (0.0, 0.1, 0.5, 0.9, 1.0)} if scores else {},
+                  "splits": {"train": len(kept)}}  # fmt: skip
+        logger.info("select: kept %d of %d documents (%s)", len(kept), len(texts), reasons)
 
-    # 3. Kept dataset + the list of what was removed and why.
-    table = datasets.DatasetDict(
-        {
-            "train": datasets.Dataset.from_list(
-                [{"text": texts[i], "perplexity": ppl[i], "index": i} for i in kept]
-            )
-        }
-    )
-    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir) as tmp:
+        # 3. Kept dataset + the list of what was removed and why.
+        table = datasets.DatasetDict(
+            {
+                "train": datasets.Dataset.from_list(
+                    [{"text": texts[i], "perplexity": ppl[i], "index": i} for i in kept]
+                )
+            }
+        )
         table.save_to_disk(str(tmp))
         with open(tmp / "dropped.jsonl", "w", encoding="utf-8") as f:
             for i in sorted(dropped):

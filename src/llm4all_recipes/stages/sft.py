@@ -45,17 +45,15 @@ def run(recipe: SFTRecipe, callbacks=None):
     if recipe.dry_run:
         return print_plan(recipe, "sft", train, tokenizer, report)
 
-    # 2. Model (+ LoRA).
-    model = load_model(
-        recipe.model_name_or_path,
-        dtype=recipe.dtype,
-        revision=recipe.model_revision,
-        attn_implementation=recipe.attn_implementation,
-    )
-    peft_config = lora_config(recipe) if recipe.use_peft else None
-
-    # 3. Train in <output_dir>.tmp, resume from its last checkpoint, rename when done.
-    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir, keep_on_error=True) as tmp:
+    # 2. Claim <output_dir>.tmp (resume from its last checkpoint), then the model (+ LoRA); rename when done.
+    with staged_output(recipe, "sft", resume=True) as tmp:
+        model = load_model(
+            recipe.model_name_or_path,
+            dtype=recipe.dtype,
+            revision=recipe.model_revision,
+            attn_implementation=recipe.attn_implementation,
+        )
+        peft_config = lora_config(recipe) if recipe.use_peft else None
         trainer, metrics = fit(
             recipe,
             tmp,

@@ -27,13 +27,11 @@ def run(recipe: TinyModelRecipe, callbacks=None):
     if recipe.dry_run:
         return print_plan(recipe, "tiny-model", train, tokenizer, report)
 
-    # 2. Random model, its perplexity on the held-out sets.
-    model = build_model(recipe.model_config, tokenizer, recipe.seed)
-
-    before = held_out_perplexities(model, tokenizer, evals, max_length=recipe.max_length, tag="untrained")
-
-    # 3. Short pretraining (packed raw text), then the same measure.
-    with staged_output(recipe.output_dir, overwrite=recipe.overwrite_output_dir, keep_on_error=True) as tmp:
+    # 2. Random model and its perplexity on the held-out sets; 3. short pretraining (packed raw text), the same
+    # measure (in <output_dir>.tmp, resumable).
+    with staged_output(recipe, "tiny-model", resume=True) as tmp:
+        model = build_model(recipe.model_config, tokenizer, recipe.seed)
+        before = held_out_perplexities(model, tokenizer, evals, max_length=recipe.max_length, tag="untrained")
         trainer, metrics = fit(
             recipe,
             tmp,
