@@ -183,3 +183,58 @@ def test_tampered_cache_is_refused(exact_cache, tiny_model, tmp_path, capsys):
     text = f"model_name_or_path: {tiny_model}\nteacher_cache: {tampered}\noutput_dir: {tmp_path / 'o'}\nkd_temperature: 2.0\n"
     assert main(["kd", "--config", _recipe(tmp_path, text)]) == 2
     assert "fingerprint mismatch: the cache's data/ changed" in capsys.readouterr().err
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def short_kd(student, teacher, out, *extra) -> list[str]:
+    return ["kd", "--config", HEAL, "--model_name_or_path", str(student), "--teacher_model_name_or_path", str(teacher),
+            "--output_dir", str(out), "--max_steps", "4", "--save_steps", "2", "--warmup_steps", "0",
+            "--max_length", "64", "--push_to_hub", "false", *extra]  # fmt: skip
+
+
+def test_a_harmful_learning_rate_leaves_the_student_unchanged(svd80_compressed, tiny_model, tmp_path, caplog):
+    """keep_best (the kd default): no step beats the start on held-out loss -> the output is the input, loudly."""
+    out = tmp_path / "harm"
+    assert main(short_kd(svd80_compressed, tiny_model, out, "--learning_rate", "1.0")) == 0
+    before, after = _weights(svd80_compressed), _weights(out)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (
+        metrics["train"]["kept"] == "start" and metrics["train"]["best_loss"] > metrics["train"]["start_loss"]
+    )
+    assert metrics["eval"] == metrics["eval_before"]  # the perplexities of the same weights
+    assert "NO STEP IMPROVED the held-out loss on old_eval" in caplog.text
+    assert "this is the starting model, unchanged" in (out / "README.md").read_text()
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llm4all_lowrank"
+
+
+@pytest.mark.parametrize("trainable", ["factors", "factors+norms"])
+def test_factor_only_training_changes_no_other_parameter(svd80_compressed, tiny_model, tmp_path, trainable):
+    out = tmp_path / trainable
+    argv = short_kd(svd80_compressed, tiny_model, out, "--trainable", trainable, "--keep_best", "false")
+    assert main(argv) == 0
+    before, after = _weights(svd80_compressed), _weights(out)
+    factors = [k for k in before if k.endswith((".down.weight", ".up.weight"))]
+    norms = [k for k in before if "norm" in k]
+    assert factors and norms and all(not torch.equal(before[k], after[k]) for k in factors)
+    changed = set(factors) | (set(norms) if trainable == "factors+norms" else set())
+    assert all(
+        torch.equal(before[k], after[k]) for k in before if k not in changed
+    )  # embeddings, lm_head ...
+    assert all(not torch.equal(before[k], after[k]) for k in changed)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["trainable"] == trainable
+    assert metrics["trainable_parameters"] == sum(before[k].numel() for k in changed)
+    assert (
+        f"trained: `{trainable}`, {metrics['trainable_parameters']:,} of" in (out / "README.md").read_text()
+    )
+
+
+def test_factors_need_a_low_rank_student(tiny_model, tmp_path, capsys):
+    assert main(short_kd(tiny_model, tiny_model, tmp_path / "o", "--trainable", "factors")) == 2
+    assert "key 'trainable': factors needs a low-rank (compressed) model" in capsys.readouterr().err

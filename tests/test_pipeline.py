@@ -1,5 +1,7 @@
 """The pipeline runner: steps in order, finished ones skipped, --force, --from, the summary table."""
 
+import json
+
 import pytest
 
 from llm4all_recipes.cli import main
@@ -69,3 +71,22 @@ def test_a_bad_step_stops_everything_before_it_runs(pipeline, tmp_path, capsys):
 def test_unknown_from_step(pipeline, capsys):
     assert main(["pipeline", "--config", str(pipeline), "--from", "kd"]) == 2
     assert "no step named 'kd'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "metrics, unchanged",
+    [
+        ({"train": {"kept": "start"}}, True),  # kd/cpt/sft with keep_best: no step beat the starting model
+        ({"train": {"kept": "best"}}, False),
+        ({"blocks": [{"best_step": 0}, {"best_step": 0}]}, True),  # feature distillation: no block improved
+        ({"blocks": [{"best_step": 0}, {"best_step": 32}]}, False),
+    ],
+)
+def test_the_summary_flags_a_stage_that_changed_nothing(tmp_path, metrics, unchanged):
+    from types import SimpleNamespace
+
+    from llm4all_recipes.stages.pipeline import _row
+
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    row = _row(SimpleNamespace(name="kd:heal"), SimpleNamespace(output_dir=str(tmp_path)), "ran", 1.0)
+    assert ("UNCHANGED" in row["status"]) is unchanged

@@ -94,8 +94,8 @@ class MixtureArgs:
     )
 
     def __post_init__(self):
-        self.datasets = [_to_source(d) for d in self.datasets]
-        self.eval_datasets = [_to_source(d) for d in self.eval_datasets]
+        self.datasets = _to_sources(self.datasets)
+        self.eval_datasets = _to_sources(self.eval_datasets)
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()
@@ -222,13 +222,58 @@ class TrainerArgs(MixtureArgs, RunArgs, HubArgs, SFTConfig):
             )
 
 
+TRAINABLE_HELP = (
+    "What is trained: all (every parameter), factors (the low-rank down/up matrices of a compressed model only: "
+    "embeddings, norms and lm_head stay as they are, as in SVD-LLM's update and Lillama), factors+norms, or lora "
+    "(adapters, = use_peft). auto: factors for a low-rank model, all otherwise."
+)
+KEEP_BEST_HELP = (
+    "Evaluate the held-out loss on the first of eval_datasets every eval_steps (default: save_steps), keep the "
+    "checkpoint with the lowest one (load_best_model_at_end), and if no step beats the model as it started, write "
+    "the starting model unchanged, with a warning and the numbers in the card."
+)
+
+
 @dataclass
 class TrainRecipe(ModelArgs, LoraArgs, TrainerArgs):
     """Keys shared by the stages that train an existing model (sft, kd, cpt)."""
 
+    trainable: Literal["auto", "all", "factors", "factors+norms", "lora"] = arg("all", help=TRAINABLE_HELP)
+    keep_best: bool = arg(False, help=KEEP_BEST_HELP)
+
+    def __post_init__(self):
+        if self.trainable == "lora":
+            self.use_peft = True
+        if self.keep_best is None:
+            self.keep_best = bool(self.eval_datasets)
+        if self.keep_best and self.eval_datasets:  # transformers' best-checkpoint machinery, on held-out loss
+            self.eval_strategy = self.save_strategy = "steps"
+            self.eval_steps = self.eval_steps or self.save_steps
+            self.load_best_model_at_end, self.greater_is_better = True, False
+            self.metric_for_best_model = f"eval_{_to_sources(self.eval_datasets)[0].label}_loss"
+        super().__post_init__()
+
+    def check_training(self, static: bool) -> None:
+        if self.keep_best and not self.eval_datasets:
+            raise RecipeError("needs eval_datasets (held-out text to choose the best state on), or set it false",
+                              key="keep_best")  # fmt: skip
+        if self.use_peft and self.trainable not in ("auto", "all", "lora"):
+            raise RecipeError(f"use_peft trains LoRA adapters: drop trainable: {self.trainable} (or use_peft)",
+                              key="trainable")  # fmt: skip
+        if (
+            self.trainable in ("factors", "factors+norms")
+            and not static
+            and os.path.isdir(self.model_name_or_path)
+        ):
+            config = Path(self.model_name_or_path, "config.json")
+            if config.is_file() and "compression_config" not in json.loads(config.read_text()):
+                raise RecipeError(f"{self.trainable} needs a low-rank (compressed) model; {self.model_name_or_path} "
+                                  "is dense", key="trainable")  # fmt: skip
+
     def check(self, static: bool) -> None:
         check_model(self.model_name_or_path, static, "the model (a Hub id or a local model folder)")
         super().check(static)
+        self.check_training(static)
         if self.use_peft:
             _positive(self, "lora_r", "lora_alpha")
             if not 0 <= self.lora_dropout < 1:
@@ -312,6 +357,9 @@ class KDRecipe(KDArgs, TrainRecipe):
         None, help="A .jinja chat template (messages), or a shipped name (chatml)."
     )
 
+    trainable: Literal["auto", "all", "factors", "factors+norms", "lora"] = arg("auto", help=TRAINABLE_HELP)
+    keep_best: bool | None = arg(None, help=KEEP_BEST_HELP + " Default: on when eval_datasets are given.")
+
     @property
     def COLUMNS(self) -> tuple[str, ...]:
         return () if self.teacher_cache else (self.data_format,)
@@ -321,6 +369,7 @@ class KDRecipe(KDArgs, TrainRecipe):
             self.packing = self.data_format == "text"
         if self.assistant_only_loss is None:
             self.assistant_only_loss = self.data_format == "messages"
+        self.prediction_loss_only = True  # held-out loss only: no logits gathered over the eval sets
         super().__post_init__()
 
     def check(self, static: bool) -> None:
@@ -343,6 +392,7 @@ class KDRecipe(KDArgs, TrainRecipe):
         check_sources(self.eval_datasets, "eval_datasets", ("text",), static)
         self.check_kd()
         self.check_length()
+        self.check_training(static)
         check_output_dir(self, static)
         check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
         _positive(self, "learning_rate", "max_length", "perplexity_max_length")
@@ -391,7 +441,8 @@ class CPTRecipe(KDArgs, TrainRecipe):
     )
 
     def __post_init__(self):
-        self.replay_datasets = [_to_source(d) for d in self.replay_datasets]
+        self.replay_datasets = _to_sources(self.replay_datasets)
+        self.prediction_loss_only = True
         super().__post_init__()
 
     def check(self, static: bool) -> None:
@@ -545,7 +596,7 @@ class SelectRecipe(ModelArgs, MixtureArgs, StageArgs):
     hub_dataset_id: str | None = arg(None, help="<namespace>/<name> of the published dataset.")
 
     def __post_init__(self):
-        self.decontaminate = [_to_source(d) for d in self.decontaminate]
+        self.decontaminate = _to_sources(self.decontaminate)
         super().__post_init__()
 
     def check(self, static: bool) -> None:
@@ -619,7 +670,7 @@ class EvalRecipe(ModelArgs, StageArgs):
     )
 
     def __post_init__(self):
-        self.perplexity_datasets = [_to_source(d) for d in self.perplexity_datasets]
+        self.perplexity_datasets = _to_sources(self.perplexity_datasets)
 
     def check(self, static: bool) -> None:
         check_model(self.model_name_or_path, static, "the model to evaluate")
@@ -851,7 +902,12 @@ class FeatureDistillRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
         False,
         help="Also train on the other input stream (parallel + student inputs = Lillama's Teacher+Student loss).",
     )
-    learning_rate: float = arg(1e-4, help="AdamW learning rate of the low-rank factors.")
+    learning_rate: float = arg(1e-4, help="Peak AdamW learning rate of the low-rank factors.")
+    lr_scheduler_type: Literal["cosine", "constant"] = arg(
+        "cosine", help="Per block: linear warm-up over warmup_ratio of its steps, then cosine decay to 10 %% of "
+        "the peak (cosine), or a constant rate after the warm-up.",
+    )  # fmt: skip
+    warmup_ratio: float = arg(0.05, help="Share of each block's steps spent warming the learning rate up.")
     weight_decay: float = arg(0.0, help="AdamW weight decay.")
     tokens_per_block: int | None = arg(
         None,
@@ -862,12 +918,20 @@ class FeatureDistillRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
         help="Held-out calibration windows (from the end of the token stream) used to keep each block's best state.",
     )
     eval_every: int = arg(20, help="Steps between held-out evaluations of a block.")
+    early_stopping_patience: int | None = arg(
+        None,
+        help="Stop a block after this many held-out evaluations in a row without improvement (its best state is "
+        "kept); unset: spend the whole budget.",
+    )
 
     def check(self, static: bool) -> None:
         check_model(self.model_name_or_path, static, "the compressed student (a compress output)")
         if self.teacher_model_name_or_path:
             check_model(self.teacher_model_name_or_path, static, "", key="teacher_model_name_or_path")
-        _positive(self, "learning_rate", "tokens_per_block", "num_holdout_samples", "eval_every")
+        _positive(self, "learning_rate", "tokens_per_block", "num_holdout_samples", "eval_every",
+                  "early_stopping_patience")  # fmt: skip
+        if not 0 <= self.warmup_ratio < 1:
+            raise RecipeError(f"must be in [0, 1), got {self.warmup_ratio}", key="warmup_ratio")
         self.check_calibration(static)
         check_output_dir(self, static)
         check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
@@ -993,7 +1057,13 @@ RECIPES: dict[str, type] = {
 
 # --------------------------------------------------------------------------- value checks
 def _to_source(value: Any) -> DatasetSource:
-    return value if isinstance(value, DatasetSource) else DatasetSource(**value)
+    if isinstance(value, DatasetSource):
+        return value
+    return DatasetSource(**value) if isinstance(value, dict) else DatasetSource(path=value)
+
+
+def _to_sources(values: list) -> list[DatasetSource]:
+    return [_to_source(v) for v in _flat(values)]
 
 
 def _positive(recipe: Any, *keys: str) -> None:
@@ -1112,14 +1182,43 @@ def _json_dict(text: str) -> dict:
     return value
 
 
+def _json_list_item(item_type: Any):
+    """A list key's item type that also reads a whole JSON list (`--datasets '[{"path": "a.jsonl", "weight": 2}]'`):
+    such a value becomes a nested list, flattened when the recipe is built."""
+
+    def convert(text: str):
+        if not text.lstrip().startswith("["):
+            return item_type(text)
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"invalid JSON list {text!r}: {exc.msg}") from None
+        if not isinstance(items, list):
+            raise argparse.ArgumentTypeError(f"expected a JSON list, got {text!r}")
+        return [
+            item_type(**i) if dataclasses.is_dataclass(item_type) and isinstance(i, dict) else i
+            for i in items
+        ]
+
+    convert.__name__ = getattr(item_type, "__name__", "value")
+    return convert
+
+
+def _flat(values: list) -> list:
+    return [v for item in values for v in (item if isinstance(item, list) else [item])]
+
+
 class _Parser(TrlParser):
-    """TRL's parser, raising `RecipeError` instead of printing usage and exiting; dict keys read JSON."""
+    """TRL's parser, raising `RecipeError` instead of printing usage and exiting; dict keys read JSON, list keys
+    a JSON list as well as space-separated values."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for action in self._actions:
             if action.type is dict or typing.get_origin(action.type) is dict:
                 action.type = _json_dict
+            elif action.nargs in ("+", "*") and action.type is not None:
+                action.type = _json_list_item(action.type)
 
     def error(self, message: str):
         key = None
@@ -1348,6 +1447,10 @@ def parse_recipe(stage: str, argv: Sequence[str], *, static: bool = False) -> An
     except (ValueError, TypeError) as exc:
         key = _guess_key(str(exc), [*values, *cli])
         raise origin.locate(RecipeError(str(exc).strip(), key=key)) from None
+    for f in dataclasses.fields(recipe):  # list keys given as a JSON list on the command line
+        value = getattr(recipe, f.name, None)
+        if isinstance(value, list) and any(isinstance(v, list) for v in value):
+            setattr(recipe, f.name, _flat(value))
     recipe.origin = origin
     try:
         if has_output:  # first: the one check that protects data (a stage replaces its output_dir)

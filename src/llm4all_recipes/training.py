@@ -9,7 +9,7 @@ A stage module (stages/sft.py, ...) reads top to bottom with these calls:
     with staged_output(recipe, "sft", resume=True) as tmp:       # claims <output_dir>.tmp (lock, fingerprint)
         model = load_model(...)
         trainer, metrics = fit(recipe, tmp, ...)                   # resumes from its last complete checkpoint
-        save_trained(trainer, tmp, recipe)
+        save_trained(trainer, tmp, recipe, metrics)
         finish(tmp, ...)                                           # recipe.yaml, metrics.json, lineage, card
 """
 
@@ -185,6 +185,42 @@ def _eval_summary(metrics: dict[str, float], labels: list[str]) -> dict[str, dic
     return out
 
 
+def set_trainable(model, mode: str, use_peft: bool = False) -> str:
+    """Freeze what the recipe's `trainable` does not train; returns the mode applied (auto resolved)."""
+    from .compression.lowrank import LowRankLinear
+    from .errors import RecipeError
+
+    factors = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+    if use_peft or mode == "lora":
+        return "lora"  # peft freezes the base model itself
+    if mode == "auto":
+        mode = "factors" if factors else "all"
+    if mode == "all":
+        return mode
+    if not factors:
+        raise RecipeError(
+            f"{mode} needs a low-rank (compressed) model: this one has no factored layer", key="trainable"
+        )
+    model.requires_grad_(False)
+    for module in factors:
+        module.requires_grad_(True)
+    if mode == "factors+norms":
+        for module in model.modules():
+            if "norm" in type(module).__name__.lower():
+                module.requires_grad_(True)
+    return mode
+
+
+def text_eval_rows(evals: dict, tokenizer, max_length: int) -> dict:
+    """Held-out text sets as fixed-length token blocks (labels = inputs) for the Trainer's evaluation."""
+    import datasets
+
+    from .data.packing import text_rows
+
+    return {label: datasets.Dataset.from_list(text_rows(list(ds["text"]), tokenizer, max_length)[0])
+            for label, ds in evals.items()}  # fmt: skip
+
+
 def make_trainer(
     recipe: Any,
     tmp: Path,
@@ -214,6 +250,15 @@ def make_trainer(
         args.include_num_input_tokens_seen = "non_padding"
     if not eval_datasets:
         args.eval_strategy = "no"
+    mode = set_trainable(model, getattr(recipe, "trainable", "all"), peft_config is not None)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info(
+        "trainable: %s, %s of %s parameters",
+        mode,
+        f"{trained:,}",
+        f"{sum(p.numel() for p in model.parameters()):,}",
+    )
+    args.trainable = mode
     return trainer_cls(
         model=model,
         args=args,
@@ -249,12 +294,16 @@ def fit(recipe: Any, tmp: Path, *, eval_datasets: dict, **kwargs):
         # killed after its last checkpoint: the Trainer would train one step past max_steps, so load it instead
         from transformers import TrainerState
 
-        trainer._load_from_checkpoint(resume)
         trainer.state = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json"))
+        best = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+        trainer._load_from_checkpoint(best if best and os.path.isdir(best) else resume)
         result_metrics = {}
     else:
         result_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     after = _eval_summary(trainer.evaluate(), labels) if labels else {}
+    kept = kept_state(trainer, before, labels)
+    if kept.get("kept") == "start":
+        after = before
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics = {
         "train": {
@@ -263,6 +312,8 @@ def fit(recipe: Any, tmp: Path, *, eval_datasets: dict, **kwargs):
             "first_logged_loss": losses[0] if losses else None,
             "last_logged_loss": losses[-1] if losses else None,
             "num_tokens": trainer.state.num_input_tokens_seen,
+            "trainable": trainer.args.trainable,
+            **kept,
         },
         "eval_before": before,
         "eval": after,
@@ -273,11 +324,61 @@ def fit(recipe: Any, tmp: Path, *, eval_datasets: dict, **kwargs):
     return trainer, metrics
 
 
-def save_trained(trainer, tmp: Path, recipe: Any) -> None:
-    """Final weights at the root of `tmp` (safetensors). LoRA: adapter in adapter/, merged model at the root."""
+def kept_state(trainer, before: dict, labels: list[str]) -> dict[str, Any]:
+    """With keep_best: which state the run keeps — the best checkpoint on held-out loss, or the starting model when
+    no step beat it (then the stage writes the starting model unchanged)."""
+    if not trainer.args.load_best_model_at_end or not labels:
+        return {}
+    label = labels[0]
+    start, best = before[label]["loss"], trainer.state.best_metric
+    facts = {
+        "selected_on": label,
+        "start_loss": start,
+        "best_loss": best,
+        "best_step": trainer.state.best_global_step,
+    }
+    if best is None or best >= start:
+        logger.warning("NO STEP IMPROVED the held-out loss on %s (start %.4f, best %s): the output is the starting "
+                       "model, unchanged. Lower the learning rate or check the data.", label, start,
+                       "none" if best is None else f"{best:.4f}")  # fmt: skip
+        return {**facts, "kept": "start"}
+    logger.info("keeping the best state: step %s, held-out loss on %s %.4f (start %.4f)", facts["best_step"], label,
+                best, start)  # fmt: skip
+    return {**facts, "kept": "best"}
+
+
+def training_facts_md(metrics: dict) -> list[str]:
+    """Card lines: what was trained, and which state was kept (keep_best)."""
+    train = metrics["train"]
+    lines = [f"- trained: `{train.get('trainable', 'all')}`, {metrics['trainable_parameters']:,} of "
+             f"{metrics['parameters']:,} parameters"]  # fmt: skip
+    if train.get("kept") == "start":
+        best = (
+            "none" if train["best_loss"] is None else f"{train['best_loss']:.4f} at step {train['best_step']}"
+        )
+        lines.append(f"- **no step improved the held-out loss** on `{train['selected_on']}` (start {train['start_loss']:.4f}, "
+                     f"best {best}): **this is the starting model, unchanged**")  # fmt: skip
+    elif train.get("kept") == "best":
+        lines.append(f"- kept the best state on held-out `{train['selected_on']}`: step {train['best_step']} of "
+                     f"{train['global_step']} (loss {train['start_loss']:.4f} → {train['best_loss']:.4f})")  # fmt: skip
+    return lines
+
+
+def save_trained(trainer, tmp: Path, recipe: Any, metrics: dict):
+    """Final weights at the root of `tmp` (safetensors); returns the model they are. LoRA: adapter in adapter/,
+    merged model at the root. When no step beat the starting model (keep_best), the starting model itself."""
+    from .models import load_model
+
+    if metrics["train"].get("kept") == "start":
+        model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+        if trainer.is_world_process_zero():
+            model.save_pretrained(str(tmp))
+            trainer.processing_class.save_pretrained(str(tmp))
+        trainer.accelerator.wait_for_everyone()
+        return model
     if not getattr(recipe, "use_peft", False):
         trainer.save_model(str(tmp))
-        return
+        return trainer.model
     adapter = tmp / "adapter"
     trainer.save_model(str(adapter))
     if recipe.merge_lora and trainer.is_world_process_zero():
@@ -287,6 +388,7 @@ def save_trained(trainer, tmp: Path, recipe: Any) -> None:
         merged.save_pretrained(str(tmp))
         trainer.processing_class.save_pretrained(str(tmp))
     trainer.accelerator.wait_for_everyone()
+    return trainer.model.merge_and_unload() if recipe.merge_lora else trainer.model
 
 
 def eval_results(metrics: dict) -> list[dict[str, Any]]:

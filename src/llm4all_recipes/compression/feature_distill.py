@@ -54,6 +54,20 @@ class DistillConfig:
     batch_size: int = 8
     eval_every: int = 20
     device: str = "cpu"
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.05
+    early_stopping_patience: int | None = None
+
+
+def lr_factor(step: int, steps: int, cfg: DistillConfig) -> float:
+    """Multiplier of the peak rate at `step` (0-based): linear warm-up, then cosine to 10 % (or constant)."""
+    warmup = math.ceil(cfg.warmup_ratio * steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.lr_scheduler_type == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -116,6 +130,7 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
     tokens_per_step = pairs[0][0].shape[0] * pairs[0][0].shape[1]
     budget = cfg.tokens_per_block or tokens_per_step * len(pairs)
     steps = max(1, math.ceil(budget / tokens_per_step))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, steps, cfg))
 
     def evaluate() -> float:
         block.eval()
@@ -129,6 +144,7 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
         [(0, initial)],
     )
     block.train()
+    trained = 0
     for step in tqdm(range(1, steps + 1), desc=f"distil block {layer}", leave=False):
         x, y, kw = pairs[(step - 1) % len(pairs)]
         with _autocast(device, compute):
@@ -138,6 +154,8 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step()
+        trained = step
         if step % cfg.eval_every == 0 or step == steps:
             current = evaluate()
             history.append((step, current))
@@ -145,13 +163,18 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
                 best, best_step = current, step
                 best_state = {n: p.detach().cpu().clone() for n, p in params.items()}
             block.train()
+            stale = (step - best_step) // cfg.eval_every
+            if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
+                logger.info("block %d: no held-out improvement in %d evaluations, stopping at step %d of %d", layer,
+                            stale, step, steps)  # fmt: skip
+                break
     final = history[-1][1]
     with torch.no_grad():
         for n, p in params.items():
             p.data = best_state[n].to(device=p.device, dtype=originals[n])
             p.requires_grad_(False)
     block.eval()
-    return BlockReport(layer, initial, best, final, best_step, steps, history)
+    return BlockReport(layer, initial, best, final, best_step, trained, history)
 
 
 @torch.no_grad()

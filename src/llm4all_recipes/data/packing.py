@@ -52,7 +52,7 @@ class StackCollator:
         self.keys = keys
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {k: torch.tensor([f[k] for f in features]) for k in self.keys}
+        batch = {k: torch.tensor([f[k] for f in features]) for k in self.keys if k in features[0]}
         if "attention_mask" in batch:
             width = int(batch["attention_mask"].sum(1).max())
             batch = {k: v[:, :width] for k, v in batch.items()}

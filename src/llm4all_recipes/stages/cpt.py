@@ -23,7 +23,7 @@ from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
 from ..trainers.cpt import CPTTrainer
-from ..training import eval_results, fit, save_trained
+from ..training import eval_results, fit, save_trained, text_eval_rows, training_facts_md
 from .sft import lora_config
 
 logger = logging.getLogger(__name__)
@@ -110,13 +110,13 @@ def run(recipe: CPTRecipe, callbacks=None):
         recipe.packing, recipe.remove_unused_columns = False, False
         recipe.dataset_kwargs = {"skip_prepare_dataset": True}  # rows are packed per source here
         trainer, metrics = fit(
-            recipe, tmp, model=model, tokenizer=tokenizer, train_dataset=rows, eval_datasets={}, trainer_cls=CPTTrainer,
+            recipe, tmp, model=model, tokenizer=tokenizer, train_dataset=rows, trainer_cls=CPTTrainer,
+            eval_datasets=text_eval_rows(evals, tokenizer, recipe.max_length) if recipe.keep_best else {},
             peft_config=lora_config(recipe) if recipe.use_peft else None, callbacks=callbacks,
             data_collator=StackCollator(("input_ids", "attention_mask", "labels", "kl_mask")), teacher_model=reference,
             kl_coef=recipe.kl_coef, kd_loss=recipe.kd_loss, kd_beta=recipe.kd_beta, kd_temperature=recipe.kd_temperature,
         )  # fmt: skip
-        save_trained(trainer, tmp, recipe)
-        trained = trainer.model.merge_and_unload() if recipe.use_peft and recipe.merge_lora else trainer.model
+        trained = save_trained(trainer, tmp, recipe, metrics)
         after = held_out_perplexities(
             trained, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="after"
         )
@@ -157,6 +157,7 @@ def cpt_md(recipe: CPTRecipe, metrics: dict) -> str:
         f"(re-warm, re-decay); {metrics['train']['global_step']} steps",
         f"- KL to `{recipe.reference_model_name_or_path or recipe.model_name_or_path}`: "
         + (f"{recipe.kd_loss} × {recipe.kl_coef} on {recipe.kl_on} tokens" if recipe.kl_coef else "off"),
+        *training_facts_md(metrics),
     ]
     if "forgetting" in metrics:
         f = metrics["forgetting"]

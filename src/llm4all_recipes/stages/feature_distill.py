@@ -75,7 +75,8 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
     train_ids, hold_ids = split_windows(recipe, corpus_ids(tokenizer, calib["text"]))
     device = resolve_device(recipe.device)
     cfg = DistillConfig(recipe.schedule, recipe.joint_inputs, recipe.learning_rate, recipe.weight_decay,
-                        recipe.tokens_per_block, recipe.calibration_batch_size, recipe.eval_every, device)  # fmt: skip
+                        recipe.tokens_per_block, recipe.calibration_batch_size, recipe.eval_every, device,
+                        recipe.lr_scheduler_type, recipe.warmup_ratio, recipe.early_stopping_patience)  # fmt: skip
     if recipe.dry_run:
         tokens = recipe.tokens_per_block or train_ids.numel()
         print(f"# feature-distill {recipe.model_name_or_path} <- {teacher_path} ({recipe.schedule}); {train_ids.numel()} "
@@ -101,12 +102,20 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
         after = held_out_perplexities(
             student, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="after"
         )
+        tokens_per_step = train_ids.shape[1] * recipe.calibration_batch_size
+        unchanged = [r.layer for r in reports if r.best_step == 0]
+        if unchanged:
+            logger.warning("blocks %s kept their compressed state: no step improved their held-out loss%s", unchanged,
+                           " (NO block improved: lower the learning rate?)" if len(unchanged) == len(reports) else "")  # fmt: skip
         student.config.compression_config["feature_distill"] = {
             "teacher": teacher_path, "schedule": recipe.schedule, "joint_inputs": recipe.joint_inputs,
-            "learning_rate": recipe.learning_rate, "tokens_per_block": reports[0].steps * train_ids.shape[1] * recipe.calibration_batch_size if reports else 0,
+            "learning_rate": recipe.learning_rate, "lr_scheduler_type": recipe.lr_scheduler_type,
+            "tokens_per_block": recipe.tokens_per_block or train_ids.numel(),
         }  # fmt: skip
         metrics = {
             "blocks": [{k: v for k, v in r.__dict__.items() if k != "history"} for r in reports],
+            "tokens_trained": sum(r.steps for r in reports) * tokens_per_step,  # over all blocks
+            "text_tokens": max((r.steps for r in reports), default=0) * tokens_per_step,  # the text they learnt on
             "eval_before": before, "eval": after, "data": data_report,
             "parameters": sum(p.numel() for p in student.parameters()),
         }  # fmt: skip
@@ -129,8 +138,14 @@ def distill_md(recipe: FeatureDistillRecipe, teacher: str, metrics: dict) -> str
     lines = [
         f"Lillama feature distillation from `{teacher}`: schedule `{recipe.schedule}`"
         + (" with both input streams" if recipe.joint_inputs else "")
-        + f", AdamW lr {recipe.learning_rate}, loss mean|a−y| − log σ(cos(a, y)); each block keeps its best state "
-        "on held-out calibration windows.",
+        + f", AdamW peak lr {recipe.learning_rate} ({recipe.lr_scheduler_type} after {recipe.warmup_ratio:.0%} warm-up), "
+        "loss mean|a−y| − log σ(cos(a, y)); each block keeps its best state on held-out calibration windows"
+        + (
+            f" and stops after {recipe.early_stopping_patience} evaluations without improvement"
+            if recipe.early_stopping_patience
+            else ""
+        )
+        + f". {metrics['tokens_trained']:,} block-training tokens in all.",
         "",
         "| block | held-out loss before | best | at step | steps |",
         "|---:|---:|---:|---:|---:|",

@@ -26,7 +26,15 @@ from ..trainers.kd import (
     model_identity,
     tokenizer_hash,
 )
-from ..training import eval_results, fit, load_data, print_plan, save_trained
+from ..training import (
+    eval_results,
+    fit,
+    load_data,
+    print_plan,
+    save_trained,
+    text_eval_rows,
+    training_facts_md,
+)
 from .sft import lora_config
 
 logger = logging.getLogger(__name__)
@@ -129,13 +137,13 @@ def run(recipe: KDRecipe, callbacks=None):
 
         # 3. Train: TRL's SFT machinery, KD loss (resume from <output_dir>.tmp).
         trainer, metrics = fit(
-            recipe, tmp, model=student, tokenizer=tokenizer, train_dataset=train, eval_datasets={}, trainer_cls=KDTrainer,
+            recipe, tmp, model=student, tokenizer=tokenizer, train_dataset=train, trainer_cls=KDTrainer,
+            eval_datasets=text_eval_rows(perplexity_sets, tokenizer, recipe.max_length) if recipe.keep_best else {},
             peft_config=lora_config(recipe) if recipe.use_peft else None, callbacks=callbacks, data_collator=collator,
             teacher_model=None if recipe.teacher_cache else teacher, kd_loss=recipe.kd_loss, kd_beta=recipe.kd_beta,
             kd_temperature=recipe.kd_temperature, kd_alpha=recipe.kd_alpha,
         )  # fmt: skip
-        save_trained(trainer, tmp, recipe)
-        healed = trainer.model.merge_and_unload() if recipe.use_peft and recipe.merge_lora else trainer.model
+        healed = save_trained(trainer, tmp, recipe, metrics)
         after = held_out_perplexities(
             healed,
             tokenizer,
@@ -175,6 +183,7 @@ def distillation_md(recipe: KDRecipe, metrics: dict) -> str:
         + ("assistant tokens" if recipe.data_format == "messages" else "every token"),
         f"- {metrics['train']['global_step']} steps, learning rate {recipe.learning_rate}, tokens seen "
         f"{int(metrics['train'].get('num_tokens') or 0):,}",
+        *training_facts_md(metrics),
     ]
     for k, v in metrics["eval"].items():
         t = metrics["teacher_eval"].get(k, {}).get("perplexity")

@@ -126,6 +126,11 @@ def _row(step, recipe, status: str, seconds: float) -> dict:
         scores = metrics.get(task)
         if isinstance(scores, dict):  # an eval's task scores (build-dataset reports counts under these names)
             rouge |= {f"{task} {k}": v for k, v in scores.items() if k.startswith("rouge")}
+    blocks = metrics.get("blocks") or []
+    if metrics.get("train", {}).get("kept") == "start" or (
+        blocks and all(b["best_step"] == 0 for b in blocks)
+    ):
+        status += " — UNCHANGED: no step improved the held-out loss"
     return {
         "step": step.name,
         "status": status,

@@ -12,7 +12,7 @@ from ..errors import RecipeError
 from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer
 from ..outputs import finish, staged_output
-from ..training import eval_results, fit, load_data, print_plan, save_trained
+from ..training import eval_results, fit, load_data, print_plan, save_trained, training_facts_md
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def run(recipe: SFTRecipe, callbacks=None):
             callbacks=callbacks,
         )
         metrics["data"] = report
-        save_trained(trainer, tmp, recipe)
+        save_trained(trainer, tmp, recipe, metrics)
         finish(
             tmp,
             stage="sft",
@@ -101,6 +101,7 @@ def _training_md(recipe: SFTRecipe, metrics: dict) -> str:
         f"{recipe.per_device_train_batch_size} × {recipe.gradient_accumulation_steps} sequences per device and step, "
         f"{metrics['world_size']} process(es)",
         f"- max length: {recipe.max_length} tokens; final train loss {train.get('train_loss', float('nan')):.4f}",
+        *training_facts_md(metrics),
     ]
     for label, after in metrics["eval"].items():
         before = metrics["eval_before"].get(label, {})

@@ -48,7 +48,7 @@ def run(recipe: TinyModelRecipe, callbacks=None):
             perplexity_ratio={k: after[k]["perplexity"] / before[k]["perplexity"] for k in after},
             data=report,
         )
-        save_trained(trainer, tmp, recipe)
+        save_trained(trainer, tmp, recipe, metrics)
         finish(
             tmp,
             stage="tiny-model",

@@ -38,16 +38,17 @@ class CPTTrainer(KDTrainer):
         return ce, kl
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
+        if not model.training:
+            return self.held_out_loss(model, inputs, return_outputs)
+        mode = "train"
         ce, kl = self.loss_terms(model, inputs, num_items_in_batch)
         loss = ce + self.kl_coef * kl
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
         self._metrics[mode]["ce"].append(float(ce.detach()))
         self._metrics[mode]["kl"].append(float(kl.detach()))
-        if mode == "train":
-            self._total_train_tokens += (
-                self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
-            )
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        self._total_train_tokens += (
+            self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+        )
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return (loss, None) if return_outputs else loss

@@ -20,7 +20,7 @@ import torch
 from trl import SFTTrainer
 
 from ..data.packing import StackCollator
-from .losses import distillation_loss
+from .losses import cross_entropy, distillation_loss
 
 
 class KDTrainer(SFTTrainer):
@@ -46,8 +46,20 @@ class KDTrainer(SFTTrainer):
             else:
                 self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
 
+    def held_out_loss(self, model, inputs, return_outputs=False):
+        """Evaluation: the student's own next-token cross-entropy (its log-perplexity), whatever the training loss."""
+        for key in ("teacher_logprobs", "teacher_indices", "row", "kl_mask"):
+            inputs.pop(key, None)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, use_cache=False)
+        targets = labels[:, 1:]
+        loss = cross_entropy(outputs.logits[:, :-1, : self.vocab_size], targets, targets != -100)
+        return (loss, outputs) if return_outputs else loss
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
+        if not model.training:
+            return self.held_out_loss(model, inputs, return_outputs)
+        mode = "train"
         cached = {k: inputs.pop(k) for k in ("teacher_logprobs", "teacher_indices") if k in inputs}
         inputs.pop("row", None)
         labels = inputs["labels"]
@@ -71,7 +83,7 @@ class KDTrainer(SFTTrainer):
                                  **{k: v for k, v in self.kd.items()})  # fmt: skip
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
-        if mode == "train" and "attention_mask" in inputs:
+        if "attention_mask" in inputs:
             self._total_train_tokens += (
                 self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
             )
@@ -116,6 +128,8 @@ class CachedTeacherCollator(StackCollator):
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = super().__call__(features)
+        if "row" not in features[0]:  # held-out rows: no teacher needed
+            return batch
         logprobs, indices = self.cache.rows([f["row"] for f in features])
         width = batch["input_ids"].shape[1]
         batch["teacher_logprobs"], batch["teacher_indices"] = logprobs[:, :width], indices[:, :width]

@@ -1,0 +1,153 @@
+"""Healing benchmark: how much of the perplexity gap the shipped recipes recover, through the `llm4all` CLI.
+
+    python benchmarks/healing.py --model outputs/bench/french-bench --data benchmarks/data/manpages-fr \
+        --name french-bench [--ratios 0.4 0.6 0.8] [--arms default] [--write-docs]
+
+For each ratio: `compress` (recipes/tiny-llama/compress/whitening-60.yaml, the ratio overridden), then every
+arm: `feature-distill` (recipes/tiny-llama/feature-distill/whitening-60.yaml) and/or `kd`
+(recipes/tiny-llama/kd/heal.yaml) with the arm's overrides; only the model and data paths of the shipped
+recipes change otherwise. Calibration and training text: `<data>/old_train.jsonl`; held-out:
+`<data>/old_eval.jsonl` (the gap) and `<data>/new_eval.jsonl` (reported). The gap recovered by a healed model
+is (compressed − healed) / (compressed − dense) on old_eval perplexity; tokens are the text tokens the
+stages trained on (feature distillation: the longest block's steps × tokens per step — every block learns on
+the same calibration text; kd: tokens seen).
+
+Every stage output lands under outputs/bench/healing-<name>/ and is reused by a rerun (a finished stage is
+skipped), so the grid can be extended or interrupted. Results: benchmarks/results/healing-<name>.json; with
+--write-docs, the `healing-<name>` section of docs/BENCHMARKS.md.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from report import command_line, machine, write_section
+
+from llm4all_recipes.cli import run_stage
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COMPRESS = "recipes/tiny-llama/compress/whitening-60.yaml"
+FD = "recipes/tiny-llama/feature-distill/whitening-60.yaml"
+KD = "recipes/tiny-llama/kd/heal.yaml"
+
+# name -> (feature-distill overrides or None to skip the stage, kd overrides or None)
+ARMS: dict[str, tuple[list[str] | None, list[str] | None]] = {
+    "default": ([], []),  # the shipped recipes as they are
+    "fd-only": ([], None),
+    "kd-only": (None, []),
+    "kd-all": ([], ["--trainable", "all"]),
+    "kd-factors+norms": ([], ["--trainable", "factors+norms"]),
+    "kd-lr1e-4": ([], ["--learning_rate", "1e-4"]),
+    "kd-lr3e-4": ([], ["--learning_rate", "3e-4"]),
+    "kd-lr3e-3": ([], ["--learning_rate", "3e-3"]),
+    "fd-lr3e-4": (["--learning_rate", "3e-4"], None),
+    "fd-lr1e-3": (["--learning_rate", "1e-3"], None),
+    "fd-constant": (["--lr_scheduler_type", "constant"], None),
+    "fd-joint": (["--joint_inputs", "true"], None),
+    "fd-sequential": (["--schedule", "sequential"], None),
+}
+
+
+def read(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def stage(name: str, argv: list[str], out: Path) -> tuple[dict, float]:
+    """Run a stage unless its output exists; (metrics, seconds)."""
+    if not (out / "metrics.json").is_file():
+        start = time.perf_counter()
+        run_stage(name, [*argv, "--output_dir", str(out), "--push_to_hub", "false"])
+        (out / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
+    return read(out), float((out / "seconds.txt").read_text()) if (out / "seconds.txt").is_file() else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="the dense model (a folder)")
+    parser.add_argument("--data", required=True, help="folder with old_train/old_eval/new_eval.jsonl")
+    parser.add_argument("--name", required=True, help="results name: healing-<name>")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.4, 0.6, 0.8])
+    parser.add_argument("--arms", nargs="+", default=["default"], choices=sorted(ARMS))
+    parser.add_argument("--write-docs", action="store_true", help="write the section of docs/BENCHMARKS.md")
+    args = parser.parse_args()
+
+    data = Path(args.data)
+    sources = ["--datasets", json.dumps([str(data / "old_train.jsonl")]),
+               "--eval_datasets", json.dumps([str(data / "old_eval.jsonl"), str(data / "new_eval.jsonl")])]  # fmt: skip
+    root = Path("outputs/bench") / f"healing-{args.name}"
+    results_file = RESULTS / f"healing-{args.name}.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {"rows": []}
+    rows = {(r["ratio"], r["arm"]): r for r in results["rows"]}
+    for ratio in args.ratios:
+        tag = f"w{round(ratio * 100)}"
+        compressed, seconds = stage("compress", ["--config", COMPRESS, "--model_name_or_path", args.model,
+                                                 "--ratio", str(ratio), *sources], root / tag / "compress")  # fmt: skip
+        dense = compressed["eval_before"]["old_eval"]["perplexity"]
+        start = compressed["eval"]["old_eval"]["perplexity"]
+        for arm in args.arms:
+            fd_over, kd_over = ARMS[arm]
+            row = {"ratio": ratio, "arm": arm, "dense": dense, "compressed": start,
+                   "dense_new": compressed["eval_before"]["new_eval"]["perplexity"],
+                   "compressed_new": compressed["eval"]["new_eval"]["perplexity"],
+                   "parameters": compressed["parameters"], "compress_seconds": seconds}  # fmt: skip
+            student = root / tag / "compress"
+            if fd_over is not None:
+                fd_name = "fd" if not fd_over else "fd-" + "-".join(a.lstrip("-") for a in fd_over)
+                fd, secs = stage("feature-distill", ["--config", FD, "--model_name_or_path", str(student),
+                                                     *sources, *fd_over], root / tag / fd_name)  # fmt: skip
+                row.update(fd=fd["eval"]["old_eval"]["perplexity"], fd_new=fd["eval"]["new_eval"]["perplexity"],
+                           fd_tokens=fd["text_tokens"], fd_seconds=secs)  # fmt: skip
+                student = root / tag / fd_name
+            if kd_over is not None:
+                kd_name = f"{student.name}+kd" + (
+                    "" if not kd_over else "-" + "-".join(a.lstrip("-") for a in kd_over)
+                )
+                kd, secs = stage("kd", ["--config", KD, "--model_name_or_path", str(student), "--teacher_model_name_or_path",
+                                        args.model, *sources, *kd_over], root / tag / kd_name)  # fmt: skip
+                row.update(kd=kd["eval"]["old_eval"]["perplexity"], kd_new=kd["eval"]["new_eval"]["perplexity"],
+                           kd_tokens=kd["train"]["num_tokens"], kd_seconds=secs, kd_kept=kd["train"].get("kept"),
+                           kd_trainable=kd["train"].get("trainable"))  # fmt: skip
+            final = row.get("kd", row.get("fd", start))
+            row["recovered"] = (start - final) / (start - dense) if start > dense else None
+            row["tokens"] = row.get("fd_tokens", 0) + row.get("kd_tokens", 0)
+            rows[(ratio, arm)] = row
+            results = {"command": command_line(), "machine": machine(), "model": args.model, "data": args.data,
+                       "rows": sorted(rows.values(), key=lambda r: (r["ratio"], r["arm"]))}  # fmt: skip
+            results_file.write_text(json.dumps(results, indent=2) + "\n")
+            print(json.dumps(row))
+    if args.write_docs:
+        write_section(f"healing-{args.name}", report(results, args.name))
+
+
+def report(results: dict, name: str) -> str:
+    def ppl(r, key):
+        return f"{r[key]:.2f}" if key in r else "-"
+
+    lines = [
+        f"## Healing on `{name}`: compress (whitening) → feature distillation → KD, shipped recipes",
+        "",
+        "```bash",
+        results["command"],
+        "```",
+        "",
+        f"{results['machine']}. Model `{results['model']}`, data `{results['data']}`. Perplexity on old_eval "
+        "(new_eval in brackets); recovered = share of the compression gap closed on old_eval; tokens = training "
+        "text tokens of feature distillation (per block) + KD.",
+        "",
+        "| removed | arm | dense | compressed | + feature distillation | + KD | recovered | tokens |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        rec = "-" if r["recovered"] is None else f"{r['recovered']:.0%}"
+        lines.append(
+            f"| {r['ratio']:.0%} | {r['arm']} | {r['dense']:.2f} ({r['dense_new']:.1f}) | {r['compressed']:.2f} "
+            f"({r['compressed_new']:.1f}) | {ppl(r, 'fd')} | {ppl(r, 'kd')} | {rec} | {r['tokens']:,} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
