@@ -1,6 +1,8 @@
 """Recipes: TRL-parser parsing into typed dataclasses, YAML vs CLI precedence, and bad recipes failing
 with one clear message (file, key, line), exit status 2, before any model is loaded."""
 
+import json
+
 import pytest
 
 from llm4all_recipes import configs
@@ -228,3 +230,30 @@ def test_stage_help_lists_keys(capsys):
     assert main(["sft", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--assistant_only_loss" in out and "--datasets" in out and "--use_peft" in out
+
+
+def test_list_keys_take_json_on_the_command_line(recipe_file, base, tmp_path):
+    path = recipe_file(base())
+    more = tmp_path / "more.jsonl"
+    more.write_text(open(CHAT, encoding="utf-8").readline(), encoding="utf-8")
+    entries = json.dumps([{"path": CHAT, "weight": 2}, str(more)])
+    recipe = parse_recipe(
+        "sft", ["--config", path, "--datasets", entries, "--lora_target_modules", '["q_proj", "v_proj"]']
+    )
+    assert recipe.datasets == [DatasetSource(path=CHAT, weight=2), DatasetSource(path=str(more))]
+    assert recipe.lora_target_modules == ["q_proj", "v_proj"]
+    spaced = parse_recipe("sft", ["--config", path, "--lora_target_modules", "q_proj", "v_proj"])
+    assert spaced.lora_target_modules == ["q_proj", "v_proj"]  # space-separated values still work
+    resolved = configs.resolved_recipe(recipe)
+    assert resolved["datasets"] == [{"path": CHAT, "weight": 2}, {"path": str(more)}]
+    with pytest.raises(RecipeError, match="invalid JSON list"):
+        parse_recipe("sft", ["--config", path, "--datasets", '[{"path": '])
+
+
+def test_secret_keys_are_filtered_by_name_not_by_substring(recipe_file, base):
+    recipe = parse_recipe("sft", ["--config", recipe_file(base("hub_token: hf_x\n")), "--max_length", "64"])
+    resolved = configs.resolved_recipe(recipe)
+    assert "hub_token" not in resolved and resolved["max_length"] == 64
+    assert configs.is_secret("hub_token") and not configs.is_secret("tokens_per_block")
+    assert not any(configs.is_secret(k) for k in ("max_new_tokens", "chunk_tokens", "tokenizer_name_or_path",
+                                                  "pad_token", "eos_token"))  # fmt: skip
