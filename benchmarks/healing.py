@@ -46,6 +46,11 @@ ARMS: dict[str, tuple[list[str] | None, list[str] | None]] = {
     "fd-constant": (["--lr_scheduler_type", "constant"], None),
     "fd-joint": (["--joint_inputs", "true"], None),
     "fd-sequential": (["--schedule", "sequential"], None),
+    "fd-n256": (["--num_calibration_samples", "256"], None),  # 4x the distinct calibration text, same budget
+    "fd-n256-lr1e-3": (["--num_calibration_samples", "256", "--learning_rate", "1e-3"], None),
+    "fd-n256-lr1e-3+kd": (["--num_calibration_samples", "256", "--learning_rate", "1e-3"], []),
+    "fd-lr1e-3+kd": (["--learning_rate", "1e-3"], []),
+    "kd-steps200": ([], ["--max_steps", "200"]),
 }
 
 

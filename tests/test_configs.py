@@ -2,6 +2,7 @@
 with one clear message (file, key, line), exit status 2, before any model is loaded."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -235,7 +236,7 @@ def test_stage_help_lists_keys(capsys):
 def test_list_keys_take_json_on_the_command_line(recipe_file, base, tmp_path):
     path = recipe_file(base())
     more = tmp_path / "more.jsonl"
-    more.write_text(open(CHAT, encoding="utf-8").readline(), encoding="utf-8")
+    more.write_text(Path(CHAT).read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
     entries = json.dumps([{"path": CHAT, "weight": 2}, str(more)])
     recipe = parse_recipe(
         "sft", ["--config", path, "--datasets", entries, "--lora_target_modules", '["q_proj", "v_proj"]']

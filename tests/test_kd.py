@@ -238,3 +238,19 @@ def test_factor_only_training_changes_no_other_parameter(svd80_compressed, tiny_
 def test_factors_need_a_low_rank_student(tiny_model, tmp_path, capsys):
     assert main(short_kd(tiny_model, tiny_model, tmp_path / "o", "--trainable", "factors")) == 2
     assert "key 'trainable': factors needs a low-rank (compressed) model" in capsys.readouterr().err
+
+
+def test_chat_distillation_recipe_evaluates_on_held_out_text(svd80_compressed, tiny_model, tmp_path):
+    """chat-distill.yaml trains on conversations and keeps its best state on held-out *text* (its eval_datasets
+    were once loaded as chat sets, which failed)."""
+    out = tmp_path / "chat"
+    argv = ["kd", "--config", "recipes/tiny-llama/kd/chat-distill.yaml", "--model_name_or_path", str(svd80_compressed),
+            "--teacher_model_name_or_path", str(tiny_model), "--output_dir", str(out), "--max_steps", "2",
+            "--save_steps", "1", "--push_to_hub", "false"]  # fmt: skip
+    assert main(argv) == 0
+    train = json.loads((out / "metrics.json").read_text())["train"]
+    assert (
+        train["selected_on"] == "old_eval"
+        and train["kept"] in ("best", "start")
+        and train["global_step"] == 2
+    )

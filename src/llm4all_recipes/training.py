@@ -36,8 +36,9 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def load_data(recipe: Any, tokenizer=None):
-    """(train dataset, {label: eval dataset}, mixture report) of a recipe's `datasets` / `eval_datasets`.
+def load_data(recipe: Any, tokenizer=None, *, evals: bool = True):
+    """(train dataset, {label: eval dataset}, mixture report) of a recipe's `datasets` / `eval_datasets`
+    (`evals=False`: the stage reads its eval sets itself, e.g. kd's held-out text for chat distillation).
 
     Text stages weight sources by tokens (counted with `tokenizer`), chat stages by rows.
     """
@@ -49,8 +50,8 @@ def load_data(recipe: Any, tokenizer=None):
         size=recipe.mixture_size,
         count_tokens=text_token_counter(tokenizer) if text else None,
     )
-    evals = load_eval_sets(recipe.eval_datasets, needed=recipe.COLUMNS)
-    return train, evals, report
+    held_out = load_eval_sets(recipe.eval_datasets, needed=recipe.COLUMNS) if evals else {}
+    return train, held_out, report
 
 
 def sequence_lengths(dataset, tokenizer, max_length: int | None) -> list[int]:

@@ -87,7 +87,9 @@ def run(recipe: KDRecipe, callbacks=None):
             }
         ]
     else:
-        train, _, report = load_data(recipe, tokenizer)
+        train, _, report = load_data(
+            recipe, tokenizer, evals=False
+        )  # eval_datasets: held-out text, read below
     perplexity_sets = load_eval_sets(recipe.eval_datasets, needed=("text",))
     if recipe.dry_run and recipe.teacher_cache:
         print(
