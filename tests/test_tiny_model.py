@@ -77,3 +77,16 @@ def test_generates_french_looking_text(tiny_model):
     out = model.generate(**inputs, max_new_tokens=20, do_sample=False)
     text = tokenizer.decode(out[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert len(text.split()) >= 3
+
+
+def test_written_files_hold_no_machine_path(tiny_model):
+    """recipe.yaml, lineage.json and the card keep what the recipe said ('chatml'), not where it resolved to."""
+    import os
+
+    from llm4all_recipes import paths
+
+    machine_paths = {str(paths.CHAT_TEMPLATES_DIR.parents[1]), os.getcwd()}
+    for name in ("recipe.yaml", "lineage.json", "README.md", "metrics.json"):
+        text = (tiny_model / name).read_text(encoding="utf-8")
+        assert not [p for p in machine_paths if p in text], name
+    assert yaml.safe_load((tiny_model / "recipe.yaml").read_text())["chat_template_path"] == "chatml"

@@ -1146,28 +1146,36 @@ def has_generation_markers(template: str | None) -> bool:
     return bool(template) and re.search(r"\{%-?\s*generation\s*-?%\}", template) is not None
 
 
-def check_chat_template(value: str, require_generation: bool) -> str:
-    """Resolve a shipped template name to its file; check `{% generation %}` markers when needed."""
-    path = value
+def chat_template_file(value: str) -> Path:
+    """The file of a chat template: a shipped name ('chatml') or a .jinja path (the recipe keeps what it was given,
+    so no machine path reaches recipe.yaml or lineage.json)."""
     if not value.endswith((".jinja", ".j2")) and "/" not in value:
-        path = str(paths.CHAT_TEMPLATES_DIR / f"{value}.jinja")
-        if not os.path.exists(path):
+        return paths.CHAT_TEMPLATES_DIR / f"{value}.jinja"
+    return Path(value)
+
+
+def read_chat_template(value: str) -> str:
+    return chat_template_file(value).read_text(encoding="utf-8")
+
+
+def check_chat_template(value: str, require_generation: bool) -> str:
+    """Check that a chat template exists (a shipped name or a file) and has `{% generation %}` markers when needed."""
+    path = chat_template_file(value)
+    if not path.is_file():
+        if path.parent == paths.CHAT_TEMPLATES_DIR and not value.endswith((".jinja", ".j2")):
             shipped = sorted(p.stem for p in paths.CHAT_TEMPLATES_DIR.glob("*.jinja"))
             raise RecipeError(
                 f"no shipped chat template named '{value}' (shipped: {', '.join(shipped)}); or give a .jinja file",
                 key="chat_template_path",
             )
-    elif not os.path.isfile(path):
         raise RecipeError(f"no such file: {value}", key="chat_template_path")
-    if require_generation:
-        text = Path(path).read_text(encoding="utf-8")
-        if not has_generation_markers(text):
-            raise RecipeError(
-                f"{value} has no {{% generation %}} markers, which assistant_only_loss needs "
-                "(wrap each assistant message in {% generation %}...{% endgeneration %})",
-                key="chat_template_path",
-            )
-    return path
+    if require_generation and not has_generation_markers(path.read_text(encoding="utf-8")):
+        raise RecipeError(
+            f"{value} has no {{% generation %}} markers, which assistant_only_loss needs "
+            "(wrap each assistant message in {% generation %}...{% endgeneration %})",
+            key="chat_template_path",
+        )
+    return value
 
 
 # --------------------------------------------------------------------------- parsing

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..configs import CacheTeacherRecipe
+from ..configs import CacheTeacherRecipe, read_chat_template
 from ..data.packing import chat_rows, text_rows
 from ..errors import RecipeError
 from ..models import load_model, load_tokenizer, resolve_device
@@ -47,8 +47,7 @@ def run(recipe: CacheTeacherRecipe, callbacks=None):
     # 1. Tokeniser, data, packed rows: all before the teacher loads.
     tokenizer = load_tokenizer(recipe.teacher_model_name_or_path, key="teacher_model_name_or_path")
     if recipe.chat_template_path:
-        with open(recipe.chat_template_path, encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()
+        tokenizer.chat_template = read_chat_template(recipe.chat_template_path)
     if recipe.top_k > len(tokenizer):
         raise RecipeError(f"{recipe.top_k} is more than the vocabulary ({len(tokenizer)} tokens; the vocabulary size "
                           "makes the cache exact)", key="top_k")  # fmt: skip

@@ -11,7 +11,7 @@ import logging
 
 from datasets import load_from_disk
 
-from ..configs import KDRecipe
+from ..configs import KDRecipe, read_chat_template
 from ..data.mixture import load_eval_sets
 from ..errors import RecipeError
 from ..evaluation.perplexity import held_out_perplexities
@@ -64,8 +64,7 @@ def run(recipe: KDRecipe, callbacks=None):
     # 1. Tokenisers, data, cache fingerprint: every input error before any model loads.
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     if recipe.chat_template_path:
-        with open(recipe.chat_template_path, encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()
+        tokenizer.chat_template = read_chat_template(recipe.chat_template_path)
     if recipe.teacher_model_name_or_path:
         teacher_tok = load_tokenizer(recipe.teacher_model_name_or_path, key="teacher_model_name_or_path")
         if teacher_tok.get_vocab() != tokenizer.get_vocab():

@@ -7,7 +7,7 @@
 
 import logging
 
-from ..configs import SFTRecipe, has_generation_markers
+from ..configs import SFTRecipe, has_generation_markers, read_chat_template
 from ..errors import RecipeError
 from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer
@@ -33,8 +33,7 @@ def run(recipe: SFTRecipe, callbacks=None):
     # 1. Tokenizer and data: every input error surfaces here, before the model is loaded.
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     if recipe.chat_template_path:
-        with open(recipe.chat_template_path, encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()
+        tokenizer.chat_template = read_chat_template(recipe.chat_template_path)
     if recipe.assistant_only_loss and not has_generation_markers(tokenizer.chat_template):
         raise RecipeError(
             f"assistant_only_loss needs a chat template with {{% generation %}} markers; the tokenizer of "

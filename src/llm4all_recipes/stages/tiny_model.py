@@ -5,9 +5,8 @@ config, pretrain it briefly on the old-domain text, and record its held-out perp
 """
 
 import logging
-from pathlib import Path
 
-from ..configs import TinyModelRecipe
+from ..configs import TinyModelRecipe, read_chat_template
 from ..evaluation.perplexity import held_out_perplexities
 from ..hub import publish_stage_output
 from ..outputs import finish, staged_output
@@ -21,7 +20,7 @@ DEFAULT_RECIPE = "recipes/tiny-llama/tiny-model/base.yaml"
 
 def run(recipe: TinyModelRecipe, callbacks=None):
     # 1. Tokenizer, then data (token-weighted mixture): all before any model exists.
-    template = Path(recipe.chat_template_path).read_text(encoding="utf-8")
+    template = read_chat_template(recipe.chat_template_path)
     tokenizer = build_tokenizer(recipe.tokenizer_files, recipe.tokenizer_vocab_size, template)
     train, evals, report = load_data(recipe, tokenizer)
     if recipe.dry_run:
