@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from report import command_line, machine, write_section
+from report import add_docs_flag, command_line, machine, write_section
 
 from llm4all_recipes.compression import ranks as R
 from llm4all_recipes.compression.calibration import calibration_ids
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--latency-seq-len", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where layers are compressed / distilled and perplexity and latency are measured")  # fmt: skip
+    add_docs_flag(parser)
     args = parser.parse_args()
 
     tokenizer = load_tokenizer(args.model)
@@ -139,7 +140,8 @@ def main() -> None:
                     print(json.dumps(row))
                     # after every row: partial results survive an interruption
                     out.write_text(json.dumps(result, indent=1))
-                    write_section(f"compression-{args.name}", markdown(args, result))
+                    if args.write_docs:
+                        write_section(f"compression-{args.name}", markdown(args, result))
 
 
 def markdown(args, result: dict) -> str:

@@ -16,7 +16,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from report import command_line, machine, write_section
+from report import add_docs_flag, command_line, machine, write_section
 
 from llm4all_recipes.cli import run_stage
 
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--model", default="outputs/tiny-llama/tiny-model/base")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--max-steps", type=int, default=60)
+    add_docs_flag(parser)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,7 +53,8 @@ def main() -> None:
     Path(__file__).resolve().parent.joinpath("results", "forgetting.json").write_text(
         json.dumps(result, indent=1)
     )
-    write_section("forgetting", markdown(args, result))
+    if args.write_docs:
+        write_section("forgetting", markdown(args, result))
 
 
 def markdown(args, result: dict) -> str:

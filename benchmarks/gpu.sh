@@ -69,7 +69,7 @@ demo_steps() {
 }
 
 scale() {
-    timeout "${SCALE_SECONDS:-200}" python3 benchmarks/scale.py ${SCALE_ARGS:---layers 2} 2>&1 | quiet | tee "$OUT/scale.log"
+    timeout "${SCALE_SECONDS:-200}" python3 benchmarks/scale.py ${SCALE_ARGS:---layers 2} --write-docs 2>&1 | quiet | tee "$OUT/scale.log"
     cp benchmarks/results/scale-*.json "$OUT/"
 }
 
@@ -79,7 +79,7 @@ compression() {
     timeout "${COMPRESSION_SECONDS:-280}" python3 benchmarks/compression.py \
         --model outputs/bench/french-small-bf16 --text benchmarks/data/french/train.jsonl \
         --eval benchmarks/data/french/eval.jsonl --name french-small-22m --samples 64 --fd-tokens 65536 \
-        --eval-docs 30 ${COMPRESSION_ARGS:-} 2>&1 | quiet | tee "$OUT/compression.log"
+        --eval-docs 30 --write-docs ${COMPRESSION_ARGS:-} 2>&1 | quiet | tee "$OUT/compression.log"
     cp benchmarks/results/compression-french-*.json "$OUT/"
 }
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import command_line, machine, write_section
+from report import add_docs_flag, command_line, machine, write_section
 
 STEPS, BATCH, LENGTH = 24, 8, 512
 CHAT = "tests/fixtures/chat/train.jsonl"
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--arm", help="(internal) run one speed arm in this process and print its JSON")
     parser.add_argument("--tmp")
     parser.add_argument("--cache")
+    add_docs_flag(parser)
     args = parser.parse_args()
     if args.arm:
         print("RESULT " + json.dumps(arm(args.arm, args.teacher, args.student, args.tmp, args.cache)))
@@ -138,7 +139,8 @@ def main() -> None:
     }
     Path(__file__).resolve().parent.joinpath("results").mkdir(exist_ok=True)
     Path(__file__).resolve().parent.joinpath("results", "kd.json").write_text(json.dumps(result, indent=1))
-    write_section("kd", markdown(args, result))
+    if args.write_docs:
+        write_section("kd", markdown(args, result))
 
 
 def markdown(args, result: dict) -> str:

@@ -12,8 +12,10 @@ benchmarks/scale.py measures the device peak at these shapes. Writes the `memory
 docs/BENCHMARKS.md.
 """
 
+import argparse
+
 import torch
-from report import command_line, write_section
+from report import add_docs_flag, command_line, write_section
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
 
 from llm4all_recipes.compression import ranks as R
@@ -39,6 +41,9 @@ def estimate(config, samples: int = SAMPLES, seq_len: int = SEQ_LEN, batch: int 
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_docs_flag(parser)
+    args = parser.parse_args()
     lines = [
         "## Memory of layer-by-layer compression (computed)",
         "",
@@ -69,7 +74,8 @@ def main() -> None:
         f"{SAMPLES} × {SEQ_LEN} calibration tokens; halve the windows to halve the hidden states. "
         "`llm4all compress --dry_run true` prints an estimate for any recipe.",
     ]
-    write_section("memory-estimate", "\n".join(lines) + "\n")
+    if args.write_docs:
+        write_section("memory-estimate", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -17,6 +17,13 @@ asserted by the test suite.
 """
 
 
+def add_docs_flag(parser) -> None:
+    """Every benchmark writes its docs/BENCHMARKS.md section only when asked (so --help and trial runs don't)."""
+    parser.add_argument(
+        "--write-docs", action="store_true", help="write this benchmark's section of docs/BENCHMARKS.md"
+    )
+
+
 def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from memory_estimate import GIB, estimate
-from report import command_line, machine, write_section
+from report import add_docs_flag, command_line, machine, write_section
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from llm4all_recipes.compression import ranks as R
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--fd-batch", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--name", default="llama-3.1-8b-shapes")
+    add_docs_flag(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -118,7 +119,8 @@ def main() -> None:
     print(json.dumps(result["feature_distill"]))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"scale-{args.name}.json").write_text(json.dumps(result, indent=1))
-    write_section(f"scale-{args.name}", markdown(args, result))
+    if args.write_docs:
+        write_section(f"scale-{args.name}", markdown(args, result))
 
 
 def markdown(args, result: dict) -> str:
