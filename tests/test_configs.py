@@ -46,10 +46,13 @@ def no_model_load(monkeypatch):
         raise AssertionError("a model was loaded")
 
     import llm4all_recipes.models as models
-    import llm4all_recipes.stages.sft as sft  # imported first: it binds load_model at import
+    import llm4all_recipes.stages.cpt as cpt  # the stages bind load_model at import
+    import llm4all_recipes.stages.kd as kd
+    import llm4all_recipes.stages.sft as sft
 
     monkeypatch.setattr(models, "load_model", boom)
-    monkeypatch.setattr(sft, "load_model", boom)
+    for stage in (sft, kd, cpt):
+        monkeypatch.setattr(stage, "load_model", boom)
 
 
 def test_yaml_values_are_typed(recipe_file, base):
@@ -97,6 +100,9 @@ BAD_RECIPES = [
     ("wrong type in a list entry", None, "datasets[0].weight", "expected float"),
     ("invalid choice", "lr_scheduler_type: cosine_annealing\n", "lr_scheduler_type", "choose one of"),
     ("value out of range", "max_length: -4\n", "max_length", "must be > 0"),
+    ("batch of zero rows", None, "per_device_train_batch_size", "must be > 0"),
+    ("lora dropout out of range", "use_peft: true\nlora_dropout: 1.5\n", "lora_dropout", "must be in [0, 1)"),
+    ("tracker not installed", "report_to: [swanlab]\n", "report_to", "pip install swanlab"),
     ("missing dataset file", None, "datasets[0].path", "tests/fixtures/chat/nope.jsonl"),
     (
         "missing chat template file",
@@ -111,25 +117,37 @@ BAD_RECIPES = [
         "no shipped chat template",
     ),
     ("duplicate key", "max_length: 12\nmax_length: 13\n", "max_length", "duplicate key"),
-    ("dataset without the stage's column", None, "datasets[0].columns", "no column ['messages']"),
+    ("dataset without the stage's column", None, "datasets[0].columns", "no column ['{column}']"),
     ("eval set that is a training set", None, "eval_datasets[0]", "held out"),
     ("unknown key in a dataset entry", None, "datasets[0].wieght", "unknown key"),
     ("missing model", None, "model_name_or_path", "required"),
 ]
+TEXT, TEXT_EVAL = "tests/fixtures/text/old_train.jsonl", "tests/fixtures/text/old_eval.jsonl"
+# every training stage runs the same table: stage -> (train file, eval file, its column, a file without it)
+STAGES = {
+    "sft": (CHAT, CHAT_EVAL, "messages", TEXT),
+    "kd": (TEXT, TEXT_EVAL, "text", CHAT),
+    "cpt": (TEXT, TEXT_EVAL, "text", CHAT),
+}
 
 
-def _bad_text(what: str, extra, base) -> str:
-    text = base(extra or "")
+def _bad_text(stage: str, what: str, extra, base, model_dir) -> str:
+    train, held_out, _, other = STAGES[stage]
+    text = base(extra or "").replace(CHAT_EVAL, held_out).replace(CHAT, train)
+    if stage == "kd":
+        text += f"teacher_model_name_or_path: {model_dir}\n"
     if what == "wrong type in a list entry":
-        text = text.replace(f"  - path: {CHAT}\n", f"  - path: {CHAT}\n    weight: heavy\n", 1)
+        text = text.replace(f"  - path: {train}\n", f"  - path: {train}\n    weight: heavy\n", 1)
+    elif what == "batch of zero rows":
+        text = text.replace("per_device_train_batch_size: 2", "per_device_train_batch_size: 0")
     elif what == "missing dataset file":
-        text = text.replace(f"  - path: {CHAT}\n", "  - path: tests/fixtures/chat/nope.jsonl\n", 1)
+        text = text.replace(f"  - path: {train}\n", "  - path: tests/fixtures/chat/nope.jsonl\n", 1)
     elif what == "dataset without the stage's column":
-        text = text.replace(f"  - path: {CHAT}\n", "  - path: tests/fixtures/text/old_train.jsonl\n", 1)
+        text = text.replace(f"  - path: {train}\n", f"  - path: {other}\n", 1)
     elif what == "eval set that is a training set":
-        text = text.replace(CHAT_EVAL, CHAT)
+        text = text.replace(held_out, train)
     elif what == "unknown key in a dataset entry":
-        text = text.replace(f"  - path: {CHAT}\n", f"  - path: {CHAT}\n    wieght: 2\n", 1)
+        text = text.replace(f"  - path: {train}\n", f"  - path: {train}\n    wieght: 2\n", 1)
     elif what == "missing model":
         text = (
             "\n".join(line for line in text.splitlines() if not line.startswith("model_name_or_path")) + "\n"
@@ -137,16 +155,17 @@ def _bad_text(what: str, extra, base) -> str:
     return text
 
 
+@pytest.mark.parametrize("stage", list(STAGES))
 @pytest.mark.parametrize(("what", "extra", "key", "words"), BAD_RECIPES, ids=[b[0] for b in BAD_RECIPES])
 def test_bad_recipe_fails_early_naming_file_and_key(
-    what, extra, key, words, recipe_file, base, capsys, no_model_load, tmp_path
+    stage, what, extra, key, words, recipe_file, base, capsys, no_model_load, tmp_path, model_dir
 ):
-    path = recipe_file(_bad_text(what, extra, base))
-    assert main(["sft", "--config", path]) == 2
+    path = recipe_file(_bad_text(stage, what, extra, base, model_dir), stage)
+    assert main([stage, "--config", path]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {path}"), err
     assert f"key '{key}'" in err, err
-    assert words in err, err
+    assert words.format(column=STAGES[stage][2]) in err, err
     assert len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 

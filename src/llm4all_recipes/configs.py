@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from transformers import SchedulerType
 from trl import SFTConfig, TrlParser
 
 from . import paths
@@ -169,6 +170,33 @@ def _cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+# report_to name -> (transformers' availability check, the package to install)
+TRACKERS = {
+    "tensorboard": ("is_tensorboard_available", "tensorboard"),
+    "wandb": ("is_wandb_available", "wandb"),
+    "mlflow": ("is_mlflow_available", "mlflow"),
+    "trackio": ("is_trackio_available", "trackio"),
+    "comet_ml": ("is_comet_available", "comet_ml"),
+    "neptune": ("is_neptune_available", "neptune"),
+    "clearml": ("is_clearml_available", "clearml"),
+    "dvclive": ("is_dvclive_available", "dvclive"),
+    "swanlab": ("is_swanlab_available", "swanlab"),
+    "codecarbon": ("is_codecarbon_available", "codecarbon"),
+    "azure_ml": ("is_azureml_available", "azureml-core"),
+}
+
+
+def check_trackers(report_to) -> None:
+    """A tracker named in report_to must be installed: say which package, before any model loads."""
+    from transformers import integrations
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        if name in TRACKERS and not getattr(integrations, TRACKERS[name][0])():
+            raise RecipeError(f"{name} is not installed: pip install {TRACKERS[name][1]} (or drop it from report_to)",
+                              key="report_to")  # fmt: skip
+
+
 def _has_accelerator() -> bool:
     import torch
 
@@ -208,11 +236,15 @@ class TrainerArgs(MixtureArgs, RunArgs, HubArgs, SFTConfig):
 
     def check(self, static: bool) -> None:
         """Value checks run before any model is loaded (`static`: for `validate`, see `check_path`)."""
-        check_mixture(self, static)
+        self.check_data(static)
         check_output_dir(self, static)
         check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
         _positive(self, "learning_rate", "max_length", "mixture_size", "per_device_train_batch_size")
         self.check_length()
+        check_trackers(self.report_to)
+
+    def check_data(self, static: bool) -> None:
+        check_mixture(self, static)
 
     def check_length(self) -> None:
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
@@ -270,8 +302,11 @@ class TrainRecipe(ModelArgs, LoraArgs, TrainerArgs):
                 raise RecipeError(f"{self.trainable} needs a low-rank (compressed) model; {self.model_name_or_path} "
                                   "is dense", key="trainable")  # fmt: skip
 
+    MODEL_ROLE: typing.ClassVar[str] = "the model"
+
     def check(self, static: bool) -> None:
-        check_model(self.model_name_or_path, static, "the model (a Hub id or a local model folder)")
+        """The checks of every training stage (sft, kd, cpt), before any model loads."""
+        check_model(self.model_name_or_path, static, f"{self.MODEL_ROLE} (a Hub id or a local model folder)")
         super().check(static)
         self.check_training(static)
         if self.use_peft:
@@ -360,6 +395,8 @@ class KDRecipe(KDArgs, TrainRecipe):
     trainable: Literal["auto", "all", "factors", "factors+norms", "lora"] = arg("auto", help=TRAINABLE_HELP)
     keep_best: bool | None = arg(None, help=KEEP_BEST_HELP + " Default: on when eval_datasets are given.")
 
+    MODEL_ROLE: typing.ClassVar[str] = "the student"
+
     @property
     def COLUMNS(self) -> tuple[str, ...]:
         return () if self.teacher_cache else (self.data_format,)
@@ -373,33 +410,23 @@ class KDRecipe(KDArgs, TrainRecipe):
         super().__post_init__()
 
     def check(self, static: bool) -> None:
-        check_model(self.model_name_or_path, static, "the student (a Hub id or a local model folder)")
         if not self.teacher_model_name_or_path and not self.teacher_cache:
             raise RecipeError("required: a teacher, or a teacher_cache", key="teacher_model_name_or_path")
         if self.teacher_model_name_or_path:
             check_model(self.teacher_model_name_or_path, static, "", key="teacher_model_name_or_path")
-        if self.teacher_cache:
-            check_path(self.teacher_cache, "teacher_cache", static)
-            if self.datasets:
-                raise RecipeError(
-                    "the teacher cache fixes the training data: remove `datasets`", key="datasets"
-                )
-        elif not self.datasets:
-            raise RecipeError("required: at least one training source", key="datasets")
+        super().check(static)
+        self.check_kd()
+        _positive(self, "perplexity_max_length")
+
+    def check_data(self, static: bool) -> None:
+        if not self.teacher_cache:
+            return check_mixture(self, static, eval_columns=("text",))  # held-out text for every data_format
+        check_path(self.teacher_cache, "teacher_cache", static)
+        if self.datasets:
+            raise RecipeError("the teacher cache fixes the training data: remove `datasets`", key="datasets")
         from .data.mixture import check_sources
 
-        check_sources(self.datasets, "datasets", self.COLUMNS, static)
         check_sources(self.eval_datasets, "eval_datasets", ("text",), static)
-        self.check_kd()
-        self.check_length()
-        self.check_training(static)
-        check_output_dir(self, static)
-        check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
-        _positive(self, "learning_rate", "max_length", "perplexity_max_length")
-        if self.use_peft:
-            _positive(self, "lora_r", "lora_alpha")
-        if self.chat_template_path is not None:
-            self.chat_template_path = check_chat_template(self.chat_template_path, self.assistant_only_loss)
 
 
 @dataclass
@@ -438,6 +465,7 @@ class CPTRecipe(KDArgs, TrainRecipe):
     lr_scheduler_type: str = arg(
         "cosine",
         help="Re-warm then re-decay: cosine after warmup_steps (or warmup_stable_decay with lr_scheduler_kwargs).",
+        choices=[t.value for t in SchedulerType],
     )
 
     def __post_init__(self):
@@ -463,6 +491,7 @@ class CPTRecipe(KDArgs, TrainRecipe):
         if self.reference_model_name_or_path:
             check_model(self.reference_model_name_or_path, static, "", key="reference_model_name_or_path")
         self.check_kd()
+        _positive(self, "perplexity_max_length")
 
 
 @dataclass
@@ -1097,13 +1126,15 @@ def check_path(value: str, key: str, static: bool, *, hub_ok: bool = False) -> N
         raise RecipeError(f"{what}: {value}{hint}", key=key)
 
 
-def check_mixture(recipe: MixtureArgs, static: bool) -> None:
+def check_mixture(recipe: MixtureArgs, static: bool, eval_columns: Sequence[str] | None = None) -> None:
+    """Training sources exist and have the stage's columns; eval sources too (`eval_columns`, default the same)
+    and are held out (none is also a training source)."""
     from .data.mixture import check_sources  # reads at most a line or a schema per local source
 
     if not recipe.datasets:
         raise RecipeError("required: at least one training source", key="datasets")
     check_sources(recipe.datasets, "datasets", recipe.COLUMNS, static)
-    check_sources(recipe.eval_datasets, "eval_datasets", recipe.COLUMNS, static)
+    check_sources(recipe.eval_datasets, "eval_datasets", eval_columns or recipe.COLUMNS, static)
     seen = {
         (os.path.abspath(s.path) if not paths.is_hub_id(s.path) else s.path, s.name, s.split)
         for s in recipe.datasets
