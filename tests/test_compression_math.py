@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm4all_recipes.compression import ranks as R
 from llm4all_recipes.compression.calibration import InputStats, LayerStream, distinct_inputs
-from llm4all_recipes.compression.init import cholesky_with_jitter, energies, factorize
+from llm4all_recipes.compression.factorize import cholesky_with_jitter, energies, factorize
 from llm4all_recipes.errors import RecipeError
 
 

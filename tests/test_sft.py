@@ -51,6 +51,9 @@ def test_outputs_follow_the_conventions(sft_run, tiny_model):
     assert lineage[-1]["recipe"]["max_steps"] == 12
     card = (sft_run / "README.md").read_text()
     assert "tiny-model" in card and "sft" in card and "model-index" in card
+    assert (
+        json.loads((sft_run / "config.json").read_text())["use_cache"] is True
+    )  # generation uses the KV cache
     model = AutoModelForCausalLM.from_pretrained(sft_run)
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)

@@ -18,6 +18,7 @@ def test_reloads_with_plain_transformers(tiny_model):
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|pad|>"
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+    assert tokenizer.model_max_length == model.config.max_position_embeddings  # no spurious length warning
     files = {p.name for p in tiny_model.iterdir()}
     assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)
     assert {"chat_template.jinja", "recipe.yaml", "metrics.json", "lineage.json", "README.md"} <= files

@@ -7,7 +7,6 @@ Special tokens (ChatML): `<|im_start|>`, `<|im_end|>` (EOS: ends an assistant tu
 
 import json
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 EOS, PAD = "<|im_end|>", "<|pad|>"
@@ -32,8 +31,9 @@ def iter_texts(files: Sequence[str]) -> Iterator[str]:
                     raise ValueError(f"{path}:{lineno}: no `text` or `messages` field")
 
 
-def build_tokenizer(files: Sequence[str], vocab_size: int, chat_template: str):
-    """Train a byte-level BPE (NFC-normalised, so accents are single code points) and wrap it for transformers."""
+def build_tokenizer(files: Sequence[str], vocab_size: int, chat_template: str, model_max_length: int):
+    """Train a byte-level BPE (NFC-normalised, so accents are single code points) and wrap it for transformers;
+    `model_max_length` is the model's context (its max_position_embeddings)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -54,7 +54,7 @@ def build_tokenizer(files: Sequence[str], vocab_size: int, chat_template: str):
         eos_token=EOS,
         pad_token=PAD,
         additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (EOS, PAD)],
-        model_max_length=4096,
+        model_max_length=model_max_length,
     )
     tokenizer.chat_template = chat_template
     return tokenizer
@@ -83,10 +83,3 @@ def build_model(model_config: dict, tokenizer, seed: int):
         max_new_tokens=64,
     )
     return model
-
-
-def write_template_file(tokenizer, folder: str | Path) -> None:
-    """transformers 5 saves the chat template as chat_template.jinja; make sure it is there."""
-    path = Path(folder) / "chat_template.jinja"
-    if not path.exists():
-        path.write_text(tokenizer.chat_template, encoding="utf-8")

@@ -374,6 +374,8 @@ def save_trained(trainer, tmp: Path, recipe: Any, metrics: dict):
     merged model at the root. When no step beat the starting model (keep_best), the starting model itself."""
     from .models import load_model
 
+    # trainers turn the KV cache off for training; the published model generates with it (as transformers' default)
+    trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True
     if metrics["train"].get("kept") == "start":
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
         if trainer.is_world_process_zero():
@@ -390,6 +392,7 @@ def save_trained(trainer, tmp: Path, recipe: Any, metrics: dict):
         from peft import AutoPeftModelForCausalLM
 
         merged = AutoPeftModelForCausalLM.from_pretrained(str(adapter), dtype="auto").merge_and_unload()
+        merged.config.use_cache = True
         merged.save_pretrained(str(tmp))
         trainer.processing_class.save_pretrained(str(tmp))
     trainer.accelerator.wait_for_everyone()

@@ -2,7 +2,7 @@
 
     for each decoder layer (moved to the device, the rest of the model on the CPU):
         run it on the calibration hidden states, hooks accumulate each distinct linear input's statistics
-        factor every targeted linear (compression/init.py) and swap in a LowRankLinear
+        factor every targeted linear (compression/factorize.py) and swap in a LowRankLinear
         its outputs — of the compressed layer (`propagate: compressed`, as GPTQ) or of the original one —
         become the next layer's inputs; the statistics are freed
 
@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import InputStats, LayerStream, collect_stats, decoder_layers
-from .init import energies, factorize
+from .factorize import energies, factorize
 from .lowrank import LowRankLinear
 from .ranks import Target
 

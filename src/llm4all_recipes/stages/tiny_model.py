@@ -21,7 +21,10 @@ DEFAULT_RECIPE = "recipes/tiny-llama/tiny-model/base.yaml"
 def run(recipe: TinyModelRecipe, callbacks=None):
     # 1. Tokenizer, then data (token-weighted mixture): all before any model exists.
     template = read_chat_template(recipe.chat_template_path)
-    tokenizer = build_tokenizer(recipe.tokenizer_files, recipe.tokenizer_vocab_size, template)
+    from transformers import LlamaConfig
+
+    context = recipe.model_config.get("max_position_embeddings", LlamaConfig().max_position_embeddings)
+    tokenizer = build_tokenizer(recipe.tokenizer_files, recipe.tokenizer_vocab_size, template, context)
     train, evals, report = load_data(recipe, tokenizer)
     if recipe.dry_run:
         return print_plan(recipe, "tiny-model", train, tokenizer, report)
