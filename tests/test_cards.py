@@ -91,3 +91,41 @@ def test_dataset_ids_of_published_local_folders(tmp_path):
         ["medkit/simsamu", str(folder), str(unpublished), "tests/fixtures/chat/train.jsonl"], ["me/extra"]
     )
     assert ids == ["me/extra", "medkit/simsamu", "me/calls"]
+
+
+SNIPPET_CHILD = r"""
+import re, sys
+sys.modules["llm4all_recipes"] = None  # a stranger's machine: plain transformers, no llm4all package
+card = open(sys.argv[1], encoding="utf-8").read()
+code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+exec(compile(code, "card snippet", "exec"), {})
+"""
+
+
+def test_card_snippets_run_verbatim_without_the_package(compressed_model, hub, tmp_path):
+    """The low-rank checkpoints of compress and of an SFT on top, pushed to a (loopback) Hub by the stages
+    themselves: each card's Python block, exactly as written, loads and generates in a process that cannot
+    import the package, with stdin closed (a trust_remote_code prompt would fail it)."""
+    import os
+    import subprocess
+    import sys
+
+    from llm4all_recipes.cli import main
+
+    hub_args = ["--push_to_hub", "true", "--hub_target", "hub"]
+    compressed = tmp_path / "compress"
+    assert main(["compress", "--config", "recipes/tiny-llama/compress/whitening-60.yaml", "--model_name_or_path",
+                 str(compressed_model.parent / "tiny-model"), "--output_dir", str(compressed),
+                 "--hub_model_id", "someone/tiny-w60", *hub_args]) == 0  # fmt: skip
+    sft = tmp_path / "sft"
+    assert main(["sft", "--config", "recipes/tiny-llama/sft/chat.yaml", "--model_name_or_path", str(compressed),
+                 "--output_dir", str(sft), "--max_steps", "2", "--hub_model_id", "someone/tiny-w60-chat",
+                 *hub_args]) == 0  # fmt: skip
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "OMP_NUM_THREADS": "1"}
+    for folder, repo in ((compressed, "someone/tiny-w60"), (sft, "someone/tiny-w60-chat")):
+        card = (folder / "README.md").read_text()
+        assert f'from_pretrained("{repo}", trust_remote_code=True)' in card
+        run = subprocess.run([sys.executable, "-c", SNIPPET_CHILD, str(folder / "README.md")], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "Do you wish to run the custom code" not in run.stdout + run.stderr

@@ -1,5 +1,8 @@
 """Model and dataset cards, rendered from the Jinja templates in model_cards/ and dataset_cards/ through
 huggingface_hub's `ModelCard` / `DatasetCard` (front matter with `base_model`, `datasets`, `model-index`).
+
+The templates' source is the repository's model_cards/ and dataset_cards/; the package reaches them through
+links in data/cards/, which a wheel (`pip install .`) turns into copies, so an installed package renders cards.
 """
 
 from pathlib import Path
@@ -7,10 +10,10 @@ from typing import Any
 
 import yaml
 
-from .paths import REPO_ROOT, is_hub_id
+from .paths import PACKAGE_DIR, is_hub_id
 
-MODEL_CARD_TEMPLATE = REPO_ROOT / "model_cards" / "model_card.md"
-DATASET_CARD_TEMPLATE = REPO_ROOT / "dataset_cards" / "dataset_card.md"
+MODEL_CARD_TEMPLATE = PACKAGE_DIR / "data" / "cards" / "model_card.md"
+DATASET_CARD_TEMPLATE = PACKAGE_DIR / "data" / "cards" / "dataset_card.md"
 
 
 def parent_card_data(model_path: str | None) -> dict[str, Any]:

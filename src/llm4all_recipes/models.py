@@ -69,6 +69,8 @@ def load_tokenizer(path: str, revision: str | None = None, key: str = "model_nam
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as exc:
         raise _explain(path, exc, key) from None
+    for key in ("is_local", "local_files_only"):  # how it was loaded here: not for tokenizer_config.json
+        tokenizer.init_kwargs.pop(key, None)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         logger.info("tokenizer of %s has no pad token: using its EOS %r", path, tokenizer.eos_token)

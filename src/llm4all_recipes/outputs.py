@@ -435,5 +435,8 @@ def finish(
     for leftover in ("eval_before.json", "training_args.bin"):
         (tmp / leftover).unlink(missing_ok=True)
     lineage = write_run_files(tmp, stage=stage, recipe=recipe, metrics=metrics, parent=parent)
+    config = tmp / "config.json"  # a model whose code ships with it (low-rank) loads with trust_remote_code
+    if config.is_file() and "auto_map" in json.loads(config.read_text()):
+        card = {**card, "load_kwargs": ", trust_remote_code=True"}
     text = render_model_card(stage=stage, lineage=lineage, parent=parent, **card)
     (tmp / "README.md").write_text(text, encoding="utf-8")

@@ -161,7 +161,7 @@ def run(recipe: CompressRecipe, callbacks=None):
             "training": compression_md(recipe, facts, before, after),
             "results": [{"dataset_name": k, "metric_type": "perplexity", "metric_value": v["perplexity"]} for k, v in after.items()],
             "data_report": data_report, "tags": ["compression", "low-rank", recipe.method],
-            "limitations": NOTE, "load_kwargs": ", trust_remote_code=True",
+            "limitations": NOTE,
         })  # fmt: skip
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics

@@ -135,7 +135,6 @@ def run(recipe: CPTRecipe, callbacks=None):
             "training": cpt_md(recipe, metrics),
             "results": eval_results(metrics), "data_report": data["mixture"] + data["replay_mixture"],
             "tags": ["continued-pretraining"],
-            "load_kwargs": ", trust_remote_code=True" if getattr(model.config, "compression_config", None) else "",
         })  # fmt: skip
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics

@@ -161,7 +161,6 @@ def run(recipe: KDRecipe, callbacks=None):
             "training": distillation_md(recipe, metrics),
             "results": eval_results(metrics), "data_report": report, "tags": ["distillation"],
             "chat": recipe.data_format == "messages",
-            "load_kwargs": ", trust_remote_code=True" if getattr(student.config, "compression_config", None) else "",
         })  # fmt: skip
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
