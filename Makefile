@@ -25,7 +25,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PIP) install -q --disable-pip-version-check "pip==$(PIP_VERSION)"
 	@# torch first, from its CPU build: a plain `torch` requirement would pull a multi-GB CUDA build
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,eval]"
 	@# lighteval downloads tinyBenchmarks.pkl at import unless the file exists: write a placeholder
 	$(PY) -c "import importlib.util, pathlib; p = pathlib.Path(importlib.util.find_spec('lighteval').origin).parent / 'tasks' / 'tasks' / 'tinyBenchmarks.pkl'; p.exists() or p.write_bytes(b'')"
 	$(PIP) check

@@ -161,3 +161,25 @@ def test_fresh_cache_recomputes(model_copy, folders, tmp_path):
     run_lighteval(str(model_copy), [SIMSAMU], str(tmp_path / "c"), simsamu=folders["simsamu"], max_samples=3,
                   cache_dir=str(cache))  # fmt: skip
     assert _predictions(tmp_path / "c", SIMSAMU) == before
+
+
+def test_missing_lighteval_is_one_line_before_loading(tmp_path, monkeypatch, capsys):
+    """lighteval is the `eval` extra: without it, a recipe that asks for lighteval tasks fails at parse time."""
+    import importlib.util
+
+    from llm4all_recipes.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "lighteval" else real(name, *a)
+    )
+    model = tmp_path / "model"
+    model.mkdir()
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {model}\noutput_dir: {tmp_path / 'out'}\nlighteval_tasks: [meetings]\n"
+    )
+    assert main(["eval", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "key 'lighteval_tasks'" in err and "pip install 'llm4all-recipes[eval]'" in err, err
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import difflib
 import enum
+import importlib.util
 import json
 import os
 import re
@@ -722,6 +723,9 @@ class EvalRecipe(ModelArgs, StageArgs):
                 key="perplexity_datasets",
             )
         _positive(self, "max_generations", "max_new_tokens", "chunk_tokens", "perplexity_max_length")
+        if self.lighteval_tasks and importlib.util.find_spec("lighteval") is None:
+            raise RecipeError("lighteval is not installed: pip install 'llm4all-recipes[eval]' (or `make install`)",
+                              key="lighteval_tasks")  # fmt: skip
         if not 0 <= self.chunk_overlap < self.chunk_tokens:
             raise RecipeError("need 0 <= chunk_overlap < chunk_tokens", key="chunk_overlap")
         check_output_dir(self, static)

@@ -128,7 +128,7 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
             "training": distill_md(recipe, teacher_path, metrics),
             "results": [{"dataset_name": k, "metric_type": "perplexity", "metric_value": v["perplexity"]} for k, v in after.items()],
             "data_report": data_report, "tags": ["compression", "low-rank", "lillama"],
-           
+
         })  # fmt: skip
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
