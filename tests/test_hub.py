@@ -251,3 +251,21 @@ def test_publish_to_the_hub_while_offline_is_one_line(model_folder, monkeypatch,
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "offline mode is on" in err[0] and "--target local" in err[0]
+
+
+def test_repo_ids_read_from_the_local_hub_folder(tiny_model, dataset_folder, local_hub, monkeypatch):
+    """`me/name` published with target local is read by its Hub id (models, tokenizers, dataset sources);
+    an id that was not published there is left to the Hub."""
+    import torch
+
+    from llm4all_recipes.models import load_model, load_tokenizer
+
+    publish(tiny_model, "me/tiny", target="local")
+    publish(dataset_folder, "me/data", target="local")
+    model = load_model("me/tiny")
+    assert torch.equal(model.lm_head.weight, load_model(str(tiny_model)).lm_head.weight)
+    assert load_tokenizer("me/tiny")("bonjour")["input_ids"]
+    loaded = load_source(DatasetSource(path="me/data", split="test"), "datasets[0]", ["text"])
+    assert loaded["text"] == ["x"]
+    with pytest.raises(RecipeError, match="cannot load"):
+        load_source(DatasetSource(path="me/nothing", split="train"), "datasets[0]", ["text"])

@@ -51,6 +51,14 @@ def _setup_logging() -> None:
     )
     for noisy in ("httpx", "urllib3", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # One progress bar per unit of work (training, a perplexity pass, a layer, a block), not one per weight
+    # shard loaded or saved and per datasets map/filter: LLM4ALL_LIBRARY_BARS=1 brings those back.
+    if os.environ.get("LLM4ALL_LIBRARY_BARS", "0") != "1":
+        import datasets
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
 
 
 def collect_recipes(targets: Sequence[str]) -> list[Path]:

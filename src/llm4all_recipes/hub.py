@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RecipeError
-from .paths import is_repo_id
+from .paths import is_repo_id, local_hub_dir
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +49,6 @@ class Published:
     repo_type: str
     location: str  # URL or folder
     revision: str | None = None
-
-
-def local_hub_dir() -> Path:
-    return Path(os.environ.get("LLM4ALL_HUB_DIR", "hub"))
 
 
 def is_dataset_folder(folder: str | os.PathLike) -> bool:

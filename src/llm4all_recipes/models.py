@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from .errors import RecipeError
-from .paths import is_hub_id
+from .paths import is_hub_id, local_hub_copy
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def load_tokenizer(path: str, revision: str | None = None, key: str = "model_nam
 
     from . import compression  # noqa: F401  (registers the low-rank checkpoint format)
 
+    path = local_hub_copy(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as exc:
@@ -93,6 +94,7 @@ def load_model(
 
     from . import compression  # noqa: F401  (registers the low-rank checkpoint format)
 
+    path = local_hub_copy(path)
     if problem := weights_problem(path):
         raise RecipeError(problem, key=key)
     kwargs = {"dtype": dtype, "revision": revision, "use_safetensors": True}

@@ -26,6 +26,21 @@ def is_hub_id(value: str) -> bool:
     return bool(_HUB_ID.match(value)) and not Path(value).exists() and not value.startswith(".")
 
 
+def local_hub_dir() -> Path:
+    """The local hub folder (`hub publish` with target local): LLM4ALL_HUB_DIR, default ./hub."""
+    return Path(os.environ.get("LLM4ALL_HUB_DIR", "hub"))
+
+
+def local_hub_copy(value: str, repo_type: str = "model") -> str:
+    """A `<namespace>/<name>` id published to the local hub folder reads from there (offline as online: the
+    local copy is what this machine published); anything else is returned as it is."""
+    if is_repo_id(value) and not Path(value).exists():
+        local = local_hub_dir() / ("datasets" if repo_type == "dataset" else "") / value
+        if local.is_dir():
+            return str(local)
+    return value
+
+
 # Output folders that earlier steps of a pipeline will write (set while a pipeline checks its steps).
 PLANNED_OUTPUTS: ContextVar[frozenset[str]] = ContextVar("planned_outputs", default=frozenset())
 

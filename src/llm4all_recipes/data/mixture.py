@@ -21,7 +21,7 @@ from typing import Any
 
 from ..configs import DatasetSource, check_path
 from ..errors import RecipeError
-from ..paths import is_hub_id
+from ..paths import is_hub_id, local_hub_copy
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def load_source(src: DatasetSource, key: str, needed: Sequence[str], seed: int =
     """Load one source as a `datasets.Dataset` restricted to its kept columns (at most `max_rows` rows)."""
     import datasets
 
-    path = Path(src.path)
+    path = Path(local_hub_copy(src.path, "dataset"))
     try:
         if src.streaming:
             if path.is_file():
@@ -141,7 +141,7 @@ def load_source(src: DatasetSource, key: str, needed: Sequence[str], seed: int =
                     FILE_BUILDERS[path.suffix], data_files=str(path), split="train", streaming=True
                 )
             else:
-                stream = datasets.load_dataset(src.path, src.name, split=src.split, streaming=True)
+                stream = datasets.load_dataset(str(path), src.name, split=src.split, streaming=True)
             stream = stream.shuffle(seed=seed, buffer_size=10_000).take(src.max_rows)
             ds = datasets.Dataset.from_list(list(stream))
         elif path.is_file():
@@ -159,8 +159,8 @@ def load_source(src: DatasetSource, key: str, needed: Sequence[str], seed: int =
                         f"{path} has no split '{src.split}' (splits: {', '.join(ds)})", key=f"{key}.split"
                     )
                 ds = ds[src.split]
-        else:
-            ds = datasets.load_dataset(src.path, src.name, split=src.split)
+        else:  # a Hub repo, or its copy in the local hub folder (the Hub's parquet layout)
+            ds = datasets.load_dataset(str(path), src.name, split=src.split)
     except RecipeError:
         raise
     except Exception as exc:  # datasets raises many types; the user needs the source and the reason
