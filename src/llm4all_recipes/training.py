@@ -55,8 +55,11 @@ def load_data(recipe: Any, tokenizer=None, *, evals: bool = True):
 
 
 def sequence_lengths(dataset, tokenizer, max_length: int | None) -> list[int]:
-    """Tokens per training row as the SFT trainer sees them (chat template applied, EOS after raw text)."""
-    if "messages" in dataset.column_names:
+    """Tokens per training row as the SFT trainer sees them (chat template applied, EOS after raw text; rows
+    that are already token blocks, as cpt's, as they are)."""
+    if "input_ids" in dataset.column_names:
+        lens = [len(ids) for ids in dataset["input_ids"]]
+    elif "messages" in dataset.column_names:
         lens = [
             len(tokenizer.apply_chat_template(m, tokenize=True, return_dict=True)["input_ids"])
             for m in dataset["messages"]

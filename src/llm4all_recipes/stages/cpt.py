@@ -23,7 +23,7 @@ from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
 from ..trainers.cpt import CPTTrainer
-from ..training import eval_results, fit, save_trained, text_eval_rows, training_facts_md
+from ..training import eval_results, fit, print_plan, save_trained, text_eval_rows, training_facts_md
 from .sft import lora_config
 
 logger = logging.getLogger(__name__)
@@ -72,19 +72,8 @@ def run(recipe: CPTRecipe, callbacks=None):
     logger.info("continued pretraining on %d blocks (%d tokens), replay share %.3f (target %.3f)", len(rows),
                 data["tokens"], data["replay_share"], recipe.replay_share)  # fmt: skip
     if recipe.dry_run:
-        steps = (
-            recipe.max_steps
-            if recipe.max_steps > 0
-            else math.ceil(
-                recipe.num_train_epochs
-                * math.ceil(
-                    len(rows) / (recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps)
-                )
-            )
-        )
-        print(f"# cpt: {len(rows)} blocks x {recipe.max_length} tokens = {data['tokens']} tokens per epoch, replay share "
-              f"{data['replay_share']}; {steps} steps")  # fmt: skip
-        return data
+        print(f"# cpt: replay share {data['replay_share']} of the blocks (target {recipe.replay_share})")
+        return print_plan(recipe, "cpt", rows, tokenizer, data["mixture"] + data["replay_mixture"])
 
     with staged_output(recipe, "cpt", resume=True) as tmp:
         # 2. Model, and the reference model of the KL (the model before this stage, by default).
