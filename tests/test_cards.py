@@ -76,6 +76,12 @@ def test_dataset_card_counts_match_the_data(tmp_path, recipe_file):
     assert yaml.safe_load(recipe_block)["per_turn"] is True
     for split in ds:
         assert f"| {split} | {len(ds[split])} |" in card.text
+    # the metadata datasets reads back (as DatasetDict.push_to_hub writes it): features, bytes and rows per split
+    info = datasets.DatasetInfo._from_yaml_dict(card.data.dataset_info)
+    assert {n: s.num_examples for n, s in info.splits.items()} == {s: len(ds[s]) for s in ds}
+    assert all(s.num_bytes > 0 for s in info.splits.values())
+    assert info.features == ds[next(iter(ds))].features
+    assert f"split: {next(iter(ds))}}}]" in card.text  # the recipe line names a split that exists
 
 
 def test_dataset_ids_of_published_local_folders(tmp_path):

@@ -58,7 +58,12 @@ def test_eval_stage(compressed_model, task_data, tmp_path, recipe_file):
     card = ModelCard.load(model / "README.md")
     names = {(r.dataset_name, r.metric_type) for r in card.data.eval_results}
     assert ("simsamu next regulator turn", "rougeL") in names and ("old_eval", "perplexity") in names
-    assert "## Evaluation (llm4all eval)" in card.text and (model / "forgetting.png").is_file()
+    assert card.text.count("## Evaluation\n") == 1 and "### By llm4all eval" in card.text  # one section
+    assert (model / "forgetting.png").is_file()
+    (row,) = [r for r in card.data.eval_results if r.metric_type == "rougeL"]
+    assert row.dataset_split == "test" and row.metric_args["samples"] == metrics["simsamu"]["generations"]
+    (ppl,) = [r for r in card.data.eval_results if r.dataset_name == "old_eval"]
+    assert ppl.metric_args["tokens"] > 0 and ppl.dataset_split == "train"
 
 
 def test_long_meetings_are_summarised_by_map_reduce(tiny_model):

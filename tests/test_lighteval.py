@@ -183,3 +183,25 @@ def test_missing_lighteval_is_one_line_before_loading(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert "key 'lighteval_tasks'" in err and "pip install 'llm4all-recipes[eval]'" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_build_dataset_output_is_read_as_it_is(model_copy, tmp_path, recipe_file):
+    """The eval recipes point lighteval at `build-dataset` outputs (save_to_disk folders), unpublished:
+    they are written in the Hub parquet layout for lighteval first (it failed with DataFilesNotFoundError)."""
+    from llm4all_recipes.cli import main
+    from llm4all_recipes.evaluation.lighteval_tasks import run_lighteval
+
+    built = tmp_path / "turns"
+    path = recipe_file(f"builder: simsamu\nsource: tests/fixtures/simsamu\noutput_dir: {built}\nper_turn: true\n",
+                       stage="datasets", name="t.yaml")  # fmt: skip
+    assert main(["build-dataset", "--config", path]) == 0
+    out = tmp_path / "eval"
+    scores = run_lighteval(
+        str(model_copy), [SIMSAMU], str(out), max_samples=2, simsamu=str(built), split="validation"
+    )
+    assert set(scores[SIMSAMU]) == {"rougeL_fr"} and 0.0 <= scores[SIMSAMU]["rougeL_fr"] <= 1.0
+    assert len(_predictions(out, SIMSAMU)) == 2
+    assert {p.name.split("-")[0] for p in (out / "data-simsamu" / "data").iterdir()} == {
+        "train",
+        "validation",
+    }

@@ -5,6 +5,7 @@ The templates' source is the repository's model_cards/ and dataset_cards/; the p
 links in data/cards/, which a wheel (`pip install .`) turns into copies, so an installed package renders cards.
 """
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,24 @@ from .paths import PACKAGE_DIR, is_hub_id
 
 MODEL_CARD_TEMPLATE = PACKAGE_DIR / "data" / "cards" / "model_card.md"
 DATASET_CARD_TEMPLATE = PACKAGE_DIR / "data" / "cards" / "dataset_card.md"
+
+
+@dataclass
+class CardInfo:
+    """What a stage says in its model card (the rest, lineage and front matter, comes from the run files)."""
+
+    summary: str
+    training: str  # the markdown of the Training section
+    model_name: str | None = None  # default: the recipe's hub_model_id, else its output_dir
+    results: list[dict[str, Any]] = field(default_factory=list)  # result() rows
+    data_report: list[dict[str, Any]] | None = None
+    datasets: list[str] | None = None  # Hub ids; default: from the recipe's sources
+    tags: list[str] | None = None
+    license: str | None = None
+    language: list[str] | str | None = None
+    chat: bool = False
+    limitations: str = ""
+    load_kwargs: str = ""  # set by outputs.finish from the saved config
 
 
 def parent_card_data(model_path: str | None) -> dict[str, Any]:
@@ -42,6 +61,55 @@ def dataset_repo_ids(paths: list[str], extra: list[str] | None = None) -> list[s
         elif is_hub_id(path):
             out.append(path)
     return list(dict.fromkeys(out))
+
+
+def dataset_id(path: str) -> str:
+    """How a card names a dataset: its Hub id (a local folder: the repo it was published to), else the local
+    file or folder's name."""
+    ids = dataset_repo_ids([path])
+    return ids[0] if ids else Path(path).stem
+
+
+def result(
+    name: str, metric: str, value: float, *, dataset: str | None = None, split: str | None = None, **args: Any
+) -> dict[str, Any]:
+    """One evaluation result (a model-index entry and a row of the card's Evaluation table); `args` say what it
+    was computed on (tokens, samples, window)."""
+    return {"dataset_name": name, "dataset_type": dataset or name, "dataset_split": split, "metric_type": metric,
+            "metric_value": float(value), "metric_args": args or None}  # fmt: skip
+
+
+def perplexity_results(evals: dict[str, dict], sources: list[Any], window: int | None = None) -> list[dict]:
+    """Results of held-out perplexity ({label: {perplexity, tokens}}), named after their sources (by label)."""
+    by_label = {s.label: s for s in sources}
+    rows = []
+    for label, values in evals.items():
+        src = by_label.get(label)
+        rows.append(result(label, "perplexity", values["perplexity"], dataset=dataset_id(src.path) if src else None,
+                           split=src.split if src else None, tokens=values.get("tokens"), window=window))  # fmt: skip
+    return rows
+
+
+def eval_result(r: dict[str, Any]):
+    """huggingface_hub's EvalResult of a `result()` row."""
+    from huggingface_hub import EvalResult
+
+    args = {k: v for k, v in (r.get("metric_args") or {}).items() if v is not None}
+    return EvalResult(task_type="text-generation", dataset_type=r.get("dataset_type") or r["dataset_name"],
+                      dataset_name=r["dataset_name"], dataset_split=r.get("dataset_split"),
+                      metric_type=r["metric_type"], metric_value=float(r["metric_value"]),
+                      metric_args=args or None)  # fmt: skip
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    """The card's Evaluation table: set, split, metric, value, and what it was computed on."""
+    lines = ["| set | dataset | split | metric | value | on |", "|---|---|---|---|---:|---|"]
+    for r in results:
+        on = ", ".join(f"{v:,} {k}" if isinstance(v, int) else f"{k} {v}"
+                       for k, v in (r.get("metric_args") or {}).items() if v is not None)  # fmt: skip
+        lines.append(f"| {r['dataset_name']} | {r.get('dataset_type') or r['dataset_name']} | "
+                     f"{r.get('dataset_split') or ''} | {r['metric_type']} | {r['metric_value']:.4g} | {on} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def base_model_repo(lineage: list[dict[str, Any]]) -> str | None:
@@ -75,21 +143,12 @@ def render_model_card(
 ) -> str:
     """Markdown of a model card; `results` rows are {dataset_name, metric_type, metric_value}; `datasets` are
     Hub ids (see dataset_repo_ids)."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard, ModelCardData
 
     inherited = parent_card_data(parent)
     base_model = base_model_repo(lineage)
     repo_id = lineage[-1].get("hub_repo_id") or lineage[-1].get("output_dir") or model_name
-    eval_results = [
-        EvalResult(
-            task_type="text-generation",
-            dataset_type=r["dataset_name"],
-            dataset_name=r["dataset_name"],
-            metric_type=r["metric_type"],
-            metric_value=float(r["metric_value"]),
-        )
-        for r in results or []
-    ]
+    eval_results = [eval_result(r) for r in results or []]
     card_data = ModelCardData(
         model_name=model_name,
         base_model=base_model,
@@ -129,7 +188,7 @@ def render_model_card(
         repo_id=repo_id,
         training=training,
         data_report=report,
-        results=results or [],
+        results_table=results_table(results) if results else "",
         lineage=rows,
         chat=chat,
         limitations=limitations or "A research artefact: evaluate it on your own data before any use.",
@@ -240,6 +299,17 @@ def _dataset_facts(recipe: Any, report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def dataset_info(dataset: Any) -> dict[str, Any]:
+    """The `dataset_info` front matter `DatasetDict.push_to_hub` writes: features, and per split the bytes and
+    rows (without num_bytes, `datasets` warns that the YAML's splits are malformed on every load)."""
+    first = next(iter(dataset.values()))
+    splits = [
+        {"name": s, "num_bytes": int(d.data.nbytes), "num_examples": len(d)} for s, d in dataset.items()
+    ]
+    return {"features": first.features._to_yaml_list(), "splits": splits,
+            "dataset_size": sum(x["num_bytes"] for x in splits)}  # fmt: skip
+
+
 def render_dataset_card(*, recipe: Any, dataset: Any, report: dict[str, Any], lineage: list[dict[str, Any]],
                         facts: dict[str, Any] | None = None, source: str | None = None) -> str:  # fmt: skip
     """Dataset card: front matter (licence, configs in the Hub parquet layout, per-split num_examples) + sections.
@@ -261,7 +331,7 @@ def render_dataset_card(*, recipe: Any, dataset: Any, report: dict[str, Any], li
         configs=[
             {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in dataset]}
         ],
-        dataset_info={"splits": [{"name": s, "num_examples": len(dataset[s])} for s in dataset]},
+        dataset_info=dataset_info(dataset),
     )
     source_md = (
         f"[`{source}`](https://huggingface.co/datasets/{source})"
@@ -292,6 +362,7 @@ def render_dataset_card(*, recipe: Any, dataset: Any, report: dict[str, Any], li
         columns=facts["columns"],
         repo_id=repo_id,
         output_dir=recipe.output_dir,
+        first_split=next(iter(dataset)),
         recipe_yaml=yaml.safe_dump(entry["recipe"], sort_keys=False, allow_unicode=True).rstrip(),
         versions=", ".join(f"{k} {v}" for k, v in entry["versions"].items()),
     )

@@ -37,13 +37,16 @@ import socket
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .configs import is_secret, resolved_recipe
 from .errors import RecipeError
 from .paths import REPO_ROOT
+
+if TYPE_CHECKING:
+    from .cards import CardInfo
 
 logger = logging.getLogger(__name__)
 
@@ -416,27 +419,29 @@ def write_run_files(
 
 
 def finish(
-    tmp: Path, *, stage: str, recipe: Any, metrics: dict, parent: str | None, card: dict[str, Any]
+    tmp: Path, *, stage: str, recipe: Any, metrics: dict, parent: str | None, card: "CardInfo"
 ) -> None:
     """Write recipe.yaml, metrics.json, lineage.json and the README.md card (main process only)."""
+    import dataclasses
+
     from accelerate import PartialState
 
     from .cards import dataset_repo_ids, render_model_card
 
     if not PartialState().is_main_process:
         return
-    if "datasets" not in card:
+    card = dataclasses.replace(card)
+    if card.model_name is None:
+        card.model_name = getattr(recipe, "hub_model_id", None) or recipe.output_dir
+    if card.datasets is None:
         sources = [*getattr(recipe, "datasets", []), *getattr(recipe, "replay_datasets", [])]
-        card = {
-            **card,
-            "datasets": dataset_repo_ids([s.path for s in sources], getattr(recipe, "card_datasets", [])),
-        }
+        card.datasets = dataset_repo_ids([s.path for s in sources], getattr(recipe, "card_datasets", []))
     # eval_before.json only serves a resume; training_args.bin is a pickle that recipe.yaml replaces
     for leftover in ("eval_before.json", "training_args.bin"):
         (tmp / leftover).unlink(missing_ok=True)
     lineage = write_run_files(tmp, stage=stage, recipe=recipe, metrics=metrics, parent=parent)
     config = tmp / "config.json"  # a model whose code ships with it (low-rank) loads with trust_remote_code
     if config.is_file() and "auto_map" in json.loads(config.read_text()):
-        card = {**card, "load_kwargs": ", trust_remote_code=True"}
-    text = render_model_card(stage=stage, lineage=lineage, parent=parent, **card)
+        card.load_kwargs = ", trust_remote_code=True"
+    text = render_model_card(stage=stage, lineage=lineage, parent=parent, **vars(card))
     (tmp / "README.md").write_text(text, encoding="utf-8")

@@ -225,6 +225,14 @@ def text_eval_rows(evals: dict, tokenizer, max_length: int) -> dict:
             for label, ds in evals.items()}  # fmt: skip
 
 
+def lora_config(recipe):
+    """The PEFT LoRA config of a training recipe (use_peft)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                      target_modules=recipe.lora_target_modules or "all-linear", task_type="CAUSAL_LM")  # fmt: skip
+
+
 def make_trainer(
     recipe: Any,
     tmp: Path,
@@ -400,11 +408,3 @@ def save_trained(trainer, tmp: Path, recipe: Any, metrics: dict):
         trainer.processing_class.save_pretrained(str(tmp))
     trainer.accelerator.wait_for_everyone()
     return trainer.model.merge_and_unload() if recipe.merge_lora else trainer.model
-
-
-def eval_results(metrics: dict) -> list[dict[str, Any]]:
-    """model-index rows from a stage's `eval` metrics ({label: {loss, perplexity}})."""
-    return [
-        {"dataset_name": label, "metric_type": "perplexity", "metric_value": values["perplexity"]}
-        for label, values in metrics.get("eval", {}).items()
-    ]

@@ -172,6 +172,22 @@ def _task(
     )
 
 
+def _hub_layout(folder: str | None, dest: Path) -> str | None:
+    """lighteval reads datasets with `load_dataset`: a `build-dataset` output (a save_to_disk folder) is first
+    written in the Hub's parquet layout under `dest`; a repo id published to the local hub folder reads there."""
+    from ..hub import export_parquet, is_dataset_folder
+    from ..paths import local_hub_copy
+
+    if folder is None:
+        return None
+    folder = local_hub_copy(folder, "dataset")
+    if not is_dataset_folder(folder):
+        return folder
+    if not dest.is_dir():
+        export_parquet(Path(folder), dest)
+    return str(dest)
+
+
 def make_tasks(
     simsamu: str | None, meetings: str | None, split: str = "test", max_new_tokens: int = 64
 ) -> list[LightevalTaskConfig]:
@@ -342,6 +358,9 @@ def run_lighteval(
     _check_tiny_benchmarks_placeholder()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    simsamu, meetings = (
+        _hub_layout(f, out / f"data-{name}") for f, name in ((simsamu, "simsamu"), (meetings, "meetings"))
+    )
     fresh_cache = cache_dir is None
     cache = Path(tempfile.mkdtemp(prefix="lighteval-cache-", dir=out)) if fresh_cache else Path(cache_dir)
     try:

@@ -22,7 +22,7 @@ from ..data.packing import chat_rows, text_rows
 from ..errors import RecipeError
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import staged_output, write_json, write_run_files
-from ..trainers.kd import data_hash, model_identity, tokenizer_hash
+from ..trainers.kd import TeacherCache, data_hash, model_identity, tokenizer_hash
 from ..training import load_data
 
 logger = logging.getLogger(__name__)
@@ -70,16 +70,16 @@ def run(recipe: CacheTeacherRecipe, callbacks=None):
         vocab = len(tokenizer)
         dtype = np.float16 if recipe.cache_dtype == "float16" else np.float32
         mass, counted = 0.0, 0
-        rows.save_to_disk(str(tmp / "data"))
-        (tmp / "topk").mkdir()
+        rows.save_to_disk(str(tmp / TeacherCache.DATA))
+        (tmp / TeacherCache.TOPK).mkdir()
         for shard in range(math.ceil(len(rows) / recipe.shard_rows)):
             start, stop = shard * recipe.shard_rows, min(len(rows), (shard + 1) * recipe.shard_rows)
             shape = (stop - start, recipe.max_length, recipe.top_k)
             lp = np.lib.format.open_memmap(
-                tmp / "topk" / f"logprobs-{shard:05d}.npy", mode="w+", dtype=dtype, shape=shape
+                TeacherCache.shard_files(tmp, shard)[0], mode="w+", dtype=dtype, shape=shape
             )
             ix = np.lib.format.open_memmap(
-                tmp / "topk" / f"indices-{shard:05d}.npy", mode="w+", dtype=np.int32, shape=shape
+                TeacherCache.shard_files(tmp, shard)[1], mode="w+", dtype=np.int32, shape=shape
             )
             for b in tqdm(range(start, stop, recipe.batch_size), desc=f"teacher shard {shard}"):
                 batch = rows[b : min(b + recipe.batch_size, stop)]
@@ -105,7 +105,7 @@ def run(recipe: CacheTeacherRecipe, callbacks=None):
             "max_length": recipe.max_length, "data_format": recipe.data_format, "rows": len(rows),
             "shard_rows": recipe.shard_rows, "cache_dtype": recipe.cache_dtype, "vocab_size": vocab,
         }  # fmt: skip
-        write_json(tmp / "fingerprint.json", fingerprint)
+        write_json(tmp / TeacherCache.FINGERPRINT, fingerprint)
         write_run_files(
             tmp, stage="cache-teacher", recipe=recipe, metrics={**report, "data": mixture}, parent=None
         )

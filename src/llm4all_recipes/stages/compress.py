@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from ..cards import CardInfo, perplexity_results
 from ..configs import CompressRecipe
 from ..errors import RecipeError
 from ..evaluation.perplexity import corpus_ids, held_out_perplexities
@@ -154,15 +155,21 @@ def run(recipe: CompressRecipe, callbacks=None):
         # 4. Checkpoint (low-rank format) + card, then publish.
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        finish(tmp, stage="compress", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card={
-            "model_name": recipe.hub_model_id or recipe.output_dir,
-            "summary": f"{recipe.model_name_or_path} with {facts['achieved_ratio']:.0%} of its decoder's linear "
-                       f"parameters removed by {recipe.method} low-rank factorisation.",
-            "training": compression_md(recipe, facts, before, after),
-            "results": [{"dataset_name": k, "metric_type": "perplexity", "metric_value": v["perplexity"]} for k, v in after.items()],
-            "data_report": data_report, "tags": ["compression", "low-rank", recipe.method],
-            "limitations": NOTE,
-        })  # fmt: skip
+        finish(
+            tmp,
+            stage="compress",
+            recipe=recipe,
+            metrics=metrics,
+            parent=recipe.model_name_or_path,
+            card=CardInfo(
+                summary=f"{recipe.model_name_or_path} with {facts['achieved_ratio']:.0%} of its decoder's linear parameters removed by {recipe.method} low-rank factorisation.",
+                training=compression_md(recipe, facts, before, after),
+                results=perplexity_results(after, recipe.eval_datasets, recipe.perplexity_max_length),
+                data_report=data_report,
+                tags=["compression", "low-rank", recipe.method],
+                limitations=NOTE,
+            ),
+        )
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 

@@ -13,6 +13,7 @@ import math
 
 import datasets
 
+from ..cards import CardInfo, perplexity_results
 from ..configs import CPTRecipe
 from ..data.mixture import build_mixture, load_eval_sets, text_token_counter
 from ..data.packing import StackCollator, text_rows
@@ -23,8 +24,7 @@ from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
 from ..trainers.cpt import CPTTrainer
-from ..training import eval_results, fit, print_plan, save_trained, text_eval_rows, training_facts_md
-from .sft import lora_config
+from ..training import fit, lora_config, print_plan, save_trained, text_eval_rows, training_facts_md
 
 logger = logging.getLogger(__name__)
 
@@ -116,15 +116,25 @@ def run(recipe: CPTRecipe, callbacks=None):
                       {"model": "after", "old": after[old]["perplexity"], "new": after[new]["perplexity"]}]  # fmt: skip
             forgetting.plot(points, tmp / "forgetting.png", old, new)
             metrics["forgetting"] = {"old": old, "new": new, "points": points}
-        finish(tmp, stage="cpt", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card={
-            "model_name": recipe.hub_model_id or recipe.output_dir,
-            "summary": f"{recipe.model_name_or_path} after continued pretraining on new text"
-                       + (f" with {recipe.replay_share:.0%} replay" if recipe.replay_share else "")
-                       + (f" and a KL to the model before training (×{recipe.kl_coef})" if recipe.kl_coef else "") + ".",
-            "training": cpt_md(recipe, metrics),
-            "results": eval_results(metrics), "data_report": data["mixture"] + data["replay_mixture"],
-            "tags": ["continued-pretraining"],
-        })  # fmt: skip
+        finish(
+            tmp,
+            stage="cpt",
+            recipe=recipe,
+            metrics=metrics,
+            parent=recipe.model_name_or_path,
+            card=CardInfo(
+                summary=f"{recipe.model_name_or_path} after continued pretraining on new text"
+                + (f" with {recipe.replay_share:.0%} replay" if recipe.replay_share else "")
+                + (f" and a KL to the model before training (×{recipe.kl_coef})" if recipe.kl_coef else "")
+                + ".",
+                training=cpt_md(recipe, metrics),
+                results=perplexity_results(
+                    metrics["eval"], recipe.eval_datasets, recipe.perplexity_max_length
+                ),
+                data_report=data["mixture"] + data["replay_mixture"],
+                tags=["continued-pretraining"],
+            ),
+        )
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 

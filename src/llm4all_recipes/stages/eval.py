@@ -12,6 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from ..cards import dataset_id, eval_result, perplexity_results, result, results_table
 from ..configs import DatasetSource, EvalRecipe
 from ..data.mixture import load_eval_sets, load_source
 from ..evaluation import forgetting
@@ -61,6 +62,9 @@ def run(recipe: EvalRecipe, callbacks=None):
                 model, tokenizer, ppl_sets, max_length=recipe.perplexity_max_length, device=device, tag=label
             )
             metrics["perplexity"][label] = {k: v["perplexity"] for k, v in values.items()}
+        metrics["perplexity_tokens"] = {
+            k: v.get("tokens") for k, v in values.items()
+        }  # of the evaluated model
         model.to(device)
         budget = Budget(recipe.max_generations)
         if simsamu is not None:
@@ -89,7 +93,7 @@ def run(recipe: EvalRecipe, callbacks=None):
                 points, tmp / "forgetting.png", old, new, arrows=[(i, i + 1) for i in range(len(points) - 1)]
             )
             metrics["forgetting"] = {"old": old, "new": new, "points": points}
-        results = results_of(metrics)
+        results = results_of(metrics, recipe)
         write_run_files(tmp, stage="eval", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path)
         (tmp / "README.md").write_text(report_card(recipe, metrics, results), encoding="utf-8")
         if recipe.update_model_card and Path(recipe.model_name_or_path, "README.md").is_file():
@@ -112,41 +116,29 @@ def _first(sets: dict, prefix: str) -> str | None:
     return next((k for k in sets if k.startswith(prefix)), None)
 
 
-def results_of(metrics: dict) -> list[dict]:
-    """model-index rows of the evaluated model."""
-    rows = [
-        {"dataset_name": k, "metric_type": "perplexity", "metric_value": v}
+def results_of(metrics: dict, recipe: EvalRecipe) -> list[dict]:
+    """The evaluated model's results: held-out perplexity, ROUGE (with the number of generations), lighteval."""
+    tokens = metrics.get("perplexity_tokens", {})
+    values = {
+        k: {"perplexity": v, "tokens": tokens.get(k)}
         for k, v in metrics["perplexity"].get("this model", {}).items()
-    ]
+    }
+    rows = perplexity_results(values, recipe.perplexity_datasets, recipe.perplexity_max_length)
     if "rougeL" in metrics.get("simsamu", {}):
-        rows.append(
-            {
-                "dataset_name": "simsamu next regulator turn",
-                "metric_type": "rougeL",
-                "metric_value": metrics["simsamu"]["rougeL"],
-            }
-        )
+        rows.append(result("simsamu next regulator turn", "rougeL", metrics["simsamu"]["rougeL"],
+                           dataset=dataset_id(recipe.simsamu_dataset), split=recipe.simsamu_split,
+                           samples=metrics["simsamu"]["generations"]))  # fmt: skip
     for m in ("rouge1", "rouge2", "rougeL"):
         if m in metrics.get("meetings", {}):
-            rows.append(
-                {
-                    "dataset_name": "meeting summaries",
-                    "metric_type": m,
-                    "metric_value": metrics["meetings"][m],
-                }
-            )
+            rows.append(result("meeting summaries", m, metrics["meetings"][m], dataset=dataset_id(recipe.meetings_dataset),
+                               split=recipe.meetings_split, samples=metrics["meetings"]["meetings"]))  # fmt: skip
     for task, values in metrics.get("lighteval", {}).items():
-        rows += [
-            {"dataset_name": task, "metric_type": k, "metric_value": v}
-            for k, v in values.items()
-            if isinstance(v, int | float)
-        ]
+        rows += [result(task, k, v) for k, v in values.items() if isinstance(v, int | float)]
     return rows
 
 
 def results_md(metrics: dict, results: list[dict]) -> str:
-    lines = ["| set | metric | value |", "|---|---|---:|"]
-    lines += [f"| {r['dataset_name']} | {r['metric_type']} | {r['metric_value']:.4g} |" for r in results]
+    lines = [results_table(results)]
     if "forgetting" in metrics:
         f = metrics["forgetting"]
         lines += ["", "Learning vs forgetting along the model's lineage:", "", forgetting.table(f["points"], f["old"], f["new"]),
@@ -165,41 +157,41 @@ def results_md(metrics: dict, results: list[dict]) -> str:
 
 
 def report_card(recipe: EvalRecipe, metrics: dict, results: list[dict]) -> str:
-    from huggingface_hub import EvalResult, ModelCardData
+    from huggingface_hub import ModelCardData
 
     data = ModelCardData(
         base_model=recipe.model_name_or_path if not Path(recipe.model_name_or_path).exists() else None,
         tags=["llm4all", "llm4all-eval"],
         model_name=recipe.model_name_or_path,
-        eval_results=[EvalResult(task_type="text-generation", dataset_type=r["dataset_name"], dataset_name=r["dataset_name"],
-                                 metric_type=r["metric_type"], metric_value=float(r["metric_value"])) for r in results] or None,
+        eval_results=[eval_result(r) for r in results] or None,
     )  # fmt: skip
     return f"---\n{data.to_yaml()}\n---\n\n# Evaluation of `{recipe.model_name_or_path}`\n\n{results_md(metrics, results)}\n"
+
+
+EVAL_SUBSECTION = "### By llm4all eval"
 
 
 def add_to_model_card(
     folder: Path, recipe: EvalRecipe, metrics: dict, results: list[dict], plot: Path
 ) -> None:
     """Merge the results into the evaluated model's card (model-index) and add an evaluation section."""
-    from huggingface_hub import EvalResult, ModelCard
+    from huggingface_hub import ModelCard
 
     card = ModelCard.load(folder / "README.md")
     existing = card.data.eval_results or []
     keys = {(r["dataset_name"], r["metric_type"]) for r in results}
     kept = [e for e in existing if (e.dataset_name, e.metric_type) not in keys]
-    card.data.eval_results = kept + [EvalResult(task_type="text-generation", dataset_type=r["dataset_name"], dataset_name=r["dataset_name"],
-                                                metric_type=r["metric_type"], metric_value=float(r["metric_value"])) for r in results]  # fmt: skip
+    card.data.eval_results = kept + [eval_result(r) for r in results]
     if not card.data.model_name:
         card.data.model_name = folder.name
-    marker = "\n## Evaluation (llm4all eval)\n"
-    text = (
-        card.text.split(marker)[0].rstrip()
-        + "\n"
-        + marker
-        + f"\nBy `{recipe.origin.path}`.\n\n"
-        + results_md(metrics, results)
-        + "\n"
-    )
+    # one Evaluation section: the stage's own table, then this evaluation (replaced when rerun)
+    head, sep, rest = card.text.partition("\n## Evaluation\n")
+    if not sep:
+        head, rest = card.text.rstrip(), ""
+    section, nxt, tail = rest.partition("\n## ")
+    section = section.split(EVAL_SUBSECTION)[0].rstrip()
+    added = f"{EVAL_SUBSECTION} (`{recipe.origin.path}`)\n\n{results_md(metrics, results)}\n"
+    text = f"{head}\n## Evaluation\n{section}\n\n{added}" + (f"\n## {tail}" if nxt else "")
     card.text = text
     if plot.is_file():
         shutil.copyfile(plot, folder / "forgetting.png")

@@ -5,6 +5,7 @@
 The result loads anywhere (vLLM, TGI, plain transformers) but has the dense model's size and speed.
 """
 
+from ..cards import CardInfo
 from ..compression import to_dense
 from ..configs import ExportDenseRecipe
 from ..errors import RecipeError
@@ -34,12 +35,17 @@ def run(recipe: ExportDenseRecipe, callbacks=None):
         facts = metrics["densified_from"]
         dense.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        finish(tmp, stage="export-dense", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card={
-            "model_name": recipe.hub_model_id or recipe.output_dir,
-            "summary": f"{recipe.model_name_or_path} with its low-rank factors multiplied out: a plain "
-                       f"{type(dense).__name__} (same function, dense size).",
-            "training": f"Dense export of a `{facts.get('method')}` low-rank checkpoint (ratio {facts.get('achieved_ratio')}).",
-            "tags": ["compression"],
-        })  # fmt: skip
+        finish(
+            tmp,
+            stage="export-dense",
+            recipe=recipe,
+            metrics=metrics,
+            parent=recipe.model_name_or_path,
+            card=CardInfo(
+                summary=f"{recipe.model_name_or_path} with its low-rank factors multiplied out: a plain {type(dense).__name__} (same function, dense size).",
+                training=f"Dense export of a `{facts.get('method')}` low-rank checkpoint (ratio {facts.get('achieved_ratio')}).",
+                tags=["compression"],
+            ),
+        )
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics

@@ -9,6 +9,7 @@ distilled student in the same low-rank format. An interrupted run resumes at the
 import logging
 import shutil
 
+from ..cards import CardInfo, perplexity_results
 from ..configs import FeatureDistillRecipe
 from ..errors import RecipeError
 from ..evaluation.perplexity import corpus_ids, held_out_perplexities
@@ -122,14 +123,20 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
         student.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(state, ignore_errors=True)  # resume-only
-        finish(tmp, stage="feature-distill", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card={
-            "model_name": recipe.hub_model_id or recipe.output_dir,
-            "summary": f"{recipe.model_name_or_path} healed by Lillama feature distillation against {teacher_path}.",
-            "training": distill_md(recipe, teacher_path, metrics),
-            "results": [{"dataset_name": k, "metric_type": "perplexity", "metric_value": v["perplexity"]} for k, v in after.items()],
-            "data_report": data_report, "tags": ["compression", "low-rank", "lillama"],
-
-        })  # fmt: skip
+        finish(
+            tmp,
+            stage="feature-distill",
+            recipe=recipe,
+            metrics=metrics,
+            parent=recipe.model_name_or_path,
+            card=CardInfo(
+                summary=f"{recipe.model_name_or_path} healed by Lillama feature distillation against {teacher_path}.",
+                training=distill_md(recipe, teacher_path, metrics),
+                results=perplexity_results(after, recipe.eval_datasets, recipe.perplexity_max_length),
+                data_report=data_report,
+                tags=["compression", "low-rank", "lillama"],
+            ),
+        )
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 

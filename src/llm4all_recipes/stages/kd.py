@@ -11,6 +11,7 @@ import logging
 
 from datasets import load_from_disk
 
+from ..cards import CardInfo, perplexity_results
 from ..configs import KDRecipe, read_chat_template
 from ..data.mixture import load_eval_sets
 from ..errors import RecipeError
@@ -27,15 +28,14 @@ from ..trainers.kd import (
     tokenizer_hash,
 )
 from ..training import (
-    eval_results,
     fit,
     load_data,
+    lora_config,
     print_plan,
     save_trained,
     text_eval_rows,
     training_facts_md,
 )
-from .sft import lora_config
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def open_cache(recipe: KDRecipe, tokenizer):
     if meta["temperature"] != recipe.kd_temperature:
         raise RecipeError(f"fingerprint mismatch: the cache holds log-probs at temperature {meta['temperature']}, the recipe asks "
                           f"{recipe.kd_temperature}", key="kd_temperature")  # fmt: skip
-    rows = load_from_disk(str(cache.path / "data"))
+    rows = load_from_disk(str(cache.path / cache.DATA))
     if data_hash(rows) != meta["data"]:
         raise RecipeError(
             "fingerprint mismatch: the cache's data/ changed since the teacher ran", key="teacher_cache"
@@ -154,14 +154,23 @@ def run(recipe: KDRecipe, callbacks=None):
             tag="student after",
         )
         metrics.update(eval_before=before, eval=after, teacher_eval=teacher_ppl, data=report)
-        finish(tmp, stage="kd", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card={
-            "model_name": recipe.hub_model_id or recipe.output_dir,
-            "summary": f"{recipe.model_name_or_path} distilled from "
-                       f"{recipe.teacher_model_name_or_path or 'a cached teacher'} (logit distillation).",
-            "training": distillation_md(recipe, metrics),
-            "results": eval_results(metrics), "data_report": report, "tags": ["distillation"],
-            "chat": recipe.data_format == "messages",
-        })  # fmt: skip
+        finish(
+            tmp,
+            stage="kd",
+            recipe=recipe,
+            metrics=metrics,
+            parent=recipe.model_name_or_path,
+            card=CardInfo(
+                summary=f"{recipe.model_name_or_path} distilled from {recipe.teacher_model_name_or_path or 'a cached teacher'} (logit distillation).",
+                training=distillation_md(recipe, metrics),
+                results=perplexity_results(
+                    metrics["eval"], recipe.eval_datasets, recipe.perplexity_max_length
+                ),
+                data_report=report,
+                tags=["distillation"],
+                chat=recipe.data_format == "messages",
+            ),
+        )
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 

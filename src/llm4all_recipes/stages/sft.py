@@ -7,26 +7,15 @@
 
 import logging
 
+from ..cards import CardInfo, perplexity_results
 from ..configs import SFTRecipe, has_generation_markers, read_chat_template
 from ..errors import RecipeError
 from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer
 from ..outputs import finish, staged_output
-from ..training import eval_results, fit, load_data, print_plan, save_trained, training_facts_md
+from ..training import fit, load_data, lora_config, print_plan, save_trained, training_facts_md
 
 logger = logging.getLogger(__name__)
-
-
-def lora_config(recipe):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=recipe.lora_r,
-        lora_alpha=recipe.lora_alpha,
-        lora_dropout=recipe.lora_dropout,
-        target_modules=recipe.lora_target_modules or "all-linear",
-        task_type="CAUSAL_LM",
-    )
 
 
 def run(recipe: SFTRecipe, callbacks=None):
@@ -71,14 +60,13 @@ def run(recipe: SFTRecipe, callbacks=None):
             recipe=recipe,
             metrics=metrics,
             parent=recipe.model_name_or_path,
-            card={
-                "model_name": recipe.hub_model_id or recipe.output_dir,
-                "summary": "A chat model fine-tuned on French conversations (assistant-only loss).",
-                "training": _training_md(recipe, metrics),
-                "results": eval_results(metrics),
-                "data_report": report,
-                "chat": True,
-            },
+            card=CardInfo(
+                summary="A chat model fine-tuned on French conversations (assistant-only loss).",
+                training=_training_md(recipe, metrics),
+                results=perplexity_results(metrics.get("eval", {}), recipe.eval_datasets),
+                data_report=report,
+                chat=True,
+            ),
         )
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics

@@ -6,6 +6,7 @@ config, pretrain it briefly on the old-domain text, and record its held-out perp
 
 import logging
 
+from ..cards import CardInfo, perplexity_results
 from ..configs import TinyModelRecipe, read_chat_template
 from ..evaluation.perplexity import held_out_perplexities
 from ..hub import publish_stage_output
@@ -57,23 +58,16 @@ def run(recipe: TinyModelRecipe, callbacks=None):
             recipe=recipe,
             metrics=metrics,
             parent=None,
-            card={
-                "model_name": recipe.hub_model_id or "tiny-llama-fr",
-                "summary": (
-                    "A tiny Llama with a byte-level BPE tokenizer trained on French text written for this project: "
-                    "the embedded default of llm4all-recipes, for tests and the offline demo. It is not a useful "
-                    "language model."
-                ),
-                "training": _training_md(recipe, metrics),
-                "results": [
-                    {"dataset_name": k, "metric_type": "perplexity", "metric_value": v["perplexity"]}
-                    for k, v in after.items()
-                ],
-                "data_report": report,
-                "license": "apache-2.0",
-                "language": ["fr"],
-                "chat": False,
-            },
+            card=CardInfo(
+                model_name=recipe.hub_model_id or "tiny-llama-fr",
+                summary="A tiny Llama with a byte-level BPE tokenizer trained on French text written for this project: the embedded default of llm4all-recipes, for tests and the offline demo. It is not a useful language model.",
+                training=_training_md(recipe, metrics),
+                results=perplexity_results(after, recipe.eval_datasets, recipe.max_length),
+                data_report=report,
+                license="apache-2.0",
+                language=["fr"],
+                chat=False,
+            ),
         )
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics

@@ -96,18 +96,28 @@ class TeacherCache:
     """A cache-teacher output: the packed dataset (data/) and, per token, the teacher's top-k log-probabilities
     and token ids, in row shards of numpy arrays opened memory-mapped (topk/logprobs-NNNNN.npy, indices-NNNNN.npy)."""
 
+    DATA, TOPK, FINGERPRINT = (
+        "data",
+        "topk",
+        "fingerprint.json",
+    )  # the layout, written by stages/cache_teacher.py
+
+    @classmethod
+    def shard_files(cls, folder: str | os.PathLike, i: int) -> tuple[Path, Path]:
+        """(logprobs, indices) numpy files of row shard i."""
+        topk = Path(folder) / cls.TOPK
+        return topk / f"logprobs-{i:05d}.npy", topk / f"indices-{i:05d}.npy"
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.meta = json.loads((self.path / "fingerprint.json").read_text())
+        self.meta = json.loads((self.path / self.FINGERPRINT).read_text())
         self.shard_rows = self.meta["shard_rows"]
         self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if i not in self._open:
-            self._open[i] = (
-                np.load(self.path / "topk" / f"logprobs-{i:05d}.npy", mmap_mode="r"),
-                np.load(self.path / "topk" / f"indices-{i:05d}.npy", mmap_mode="r"),
-            )
+            logprobs, indices = self.shard_files(self.path, i)
+            self._open[i] = (np.load(logprobs, mmap_mode="r"), np.load(indices, mmap_mode="r"))
         return self._open[i]
 
     def rows(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
