@@ -84,6 +84,10 @@ def distilled_model(compressed_model, session_tmp) -> Path:
         str(out),
         "--tokens_per_block",
         "131072",
+        # the recipe's 1e-3 is measured on french-bench; on this 1M-parameter toy whitening is already near the
+        # blocks' optimum and 1e-3 keeps every initial state: 1e-4 exercises blocks that improve
+        "--learning_rate",
+        "1e-4",
     ]
     assert main(["feature-distill", "--config", config, *argv]) == 0
     return out

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from llm4all_recipes.cli import main
-from llm4all_recipes.configs import parse_recipe
 from llm4all_recipes.data.packing import StackCollator
 from llm4all_recipes.models import load_model, load_tokenizer
+from llm4all_recipes.parsing import parse_recipe
 from llm4all_recipes.stages.cpt import build_rows
 from llm4all_recipes.trainers.cpt import CPTTrainer
 from llm4all_recipes.training import make_trainer

@@ -9,9 +9,9 @@ import pytest
 from conftest import HUB_TOKEN
 
 from llm4all_recipes.cli import main
-from llm4all_recipes.configs import DatasetSource
 from llm4all_recipes.data.mixture import load_source
 from llm4all_recipes.errors import RecipeError
+from llm4all_recipes.fields import DatasetSource
 from llm4all_recipes.hub import publish, resolve_target
 
 

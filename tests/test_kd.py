@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from llm4all_recipes.cli import main
-from llm4all_recipes.configs import parse_recipe
 from llm4all_recipes.models import load_model, load_tokenizer
+from llm4all_recipes.parsing import parse_recipe
 from llm4all_recipes.trainers.kd import CachedTeacherCollator, KDTrainer, TeacherCache
 from llm4all_recipes.training import make_trainer
 

@@ -6,7 +6,6 @@ import json
 import datasets
 import pytest
 
-from llm4all_recipes.configs import DatasetSource
 from llm4all_recipes.data.mixture import (
     build_mixture,
     check_sources,
@@ -15,6 +14,7 @@ from llm4all_recipes.data.mixture import (
     peek_columns,
 )
 from llm4all_recipes.errors import RecipeError
+from llm4all_recipes.fields import DatasetSource
 
 
 def jsonl(path, rows):

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from llm4all_recipes.cli import main
-from llm4all_recipes.configs import parse_recipe
 from llm4all_recipes.errors import RecipeError
 from llm4all_recipes.outputs import LOCK, MARKER, staged_output
+from llm4all_recipes.parsing import parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 FAULT = REPO / "tests" / "fault"

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from llm4all_recipes.cli import main, run_stage
-from llm4all_recipes.configs import parse_recipe
+from llm4all_recipes.parsing import parse_recipe
 
 
 def sft_text(model, out, extra=""):

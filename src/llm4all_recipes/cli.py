@@ -77,7 +77,8 @@ def collect_recipes(targets: Sequence[str]) -> list[Path]:
 
 def validate(targets: Sequence[str]) -> int:
     """Check recipes (stage from the folder name) without running them."""
-    from .configs import RECIPES, parse_recipe
+    from .configs import RECIPES
+    from .parsing import parse_recipe
     from .paths import stage_of
 
     files = collect_recipes(targets or ["recipes"])
@@ -102,7 +103,7 @@ def validate(targets: Sequence[str]) -> int:
 
 def run_stage(stage: str, argv: Sequence[str], callbacks=None):
     """Parse and check a stage's recipe, then run it; returns the stage's result (metrics)."""
-    from .configs import parse_recipe
+    from .parsing import parse_recipe
     from .paths import resolve_in_repo
     from .stages import runner
 
@@ -117,7 +118,8 @@ def run_stage(stage: str, argv: Sequence[str], callbacks=None):
 
 
 def _help(stage: str) -> int:
-    from .configs import RECIPES, _Parser
+    from .configs import RECIPES
+    from .parsing import _Parser
 
     parser = _Parser(RECIPES[stage])
     parser.prog = f"llm4all {stage} --config RECIPE.yaml"

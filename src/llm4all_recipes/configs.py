@@ -2,81 +2,31 @@
 
 A recipe is `recipes/<model>/<stage>/<variant>.yaml`. Its top-level keys are the fields of the stage's
 dataclass below (each with `help` metadata: `llm4all <stage> --help` lists them all); `--key value` on
-the command line overrides a top-level key. `parse_recipe` checks everything before any model is
-loaded — unknown keys, types, choices, files, value ranges — and raises `RecipeError` naming the file,
-the key and its line.
+the command line overrides a top-level key. Each dataclass checks its values (`check`) before any model is
+loaded; reading YAML and the command line is parsing.py's job (`parse_recipe`).
 """
 
-import argparse
-import dataclasses
-import difflib
-import enum
 import importlib.util
 import json
 import os
 import re
-import types
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from transformers import SchedulerType
-from trl import SFTConfig, TrlParser
+from trl import SFTConfig
 
 from . import paths
+from .data.mixture import check_sources
 from .errors import RecipeError
-
-
-def arg(default: Any = dataclasses.MISSING, *, help: str, factory: Any = None, **metadata: Any) -> Any:
-    """A dataclass field with its `help` (shown by `--help`; `%` escaped for argparse)."""
-    metadata["help"] = help.replace("%", "%%")
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+from .fields import DatasetSource, _to_sources, arg
+from .paths import check_path
 
 
 # --------------------------------------------------------------------------- dataset mixture
-@dataclass
-class DatasetSource:
-    """One entry of a dataset mixture (`datasets:` / `eval_datasets:` lists of a recipe)."""
-
-    path: str = arg(
-        help="Hub dataset id, local folder (save_to_disk or Hub parquet layout) or a .json/.jsonl/.parquet/.csv file."
-    )
-    name: str | None = arg(None, help="Configuration name, for Hub datasets that have several.")
-    split: str = arg("train", help="Split to read. A single file only has the 'train' split.")
-    columns: list[str] | dict[str, str] | None = arg(
-        None,
-        help="Columns to keep, or a {source_name: stage_name} mapping that renames then keeps. "
-        "Default: the stage's own columns (`messages` for chat stages, `text` for text stages).",
-    )
-    weight: float = arg(
-        1.0,
-        help="Share of the training mixture: of rows for chat stages, of tokens for text stages "
-        "(weights are normalised). Ignored for eval sets, which are used whole.",
-    )
-    repeat: bool = arg(False, help="Allow repeating this source when it is too small for its share.")
-    streaming: bool = arg(
-        False,
-        help="Read the dataset as a stream (nothing downloaded in full): for big Hub corpora; needs max_rows.",
-    )
-    max_rows: int | None = arg(
-        None,
-        help="Use at most this many rows: the first rows of the shuffled stream (streaming), else a seeded sample.",
-    )
-
-    @property
-    def label(self) -> str:
-        """Short name used in metrics (`eval_<label>_loss`) and reports."""
-        stem = Path(self.path.rstrip("/")).name
-        for suffix in (".jsonl", ".json", ".parquet", ".csv"):
-            stem = stem.removesuffix(suffix)
-        return stem if self.split in ("train", stem) else f"{stem}_{self.split}"
-
-
 @dataclass
 class MixtureArgs:
     datasets: list[DatasetSource] = arg(
@@ -425,7 +375,6 @@ class KDRecipe(KDArgs, TrainRecipe):
         check_path(self.teacher_cache, "teacher_cache", static)
         if self.datasets:
             raise RecipeError("the teacher cache fixes the training data: remove `datasets`", key="datasets")
-        from .data.mixture import check_sources
 
         check_sources(self.eval_datasets, "eval_datasets", ("text",), static)
 
@@ -482,7 +431,6 @@ class CPTRecipe(KDArgs, TrainRecipe):
             raise RecipeError("replay_share > 0 needs replay_datasets", key="replay_datasets")
         if self.replay_datasets and self.replay_share == 0:
             raise RecipeError("replay_datasets are only read with replay_share > 0", key="replay_share")
-        from .data.mixture import check_sources
 
         check_sources(self.replay_datasets, "replay_datasets", ("text",), static)
         if self.kl_coef < 0:
@@ -641,7 +589,6 @@ class SelectRecipe(ModelArgs, MixtureArgs, StageArgs):
             raise RecipeError("must be in (0, 1]", key="near_duplicate_threshold")
         _positive(self, "score_max_length", "batch_size", "decontamination_ngram")
         check_mixture(self, static)
-        from .data.mixture import check_sources
 
         check_sources(self.decontaminate, "decontaminate", ("text",), static)
         check_output_dir(self, static)
@@ -704,7 +651,6 @@ class EvalRecipe(ModelArgs, StageArgs):
 
     def check(self, static: bool) -> None:
         check_model(self.model_name_or_path, static, "the model to evaluate")
-        from .data.mixture import check_sources
 
         check_sources(self.perplexity_datasets, "perplexity_datasets", ("text",), static)
         for key in ("simsamu_dataset", "meetings_dataset"):
@@ -1089,16 +1035,6 @@ RECIPES: dict[str, type] = {
 
 
 # --------------------------------------------------------------------------- value checks
-def _to_source(value: Any) -> DatasetSource:
-    if isinstance(value, DatasetSource):
-        return value
-    return DatasetSource(**value) if isinstance(value, dict) else DatasetSource(path=value)
-
-
-def _to_sources(values: list) -> list[DatasetSource]:
-    return [_to_source(v) for v in _flat(values)]
-
-
 def _positive(recipe: Any, *keys: str) -> None:
     for key in keys:
         value = getattr(recipe, key, None)
@@ -1118,22 +1054,9 @@ def check_model(value: str | None, static: bool, what: str, key: str = "model_na
             raise RecipeError(problem, key=key)
 
 
-def check_path(value: str, key: str, static: bool, *, hub_ok: bool = False) -> None:
-    """A local path must exist; in `static` mode (validate) paths under outputs/ may not exist yet."""
-    if hub_ok and paths.is_hub_id(value):
-        return
-    if static and paths.is_produced(value):
-        return
-    if not os.path.exists(os.path.expanduser(value)):
-        what = "not a local path nor a Hub id" if hub_ok else "no such file or folder"
-        hint = " (produced by another stage: run it first)" if paths.is_produced(value) else ""
-        raise RecipeError(f"{what}: {value}{hint}", key=key)
-
-
 def check_mixture(recipe: MixtureArgs, static: bool, eval_columns: Sequence[str] | None = None) -> None:
     """Training sources exist and have the stage's columns; eval sources too (`eval_columns`, default the same)
     and are held out (none is also a training source)."""
-    from .data.mixture import check_sources  # reads at most a line or a schema per local source
 
     if not recipe.datasets:
         raise RecipeError("required: at least one training source", key="datasets")
@@ -1210,336 +1133,4 @@ def check_chat_template(value: str, require_generation: bool) -> str:
             "(wrap each assistant message in {% generation %}...{% endgeneration %})",
             key="chat_template_path",
         )
-    return value
-
-
-# --------------------------------------------------------------------------- parsing
-def _json_dict(text: str) -> dict:
-    """`--ranks '{"o_proj": 32}'`: dict keys given on the command line are JSON."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
-def _json_list_item(item_type: Any):
-    """A list key's item type that also reads a whole JSON list (`--datasets '[{"path": "a.jsonl", "weight": 2}]'`):
-    such a value becomes a nested list, flattened when the recipe is built."""
-
-    def convert(text: str):
-        if not text.lstrip().startswith("["):
-            return item_type(text)
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise argparse.ArgumentTypeError(f"invalid JSON list {text!r}: {exc.msg}") from None
-        if not isinstance(items, list):
-            raise argparse.ArgumentTypeError(f"expected a JSON list, got {text!r}")
-        return [
-            item_type(**i) if dataclasses.is_dataclass(item_type) and isinstance(i, dict) else i
-            for i in items
-        ]
-
-    convert.__name__ = getattr(item_type, "__name__", "value")
-    return convert
-
-
-def _flat(values: list) -> list:
-    return [v for item in values for v in (item if isinstance(item, list) else [item])]
-
-
-class _Parser(TrlParser):
-    """TRL's parser, raising `RecipeError` instead of printing usage and exiting; dict keys read JSON, list keys
-    a JSON list as well as space-separated values."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for action in self._actions:
-            if action.type is dict or typing.get_origin(action.type) is dict:
-                action.type = _json_dict
-            elif action.nargs in ("+", "*") and action.type is not None:
-                action.type = _json_list_item(action.type)
-
-    def error(self, message: str):
-        key = None
-        if message.startswith("argument --"):
-            key = message.split()[1].lstrip("-").split("/")[0].rstrip(":")
-        raise RecipeError(message, source="command line", key=key)
-
-
-@dataclass
-class RecipeFile:
-    """Where a parsed recipe came from: kept on the recipe as `recipe.origin`."""
-
-    path: str
-    values: dict[str, Any]  # the YAML mapping as written
-    lines: dict[str, int]  # key (dotted, with [i]) -> line in the file
-    cli_keys: list[str]  # top-level keys overridden on the command line
-    argv: list[str]
-
-    def locate(self, err: RecipeError) -> RecipeError:
-        top = (err.key or "").split("[")[0].split(".")[0]
-        if top and top in self.cli_keys:
-            return err.located("command line")
-        return err.located(self.path, self.lines.get(err.key or "", self.lines.get(top)))
-
-
-def read_yaml(path: str) -> tuple[dict[str, Any], dict[str, int]]:
-    """Load a recipe mapping with the line of every key; duplicate keys are an error."""
-    if not os.path.isfile(path):
-        raise RecipeError("no such recipe file", source=path)
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise RecipeError(
-            f"invalid YAML: {getattr(exc, 'problem', exc)}", source=path, line=mark.line + 1 if mark else None
-        ) from None
-    if values is None:
-        values, node = {}, None
-    if not isinstance(values, dict):
-        raise RecipeError("a recipe must be a YAML mapping of key: value", source=path)
-    lines: dict[str, int] = {}
-
-    def walk(n: Any, prefix: str) -> None:
-        if isinstance(n, yaml.MappingNode):
-            seen = set()
-            for k, v in n.value:
-                key = f"{prefix}.{k.value}" if prefix else str(k.value)
-                if key in seen:
-                    raise RecipeError("duplicate key", source=path, key=key, line=k.start_mark.line + 1)
-                seen.add(key)
-                lines[key] = k.start_mark.line + 1
-                walk(v, key)
-        elif isinstance(n, yaml.SequenceNode):
-            for i, item in enumerate(n.value):
-                lines[f"{prefix}[{i}]"] = item.start_mark.line + 1
-                walk(item, f"{prefix}[{i}]")
-
-    walk(node, "")
-    return values, lines
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def check_value(value: Any, tp: Any) -> bool:
-    """Does a YAML value fit a dataclass annotation? (numbers written as strings such as 1e-5 are accepted)."""
-    origin = typing.get_origin(tp)
-    if tp is Any or tp is object:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(check_value(value, t) for t in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if origin is Literal:
-        return value in typing.get_args(tp)
-    if tp is bool:
-        return isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false"))
-    if tp is int:
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, str) and value.lstrip("-").isdigit()
-        )
-    if tp is float:
-        if isinstance(value, bool):
-            return False
-        if isinstance(value, int | float):
-            return True
-        try:
-            float(value)
-            return isinstance(value, str)
-        except (TypeError, ValueError):
-            return False
-    if tp is str:
-        return isinstance(value, str)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return value in {m.value for m in tp} or isinstance(value, tp)
-    if origin in (list, Sequence, tuple) or tp in (list, tuple):
-        args = typing.get_args(tp)
-        return (
-            isinstance(value, list) and all(check_value(v, args[0]) for v in value)
-            if args
-            else isinstance(value, list)
-        )
-    if origin is dict or tp is dict:
-        return isinstance(value, dict)
-    if dataclasses.is_dataclass(tp):
-        return isinstance(value, dict)
-    return True
-
-
-def check_keys(cls: type, values: dict[str, Any], prefix: str = "") -> None:
-    """Unknown keys (with a suggestion), missing required keys and wrong types, recursively."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for key, value in values.items():
-        full = f"{prefix}{key}"
-        if key not in known:
-            if not prefix and key == "env":
-                continue
-            close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.75)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RecipeError(f"unknown key{hint}", key=full)
-        tp = hints[key]
-        if not check_value(value, tp):
-            raise RecipeError(
-                f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})",
-                key=full,
-            )
-        item_cls = _dataclass_item(tp)
-        if item_cls is not None and isinstance(value, list):
-            for i, item in enumerate(value):
-                check_keys(item_cls, item, f"{full}[{i}].")
-    for f in known.values():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if prefix and required and f.name not in values:
-            raise RecipeError("required key missing", key=f"{prefix}{f.name}")
-
-
-def _dataclass_item(tp: Any) -> type | None:
-    for arg_tp in typing.get_args(tp):
-        if dataclasses.is_dataclass(arg_tp):
-            return arg_tp
-    return None
-
-
-def _check_choices(parser: TrlParser, values: dict[str, Any]) -> None:
-    for action in parser._actions:
-        if action.choices and action.dest in values:
-            value = values[action.dest]
-            value = value.value if isinstance(value, enum.Enum) else value
-            if str(value) not in [str(c.value if isinstance(c, enum.Enum) else c) for c in action.choices]:
-                raise RecipeError(
-                    f"invalid value {value!r}; choose one of: {', '.join(map(str, action.choices))}",
-                    key=action.dest,
-                )
-
-
-def _cli_keys(argv: Sequence[str]) -> list[str]:
-    return [a[2:].split("=")[0] for a in argv if a.startswith("--")]
-
-
-def _guess_key(message: str, candidates: Sequence[str]) -> str | None:
-    for key in sorted(candidates, key=len, reverse=True):
-        if f"`{key}`" in message or f"--{key}" in message or f"'{key}'" in message or f" {key} " in message:
-            return key
-    return None
-
-
-def split_config(argv: Sequence[str]) -> tuple[str | None, list[str]]:
-    """Take `--config PATH` (or `--config=PATH`) out of argv."""
-    rest, config = [], None
-    it = iter(argv)
-    for a in it:
-        if a == "--config":
-            config = next(it, None)
-            if config is None:
-                raise RecipeError("--config needs a recipe path", source="command line")
-        elif a.startswith("--config="):
-            config = a.split("=", 1)[1]
-        else:
-            rest.append(a)
-    return config, rest
-
-
-def parse_recipe(stage: str, argv: Sequence[str], *, static: bool = False) -> Any:
-    """Parse `--config RECIPE.yaml [--key value ...]` into the stage's dataclass and check it.
-
-    `static=True` (used by `validate`) does not require outputs of other stages to exist yet.
-    """
-    cls = RECIPES[stage]
-    config, overrides = split_config(argv)
-    if config is None:  # every key from the command line (handy for publish)
-        values, lines, source = {}, {}, "command line"
-    else:
-        folder_stage = paths.stage_of(config)
-        if folder_stage in RECIPES and folder_stage != stage:
-            raise RecipeError(
-                f"this recipe is a '{folder_stage}' recipe (its folder), not a '{stage}' one", source=config
-            )
-        values, lines = read_yaml(config)
-        source = config
-    cli = _cli_keys(overrides)
-    origin = RecipeFile(source, values, lines, cli, list(argv))
-    try:
-        check_keys(cls, values)
-        parser = _Parser(cls)
-        _check_choices(parser, values)
-    except RecipeError as err:
-        raise origin.locate(err) from None
-    has_output = "output_dir" in {f.name for f in dataclasses.fields(cls)}
-    if has_output and "output_dir" not in values and "output_dir" not in cli:
-        default = paths.default_output_dir(config) if config else None
-        if default is None:
-            raise RecipeError(
-                "required when the recipe is not under recipes/<model>/<stage>/",
-                source=source,
-                key="output_dir",
-            )
-        overrides += ["--output_dir", default]
-    try:
-        (recipe,) = parser.parse_args_and_config([*(["--config", config] if config else []), *overrides])
-    except RecipeError as err:
-        raise origin.locate(err) from None
-    except (ValueError, TypeError) as exc:
-        key = _guess_key(str(exc), [*values, *cli])
-        raise origin.locate(RecipeError(str(exc).strip(), key=key)) from None
-    for f in dataclasses.fields(recipe):  # list keys given as a JSON list on the command line
-        value = getattr(recipe, f.name, None)
-        if isinstance(value, list) and any(isinstance(v, list) for v in value):
-            setattr(recipe, f.name, _flat(value))
-    recipe.origin = origin
-    try:
-        if has_output:  # first: the one check that protects data (a stage replaces its output_dir)
-            from .outputs import check_output_path
-
-            check_output_path(recipe.output_dir)
-        recipe.check(static)
-    except RecipeError as err:
-        raise origin.locate(err) from None
-    return recipe
-
-
-_SECRET = re.compile(r"(^|_)(token|secret|password|api_key)$")
-_NOT_SECRET = frozenset(
-    {"pad_token", "eos_token", "bos_token", "unk_token"}
-)  # special tokens, not credentials
-
-
-def is_secret(key: str) -> bool:
-    """Keys whose values are credentials (hub_token ...): never written to a file, a log or a card."""
-    return bool(_SECRET.search(key)) and key not in _NOT_SECRET
-
-
-def resolved_recipe(recipe: Any) -> dict[str, Any]:
-    """The recipe as run: the keys written in the YAML file, command-line overrides applied. Secrets and the
-    `env:` mapping (environment variables, often credentials) are left out."""
-    origin: RecipeFile = recipe.origin
-    keys = list(dict.fromkeys([*origin.values, *origin.cli_keys, "output_dir"]))
-    return {
-        k: _plain(getattr(recipe, k)) for k in keys if k != "env" and not is_secret(k) and hasattr(recipe, k)
-    }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(
-        value, type
-    ):  # nested entries: only what differs from defaults
-        return {
-            f.name: _plain(getattr(value, f.name))
-            for f in dataclasses.fields(value)
-            if f.default is dataclasses.MISSING or getattr(value, f.name) != f.default
-        }
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
     return value

@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .configs import is_secret, resolved_recipe
 from .errors import RecipeError
+from .parsing import is_secret, resolved_recipe
 from .paths import REPO_ROOT
 
 if TYPE_CHECKING:

@@ -5,6 +5,8 @@ import re
 from contextvars import ContextVar
 from pathlib import Path
 
+from .errors import RecipeError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The package is used from a clone (editable install): recipes and card templates sit at its root.
 REPO_ROOT = PACKAGE_DIR.parents[1]
@@ -81,3 +83,15 @@ def resolve_in_repo(path: str) -> str:
         return path
     candidate = REPO_ROOT / path
     return str(candidate) if candidate.exists() else path
+
+
+def check_path(value: str, key: str, static: bool, *, hub_ok: bool = False) -> None:
+    """A local path must exist; in `static` mode (validate) paths under outputs/ may not exist yet."""
+    if hub_ok and is_hub_id(value):
+        return
+    if static and is_produced(value):
+        return
+    if not os.path.exists(os.path.expanduser(value)):
+        what = "not a local path nor a Hub id" if hub_ok else "no such file or folder"
+        hint = " (produced by another stage: run it first)" if is_produced(value) else ""
+        raise RecipeError(f"{what}: {value}{hint}", key=key)

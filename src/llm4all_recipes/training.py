@@ -24,10 +24,10 @@ from typing import Any
 
 import yaml
 
-from .configs import resolved_recipe
 from .data.mixture import build_mixture, load_eval_sets, text_token_counter
 from .models import count_parameters
 from .outputs import write_json
+from .parsing import resolved_recipe
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..configs import DatasetSource, check_path
 from ..errors import RecipeError
-from ..paths import is_hub_id, local_hub_copy
+from ..fields import DatasetSource
+from ..paths import check_path, is_hub_id, local_hub_copy
 
 logger = logging.getLogger(__name__)
 

@@ -13,11 +13,12 @@ import shutil
 from pathlib import Path
 
 from ..cards import dataset_id, eval_result, perplexity_results, result, results_table
-from ..configs import DatasetSource, EvalRecipe
+from ..configs import EvalRecipe
 from ..data.mixture import load_eval_sets, load_source
 from ..evaluation import forgetting
 from ..evaluation.generation import Budget, meeting_summaries, simsamu_next_turn
 from ..evaluation.perplexity import held_out_perplexities
+from ..fields import DatasetSource
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import read_lineage, staged_output, write_run_files
 

@@ -15,9 +15,10 @@ import os
 import time
 from pathlib import Path
 
-from ..configs import PipelineRecipe, parse_recipe
+from ..configs import PipelineRecipe
 from ..errors import RecipeError
 from ..hub import local_repo_dir, resolve_target
+from ..parsing import parse_recipe
 from ..paths import PLANNED_OUTPUTS
 from . import runner
 
