@@ -136,3 +136,49 @@ def test_an_unreadable_progress_file_restarts_the_blocks_instead_of_failing(tmp_
     write_json(tmp_path / "progress.json", {"0": {"layer": 0}})
     assert fd._finished(tmp_path) == {0: {"layer": 0}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["progress.json"]  # no temporary file left
+
+
+def test_report_to_receives_block_losses_and_perplexities(compressed_model, tmp_path, monkeypatch):
+    """report_to works for feature distillation as for the Trainer stages (accelerate's tracker API): each block's
+    held-out loss along its steps, and the held-out perplexities before/after."""
+    import transformers.integrations
+    from accelerate import Accelerator
+    from accelerate.tracking import GeneralTracker
+
+    from llm4all_recipes import tracking
+    from llm4all_recipes.cli import main
+
+    logged = []
+
+    class Recorder(GeneralTracker):
+        name, requires_logging_directory, tracker = "recorder", False, None
+
+        def __init__(self):
+            super().__init__()
+
+        def store_init_configuration(self, values):
+            logged.append(("config", values))
+
+        def log(self, values, step=None, **kwargs):
+            logged.append((step, values))
+
+    monkeypatch.setattr(transformers.integrations, "is_tensorboard_available", lambda: True)
+    monkeypatch.setattr(tracking, "_accelerator", lambda names, folder: Accelerator(log_with=[Recorder()]))
+    out = tmp_path / "fd"
+    assert main(["feature-distill", "--config", RECIPE, "--model_name_or_path", str(compressed_model), "--output_dir",
+                 str(out), "--tokens_per_block", "4096", "--eval_every", "1", "--report_to", "tensorboard"]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert logged[0][0] == "config" and logged[0][1]["learning_rate"] == pytest.approx(1e-3)
+    for block in metrics["blocks"]:
+        losses = {
+            s: v[f"block_{block['layer']}/held_out_loss"]
+            for s, v in logged[1:]
+            if f"block_{block['layer']}/held_out_loss" in v
+        }
+        assert losses[0] == pytest.approx(block["initial_loss"]) and min(losses.values()) == pytest.approx(
+            block["best_loss"]
+        )
+    (before,) = [v for s, v in logged if s == 0 and "old_eval/perplexity" in v]
+    (after,) = [v for s, v in logged if s == 1 and "old_eval/perplexity" in v]
+    assert before["old_eval/perplexity"] == pytest.approx(metrics["eval_before"]["old_eval"]["perplexity"])
+    assert after["old_eval/perplexity"] == pytest.approx(metrics["eval"]["old_eval"]["perplexity"])

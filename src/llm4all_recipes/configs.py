@@ -790,6 +790,12 @@ class CalibrationArgs:
     perplexity_max_length: int = arg(
         512, help="Window of the perplexity measured before/after on eval_datasets."
     )
+    report_to: list[str] = arg(
+        factory=lambda: ["none"],
+        help="Trackers that receive the per-layer / per-block losses and the held-out perplexities, as the "
+        "training stages' report_to: tensorboard, wandb, mlflow, trackio, ... (none: only the logs and metrics.json).",
+    )
+    run_name: str | None = arg(None, help="The run's name in the trackers (default: llm4all-<stage>).")
 
     def check_calibration(self, static: bool) -> None:
         _positive(
@@ -802,6 +808,7 @@ class CalibrationArgs:
         if not self.datasets:
             raise RecipeError("required: calibration text (a `text` column)", key="datasets")
         check_mixture(self, static)
+        check_trackers(self.report_to)
 
 
 @dataclass

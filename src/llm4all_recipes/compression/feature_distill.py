@@ -179,8 +179,9 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
 
 @torch.no_grad()
 def distill(teacher: nn.Module, student: nn.Module, train_ids: torch.Tensor, holdout_ids: torch.Tensor,
-            cfg: DistillConfig, state_dir: Path | None = None) -> list[BlockReport]:  # fmt: skip
-    """Distil every compressed block of `student` (in place); teacher and student stay on the CPU."""
+            cfg: DistillConfig, state_dir: Path | None = None, on_block=None) -> list[BlockReport]:  # fmt: skip
+    """Distil every compressed block of `student` (in place); teacher and student stay on the CPU.
+    `on_block(report)` is called as each block is done (trackers)."""
     _, t_layers = decoder_layers(teacher)
     _, s_layers = decoder_layers(student)
     if len(t_layers) != len(s_layers):
@@ -220,6 +221,8 @@ def distill(teacher: nn.Module, student: nn.Module, train_ids: torch.Tensor, hol
             logger.info(
                 "block %d: held-out loss %.4f -> %.4f", i, reports[-1].initial_loss, reports[-1].best_loss
             )
+            if on_block is not None:
+                on_block(reports[-1])
         if cfg.schedule == "sequential" or cfg.joint_inputs:
             s_train, s_hold = t_train.forward(s_block, s_train), t_hold.forward(s_block, s_hold)
         t_block.to("cpu")

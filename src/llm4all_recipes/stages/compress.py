@@ -18,6 +18,7 @@ from ..evaluation.perplexity import corpus_ids, held_out_perplexities
 from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
+from ..tracking import Trackers
 from ..training import load_data
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,10 @@ def run(recipe: CompressRecipe, callbacks=None):
         after = held_out_perplexities(
             model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="compressed"
         )
+        trackers = Trackers(recipe, "compress", tmp)
+        trackers.log({"achieved_ratio": facts["achieved_ratio"], "parameters": facts["model_params_after"]})
+        trackers.log_perplexities(before, after)
+        trackers.close()
         metrics = {"compression": facts, "eval_before": before, "eval": after, "data": data_report, **report,
                    "parameters": facts["model_params_after"]}  # fmt: skip
 

@@ -16,6 +16,7 @@ from ..evaluation.perplexity import corpus_ids, held_out_perplexities
 from ..hub import publish_stage_output
 from ..models import compression_config, load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
+from ..tracking import Trackers
 from ..training import load_data
 
 logger = logging.getLogger(__name__)
@@ -99,10 +100,15 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
 
         # 3. Block by block, resumable from <output_dir>.tmp/distill_state.
         state = tmp / "distill_state"
-        reports = distill(teacher, student, train_ids, hold_ids, cfg, state_dir=state)
+        trackers = Trackers(recipe, "feature-distill", tmp)
+        reports = distill(
+            teacher, student, train_ids, hold_ids, cfg, state_dir=state, on_block=trackers.log_block
+        )
         after = held_out_perplexities(
             student, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="after"
         )
+        trackers.log_perplexities(before, after)
+        trackers.close()
         tokens_per_step = train_ids.shape[1] * recipe.calibration_batch_size
         unchanged = [r.layer for r in reports if r.best_step == 0]
         if unchanged:
