@@ -90,3 +90,15 @@ def test_the_summary_flags_a_stage_that_changed_nothing(tmp_path, metrics, uncha
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     row = _row(SimpleNamespace(name="kd:heal"), SimpleNamespace(output_dir=str(tmp_path)), "ran", 1.0)
     assert ("UNCHANGED" in row["status"]) is unchanged
+
+
+def test_step_overrides_with_lists_reach_the_recipe(pipeline, tmp_path):
+    """A step's `overrides` may set list keys (JSON on the step's command line), e.g. another mixture."""
+    from llm4all_recipes.configs import PipelineStep
+    from llm4all_recipes.parsing import parse_recipe
+
+    sft_recipe = str(tmp_path / "recipes" / "m" / "sft" / "calls.yaml")
+    chat = "tests/fixtures/chat/train.jsonl"
+    step = PipelineStep(recipe=sft_recipe, overrides={"datasets": [{"path": chat, "weight": 2}], "max_steps": 3})
+    recipe = parse_recipe("sft", step.argv(), static=True)
+    assert [(s.path, s.weight) for s in recipe.datasets] == [(chat, 2.0)] and recipe.max_steps == 3

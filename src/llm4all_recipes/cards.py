@@ -23,7 +23,7 @@ class CardInfo:
 
     summary: str
     training: str  # the markdown of the Training section
-    model_name: str | None = None  # default: the recipe's hub_model_id, else its output_dir
+    model_name: str | None = None  # default: the recipe's hub_model_id, else its output folder's name
     results: list[dict[str, Any]] = field(default_factory=list)  # result() rows
     data_report: list[dict[str, Any]] | None = None
     datasets: list[str] | None = None  # Hub ids; default: from the recipe's sources
@@ -110,6 +110,17 @@ def results_table(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['dataset_name']} | {r.get('dataset_type') or r['dataset_name']} | "
                      f"{r.get('dataset_split') or ''} | {r['metric_type']} | {r['metric_value']:.4g} | {on} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def model_ref(path: str | None) -> str:
+    """How a published card names a model: its Hub id (a local folder: the repo it was published to, from its
+    lineage), else "a local model" with the folder's name — never a machine path."""
+    if not path:
+        return "-"
+    if is_hub_id(path):
+        return f"`{path}`"
+    repos = dataset_repo_ids([path])
+    return f"`{repos[0]}`" if repos else f"a local model (`{Path(path).name}`)"
 
 
 def base_model_repo(lineage: list[dict[str, Any]]) -> str | None:

@@ -432,7 +432,7 @@ def finish(
         return
     card = dataclasses.replace(card)
     if card.model_name is None:
-        card.model_name = getattr(recipe, "hub_model_id", None) or recipe.output_dir
+        card.model_name = getattr(recipe, "hub_model_id", None) or Path(recipe.output_dir).name
     if card.datasets is None:
         sources = [*getattr(recipe, "datasets", []), *getattr(recipe, "replay_datasets", [])]
         card.datasets = dataset_repo_ids([s.path for s in sources], getattr(recipe, "card_datasets", []))

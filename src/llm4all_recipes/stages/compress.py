@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-from ..cards import CardInfo, perplexity_results
+from ..cards import CardInfo, model_ref, perplexity_results
 from ..configs import CompressRecipe
 from ..errors import RecipeError
 from ..evaluation.perplexity import corpus_ids, held_out_perplexities
@@ -167,7 +167,7 @@ def run(recipe: CompressRecipe, callbacks=None):
             metrics=metrics,
             parent=recipe.model_name_or_path,
             card=CardInfo(
-                summary=f"{recipe.model_name_or_path} with {facts['achieved_ratio']:.0%} of its decoder's linear parameters removed by {recipe.method} low-rank factorisation.",
+                summary=f"{model_ref(recipe.model_name_or_path)} with {facts['achieved_ratio']:.0%} of its decoder's linear parameters removed by {recipe.method} low-rank factorisation.",
                 training=compression_md(recipe, facts, before, after),
                 results=perplexity_results(after, recipe.eval_datasets, recipe.perplexity_max_length),
                 data_report=data_report,

@@ -13,7 +13,7 @@ import math
 
 import datasets
 
-from ..cards import CardInfo, perplexity_results
+from ..cards import CardInfo, model_ref, perplexity_results
 from ..configs import CPTRecipe
 from ..data.mixture import build_mixture, load_eval_sets, text_token_counter
 from ..data.packing import StackCollator, text_rows
@@ -123,7 +123,7 @@ def run(recipe: CPTRecipe, callbacks=None):
             metrics=metrics,
             parent=recipe.model_name_or_path,
             card=CardInfo(
-                summary=f"{recipe.model_name_or_path} after continued pretraining on new text"
+                summary=f"{model_ref(recipe.model_name_or_path)} after continued pretraining on new text"
                 + (f" with {recipe.replay_share:.0%} replay" if recipe.replay_share else "")
                 + (f" and a KL to the model before training (×{recipe.kl_coef})" if recipe.kl_coef else "")
                 + ".",
@@ -153,7 +153,7 @@ def cpt_md(recipe: CPTRecipe, metrics: dict) -> str:
         f"(target {recipe.replay_share}); {data['dropped_tail_tokens']} tail tokens of the packing left out",
         f"- learning rate {recipe.learning_rate}, `{recipe.lr_scheduler_type}` after {recipe.warmup_steps} warm-up steps "
         f"(re-warm, re-decay); {metrics['train']['global_step']} steps",
-        f"- KL to `{recipe.reference_model_name_or_path or recipe.model_name_or_path}`: "
+        f"- KL to {model_ref(recipe.reference_model_name_or_path or recipe.model_name_or_path)}: "
         + (f"{recipe.kd_loss} × {recipe.kl_coef} on {recipe.kl_on} tokens" if recipe.kl_coef else "off"),
         *training_facts_md(metrics),
     ]

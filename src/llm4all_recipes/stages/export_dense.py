@@ -5,7 +5,7 @@
 The result loads anywhere (vLLM, TGI, plain transformers) but has the dense model's size and speed.
 """
 
-from ..cards import CardInfo
+from ..cards import CardInfo, model_ref
 from ..compression import to_dense
 from ..configs import ExportDenseRecipe
 from ..errors import RecipeError
@@ -42,7 +42,7 @@ def run(recipe: ExportDenseRecipe, callbacks=None):
             metrics=metrics,
             parent=recipe.model_name_or_path,
             card=CardInfo(
-                summary=f"{recipe.model_name_or_path} with its low-rank factors multiplied out: a plain {type(dense).__name__} (same function, dense size).",
+                summary=f"{model_ref(recipe.model_name_or_path)} with its low-rank factors multiplied out: a plain {type(dense).__name__} (same function, dense size).",
                 training=f"Dense export of a `{facts.get('method')}` low-rank checkpoint (ratio {facts.get('achieved_ratio')}).",
                 tags=["compression"],
             ),

@@ -9,7 +9,7 @@ distilled student in the same low-rank format. An interrupted run resumes at the
 import logging
 import shutil
 
-from ..cards import CardInfo, perplexity_results
+from ..cards import CardInfo, model_ref, perplexity_results
 from ..configs import FeatureDistillRecipe
 from ..errors import RecipeError
 from ..evaluation.perplexity import corpus_ids, held_out_perplexities
@@ -136,7 +136,7 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
             metrics=metrics,
             parent=recipe.model_name_or_path,
             card=CardInfo(
-                summary=f"{recipe.model_name_or_path} healed by Lillama feature distillation against {teacher_path}.",
+                summary=f"{model_ref(recipe.model_name_or_path)} healed by Lillama feature distillation against {model_ref(teacher_path)}.",
                 training=distill_md(recipe, teacher_path, metrics),
                 results=perplexity_results(after, recipe.eval_datasets, recipe.perplexity_max_length),
                 data_report=data_report,
@@ -149,7 +149,7 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
 
 def distill_md(recipe: FeatureDistillRecipe, teacher: str, metrics: dict) -> str:
     lines = [
-        f"Lillama feature distillation from `{teacher}`: schedule `{recipe.schedule}`"
+        f"Lillama feature distillation from {model_ref(teacher)}: schedule `{recipe.schedule}`"
         + (" with both input streams" if recipe.joint_inputs else "")
         + f", AdamW peak lr {recipe.learning_rate} ({recipe.lr_scheduler_type} after {recipe.warmup_ratio:.0%} warm-up), "
         "loss mean|a−y| − log σ(cos(a, y)); each block keeps its best state on held-out calibration windows"

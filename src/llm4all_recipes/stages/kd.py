@@ -11,7 +11,7 @@ import logging
 
 from datasets import load_from_disk
 
-from ..cards import CardInfo, perplexity_results
+from ..cards import CardInfo, model_ref, perplexity_results
 from ..configs import KDRecipe, read_chat_template
 from ..data.mixture import load_eval_sets
 from ..errors import RecipeError
@@ -161,7 +161,7 @@ def run(recipe: KDRecipe, callbacks=None):
             metrics=metrics,
             parent=recipe.model_name_or_path,
             card=CardInfo(
-                summary=f"{recipe.model_name_or_path} distilled from {recipe.teacher_model_name_or_path or 'a cached teacher'} (logit distillation).",
+                summary=f"{model_ref(recipe.model_name_or_path)} distilled from {model_ref(recipe.teacher_model_name_or_path) if recipe.teacher_model_name_or_path else 'a cached teacher'} (logit distillation).",
                 training=distillation_md(recipe, metrics),
                 results=perplexity_results(
                     metrics["eval"], recipe.eval_datasets, recipe.perplexity_max_length
@@ -176,16 +176,16 @@ def run(recipe: KDRecipe, callbacks=None):
 
 
 def distillation_md(recipe: KDRecipe, metrics: dict) -> str:
-    teacher = recipe.teacher_model_name_or_path or "-"
+    teacher = model_ref(recipe.teacher_model_name_or_path)
     source = (
-        f"cached top-k log-probs (`{recipe.teacher_cache}`)"
+        f"cached top-k log-probs ({model_ref(recipe.teacher_cache)})"
         if recipe.teacher_cache
         else "the teacher run on every batch"
     )
     lines = [
         "### Distillation",
         "",
-        f"- teacher: `{teacher}`, through {source}",
+        f"- teacher: {teacher}, through {source}",
         f"- loss: `{recipe.kd_loss}`"
         + (f" (β = {recipe.kd_beta})" if recipe.kd_loss == "jsd" else "")
         + f", temperature τ = {recipe.kd_temperature} (× τ²), α = {recipe.kd_alpha} (weight of the cross-entropy), on "
