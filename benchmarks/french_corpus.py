@@ -787,32 +787,34 @@ def count_tokens(tokenizer_path: str, texts: Iterable[str]) -> int:
 # --------------------------------------------------------------------------- main
 
 
+def add_common_arguments(ap: argparse.ArgumentParser, out_dir: Path, tokenizer_example: str) -> None:
+    """The options every corpus script of benchmarks/ shares: where to write, where packages come from, how
+    documents are cut, and the optional token count."""
+    ap.add_argument(
+        "--out-dir", type=Path, default=out_dir, help=f"Output folder (default: {repo_relative(out_dir)})."
+    )
+    debs = HERE / "data" / "debs"
+    ap.add_argument("--deb-cache", type=Path, default=debs,
+                    help=f"Where packages that are not installed are downloaded and unpacked (default: {repo_relative(debs)}).")  # fmt: skip
+    ap.add_argument("--no-download", action="store_true",
+                    help="Read installed packages only (default: `apt-get download` the others, no root needed).")  # fmt: skip
+    ap.add_argument(
+        "--doc-target", type=int, default=2000, help="Document size reached before a cut (bytes)."
+    )
+    ap.add_argument("--doc-max", type=int, default=3000, help="Largest document (bytes).")
+    ap.add_argument("--tokenizer", default=None,
+                    help=f"Optional: a tokenizer folder (e.g. {tokenizer_example}) to count the tokens with.")  # fmt: skip
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--out-dir",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"Output folder (default: {repo_relative(DEFAULT_OUT)}).",
-    )
+    add_common_arguments(ap, DEFAULT_OUT, "outputs/bench/french-small")
     ap.add_argument(
         "--packages",
         nargs="+",
         default=list(PACKAGES),
         choices=list(PACKAGES),
         help="Debian packages to read (default: all).",
-    )
-    ap.add_argument(
-        "--deb-cache",
-        type=Path,
-        default=HERE / "data" / "debs",
-        help="Where packages that are not installed are downloaded and unpacked "
-        f"(default: {repo_relative(HERE / 'data' / 'debs')}).",
-    )
-    ap.add_argument(
-        "--no-download",
-        action="store_true",
-        help="Read installed packages only (default: `apt-get download` the others, no root needed).",
     )
     ap.add_argument(
         "--eval-fraction", type=float, default=0.04, help="Held-out share of each package's text."
@@ -825,15 +827,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=20,
         help="A paragraph found in at least this many source files is boilerplate and dropped.",
-    )
-    ap.add_argument(
-        "--doc-target", type=int, default=2000, help="Document size reached before a cut (bytes)."
-    )
-    ap.add_argument("--doc-max", type=int, default=3000, help="Largest document (bytes).")
-    ap.add_argument(
-        "--tokenizer",
-        default=None,
-        help="Optional: a tokenizer folder (e.g. outputs/bench/french-small) to count the corpus tokens with.",
     )
     return ap.parse_args(argv)
 

@@ -74,6 +74,7 @@ from french_corpus import (
     Package,
     SourceFile,
     _mb,
+    add_common_arguments,
     choose_eval,
     count_tokens,
     deduplicate,
@@ -267,24 +268,7 @@ def groff_version() -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--out-dir",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"Output folder (default: {repo_relative(DEFAULT_OUT)}).",
-    )
-    ap.add_argument(
-        "--deb-cache",
-        type=Path,
-        default=HERE / "data" / "debs",
-        help="Where packages that are not installed are downloaded and unpacked "
-        f"(default: {repo_relative(HERE / 'data' / 'debs')}).",
-    )
-    ap.add_argument(
-        "--no-download",
-        action="store_true",
-        help="Read installed packages only (default: `apt-get download` the others, no root needed).",
-    )
+    add_common_arguments(ap, DEFAULT_OUT, "outputs/bench/french-bench")
     ap.add_argument(
         "--eval-fraction", type=float, default=0.08, help="Held-out share of each domain's text (pages)."
     )
@@ -295,15 +279,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=10,
         help="A paragraph found in at least this many pages is boilerplate and dropped.",
-    )
-    ap.add_argument(
-        "--doc-target", type=int, default=2000, help="Document size reached before a cut (bytes)."
-    )
-    ap.add_argument("--doc-max", type=int, default=3000, help="Largest document (bytes).")
-    ap.add_argument(
-        "--tokenizer",
-        default=None,
-        help="Optional: a tokenizer folder (e.g. outputs/bench/french-bench) to count the tokens with.",
     )
     return ap.parse_args(argv)
 
