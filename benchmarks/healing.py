@@ -33,7 +33,12 @@ KD = "recipes/tiny-llama/kd/heal.yaml"
 
 # name -> (feature-distill overrides or None to skip the stage, kd overrides or None)
 P4 = ["--joint_inputs", "false", "--learning_rate", "1e-4"]  # the feature-distill recipe before issue 11
-S50 = ["--learning_rate", "1e-3", "--save_steps", "50"]  # the kd recipe before issue 11 (keep_best every 50 steps)
+S50 = [
+    "--learning_rate",
+    "1e-3",
+    "--save_steps",
+    "50",
+]  # the kd recipe before issue 11 (keep_best every 50 steps)
 ARMS: dict[str, tuple[list[str] | None, list[str] | None]] = {
     "default": ([], []),  # the shipped recipes as they are
     "compressed": (None, None),  # compression only

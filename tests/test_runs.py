@@ -165,7 +165,8 @@ def test_another_recipe_never_resumes_an_interrupted_run(tiny_model, tmp_path, c
 def test_no_secret_reaches_any_output_file(tiny_model, tmp_path, recipe_file, monkeypatch):
     """A token given on the command line, as a YAML key and in the YAML's `env:` mapping: in no file at all
     (checkpoint pickles included), in the final folder and the published copy."""
-    monkeypatch.setenv("LLM4ALL_HUB_DIR", str(tmp_path / "hub"))  # this test's own hub folder (reruns publish anew)
+    # this test's own hub folder (a rerun publishes anew)
+    monkeypatch.setenv("LLM4ALL_HUB_DIR", str(tmp_path / "hub"))
     recipe = recipe_file(
         (REPO / CPT).read_text()
         + "hub_token: hf_SECRET_IN_YAML_0001\nenv:\n  HF_TOKEN: hf_SECRET_IN_ENV_0002\n",

@@ -141,8 +141,9 @@ def check_trackers(report_to) -> None:
     """A tracker named in report_to must be installed: say which package, before any model loads."""
     from transformers import integrations
 
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    for name in names:
+    from .tracking import tracker_names
+
+    for name in tracker_names(report_to):
         if name in TRACKERS and not getattr(integrations, TRACKERS[name][0])():
             raise RecipeError(f"{name} is not installed: pip install {TRACKERS[name][1]} (or drop it from report_to)",
                               key="report_to")  # fmt: skip
