@@ -8,6 +8,9 @@
 #   bash benchmarks/gpu.sh demo      # there: the whole `llm4all demo` on the GPU (bf16 on by default), run twice,
 #                                    # then cache-teacher + kd from the cache; logs and metrics to $OUT
 #   bash benchmarks/gpu.sh check     # there: demo, then scale.py
+#   bash benchmarks/gpu.sh real      # there: a real config at full size, random weights (Qwen2.5-1.5B by default,
+#                                    # REAL_FOLDER=<recipes folder>): compress 40 % + feature-distill + 50 kd + 50 sft
+#                                    # steps through the folder's recipes; tokens/s, MFU, peak memory vs `llm4all estimate`
 #
 # Needs outputs/bench/french-small and benchmarks/data/french (benchmarks/README.md says how to build them).
 set -uo pipefail
@@ -97,4 +100,13 @@ check() {  # the demo, then the scale benchmark
     cp docs/BENCHMARKS.md "$OUT/"
 }
 
-"${1:?usage: bash benchmarks/gpu.sh prepare|run|demo|check}"
+real() {  # benchmarks/real_config.py, sized for a 15-minute lease (~6 min on an H200 for Qwen2.5-1.5B)
+    setup
+    [ -f outputs/tiny-llama/tiny-model/base/config.json ] ||
+        timeout 120 python3 -m llm4all_recipes tiny-model 2>&1 | quiet > "$OUT/tiny-model.log"  # the tokenizer
+    timeout "${REAL_SECONDS:-480}" python3 benchmarks/real_config.py --folder "${REAL_FOLDER:-qwen2.5-1.5b-instruct}" \
+        --gpu h200 --write-docs 2>&1 | quiet | tee "$OUT/real.log"
+    cp benchmarks/results/real-*.json docs/BENCHMARKS.md "$OUT/"
+}
+
+"${1:?usage: bash benchmarks/gpu.sh prepare|run|demo|check|real}"

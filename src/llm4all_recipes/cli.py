@@ -33,6 +33,7 @@ stages (recipes/<model>/<stage>/<variant>.yaml):
 
 commands:
   validate [PATH ...]   check recipes (default: recipes/) without running them
+  estimate PATH ...     memory and time of recipes on GPUs, from the model's config alone (--gpus, --gpu)
   demo                  the offline demo: the tiny-llama pipeline
 
 `llm4all <stage> --help` lists every key of a stage's recipe.
@@ -139,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "validate":
             return validate(rest)
+        if command == "estimate":
+            from .estimate import main as estimate
+
+            return estimate(rest)
         if command == "demo":
             from .paths import resolve_in_repo
 

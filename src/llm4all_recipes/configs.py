@@ -820,9 +820,10 @@ class CompressRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
 
     hub_model_id: str | None = arg(None, help="<namespace>/<name> of the published checkpoint.")
     targets: list[str] = arg(
-        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        help="Linear layers of the decoder blocks to compress: a module's last name (q_proj) or a glob on its full "
-        "name (model.layers.1?.mlp.*). Embeddings and lm_head are never touched.",
+        factory=lambda: ["auto"],
+        help="Linear layers of the decoder blocks to compress: `auto` (every attention and MLP projection: q/k/v/o and "
+        "gate/up/down, or Phi-3's fused qkv_proj and gate_up_proj), a module's last name (q_proj) or a glob on its "
+        "full name (model.layers.1?.mlp.*). Embeddings and lm_head are never touched.",
     )
     ratio: float = arg(
         0.2, help="Fraction of the targeted linear parameters removed (SVD-LLM convention), in (0, 1)."
@@ -853,7 +854,7 @@ class CompressRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
     )
 
     def check(self, static: bool) -> None:
-        check_model(self.model_name_or_path, static, "the model to compress")
+        check_model(self.model_name_or_path, static, "the model to compress", weights=not self.dry_run)
         if not 0 < self.ratio < 1:
             raise RecipeError(f"must be in (0, 1), got {self.ratio}", key="ratio")
         if not self.targets:
@@ -1050,12 +1051,15 @@ def _positive(recipe: Any, *keys: str) -> None:
             raise RecipeError(f"must be > 0 (got {value})", key=key)
 
 
-def check_model(value: str | None, static: bool, what: str, key: str = "model_name_or_path") -> None:
-    """A required model: a Hub id or an existing folder (or, in `static` mode, one a stage will produce)."""
+def check_model(
+    value: str | None, static: bool, what: str, key: str = "model_name_or_path", weights: bool = True
+) -> None:
+    """A required model: a Hub id or an existing folder (or, in `static` mode, one a stage will produce); a folder
+    must hold whole safetensors weights unless only its config is read (`weights=False`: compress --dry_run)."""
     if not value:
         raise RecipeError(f"required: {what}", key=key)
     check_path(value, key, static, hub_ok=True)
-    if os.path.isdir(value):
+    if weights and os.path.isdir(value):
         from .models import weights_problem
 
         if problem := weights_problem(value):

@@ -83,3 +83,49 @@ def build_model(model_config: dict, tokenizer, seed: int):
         max_new_tokens=64,
     )
     return model
+
+
+# Sizes of a tiny model "of the same family" as a real one: enough for every structural feature (GQA groups,
+# biases, q/k norms, soft-capping, tied embeddings, fused projections) to be exercised, small enough for CPU tests.
+TINY_SIZES = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "head_dim": 16,
+}
+# Keys of a published config that describe the checkpoint, not the architecture, or are sized for the real one.
+_DROP = ("architectures", "auto_map", "torch_dtype", "dtype", "transformers_version", "quantization_config",
+         "_name_or_path", "bos_token_id", "eos_token_id", "pad_token_id")  # fmt: skip
+
+
+def shrink_config(config: dict, tokenizer, sizes: dict | None = None):
+    """A real model's config.json (dict) at tiny sizes, with the tokenizer's vocabulary and special ids: the
+    same class, biases, norms, activations, soft-capping and tying as the real model, random-init sized."""
+    from transformers import AutoConfig
+
+    values = {k: v for k, v in config.items() if k not in _DROP}
+    sizes = {**TINY_SIZES, **(sizes or {})}
+    heads = sizes["num_attention_heads"]
+    real_heads = config.get("num_attention_heads", heads)
+    real_kv = config.get("num_key_value_heads") or real_heads
+    # GQA stays GQA (2 KV heads), MHA stays MHA
+    sizes.setdefault("num_key_value_heads", heads if real_kv == real_heads else 2)
+    values.update(sizes)
+    layers = sizes["num_hidden_layers"]
+    if isinstance(values.get("layer_types"), list):  # per-layer sliding/full attention (Gemma-2/3, Qwen3)
+        values["layer_types"] = values["layer_types"][:layers]
+    if "max_window_layers" in values:
+        values["max_window_layers"] = min(values["max_window_layers"], layers)
+    if "query_pre_attn_scalar" in values:  # Gemma: scaled by head_dim at real size
+        values["query_pre_attn_scalar"] = sizes["head_dim"]
+    scaling = values.get("rope_scaling") or {}
+    if scaling.get("short_factor") or scaling.get("long_factor"):  # Phi-3 LongRoPE: one factor per rotary dim
+        values.pop("rope_scaling")
+    values.update(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return AutoConfig.for_model(values.pop("model_type"), **values)

@@ -27,7 +27,22 @@ from torch import nn
 from ..errors import RecipeError
 from .calibration import InputStats, decoder_layers
 
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The attention and MLP projections of the decoder families we support, by their transformers names: Llama,
+# Mistral, Qwen2/3, Gemma-2/3 (q/k/v/o, gate/up/down) and Phi-3 (fused `qkv_proj`, `gate_up_proj`, factored as
+# one matrix each: docs/COMPRESSION.md, "Architectures"). `auto` in `targets` stands for those the model has.
+PROJECTIONS = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "qkv_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "gate_up_proj",
+    "down_proj",
+]
+AUTO = "auto"
+DEFAULT_TARGETS = [AUTO]
 ALLOCATIONS = ("uniform", "bottom_first", "loss", "explicit")
 
 
@@ -58,15 +73,32 @@ def matches(name: str, pattern: str) -> bool:
 
 
 def find_targets(model: nn.Module, patterns: list[str]) -> list[Target]:
-    """The nn.Linear modules of the decoder blocks matching the patterns (embeddings and lm_head never)."""
-    prefix, _ = decoder_layers(model)
+    """The nn.Linear modules of the decoder blocks matching the patterns (embeddings and lm_head never);
+    `auto` matches the usual projection names (PROJECTIONS) the model has."""
+    try:
+        prefix, _ = decoder_layers(model)
+    except ValueError as exc:
+        raise RecipeError(
+            f"{type(model).__name__} is not supported: {exc}", key="model_name_or_path"
+        ) from None
     linears = [
         (n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(prefix + ".")
     ]
     if not linears:
         raise RecipeError(
-            "the model has no linear layer inside its decoder blocks to compress", key="targets"
+            f"{type(model).__name__} is not supported: no nn.Linear inside its decoder blocks to compress",
+            key="model_name_or_path",
         )
+    if AUTO in patterns:
+        have = {n.rsplit(".", 1)[-1] for n, _ in linears}
+        found = [p for p in PROJECTIONS if p in have]
+        if not found:
+            raise RecipeError(
+                f"{type(model).__name__} is not supported by `targets: [auto]`: its decoder has none of "
+                f"{', '.join(PROJECTIONS)} (it has: {', '.join(sorted(have))}); list the layers to compress",
+                key="targets",
+            )
+        patterns = [*found, *(p for p in patterns if p != AUTO)]
     targets, used = [], set()
     for name, module in linears:
         hit = [p for p in patterns if matches(name, p)]

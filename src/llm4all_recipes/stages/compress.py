@@ -142,7 +142,7 @@ def run(recipe: CompressRecipe, callbacks=None):
         LowRankForCausalLM.from_base(model, {
             "method": recipe.method, "ratio": recipe.ratio, "achieved_ratio": facts["achieved_ratio"],
             "model_fraction_removed": facts["model_fraction_removed"], "rank_allocation": recipe.rank_allocation,
-            "targets": recipe.targets, "ranks": {k: v for k, v in ranks.items() if v is not None},
+            "targets": target_names(targets), "ranks": {k: v for k, v in ranks.items() if v is not None},
             "base_model": recipe.model_name_or_path,
             "calibration": {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
                             "seq_len": recipe.calibration_seq_len, "seed": recipe.seed, "propagate": recipe.propagate},
@@ -168,7 +168,7 @@ def run(recipe: CompressRecipe, callbacks=None):
             parent=recipe.model_name_or_path,
             card=CardInfo(
                 summary=f"{model_ref(recipe.model_name_or_path)} with {facts['achieved_ratio']:.0%} of its decoder's linear parameters removed by {recipe.method} low-rank factorisation.",
-                training=compression_md(recipe, facts, before, after),
+                training=compression_md(recipe, facts, before, after, target_names(targets)),
                 results=perplexity_results(after, recipe.eval_datasets, recipe.perplexity_max_length),
                 data_report=data_report,
                 tags=["compression", "low-rank", recipe.method],
@@ -179,9 +179,14 @@ def run(recipe: CompressRecipe, callbacks=None):
     return metrics
 
 
-def compression_md(recipe: CompressRecipe, facts: dict, before: dict, after: dict) -> str:
+def target_names(targets) -> list[str]:
+    """The targeted modules' last names, in model order (`auto` resolved)."""
+    return list(dict.fromkeys(t.name.rsplit(".", 1)[-1] for t in targets))
+
+
+def compression_md(recipe: CompressRecipe, facts: dict, before: dict, after: dict, names: list[str]) -> str:
     lines = [
-        f"- method: `{recipe.method}`, rank allocation `{recipe.rank_allocation}`, targets {', '.join(recipe.targets)}",
+        f"- method: `{recipe.method}`, rank allocation `{recipe.rank_allocation}`, targets {', '.join(names)}",
         f"- ratio: {facts['achieved_ratio']:.4f} of the targeted linear parameters removed (target {recipe.ratio}); "
         f"{facts['model_fraction_removed']:.1%} of the whole model",
         f"- parameters: {facts['model_params_before']:,} → {facts['model_params_after']:,}; "

@@ -1,0 +1,387 @@
+"""Memory and time of a recipe on GPUs, computed from the model's config.json and the recipe alone (no
+weights, no tokenizer, no data): `llm4all estimate recipes/<model> [--gpus 8] [--gpu h100]`.
+
+The model of a recipe is followed up its lineage: an input under `outputs/` is the output of the recipe at the
+same path under `recipes/` (recipes/<model>/<stage>/<variant>.yaml writes outputs/<model>/<stage>/<variant>),
+so a kd recipe on `outputs/m/feature-distill/w20` is sized as the low-rank model the compress recipe of that
+lineage makes (ranks computed exactly as `compress` does, from the config's shapes). The root is a Hub id or a
+folder with a config.json (`--base_config DIR` replaces the root's config, e.g. with a test fixture).
+
+What is counted, per GPU (a rough model, stated here so that it can be checked):
+    training (kd, cpt, sft)  weights + gradients + AdamW's two moments of the trained parameters (in the weights'
+                             dtype, as torch creates them), divided by the GPU count under FSDP / ZeRO-3
+                             (`--shard false`: replicated, DDP); activations of one micro-batch: the layer
+                             inputs kept by activation checkpointing (or ~34 h + 5 i values per token and layer
+                             without it), one layer's recomputation, and float32 logits and their gradient; plus
+                             a frozen teacher / KL reference (weights, sharded, and its logits).
+    compress                 `compression.ranks.memory_estimate` (one layer on the device; measured at 8B shapes).
+    feature-distill          one teacher block and one student block with AdamW states, and a batch of block
+                             activations; the model stays on the CPU.
+    cache-teacher            the teacher's weights and one batch's logits; disk for the top-k cache.
+Time: 6 N FLOPs per trained token (8 N with activation checkpointing) + 2 N' per token for a teacher/reference
+forward, at `--mfu` of the GPU's dense bf16 peak (an assumption: benchmarks/gpu.sh measures it). compress and
+feature-distill are scaled from the H200 measurements at Llama-3.1-8B shapes (docs/BENCHMARKS.md,
+scale-llama-3.1-8b-shapes) by FLOPs per layer and by the GPU's peak.
+"""
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import RecipeError
+from .paths import RECIPES_DIR, default_output_dir, is_produced, local_hub_copy
+
+# name -> (dense bf16 TFLOP/s, memory GiB)
+GPUS = {
+    "a100-40gb": (312, 40),
+    "a100": (312, 80),
+    "l40s": (362, 48),
+    "h100": (989, 80),
+    "h200": (989, 141),
+}
+DEFAULT_MFU = 0.35
+STAGE_ORDER = ("compress", "feature-distill", "cache-teacher", "kd", "cpt", "sft", "eval")
+# H200 measurements at Llama-3.1-8B layer shapes (benchmarks/scale.py): compress 26.0 s per layer for 256 x 2048
+# calibration tokens; feature distillation 30,587 tokens/s per block.
+_REF_LAYER_PARAMS = 4096 * (4096 + 1024 + 1024 + 4096) + 3 * 4096 * 14336
+_REF_COMPRESS_S, _REF_CALIB_TOKENS, _REF_FD_TOKENS_S, _REF_TFLOPS = 26.0, 256 * 2048, 30587.0, 989
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+GiB = 2**30
+
+
+@dataclasses.dataclass
+class ModelSize:
+    """What the estimate needs of a model: its config and parameter counts (low-rank ones after ranks)."""
+
+    name: str
+    config: Any
+    params: int
+    layer_params: int  # largest decoder layer (what one device holds in block-wise stages)
+    factor_params: int = 0  # parameters of low-rank factors (trainable: factors)
+    low_rank: bool = False
+
+
+def _skeleton(config):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _base_size(path: str, base_config: str | None) -> ModelSize:
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from . import compression
+    from .compression.calibration import decoder_layers
+
+    source = base_config or local_hub_copy(path)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"cannot read the config of {path}: {exc}", key="model_name_or_path") from None
+    low_rank = config.model_type == compression.MODEL_TYPE
+    if low_rank:  # an existing low-rank checkpoint: its own ranks
+        import torch
+
+        config = config.to_base_config()
+        with torch.device("meta"):
+            model = compression.lowrank.low_rank_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])(config)
+    else:
+        model = _skeleton(config)
+    _, layers = decoder_layers(model)
+    factors = sum(
+        p.numel() for m in model.modules() if isinstance(m, compression.LowRankLinear) for p in m.parameters()
+    )
+    return ModelSize(
+        path,
+        config,
+        sum(p.numel() for p in model.parameters()),
+        max(sum(p.numel() for p in layer.parameters()) for layer in layers),
+        factors,
+        low_rank,
+    )
+
+
+def producer(path: str) -> Path | None:
+    """The recipe under recipes/ whose default output folder is `path` (outputs/<model>/<stage>/<variant>)."""
+    parts = Path(os.path.normpath(path)).parts
+    if len(parts) < 3 or parts[0] != "outputs":
+        return None
+    for suffix in (".yaml", ".yml"):
+        recipe = RECIPES_DIR.joinpath(*parts[1:]).with_suffix(suffix)
+        if recipe.is_file() and default_output_dir(recipe) == os.path.normpath(path):
+            return recipe
+    return None
+
+
+def _parse(recipe_path: Path):
+    from .parsing import parse_recipe
+    from .paths import stage_of
+
+    return stage_of(recipe_path), parse_recipe(
+        stage_of(recipe_path), ["--config", str(recipe_path)], static=True
+    )
+
+
+def model_size(path: str, base_config: str | None = None, _seen: tuple = ()) -> ModelSize:
+    """The size of the model at `path`, following produced paths to the recipes that make them."""
+    recipe_path = producer(path) if is_produced(path) else None
+    if recipe_path is None or recipe_path in _seen:
+        if not is_produced(path) or os.path.isfile(os.path.join(path, "config.json")):
+            return _base_size(path, base_config)
+        raise RecipeError(
+            f"{path} is made by no recipe under recipes/ (its default output folder); estimate the recipe that makes it",
+            key="model_name_or_path",
+        )
+    stage, recipe = _parse(recipe_path)
+    parent = model_size(recipe.model_name_or_path, base_config, (*_seen, recipe_path))
+    if stage != "compress":  # training stages keep the architecture (LoRA adapters are merged)
+        return dataclasses.replace(parent, name=path)
+    return _compressed(recipe, parent, path)
+
+
+def _compressed(recipe, dense: ModelSize, path: str) -> ModelSize:
+    from .compression import ranks as R
+    from .compression.calibration import decoder_layers
+    from .stages.compress import allocation
+
+    model = _skeleton(dense.config)
+    targets = R.find_targets(model, recipe.targets)
+    ranks = allocation(recipe, targets)
+    if callable(ranks):  # loss allocation: decided on the spectra; the budget is what is kept
+        kept, per_layer = R.budget(targets, recipe.ratio), None
+    else:
+        kept, per_layer = R.kept(targets, ranks), ranks
+    removed = sum(t.params for t in targets) - kept
+    _, layers = decoder_layers(model)
+    layer_removed = max(
+        sum(t.params - t.cost(per_layer.get(t.name) if per_layer else None) for t in targets if t.layer == i)
+        if per_layer
+        else removed // len(layers)
+        for i in range(len(layers))
+    )
+    return ModelSize(
+        path, dense.config, dense.params - removed, dense.layer_params - layer_removed // 2, kept, True
+    )
+
+
+def _bytes(dtype: str, config) -> int:
+    if dtype in DTYPE_BYTES:
+        return DTYPE_BYTES[dtype]
+    return DTYPE_BYTES.get(str(getattr(config, "dtype", None) or "float32").replace("torch.", ""), 4)
+
+
+def _activations(config, batch: int, seq: int, checkpointing: bool, wbytes: int) -> int:
+    h, i, n_layers, vocab = (config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+                             config.vocab_size)  # fmt: skip
+    tokens = batch * seq
+    layer = tokens * (34 * h + 5 * i) * wbytes
+    kept = tokens * h * wbytes * n_layers + layer if checkpointing else layer * n_layers
+    return kept + 2 * tokens * vocab * 4
+
+
+@dataclasses.dataclass
+class Estimate:
+    recipe: str
+    stage: str
+    model: str
+    params: int
+    trainable: int | None
+    device_bytes: int
+    tokens: int | None
+    hours: float | None
+    note: str = ""
+
+
+def estimate(recipe_path: Path, *, gpus: int = 1, gpu: str = "h100", mfu: float = DEFAULT_MFU, shard: bool = True,
+             base_config: str | None = None) -> Estimate | None:  # fmt: skip
+    """The estimate of one recipe (None for stages that need no GPU: build-dataset, publish, pipeline...)."""
+    stage, recipe = _parse(recipe_path)
+    tflops = GPUS[gpu][0] * 1e12
+    speed = gpus * tflops * mfu
+    name = str(recipe_path)
+    if stage == "compress":
+        return _estimate_compress(recipe, name, base_config, tflops)
+    if stage == "feature-distill":
+        student = model_size(recipe.model_name_or_path, base_config)
+        wb = _bytes(recipe.dtype, student.config)
+        config = student.config
+        tokens = recipe.tokens_per_block or recipe.num_calibration_samples * recipe.calibration_seq_len
+        block = recipe.calibration_batch_size * recipe.calibration_seq_len
+        device = (student.layer_params * 4 * wb + student.layer_params * wb
+                  + 4 * block * (34 * config.hidden_size + 5 * config.intermediate_size) * wb)  # fmt: skip
+        ref_speed = (
+            _REF_FD_TOKENS_S * _REF_LAYER_PARAMS / student.layer_params * tflops / (_REF_TFLOPS * 1e12)
+        )
+        hours = tokens * config.num_hidden_layers / ref_speed / 3600
+        return Estimate(name, stage, recipe.model_name_or_path, student.params, student.factor_params, device,
+                        tokens * config.num_hidden_layers, hours, "one block at a time (scaled from H200 at 8B shapes)")  # fmt: skip
+    if stage == "cache-teacher":
+        teacher = model_size(recipe.teacher_model_name_or_path, base_config)
+        wb = _bytes("auto", teacher.config)
+        device = teacher.params * wb + recipe.batch_size * recipe.max_length * teacher.config.vocab_size * 4
+        rows = sum(s.max_rows or 0 for s in recipe.datasets)
+        tokens = rows * recipe.max_length if rows else None
+        hours = 2 * teacher.params * tokens / (tflops * mfu) / 3600 if tokens else None  # one GPU
+        disk = f"; cache ≈ {tokens * recipe.top_k * 6 / GiB:.1f} GiB" if tokens else ""
+        return Estimate(name, stage, recipe.teacher_model_name_or_path, teacher.params, None, device, tokens, hours,
+                        f"forward only, ≤ max_rows × max_length tokens{disk}")  # fmt: skip
+    if stage in ("kd", "cpt", "sft"):
+        return _estimate_training(stage, recipe, name, base_config, gpus, speed, shard)
+    if stage == "eval":
+        model = model_size(recipe.model_name_or_path, base_config)
+        return Estimate(name, stage, recipe.model_name_or_path, model.params, None,
+                        model.params * _bytes(recipe.dtype, model.config), None, None, "weights; generation batches on top")  # fmt: skip
+    return None
+
+
+def _estimate_compress(recipe, name, base_config, tflops) -> Estimate:
+    from .compression import ranks as R
+
+    dense = model_size(recipe.model_name_or_path, base_config)
+    model = _skeleton(dense.config)
+    if recipe.dtype in DTYPE_BYTES:
+        import torch
+
+        model = model.to(getattr(torch, recipe.dtype))
+    targets = R.find_targets(model, recipe.targets)
+    memory = R.memory_estimate(model, targets, recipe.num_calibration_samples, recipe.calibration_seq_len,
+                               recipe.calibration_batch_size)  # fmt: skip
+    after = _compressed(recipe, dense, name)
+    tokens = recipe.num_calibration_samples * recipe.calibration_seq_len
+    per_layer = (
+        _REF_COMPRESS_S * (dense.layer_params / _REF_LAYER_PARAMS) * max(tokens / _REF_CALIB_TOKENS, 0.25)
+    )
+    hours = per_layer * dense.config.num_hidden_layers * (_REF_TFLOPS * 1e12 / tflops) / 3600
+    cpu = memory["model_bytes_cpu"] + memory["activations_bytes_cpu"]
+    return Estimate(name, "compress", recipe.model_name_or_path, after.params, None, memory["device_peak_bytes"],
+                    tokens, hours, f"one layer at a time; CPU RAM ≈ {cpu / GiB:.0f} GiB")  # fmt: skip
+
+
+def _trainable(recipe, model: ModelSize) -> int:
+    how = getattr(recipe, "trainable", "all")
+    if how == "auto":
+        how = "factors" if model.low_rank else "all"
+    if recipe.use_peft or how == "lora":
+        c = model.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        kv = (c.num_key_value_heads or c.num_attention_heads) * head_dim
+        q = c.num_attention_heads * head_dim
+        per_layer = (
+            (c.hidden_size + q) * 2 + (c.hidden_size + kv) * 2 + 3 * (c.hidden_size + c.intermediate_size)
+        )
+        return recipe.lora_r * per_layer * c.num_hidden_layers
+    if how in ("factors", "factors+norms") and model.low_rank:
+        return model.factor_params
+    return model.params
+
+
+def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard) -> Estimate:
+    model = model_size(recipe.model_name_or_path, base_config)
+    config, wb = model.config, _bytes(recipe.dtype, model.config)
+    trainable = _trainable(recipe, model)
+    states = model.params * wb + trainable * 3 * wb
+    checkpointing = bool(recipe.activation_checkpointing or recipe.gradient_checkpointing)
+    batch, seq = recipe.per_device_train_batch_size, recipe.max_length
+    device = (states / gpus if shard else states) + _activations(config, batch, seq, checkpointing, wb)
+    other = None
+    if stage == "kd" and not recipe.teacher_cache:
+        other = recipe.teacher_model_name_or_path
+    elif stage == "cpt" and recipe.kl_coef > 0:
+        other = recipe.reference_model_name_or_path or recipe.model_name_or_path
+    extra = model_size(other, base_config).params if other else 0
+    device += (extra * wb / gpus if shard else extra * wb) + (
+        2 * batch * seq * config.vocab_size * 4 if other else 0
+    )
+    tokens = None
+    if recipe.max_steps and recipe.max_steps > 0:
+        tokens = recipe.max_steps * batch * recipe.gradient_accumulation_steps * gpus * seq
+    flops_per_token = (8 if checkpointing else 6) * model.params + 2 * extra
+    hours = flops_per_token * tokens / speed / 3600 if tokens else None
+    note = f"effective batch {batch * recipe.gradient_accumulation_steps * gpus} × {seq} tokens"
+    if other:
+        note += f"; + {'teacher' if stage == 'kd' else 'KL reference'} {model_ref(other)}"
+    if not tokens:
+        note += "; steps from the data (max_steps unset): see --dry_run"
+    return Estimate(
+        name, stage, recipe.model_name_or_path, model.params, trainable, int(device), tokens, hours, note
+    )
+
+
+def model_ref(path: str) -> str:
+    return Path(path).name if is_produced(path) else path
+
+
+def _fmt_params(n: int | None) -> str:
+    if n is None:
+        return ""
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+
+
+def table(estimates: list[Estimate], gpus: int, gpu: str, mfu: float, shard: bool) -> str:
+    """Markdown: one row per recipe."""
+    layout = "FSDP / ZeRO-3" if shard and gpus > 1 else ("replicated" if gpus > 1 else "")
+    head = (f"Computed by `llm4all estimate` for {gpus} × {gpu} ({GPUS[gpu][1]} GiB){', ' + layout if layout else ''}, "
+            f"MFU {mfu:.0%} assumed for training stages"
+            f"{'; compress, feature-distill, cache-teacher and eval use one GPU' if gpus > 1 else ''}.")  # fmt: skip
+    lines = [head, "", "| recipe | stage | parameters | trained | peak memory / GPU | tokens | time | notes |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for e in estimates:
+        fits = "" if e.device_bytes <= GPUS[gpu][1] * GiB else " ⚠ over"
+        hours = (
+            ""
+            if e.hours is None
+            else (
+                "< 1 min"
+                if e.hours < 1 / 60
+                else f"{e.hours * 60:.0f} min"
+                if e.hours < 1
+                else f"{e.hours:.1f} h"
+            )
+        )
+        tokens = (
+            ""
+            if e.tokens is None
+            else (f"{e.tokens / 1e9:.2f} B" if e.tokens >= 1e9 else f"{e.tokens / 1e6:.1f} M")
+        )
+        lines.append(f"| `{e.recipe}` | {e.stage} | {_fmt_params(e.params)} | {_fmt_params(e.trainable)} | "
+                     f"{e.device_bytes / GiB:.1f} GiB{fits} | {tokens} | {hours} | {e.note} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    from .cli import collect_recipes
+
+    parser = argparse.ArgumentParser(prog="llm4all estimate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("paths", nargs="+", help="recipe files or folders")
+    parser.add_argument("--gpus", type=int, default=1, help="number of GPUs (default 1)")
+    parser.add_argument("--gpu", choices=list(GPUS), default="h100", help="GPU model (default h100)")
+    parser.add_argument(
+        "--mfu", type=float, default=DEFAULT_MFU, help="model FLOPs utilisation assumed (training)"
+    )
+    parser.add_argument("--shard", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                        help="shard weights and optimizer states across GPUs (FSDP / ZeRO-3; default true)")  # fmt: skip
+    parser.add_argument(
+        "--base_config", help="a folder whose config.json stands for the lineage's root model"
+    )
+    args = parser.parse_args(argv)
+    if args.gpus < 1 or not 0 < args.mfu <= 1:
+        raise RecipeError("--gpus must be >= 1 and --mfu in (0, 1]", source="command line")
+    rows = []
+    order = {stage: i for i, stage in enumerate(STAGE_ORDER)}
+    paths = sorted(collect_recipes(args.paths), key=lambda p: (order.get(p.parent.name, len(order)), str(p)))
+    for path in paths:
+        try:
+            if (e := estimate(path, gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, shard=args.shard,
+                              base_config=args.base_config)) is not None:  # fmt: skip
+                rows.append(e)
+        except RecipeError as err:
+            raise err.located(str(path)) from None
+    print(table(rows, args.gpus, args.gpu, args.mfu, args.shard))
+    return 0

@@ -1,0 +1,222 @@
+"""The real-model recipe folders, without downloads: each is sized against its base's published config.json
+(tests/fixtures/configs) — parameter counts, rank maps, memory/time tables of its README recomputed — and every
+launch line of its README runs, on a tiny random model of the same family (`tiny.shrink_config`), with the Hub
+datasets swapped for the fixtures and the sizes shrunk (max_steps 1)."""
+
+import contextlib
+import io
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm4all_recipes.cli import main
+from llm4all_recipes.estimate import main as estimate
+from llm4all_recipes.tiny import shrink_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "tests" / "fixtures" / "configs"
+TEXT = REPO / "tests" / "fixtures" / "text"
+# every recipe folder whose base has a config fixture of the same name
+FOLDERS = sorted(
+    p.parent.name for p in (REPO / "recipes").glob("*/README.md") if (CONFIGS / p.parent.name).is_dir()
+)
+# published parameter counts (model cards / safetensors index) of the bases we can check exactly
+PARAMETERS = {
+    "llama-3.1-8b-instruct": 8_030_261_248,
+    "mistral-7b-instruct-v0.3": 7_248_023_552,
+    "qwen2.5-1.5b-instruct": 1_543_714_304,
+}
+
+
+def test_every_base_config_fixture_has_a_recipe_folder():
+    families = {
+        "qwen3-1.7b",
+        "gemma-2-2b-it",
+        "gemma-3-1b-it",
+        "phi-3-mini-4k-instruct",
+    }  # test_architectures only
+    assert set(FOLDERS) == {p.name for p in CONFIGS.iterdir() if p.is_dir()} - families
+    assert len(FOLDERS) >= 6
+
+
+def _estimate(folder: str, *flags: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert estimate([f"recipes/{folder}", *flags, "--base_config", str(CONFIGS / folder)]) == 0
+    return out.getvalue().strip()
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_readme_estimates_are_what_the_package_computes(folder):
+    readme = (REPO / "recipes" / folder / "README.md").read_text()
+    blocks = re.findall(r"<!-- estimate: (.*?) -->\n(.*?)\n<!-- end estimate -->", readme, re.S)
+    assert [flags for flags, _ in blocks] == ["--gpus 1", "--gpus 8"]
+    for flags, table in blocks:
+        assert table == _estimate(folder, *flags.split()), (
+            f"recipes/{folder}/README.md: rerun `llm4all estimate`"
+        )
+    one = blocks[0][1]
+    # the lineage is followed: kd trains the low-rank 20 % student, eval sees the same size
+    kd = next(line for line in one.splitlines() if "/kd/" in line).split("|")
+    compress20 = next(line for line in one.splitlines() if "whitening-20.yaml` | compress" in line).split("|")
+    assert kd[3] == compress20[3] and "effective batch 16 × " in kd[8]
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_compress_dry_run_against_the_published_config(folder, capsys):
+    """Rank map and sizes from config.json alone (uniform ranks here: the recipe's loss allocation needs spectra)."""
+    rc = main(["compress", "--config", f"recipes/{folder}/compress/whitening-20.yaml", "--model_name_or_path",
+               str(CONFIGS / folder), "--dry_run", "true", "--rank_allocation", "uniform"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    ranks = [int(r) for r in re.findall(r" rank (\d+)$", out, re.M)]
+    config = json.loads((CONFIGS / folder / "config.json").read_text())
+    assert len(ranks) == 7 * config["num_hidden_layers"] and all(r % 64 == 0 for r in ranks)
+    achieved = float(re.search(r"ratio ([\d.]+), target 0.2\)", out).group(1))
+    assert 0.2 <= achieved < 0.21  # multiples of 64, topped up: never below the target
+    before = int(re.search(r"# model: ([\d,]+) ->", out).group(1).replace(",", ""))
+    if folder in PARAMETERS:
+        assert before == PARAMETERS[folder]
+    assert "# memory: peak" in out
+
+
+# --------------------------------------------------------------------------- the README's launch lines
+SWAP = {  # Hub datasets of the real recipes -> fixture text
+    "HuggingFaceFW/fineweb-2": {"train": TEXT / "new_train.jsonl", "test": TEXT / "new_eval.jsonl"},
+    "HuggingFaceFW/fineweb-edu": {"train": TEXT / "old_train.jsonl"},
+    "Salesforce/wikitext": {"test": TEXT / "old_eval.jsonl"},
+}
+SMALL = {
+    "num_calibration_samples": 8,
+    "calibration_seq_len": 64,
+    "calibration_batch_size": 4,
+    "num_holdout_samples": 4,
+    "tokens_per_block": 1024,
+    "perplexity_max_length": 64,
+    "rank_multiple": 4,
+    "per_device_train_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "batch_size": 4,
+    "max_generations": 1,
+    "max_new_tokens": 4,
+    "eval_every": 4,
+    "dtype": "float32",
+}  # fmt: skip  (bf16 is slow on CPUs; its paths have their own tests)
+
+
+def shrink(recipe: dict, tiny: str, hub_id: str) -> dict:
+    for key in ("model_name_or_path", "teacher_model_name_or_path"):
+        if recipe.get(key) == hub_id:
+            recipe[key] = tiny
+    for key in ("datasets", "eval_datasets", "replay_datasets", "perplexity_datasets"):
+        for source in recipe.get(key) or []:
+            if source["path"] in SWAP:
+                source.update(path=str(SWAP[source["path"]][source.get("split", "train")]), split="train")
+                for k in ("name", "streaming", "max_rows"):
+                    source.pop(k, None)
+                if key != "datasets" and key != "replay_datasets":
+                    source["max_rows"] = 3  # held-out text: a few documents
+    recipe.update({k: v for k, v in SMALL.items() if k in recipe})
+    if "max_length" in recipe:
+        recipe["max_length"] = 1024 if "chat_template_path" in recipe else 128
+    if "num_train_epochs" in recipe or "max_steps" in recipe:
+        recipe.pop("num_train_epochs", None)
+        recipe["max_steps"] = 1
+    if "save_steps" in recipe:
+        recipe["save_steps"] = 1
+    if (
+        recipe.get("source") == "medkit/simsamu"
+    ):  # the dataset recipes: the fixture calls (same layout, fewer)
+        fixture = yaml.safe_load((REPO / "recipes" / "datasets" / "simsamu.yaml").read_text())
+        recipe.update(source=str(REPO / fixture["source"]), splits=fixture["splits"])
+    return recipe
+
+
+def launch_lines(folder: str) -> list[str]:
+    readme = (REPO / "recipes" / folder / "README.md").read_text()
+    block = re.search(r"## Launch\n\n```bash\n(.*?)```", readme, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def as_stage_argv(line: str) -> tuple[str, list[str]]:
+    """(launcher, llm4all argv) of a launch line; the launcher's own files are checked here."""
+    words = shlex.split(line)
+    if words[0] == "llm4all":
+        return "llm4all", words[1:]
+    if words[:2] == ["accelerate", "launch"]:
+        config = words[words.index("--config_file") + 1]
+        assert Path(config).is_file() and yaml.safe_load(Path(config).read_text())["distributed_type"]
+        return "accelerate", words[words.index("-m") + 2 :]
+    if words[0] == "sbatch":
+        script = next(w for w in words if w.endswith(".slurm"))
+        stage, recipe, config = words[words.index(script) + 1 : words.index(script) + 4]
+        assert Path(script).is_file() and Path(recipe).is_file() and Path(config).is_file()
+        return "sbatch", [stage, "--config", recipe]
+    raise AssertionError(f"unknown launcher: {line}")
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_readme_launch_lines_run_on_a_tiny_model_of_the_family(folder, tiny_model, tmp_path, monkeypatch):
+    lines = launch_lines(folder)
+    assert lines[0] == f"llm4all pipeline --config recipes/{folder}/pipeline.yaml"
+    # a repository-shaped folder: the recipes (shrunk, on a tiny model of the family) and the accelerate configs
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    config = json.loads((CONFIGS / folder / "config.json").read_text())
+    tiny = tmp_path / "tiny-base"
+    AutoModelForCausalLM.from_config(shrink_config(config, tokenizer)).save_pretrained(tiny)
+    tokenizer.save_pretrained(tiny)
+    hub_id = yaml.safe_load((REPO / "recipes" / folder / "compress" / "whitening-20.yaml").read_text())[
+        "model_name_or_path"
+    ]
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "recipes" / "accelerate_configs", root / "recipes" / "accelerate_configs")
+    shutil.copy(REPO / "recipes" / "launch.slurm", root / "recipes" / "launch.slurm")
+    for src in [
+        *(REPO / "recipes" / folder).rglob("*.yaml"),
+        *(REPO / "recipes" / "datasets").glob("simsamu-hub*.yaml"),
+    ]:
+        dst = root / src.relative_to(REPO)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        recipe = yaml.safe_load(src.read_text())
+        dst.write_text(
+            yaml.safe_dump(recipe if src.name == "pipeline.yaml" else shrink(recipe, str(tiny), hub_id))
+        )
+    monkeypatch.chdir(root)
+
+    # step by step (one GPU), then the pipeline (every step is found finished), then the multi-GPU lines
+    ran = []
+    for line in [*lines[1:], lines[0]]:
+        launcher, argv = as_stage_argv(line)
+        if (
+            launcher != "llm4all"
+        ):  # the same stage and recipe as a one-GPU line already run: checked, not rerun
+            argv = [*argv, "--dry_run", "true"]
+        assert main(argv) == 0, line
+        ran.append(argv[0])
+    assert ran.count("sft") == 2 and {
+        "compress",
+        "feature-distill",
+        "cache-teacher",
+        "kd",
+        "cpt",
+        "eval",
+        "pipeline",
+    } <= set(ran)
+    out = root / "outputs" / folder
+    evaluated = json.loads((out / "eval" / "simsamu" / "metrics.json").read_text())
+    assert evaluated["simsamu"]["generations"] == 1
+    lineage = json.loads((out / "sft" / "simsamu" / "lineage.json").read_text())["stages"]
+    assert [step["stage"] for step in lineage] == ["base", "compress", "feature-distill", "kd", "cpt", "sft"]
+    student = json.loads((out / "kd" / "heal-cached-20" / "config.json").read_text())
+    assert (
+        student["model_type"] == "llm4all_lowrank"
+        and student["base_config"]["model_type"] == config["model_type"]
+    )
