@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 PIP_VERSION ?= 26.3
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
+# one pytest worker per core of the 2-core CI machine (each worker builds the session's tiny model once)
+TEST_WORKERS ?= 2
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
@@ -38,7 +40,7 @@ demo: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 $(VENV)/bin/llm4all demo
 
 test: install
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=20 $(PYTEST_ARGS) tests
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=20 $(PYTEST_ARGS) tests
 
 quality: install
 	$(VENV)/bin/ruff check .

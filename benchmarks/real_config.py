@@ -85,7 +85,8 @@ def main() -> None:
     parser.add_argument("--gpu", choices=list(GPUS), default="h100", help="peak FLOP/s used for the MFU")
     add_docs_flag(parser)
     args = parser.parse_args()
-    recipes, root = REPO / "recipes" / args.folder, Path("outputs/bench") / f"real-{args.folder}"
+    name = f"real-{args.folder}" + (f"-{args.layers}layers-{args.seq_len}" if args.layers else "")
+    recipes, root = REPO / "recipes" / args.folder, Path("outputs/bench") / name
     base = root / "base"
     if not (base / "config.json").is_file():
         build(args.folder, Path(args.tokenizer), base, args.layers)
@@ -93,7 +94,7 @@ def main() -> None:
         p.numel() for p in AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).parameters()
     )
     text = ["--datasets", json.dumps([{"path": str(TEXT / "new_train.jsonl")}]),
-            "--eval_datasets", json.dumps([{"path": str(TEXT / "new_eval.jsonl")}])]  # fmt: skip
+            "--eval_datasets", json.dumps([{"path": str(TEXT / "new_eval.jsonl"), "max_rows": 4}])]  # fmt: skip
     seq = ["--perplexity_max_length", str(args.seq_len)]
     rows, peak_flops = [], GPUS[args.gpu][0] * 1e12
 
@@ -137,9 +138,9 @@ def main() -> None:
                   root / "sft")  # fmt: skip
     row("sft", recipe, m, s, p, m["train"].get("num_tokens"), student, True)
     (REPO / "benchmarks" / "results").mkdir(exist_ok=True)
-    (REPO / "benchmarks" / "results" / f"real-{args.folder}.json").write_text(json.dumps(rows, indent=1))
+    (REPO / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(rows, indent=1))
     if args.write_docs:
-        write_section(f"real-{args.folder}", report(rows, args, n_base))
+        write_section(name, report(rows, args, n_base))
 
 
 def report(rows: list[dict], args, n: int) -> str:

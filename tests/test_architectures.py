@@ -1,7 +1,8 @@
 """The families users bring, each as a tiny random model built from its real config.json (tests/fixtures/configs,
 shrunk by `tiny.shrink_config`: same class, biases, norms, activation, soft-capping, tying, fused projections):
-compress → feature-distill → 3 kd steps → reload through the package and through `trust_remote_code` (equal
-logits), export-dense (same function), and a one-line error for an architecture we cannot compress."""
+compress → feature-distill → 3 kd steps → 1 cpt step → 1 sft step → reload through the package and through
+`trust_remote_code` (equal logits) → export-dense (a plain checkpoint of the base class, the same function), and a
+one-line error for an architecture we cannot compress."""
 
 import json
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from llm4all_recipes.cli import main
-from llm4all_recipes.compression import LowRankLinear, to_dense
+from llm4all_recipes.compression import LowRankLinear
 from llm4all_recipes.compression import ranks as R
 from llm4all_recipes.models import load_model
 from llm4all_recipes.tiny import shrink_config
@@ -66,24 +67,33 @@ def test_family_runs_the_loop_and_reloads_both_ways(family, tiny_model, tmp_path
     assert main(["kd", "--config", "recipes/tiny-llama/kd/heal.yaml", "--model_name_or_path", str(tmp_path / "fd"),
                  "--teacher_model_name_or_path", str(base), "--output_dir", str(tmp_path / "kd"), "--max_steps", "3",
                  "--keep_best", "false", "--push_to_hub", "false"]) == 0  # fmt: skip
-    kd = json.loads((tmp_path / "kd" / "metrics.json").read_text())
-    assert kd["train"]["global_step"] == 3
+    assert json.loads((tmp_path / "kd" / "metrics.json").read_text())["train"]["global_step"] == 3
+    one_step = ["--max_steps", "1", "--push_to_hub", "false", "--max_length", "128"]
+    assert main(["cpt", "--config", "recipes/tiny-llama/cpt/replay-kl.yaml", "--model_name_or_path", str(tmp_path / "kd"),
+                 "--output_dir", str(tmp_path / "cpt"), *one_step]) == 0  # fmt: skip
+    assert main(["sft", "--config", "recipes/tiny-llama/sft/chat.yaml", "--model_name_or_path", str(tmp_path / "cpt"),
+                 "--output_dir", str(tmp_path / "sft"), *one_step]) == 0  # fmt: skip
 
+    # the last stage's checkpoint, through the package and through trust_remote_code: the same low-rank model
     ids = torch.randint(0, len(tokenizer), (2, 24), generator=torch.Generator().manual_seed(0))
-    package = load_model(str(tmp_path / "kd"), dtype="float32")
+    package = load_model(str(tmp_path / "sft"), dtype="float32")
     remote = AutoModelForCausalLM.from_pretrained(
-        tmp_path / "kd", trust_remote_code=True, dtype=torch.float32
+        tmp_path / "sft", trust_remote_code=True, dtype=torch.float32
     )
-    assert type(package).__name__ == type(remote).__name__ == f"LowRank{type(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))).__name__}"  # fmt: skip
+    base_class = type(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))).__name__
+    assert type(package).__name__ == type(remote).__name__ == f"LowRank{base_class}"
     assert sum(isinstance(m, LowRankLinear) for m in remote.modules()) == len(cc["ranks"])
     expected = logits(package, ids)
     assert torch.allclose(expected, logits(remote, ids), atol=1e-5, rtol=0)
     fd = load_model(str(tmp_path / "fd"), dtype="float32")
-    assert not torch.allclose(expected, logits(fd, ids), atol=1e-4)  # kd trained the student
+    assert not torch.allclose(expected, logits(fd, ids), atol=1e-4)  # kd, cpt and sft trained the student
     if real.get("tie_word_embeddings", True):  # tied embeddings stay tied through the low-rank format
         assert remote.lm_head.weight.data_ptr() == remote.get_input_embeddings().weight.data_ptr()
-    dense = to_dense(package)
-    assert type(dense).__name__ == type(remote).__name__.removeprefix("LowRank")
+    # export-dense: a plain checkpoint of the base class (no remote code), the same function
+    assert main(["export-dense", "--model_name_or_path", str(tmp_path / "sft"), "--output_dir",
+                 str(tmp_path / "dense")]) == 0  # fmt: skip
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "dense", dtype=torch.float32)
+    assert type(dense).__name__ == base_class
     assert torch.allclose(expected, logits(dense, ids), atol=1e-4, rtol=0)
 
 

@@ -220,3 +220,34 @@ def test_readme_launch_lines_run_on_a_tiny_model_of_the_family(folder, tiny_mode
         student["model_type"] == "llm4all_lowrank"
         and student["base_config"]["model_type"] == config["model_type"]
     )
+
+
+MESSAGES = [{"role": "system", "content": "Tu es le SAMU."}, {"role": "user", "content": "Bonjour"},
+            {"role": "assistant", "content": "SAMU, j'écoute."}]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, rendered",
+    [
+        ("llama3", "<s><|start_header_id|>system<|end_header_id|>\n\nTu es le SAMU.<|eot_id|><|start_header_id|>user"
+                   "<|end_header_id|>\n\nBonjour<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+                   "SAMU, j'écoute.<|eot_id|>"),
+        ("mistral", "<s>[INST] Tu es le SAMU.\n\nBonjour[/INST] SAMU, j'écoute.</s>"),
+    ],
+)  # fmt: skip
+def test_shipped_chat_templates_write_the_models_format_with_generation_markers(name, rendered):
+    """The recipe folders' templates: the Llama-3 / Lucie-Instruct header format and Mistral v0.3's [INST] format
+    for plain conversations, with the assistant answer (and its end token) as the only trained span."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from llm4all_recipes.configs import read_chat_template
+
+    template = read_chat_template(name)
+    out, spans = render_jinja_template(conversations=[MESSAGES], chat_template=template, bos_token="<s>",
+                                       eos_token="</s>", return_assistant_tokens_mask=True)  # fmt: skip
+    assert out == [rendered]
+    assert [out[0][a:b] for a, b in spans[0]] == [rendered[rendered.rindex("SAMU, j'") :]]
+    # the regulator speaks first (no user turn yet): the prompt still carries the system message
+    prompt, _ = render_jinja_template(conversations=[MESSAGES[:1]], chat_template=template, bos_token="<s>",
+                                      eos_token="</s>", add_generation_prompt=True)  # fmt: skip
+    assert "Tu es le SAMU." in prompt[0]

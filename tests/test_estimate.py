@@ -1,0 +1,63 @@
+"""`llm4all estimate`: sizes follow a recipe's lineage to its base config, the memory model's terms, and errors."""
+
+import math
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from llm4all_recipes.cli import main
+from llm4all_recipes.compression import ranks as R
+from llm4all_recipes.estimate import GiB, estimate, model_size, producer
+
+REPO = Path(__file__).resolve().parents[1]
+QWEN = REPO / "tests" / "fixtures" / "configs" / "qwen2.5-1.5b-instruct"
+FOLDER = REPO / "recipes" / "qwen2.5-1.5b-instruct"
+
+
+def test_a_produced_path_is_sized_through_the_recipe_that_makes_it():
+    assert (
+        producer("outputs/qwen2.5-1.5b-instruct/kd/heal-cached-20") == FOLDER / "kd" / "heal-cached-20.yaml"
+    )
+    assert producer("outputs/qwen2.5-1.5b-instruct/kd/nothing") is None
+    import torch
+
+    with torch.device("meta"):
+        dense = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(QWEN))
+    targets = R.find_targets(dense, ["auto"])
+    targeted = sum(t.params for t in targets)
+    total = sum(p.numel() for p in dense.parameters())
+    assert total == 1_543_714_304  # Qwen2.5-1.5B-Instruct's published count (tied embeddings counted once)
+    # compress 20 % with loss allocation: the budget is what is kept; kd's student (two stages later) is that size
+    student = model_size("outputs/qwen2.5-1.5b-instruct/feature-distill/whitening-20", str(QWEN))
+    assert student.low_rank and student.params == total - targeted + math.floor(0.8 * targeted)
+    assert student.factor_params == math.floor(0.8 * targeted)
+
+
+def test_training_memory_terms_and_sharding():
+    kd = FOLDER / "kd" / "heal-cached-20.yaml"
+    one = estimate(kd, gpus=1, base_config=str(QWEN))
+    eight = estimate(kd, gpus=8, base_config=str(QWEN))
+    eight_ddp = estimate(kd, gpus=8, shard=False, base_config=str(QWEN))
+    states = one.params * 2 + one.trainable * 3 * 2  # bf16 weights, gradients, two AdamW moments
+    assert one.device_bytes - eight.device_bytes == pytest.approx(states * 7 / 8, abs=2)
+    assert eight_ddp.device_bytes == one.device_bytes  # replicated: same per GPU
+    assert (
+        eight.tokens == 8 * one.tokens == 8 * 1000 * 4 * 4 * 2048
+    )  # steps x batch x accumulation x GPUs x length
+    assert eight.hours == pytest.approx(one.hours)  # 8x the tokens on 8x the GPUs
+    # the KL reference of cpt is a second (frozen) model: its weights and logits are counted
+    cpt = estimate(FOLDER / "cpt" / "replay-kl.yaml", gpus=1, base_config=str(QWEN))
+    assert cpt.device_bytes - one.device_bytes > one.params * 2
+    assert 1 < one.device_bytes / GiB < 80
+
+
+def test_a_path_no_recipe_makes_is_one_line(tmp_path, capsys):
+    recipe = tmp_path / "recipes" / "m" / "kd" / "a.yaml"
+    recipe.parent.mkdir(parents=True)
+    recipe.write_text((FOLDER / "kd" / "heal-cached-20.yaml").read_text().replace(
+        "outputs/qwen2.5-1.5b-instruct/feature-distill/whitening-20", "outputs/nowhere/compress/x"))  # fmt: skip
+    assert main(["estimate", str(recipe), "--base_config", str(QWEN)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "outputs/nowhere/compress/x is made by no recipe" in err
+    assert str(recipe) in err
