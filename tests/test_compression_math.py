@@ -241,5 +241,5 @@ def test_unknown_pattern_and_no_linear_layer(model):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50))  # Conv1D, no nn.Linear
-    with pytest.raises(RecipeError, match="is not supported: no nn.Linear inside its decoder blocks"):
+    with pytest.raises(RecipeError, match=r"is not supported: no nn\.Linear inside its decoder blocks"):
         R.find_targets(gpt2, ["c_attn"])
