@@ -30,6 +30,7 @@ FOLDERS = sorted(
 # published parameter counts (model cards / safetensors index) of the bases we can check exactly
 PARAMETERS = {
     "llama-3.1-8b-instruct": 8_030_261_248,
+    "llama-3.2-1b": 1_235_814_400,
     "mistral-7b-instruct-v0.3": 7_248_023_552,
     "qwen2.5-1.5b-instruct": 1_543_714_304,
 }
