@@ -41,15 +41,16 @@ def reset() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def build(folder: str, tokenizer_from: Path, out: Path, layers: int | None) -> int:
-    """The published config at full size (or `layers` decoder layers), random weights, bf16."""
+def build(folder: str, tokenizer_from: Path, out: Path, layers: int | None, tiny: bool) -> int:
+    """The published config at full size (or `layers` decoder layers; `tiny`: the test suite's tiny sizes with the
+    real vocabulary, a smoke test of this script), random weights, bf16."""
     config = json.loads((REPO / "tests" / "fixtures" / "configs" / folder / "config.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
     sizes = {k: config[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads") if k in config}
     sizes["num_hidden_layers"] = layers or config["num_hidden_layers"]
     sizes["head_dim"] = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     sizes["num_key_value_heads"] = config.get("num_key_value_heads") or config["num_attention_heads"]
-    shrunk = shrink_config(config, tokenizer, sizes)
+    shrunk = shrink_config(config, tokenizer, None if tiny else sizes)
     shrunk.vocab_size = config["vocab_size"]  # the real embedding and logits size
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
@@ -77,7 +78,10 @@ def main() -> None:
     parser.add_argument(
         "--tokenizer", default="outputs/tiny-llama/tiny-model/base", help="a tiny-model output"
     )
-    parser.add_argument("--layers", type=int, help="fewer decoder layers (a CPU smoke test)")
+    parser.add_argument("--layers", type=int, help="fewer decoder layers")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny sizes, real vocabulary: a CPU smoke test of this script"
+    )
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--kd-steps", type=int, default=50)
     parser.add_argument("--sft-steps", type=int, default=50)
@@ -85,11 +89,11 @@ def main() -> None:
     parser.add_argument("--gpu", choices=list(GPUS), default="h100", help="peak FLOP/s used for the MFU")
     add_docs_flag(parser)
     args = parser.parse_args()
-    name = f"real-{args.folder}" + (f"-{args.layers}layers-{args.seq_len}" if args.layers else "")
+    name = f"real-{args.folder}" + ("-tiny" if args.tiny else f"-{args.layers}layers" if args.layers else "")
     recipes, root = REPO / "recipes" / args.folder, Path("outputs/bench") / name
     base = root / "base"
     if not (base / "config.json").is_file():
-        build(args.folder, Path(args.tokenizer), base, args.layers)
+        build(args.folder, Path(args.tokenizer), base, args.layers, args.tiny)
     n_base = sum(
         p.numel() for p in AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).parameters()
     )
@@ -109,7 +113,8 @@ def main() -> None:
 
     recipe = recipes / "compress" / "whitening-40.yaml"
     m, s, p = run("compress", ["--config", str(recipe), "--model_name_or_path", str(base), *text, *seq,
-                              "--num_calibration_samples", "64", "--calibration_seq_len", str(args.seq_len)], root / "c40")  # fmt: skip
+                              "--num_calibration_samples", "64", "--calibration_seq_len", str(args.seq_len),
+                              *(["--rank_multiple", "4"] if args.tiny else [])], root / "c40")  # fmt: skip
     row("compress", recipe, m, s, p)
     recipe = recipes / "feature-distill" / "whitening-40.yaml"
     m, s, p = run("feature-distill", ["--config", str(recipe), "--model_name_or_path", str(root / "c40"), *text, *seq,
