@@ -239,6 +239,7 @@ def _dataset_facts(recipe: Any, report: dict[str, Any]) -> dict[str, Any]:
             if recipe.per_turn
             else "one row per call",
             "summary": "transcript → fiche de régulation, one row per call that has a summary",
+            "transcript": "one row per call, its transcript (`Régulateur : …` / `Appelant : …` lines) as `text`",
         }[recipe.task]
         steps = [
             "Read each call's Rev-like JSON transcript (`monologues[].terms[]`), keeping WORD terms"
@@ -263,12 +264,18 @@ def _dataset_facts(recipe: Any, report: dict[str, Any]) -> dict[str, Any]:
             "regulator_actor / caller_actor": "actor ids of the roles",
             "duration": "seconds", "num_turns": "turns after merging",
             "summary": "fiche de régulation, when `summaries.jsonl` has one",
-            "messages": "chat: system prompt, then the call (regulator = assistant)",
         }  # fmt: skip
+        if recipe.task == "transcript":
+            columns.update(
+                transcript="`Régulateur : …` / `Appelant : …` lines", text="the same (for text stages)"
+            )
+        else:
+            columns["messages"] = "chat: system prompt, then the call (regulator = assistant)"
         if recipe.per_turn:
             columns["prompt / completion"] = "history / the regulator turn to predict"
         return {
-            "summary": f"Simulated French emergency calls to the SAMU (centre 15), as chat data ({task}).",
+            "summary": f"Simulated French emergency calls to the SAMU (centre 15), as "
+            f"{'transcripts' if recipe.task == 'transcript' else 'chat data'} ({task}).",
             "steps": steps,
             "columns": columns,
             "license": recipe.license or "mit",
@@ -285,9 +292,17 @@ def _dataset_facts(recipe: Any, report: dict[str, Any]) -> dict[str, Any]:
             else ""
         )
         + ".",
-        "Transcript lines `speaker : text`; meetings without a summary are counted and left out.",
-        "Chat rows: French system prompt and instruction (`data/prompts/meeting_*.jinja`) → summary.",
+        "Transcript lines `speaker : text`; "
+        + (
+            "every meeting is kept (those without a summary are counted); the transcript is also the `text` column."
+            if recipe.task == "transcript"
+            else "meetings without a summary are counted and left out."
+        ),
     ]
+    if recipe.task != "transcript":
+        steps.append(
+            "Chat rows: French system prompt and instruction (`data/prompts/meeting_*.jinja`) → summary."
+        )
     if recipe.tokenizer_name_or_path:
         steps.append(
             f"`chunks`: the transcript cut at turn boundaries into pieces of at most {recipe.chunk_tokens} tokens "
@@ -295,13 +310,22 @@ def _dataset_facts(recipe: Any, report: dict[str, Any]) -> dict[str, Any]:
         )
     columns = {
         "id": "meeting id", "turns": "[{speaker, text}] in time order", "transcript": "`speaker : text` lines",
-        "summary": "reference summary", "num_speakers / num_words": "sizes",
-        "messages": "chat: system, instruction + transcript, summary (assistant)",
+        "summary": "reference summary" + (" (when the source has one)" if recipe.task == "transcript" else ""),
+        "num_speakers / num_words": "sizes",
     }  # fmt: skip
+    if recipe.task == "transcript":
+        columns["text"] = "the transcript (for text stages: continued pretraining, `generate`)"
+    else:
+        columns["messages"] = "chat: system, instruction + transcript, summary (assistant)"
     if recipe.tokenizer_name_or_path:
         columns["chunks"] = "token-bounded overlapping transcript pieces"
     return {
-        "summary": "French meeting transcripts with reference summaries, for summarisation.",
+        "summary": "French meeting transcripts"
+        + (
+            " (continued-pretraining text, input of `generate`)."
+            if recipe.task == "transcript"
+            else " with reference summaries, for summarisation."
+        ),
         "steps": steps,
         "columns": columns,
         "license": recipe.license,

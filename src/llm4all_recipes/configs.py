@@ -597,6 +597,100 @@ class SelectRecipe(ModelArgs, MixtureArgs, StageArgs):
 
 
 @dataclass
+class GenerateRecipe(ModelArgs, StageArgs):
+    """`llm4all generate`: a teacher (model_name_or_path) writes a target column for a dataset from a French prompt
+    (machine-generated summaries, fiches de régulation): the data of sequence-level distillation."""
+
+    dataset: str | None = arg(
+        None, help="Input dataset: a `save_to_disk` folder (a build-dataset output) or a Hub dataset id."
+    )
+    splits: list[str] | None = arg(None, help="Splits to generate for (default: every split of `dataset`).")
+    input_column: str = arg("transcript", help="The column the prompt is written from.")
+    output_column: str = arg("summary", help="The column the teacher writes.")
+    keep_existing: bool = arg(
+        True,
+        help="Rows whose output column already holds a text (a human target) keep it; false: the teacher writes all.",
+    )
+    prompt: str = arg(
+        "meeting_summary",
+        help="The instruction: a shipped prompt (data/prompts/<name>.jinja) or a .jinja file; it must use the input "
+        "column as a variable, e.g. {{ transcript }}.",
+    )
+    system_prompt: str | None = arg(
+        None, help="A system message (shipped prompt name or .jinja file), or none."
+    )
+    chunk_prompt: str | None = arg(
+        None,
+        help="Map-reduce for inputs longer than the teacher's context: the prompt for one chunk (variables: the input "
+        "column, index, total), e.g. meeting_chunk_summary. Unset: long inputs are counted and left out.",
+    )
+    merge_prompt: str | None = arg(
+        None,
+        help="Map-reduce: the prompt merging the chunk outputs (variable: summaries), e.g. meeting_merge_summaries.",
+    )
+    chunk_tokens: int = arg(1024, help="Map-reduce: tokens of one chunk (whole lines when possible).")
+    chunk_overlap: int = arg(128, help="Map-reduce: tokens repeated between consecutive chunks.")
+    context_length: int | None = arg(
+        None, help="Prompt + answer tokens the teacher reads (default: its max_position_embeddings)."
+    )
+    max_new_tokens: int = arg(
+        256, help="Tokens generated at most per answer (an answer that reaches it is truncated)."
+    )
+    do_sample: bool = arg(False, help="Sample (with temperature / top_p) instead of greedy decoding.")
+    temperature: float = arg(0.7, help="do_sample: softmax temperature.")
+    top_p: float = arg(0.95, help="do_sample: nucleus mass.")
+    batch_size: int = arg(8, help="Prompts generated together (left-padded).")
+    shard_size: int = arg(
+        64, help="Rows per shard file: a rerun after an interruption starts at the first unfinished shard."
+    )
+    drop_truncated: bool = arg(True, help="Leave out answers that reached max_new_tokens without ending.")
+    min_words: int = arg(5, help="Leave out answers with fewer words.")
+    max_words: int | None = arg(None, help="Leave out answers with more words.")
+    french_only: bool = arg(True, help="Leave out answers that do not look French (function-word check).")
+    required_fields: list[str] = arg(
+        factory=list,
+        help="Labels every answer must contain (a structured fiche: Motif, Bilan, Décision ...).",
+    )
+    dedup: bool = arg(True, help="Leave out exact duplicate answers (whitespace-normalised), the first kept.")
+    hub_dataset_id: str | None = arg(None, help="<namespace>/<name> of the published dataset.")
+    license: str | None = arg(None, help="Licence of the generated dataset (card); default: the input's.")
+
+    def check(self, static: bool) -> None:
+        check_model(self.model_name_or_path, static, "the teacher that writes the targets")
+        if not self.dataset:
+            raise RecipeError(
+                "required: the input dataset (a build-dataset output or a Hub id)", key="dataset"
+            )
+        check_path(self.dataset, "dataset", static, hub_ok=True)
+        _positive(self, "max_new_tokens", "batch_size", "shard_size", "chunk_tokens", "temperature")
+        if not 0 < self.top_p <= 1:
+            raise RecipeError(f"must be in (0, 1], got {self.top_p}", key="top_p")
+        if not 0 <= self.chunk_overlap < self.chunk_tokens:
+            raise RecipeError("must be >= 0 and < chunk_tokens", key="chunk_overlap")
+        if bool(self.chunk_prompt) != bool(self.merge_prompt):
+            raise RecipeError("map-reduce needs both chunk_prompt and merge_prompt", key="chunk_prompt")
+        from .data.templates import prompt_variables
+
+        for key, needed in (("prompt", self.input_column), ("chunk_prompt", self.input_column),
+                            ("merge_prompt", "summaries"), ("system_prompt", None)):  # fmt: skip
+            value = getattr(self, key)
+            if value is None:
+                continue
+            try:
+                variables = prompt_variables(value)
+            except (OSError, ValueError) as exc:
+                raise RecipeError(str(exc), key=key) from None
+            if needed and needed not in variables:
+                raise RecipeError(
+                    f"the template does not use the input column: no {{{{ {needed} }}}} in {value} "
+                    f"(it uses: {', '.join(sorted(variables)) or 'no variable'})",
+                    key=key,
+                )
+        check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_dataset_id, "hub_dataset_id")
+
+
+@dataclass
 class EvalRecipe(ModelArgs, StageArgs):
     """`llm4all eval`: perplexity (old/new domain, forgetting report), French task ROUGE, lighteval tasks."""
 
@@ -684,7 +778,6 @@ class BuildDatasetRecipe(StageArgs):
 
     COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
     SIMSAMU_ONLY: typing.ClassVar[tuple[str, ...]] = (
-        "task",
         "per_turn",
         "skip_speakers",
         "punctuation",
@@ -719,12 +812,14 @@ class BuildDatasetRecipe(StageArgs):
     )
     license: str | None = arg(None, help="Licence of the built dataset (card); simsamu default: mit.")
     hub_dataset_id: str | None = arg(None, help="<namespace>/<name> of the published dataset.")
-    # simsamu
-    task: Literal["dialogue", "summary"] = arg(
-        "dialogue",
-        help="simsamu: `dialogue` = the call as a chat (system prompt, regulator = assistant); `summary` = "
-        "transcript -> fiche de régulation (calls without a summary are counted and left out).",
+    task: Literal["dialogue", "summary", "transcript"] | None = arg(
+        None,
+        help="simsamu: `dialogue` (default) = the call as a chat (system prompt, regulator = assistant); `summary` = "
+        "transcript -> fiche de régulation (calls without a summary are counted and left out). meetings: `summary` "
+        "(default) = transcript -> compte rendu, same rule. Both: `transcript` = one row per call/meeting, its "
+        "speaker-named transcript as `text` (summaries not needed: continued-pretraining text, `generate` input).",
     )
+    # simsamu
     per_turn: bool = arg(
         False,
         help="simsamu dialogue: one row per regulator turn with its history (`prompt`/`completion` columns too, "
@@ -763,6 +858,15 @@ class BuildDatasetRecipe(StageArgs):
         for key in other[self.builder]:
             if key in given:
                 raise RecipeError(f"does not apply to the {self.builder} builder", key=key)
+        tasks = {
+            "simsamu": ("dialogue", "summary", "transcript"),
+            "meetings": ("summary", "transcript"),
+            "text": (),
+        }
+        if self.task is not None and self.task not in tasks[self.builder]:
+            raise RecipeError(f"the {self.builder} builder has no task {self.task!r}", key="task")
+        if self.task is None:
+            self.task = {"simsamu": "dialogue", "meetings": "summary", "text": None}[self.builder]
         if self.folds is not None:
             if self.folds < 2:
                 raise RecipeError("must be >= 2", key="folds")
@@ -1035,6 +1139,7 @@ RECIPES: dict[str, type] = {
     "cache-teacher": CacheTeacherRecipe,
     "kd": KDRecipe,
     "select": SelectRecipe,
+    "generate": GenerateRecipe,
     "cpt": CPTRecipe,
     "sft": SFTRecipe,
     "eval": EvalRecipe,

@@ -25,23 +25,26 @@ scale-llama-3.1-8b-shapes) by FLOPs per layer and by the GPU's peak.
 """
 
 import dataclasses
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from .errors import RecipeError
 from .paths import RECIPES_DIR, default_output_dir, is_produced, local_hub_copy
 
-# name -> (dense bf16 TFLOP/s, memory GiB)
+# name -> (dense bf16 TFLOP/s, memory GiB, memory bandwidth TB/s)
 GPUS = {
-    "a100-40gb": (312, 40),
-    "a100": (312, 80),
-    "l40s": (362, 48),
-    "h100": (989, 80),
-    "h200": (989, 141),
+    "a100-40gb": (312, 40, 1.55),
+    "a100": (312, 80, 2.0),
+    "l40s": (362, 48, 0.86),
+    "h100": (989, 80, 3.35),
+    "h200": (989, 141, 4.8),
 }
+GENERATE_ROWS = 1000  # generate's time is given per this many rows (the input's length is not in the recipe)
 DEFAULT_MFU = 0.35
-STAGE_ORDER = ("compress", "feature-distill", "cache-teacher", "kd", "cpt", "sft", "eval")
+STAGE_ORDER = ("compress", "feature-distill", "cache-teacher", "kd", "generate", "cpt", "sft", "eval")
 # H200 measurements at Llama-3.1-8B layer shapes (benchmarks/scale.py): compress 26.0 s per layer for 256 x 2048
 # calibration tokens; feature distillation 30,587 tokens/s per block.
 _REF_LAYER_PARAMS = 4096 * (4096 + 1024 + 1024 + 4096) + 3 * 4096 * 14336
@@ -231,6 +234,8 @@ def estimate(recipe_path: Path, *, gpus: int = 1, gpu: str = "h100", mfu: float 
                         f"forward only, ≤ max_rows × max_length tokens{disk}")  # fmt: skip
     if stage in ("kd", "cpt", "sft"):
         return _estimate_training(stage, recipe, name, base_config, gpus, speed, shard)
+    if stage == "generate":
+        return _estimate_generate(recipe, name, base_config, gpu, mfu)
     if stage == "eval":
         model = model_size(recipe.model_name_or_path, base_config)
         return Estimate(name, stage, recipe.model_name_or_path, model.params, None,
@@ -259,6 +264,25 @@ def _estimate_compress(recipe, name, base_config, tflops) -> Estimate:
     cpu = memory["model_bytes_cpu"] + memory["activations_bytes_cpu"]
     return Estimate(name, "compress", recipe.model_name_or_path, after.params, None, memory["device_peak_bytes"],
                     tokens, hours, f"one layer at a time; CPU RAM ≈ {cpu / GiB:.0f} GiB")  # fmt: skip
+
+
+def _estimate_generate(recipe, name, base_config, gpu, mfu) -> Estimate:
+    """One GPU: the weights + the KV cache of a batch of `context` tokens; decoding reads the weights once per step
+    (memory-bound), prefill is compute-bound. Prompts fill the context at most (8,192 tokens unless set)."""
+    teacher = model_size(recipe.model_name_or_path, base_config)
+    c, wb = teacher.config, _bytes(recipe.dtype, teacher.config)
+    context = recipe.context_length or min(getattr(c, "max_position_embeddings", 8192), 8192)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    kv = 2 * c.num_hidden_layers * kv_heads * head_dim * wb * recipe.batch_size * context
+    device = teacher.params * wb + kv + recipe.batch_size * c.vocab_size * 4
+    tflops, _, bandwidth = GPUS[gpu]
+    steps = math.ceil(GENERATE_ROWS / recipe.batch_size) * recipe.max_new_tokens
+    decode = steps * (teacher.params * wb + kv / 2) / (bandwidth * 1e12)
+    prefill = 2 * teacher.params * GENERATE_ROWS * (context - recipe.max_new_tokens) / (tflops * 1e12 * mfu)
+    return Estimate(name, "generate", recipe.model_name_or_path, teacher.params, None, int(device), None,
+                    (decode + prefill) / 3600, f"time per {GENERATE_ROWS:,} rows (prompts ≤ {context:,} tokens, batches "
+                    f"of {recipe.batch_size}, ≤ {recipe.max_new_tokens} new tokens); one GPU")  # fmt: skip
 
 
 def _trainable(recipe, model: ModelSize) -> int:
@@ -326,7 +350,7 @@ def table(estimates: list[Estimate], gpus: int, gpu: str, mfu: float, shard: boo
     layout = "FSDP / ZeRO-3" if shard and gpus > 1 else ("replicated" if gpus > 1 else "")
     head = (f"Computed by `llm4all estimate` for {gpus} × {gpu} ({GPUS[gpu][1]} GiB){', ' + layout if layout else ''}, "
             f"MFU {mfu:.0%} assumed for training stages"
-            f"{'; compress, feature-distill, cache-teacher and eval use one GPU' if gpus > 1 else ''}.")  # fmt: skip
+            f"{'; compress, feature-distill, cache-teacher, generate and eval use one GPU' if gpus > 1 else ''}.")  # fmt: skip
     lines = [head, "", "| recipe | stage | parameters | trained | peak memory / GPU | tokens | time | notes |",
              "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for e in estimates:
@@ -370,7 +394,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--base_config", help="a folder whose config.json stands for the lineage's root model"
     )
+    parser.add_argument("--write-readme", action="store_true",
+                        help="rewrite the `<!-- estimate: FLAGS -->` tables of the folder's README.md (one folder)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.write_readme:
+        return write_readme(Path(args.paths[0]), args.base_config, args.mfu)
     if args.gpus < 1 or not 0 < args.mfu <= 1:
         raise RecipeError("--gpus must be >= 1 and --mfu in (0, 1]", source="command line")
     rows = []
@@ -384,4 +412,34 @@ def main(argv: list[str]) -> int:
         except RecipeError as err:
             raise err.located(str(path)) from None
     print(table(rows, args.gpus, args.gpu, args.mfu, args.shard))
+    return 0
+
+
+README_BLOCK = re.compile(r"(<!-- estimate: (.*?) -->\n)(.*?)(\n<!-- end estimate -->)", re.S)
+
+
+def write_readme(folder: Path, base_config: str | None, mfu: float) -> int:
+    """Recompute every estimate table of `folder`/README.md with the flags its marker names."""
+    import contextlib
+    import io
+
+    readme = folder / "README.md"
+    if not readme.is_file():
+        raise RecipeError("no README.md in the folder", source=str(folder))
+
+    def table_for(match: re.Match) -> str:
+        out = io.StringIO()
+        flags = [
+            *match.group(2).split(),
+            "--mfu",
+            str(mfu),
+            *(["--base_config", base_config] if base_config else []),
+        ]
+        with contextlib.redirect_stdout(out):
+            main([str(folder), *flags])
+        return match.group(1) + out.getvalue().strip() + match.group(4)
+
+    text, n = README_BLOCK.subn(table_for, readme.read_text(encoding="utf-8"))
+    readme.write_text(text, encoding="utf-8")
+    print(f"{readme}: {n} estimate table(s) rewritten")
     return 0

@@ -5,6 +5,9 @@ LLM4ALL_FAULT="<step>:<phase>" makes the Trainer stop while it saves checkpoint-
   optimizer   weights, optimizer, scheduler and RNG state, but no trainer_state.json
   state       trainer_state.json half-written (truncated JSON)
   saved       the checkpoint is complete
+LLM4ALL_FAULT="generate:<shard>:<phase>" stops `llm4all generate` at shard <shard>:
+  part        its rows half written to shard-<shard>.jsonl.part (not renamed into place)
+  written     the shard file complete, the next one not started
 There it writes the file named by LLM4ALL_FAULT_READY, then sleeps until it is killed (kill -9 by the test),
 or until the file LLM4ALL_FAULT_GO appears (then it goes on as if nothing happened).
 """
@@ -24,7 +27,26 @@ def _stop_here() -> None:
         time.sleep(0.05)
 
 
-if _fault:
+if _fault and _fault.startswith("generate:"):
+    _, _shard, _phase = _fault.split(":")
+    import json
+
+    import llm4all_recipes.stages.generate as _g
+
+    _write_shard = _g.write_shard
+
+    def write_shard(folder, index, rows):
+        if index == int(_shard) and _phase == "part":
+            with open(folder / f"shard-{index:05d}.jsonl.part", "w", encoding="utf-8") as f:
+                for row in rows[: max(1, len(rows) // 2)]:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            _stop_here()
+        _write_shard(folder, index, rows)
+        if index == int(_shard) and _phase == "written":
+            _stop_here()
+
+    _g.write_shard = write_shard
+elif _fault:
     _step, _phase = _fault.split(":")
     _step = int(_step)
     import transformers.trainer as _t

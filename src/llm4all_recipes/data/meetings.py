@@ -171,12 +171,14 @@ def build_rows(
     source: str,
     *,
     layout: str = "auto",
+    task: str = "summary",
     summaries: Path | None = None,
     count_tokens: Callable[[str], int] | None = None,
     chunk_tokens: int = 1024,
     chunk_overlap: int = 128,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
-    """({split: rows}, report). Meetings without a summary are counted and left out."""
+    """({split: rows}, report). `summary`: meetings without a summary are counted and left out; `transcript`:
+    every meeting, its transcript also as `text` (no `messages`)."""
     tables = load_table(source)
     report: dict[str, Any] = {"meetings": 0, "without_summary": [], "source_splits": list(tables)}
     out: dict[str, list[dict[str, Any]]] = {}
@@ -197,7 +199,8 @@ def build_rows(
                 raise RecipeError(f"meeting {m.get('id')!r} has no turns", source=source)
             if not summary:
                 report["without_summary"].append(str(m["id"]))
-                continue
+                if task == "summary":
+                    continue
             lines = transcript_lines(m["turns"])
             transcript = "\n".join(lines)
             row = {
@@ -207,12 +210,15 @@ def build_rows(
                 "summary": summary,
                 "num_speakers": len({t["speaker"] for t in m["turns"]}),
                 "num_words": len(transcript.split()),
-                "messages": [
+            }
+            if task == "transcript":
+                row["text"] = transcript
+            else:
+                row["messages"] = [
                     {"role": "system", "content": system},
                     {"role": "user", "content": render_prompt("meeting_summary", transcript=transcript)},
                     {"role": "assistant", "content": summary},
-                ],
-            }
+                ]
             if count_tokens is not None:
                 row["chunks"] = chunk_lines(lines, count_tokens, chunk_tokens, chunk_overlap)
             built[split].append(row)

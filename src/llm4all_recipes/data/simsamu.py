@@ -262,7 +262,13 @@ def build_rows(
             "num_turns": len(call.turns),
             "summary": texts.get(call.id),
         }
-        if task == "summary":
+        if task == "transcript":
+            if call.id not in texts:
+                report["without_summary"].append(call.id)
+            rows.append(
+                {**base, "transcript": transcript_text(call.turns), "text": transcript_text(call.turns)}
+            )
+        elif task == "summary":
             if call.id not in texts:
                 report["without_summary"].append(call.id)
                 continue

@@ -89,6 +89,7 @@ def build(recipe: BuildDatasetRecipe, source: str) -> tuple[dict[str, list[dict]
     by_split, report = meetings.build_rows(
         source,
         layout=recipe.layout,
+        task=recipe.task,
         summaries=Path(recipe.summaries) if recipe.summaries else None,
         count_tokens=count,
         chunk_tokens=recipe.chunk_tokens,
