@@ -61,3 +61,13 @@ def test_a_path_no_recipe_makes_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "outputs/nowhere/compress/x is made by no recipe" in err
     assert str(recipe) in err
+
+
+def test_generate_memory_is_weights_plus_kv_cache():
+    llama = REPO / "tests" / "fixtures" / "configs" / "llama-3.1-8b-instruct"
+    recipe = REPO / "recipes" / "llama-3.1-8b-instruct" / "generate" / "samu-fiches.yaml"
+    e = estimate(recipe, base_config=str(llama))
+    assert e.params == 8_030_261_248 and e.stage == "generate"
+    kv = 2 * 32 * 8 * 128 * 2 * 16 * 8192  # k and v, layers, KV heads, head_dim, bf16, batch 16, 8,192 tokens
+    assert e.device_bytes == e.params * 2 + kv + 16 * 128256 * 4
+    assert "per 1,000 rows" in e.note and e.hours > 0

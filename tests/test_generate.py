@@ -4,6 +4,7 @@ inputs, `sft` on the result, resume after kill -9 mid-generation, and bad input 
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import datasets
@@ -166,3 +167,51 @@ def test_a_teacher_without_chat_template_is_refused(tiny_model, transcripts, tmp
     (teacher / "tokenizer_config.json").write_text(json.dumps(config))
     assert main(generate(teacher, transcripts["calls"], tmp_path / "out")) == 2
     assert "has no chat template" in capsys.readouterr().err
+
+
+def test_the_vllm_engine_gets_the_same_prompts_and_gives_the_same_greedy_answers(fiches, tiny_model, transcripts,
+                                                                                  tmp_path, monkeypatch, request):  # fmt: skip
+    """`engine: vllm` through a stand-in of vLLM's documented offline API (tests/stubs/vllm: transformers behind
+    it): the same prompt token ids, truncation read from finish_reason, the same greedy answers as the
+    transformers engine. Real vLLM needs a GPU; without it installed, `engine: vllm` is a one-line error."""
+    out = tmp_path / "vllm"
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "stubs"))
+    request.addfinalizer(lambda: sys.modules.pop("vllm", None))  # find_spec looks in sys.modules first
+    import vllm
+
+    assert main(generate(tiny_model, transcripts["calls"], out, "recipes/tiny-llama/generate/samu-fiches.yaml",
+                         "--engine", "vllm")) == 0  # fmt: skip
+    assert vllm.CALLS[-1]["model"] == str(tiny_model) and vllm.CALLS[-1]["seed"] == 0
+    ours, reference = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(fiches))
+    for split in reference:
+        assert ours[split]["summary"] == reference[split]["summary"]
+    m, r = json.loads((out / "metrics.json").read_text()), json.loads((fiches / "metrics.json").read_text())
+    assert (m["new_tokens"], m["truncated"]) == (r["new_tokens"], r["truncated"])
+
+
+def test_the_vllm_engine_without_vllm_is_one_line(tiny_model, transcripts, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    assert main(generate(tiny_model, transcripts["calls"], tmp_path / "o", "recipes/tiny-llama/generate/samu-fiches.yaml",
+                         "--engine", "vllm")) == 2  # fmt: skip
+    assert "engine: vllm needs vLLM installed" in capsys.readouterr().err
+
+
+def test_next_turn_mode_writes_the_assistant_turn_after_each_history(tiny_model, tmp_path):
+    turns = tmp_path / "turns"
+    assert main(["build-dataset", "--config", "recipes/datasets/simsamu-turns.yaml", "--output_dir", str(turns),
+                 "--push_to_hub", "false"]) == 0  # fmt: skip
+    out = tmp_path / "next"
+    assert main(generate(tiny_model, turns, out, "recipes/tiny-llama/generate/samu-next-turns.yaml")) == 0
+    table = datasets.load_from_disk(str(out))["train"]
+    source = datasets.load_from_disk(str(turns))["train"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rows"] == len(source) and metrics["kept"] == len(table) > 0
+    row = table[0]
+    history = next(r["prompt"] for r in source if r["id"] == row["id"])
+    assert row["messages"] == [*history, {"role": "assistant", "content": row["answer"]}]
+    # a column that is not a chat history cannot be continued
+    assert main(generate(tiny_model, turns, tmp_path / "bad", "recipes/tiny-llama/generate/samu-next-turns.yaml",
+                         "--input_column", "id")) == 2  # fmt: skip

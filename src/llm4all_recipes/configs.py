@@ -611,10 +611,11 @@ class GenerateRecipe(ModelArgs, StageArgs):
         True,
         help="Rows whose output column already holds a text (a human target) keep it; false: the teacher writes all.",
     )
-    prompt: str = arg(
+    prompt: str | None = arg(
         "meeting_summary",
         help="The instruction: a shipped prompt (data/prompts/<name>.jinja) or a .jinja file; it must use the input "
-        "column as a variable, e.g. {{ transcript }}.",
+        "column as a variable, e.g. {{ transcript }}. null: the input column holds a chat history ([{role, content}], "
+        "e.g. simsamu-turns' `prompt`) and the teacher writes the next assistant turn.",
     )
     system_prompt: str | None = arg(
         None, help="A system message (shipped prompt name or .jinja file), or none."
@@ -640,6 +641,10 @@ class GenerateRecipe(ModelArgs, StageArgs):
     temperature: float = arg(0.7, help="do_sample: softmax temperature.")
     top_p: float = arg(0.95, help="do_sample: nucleus mass.")
     batch_size: int = arg(8, help="Prompts generated together (left-padded).")
+    engine: Literal["transformers", "vllm"] = arg(
+        "transformers",
+        help="transformers' generate, or vLLM (`pip install vllm`, GPU) on the same prompt token ids.",
+    )
     shard_size: int = arg(
         64, help="Rows per shard file: a rerun after an interruption starts at the first unfinished shard."
     )
@@ -667,6 +672,17 @@ class GenerateRecipe(ModelArgs, StageArgs):
             raise RecipeError(f"must be in (0, 1], got {self.top_p}", key="top_p")
         if not 0 <= self.chunk_overlap < self.chunk_tokens:
             raise RecipeError("must be >= 0 and < chunk_tokens", key="chunk_overlap")
+        if self.engine == "vllm":
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise RecipeError(
+                    "engine: vllm needs vLLM installed (`pip install vllm`, on a GPU machine)", key="engine"
+                )
+        if self.prompt is None and self.chunk_prompt:
+            raise RecipeError(
+                "map-reduce needs an instruction prompt (prompt: null writes next turns)", key="chunk_prompt"
+            )
         if bool(self.chunk_prompt) != bool(self.merge_prompt):
             raise RecipeError("map-reduce needs both chunk_prompt and merge_prompt", key="chunk_prompt")
         from .data.templates import prompt_variables

@@ -140,6 +140,18 @@ def looks_french(text: str) -> bool:
     return fr > 0 and fr >= en
 
 
+def teacher_context(recipe: GenerateRecipe) -> int:
+    """The teacher's context from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from ..paths import local_hub_copy
+
+    config = AutoConfig.from_pretrained(
+        local_hub_copy(recipe.model_name_or_path), revision=recipe.model_revision
+    )
+    return getattr(config, "max_position_embeddings", None) or 2048
+
+
 def load_rows(recipe: GenerateRecipe) -> dict[str, list[dict]]:
     """{split: rows} of the input dataset, checked for the input column (before any model loads)."""
     import datasets
@@ -166,6 +178,13 @@ def load_rows(recipe: GenerateRecipe) -> dict[str, list[dict]]:
             f"{recipe.dataset} has no column '{recipe.input_column}' (columns: {', '.join(columns)})",
             key="input_column",
         )
+    first = loaded[splits[0]][0][recipe.input_column] if len(loaded[splits[0]]) else None
+    is_chat = isinstance(first, list) and all(
+        isinstance(m, dict) and {"role", "content"} <= set(m) for m in first
+    )
+    if recipe.prompt is None and not is_chat:
+        raise RecipeError(f"prompt: null writes next turns: '{recipe.input_column}' must hold chat histories "
+                          "([{role, content}, ...])", key="input_column")  # fmt: skip
     return {s: loaded[s].to_list() for s in splits}
 
 
@@ -191,19 +210,17 @@ def provenance(recipe: GenerateRecipe) -> dict:
 
 
 class Teacher:
-    """Batched chat generation: left padding, KV cache, one seed per batch (reruns give the same answers)."""
+    """Batched chat generation, one seed per batch (reruns give the same answers): transformers' `generate` (left
+    padding, KV cache), or vLLM's `LLM.generate` on the same token ids (`engine: vllm`)."""
 
-    def __init__(self, recipe: GenerateRecipe, model, tokenizer):
-        self.recipe, self.model, self.tokenizer = recipe, model, tokenizer
-        self.device = next(model.parameters()).device
+    def __init__(self, recipe: GenerateRecipe, model, tokenizer, context: int):
+        self.recipe, self.model, self.tokenizer, self.context = recipe, model, tokenizer, context
         self.new_tokens = 0
         system = render_prompt_source(recipe.system_prompt) if recipe.system_prompt else None
         self.system = [{"role": "system", "content": system}] if system else []
-        config = model.config
-        self.context = recipe.context_length or getattr(config, "max_position_embeddings", None) or 2048
 
-    def messages(self, instruction: str) -> list[dict]:
-        return [*self.system, {"role": "user", "content": instruction}]
+    def messages(self, instruction: str | list[dict]) -> list[dict]:
+        return chat(self.system, instruction)
 
     def prompt_tokens(self, instruction: str) -> int:
         return len(self.tokenizer.apply_chat_template(self.messages(instruction), add_generation_prompt=True,
@@ -220,7 +237,10 @@ class Teacher:
         r, tok = self.recipe, self.tokenizer
         texts = [tok.apply_chat_template(self.messages(i), add_generation_prompt=True, tokenize=False)
                  for i in instructions]  # fmt: skip
-        batch = tok(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(self.device)
+        if r.engine == "vllm":
+            return self._answer_vllm(texts, seed)
+        batch = tok(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        batch = batch.to(next(self.model.parameters()).device)
         set_seed(seed)
         sampling = {"do_sample": True, "temperature": r.temperature, "top_p": r.top_p} if r.do_sample else {
             "do_sample": False}  # fmt: skip
@@ -238,8 +258,48 @@ class Teacher:
             results.append((tok.decode(kept, skip_special_tokens=True).strip(), ended is None))
         return results
 
+    def _answer_vllm(self, texts: list[str], seed: int) -> list[tuple[str, bool]]:
+        from vllm import SamplingParams
 
-def instruction(recipe: GenerateRecipe, row: dict) -> str:
+        r = self.recipe
+        params = SamplingParams(n=1, max_tokens=r.max_new_tokens, seed=seed, temperature=r.temperature if r.do_sample
+                                else 0.0, top_p=r.top_p if r.do_sample else 1.0)  # fmt: skip
+        # the token ids of the transformers path (the chat template already holds any BOS): same prompts, both engines
+        prompts = [
+            {"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts
+        ]
+        results = []
+        for out in self.model.generate(prompts, params, use_tqdm=False):
+            best = out.outputs[0]
+            self.new_tokens += len(best.token_ids)
+            results.append((best.text.strip(), best.finish_reason == "length"))
+        return results
+
+
+def load_teacher(recipe: GenerateRecipe, context: int):
+    """The teacher model: transformers on the best device, or a vLLM engine."""
+    if recipe.engine == "vllm":
+        from vllm import LLM
+
+        return LLM(model=recipe.model_name_or_path, tokenizer=recipe.model_name_or_path, revision=recipe.model_revision,
+                   dtype=recipe.dtype, seed=recipe.seed, max_model_len=context)  # fmt: skip
+    model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision,
+                       attn_implementation=recipe.attn_implementation)  # fmt: skip
+    return model.to(resolve_device("auto")).eval()
+
+
+def chat(system: list[dict], instruction: str | list[dict]) -> list[dict]:
+    """The teacher's input: system message + instruction, or (next-turn mode) the chat history as it is, the
+    system message first when the history has none."""
+    if isinstance(instruction, list):
+        has_system = bool(instruction) and instruction[0]["role"] == "system"
+        return [*([] if has_system else system), *instruction]
+    return [*system, {"role": "user", "content": instruction}]
+
+
+def instruction(recipe: GenerateRecipe, row: dict) -> str | list[dict]:
+    if recipe.prompt is None:  # next-turn mode: the history is the input
+        return [{"role": m["role"], "content": m["content"]} for m in row[recipe.input_column]]
     return render_prompt_source(recipe.prompt, **{recipe.input_column: row[recipe.input_column]})
 
 
@@ -391,6 +451,7 @@ def run(recipe: GenerateRecipe, callbacks=None):
             key="model_name_or_path",
         )
     tokenizer.padding_side = "left"
+    context = recipe.context_length or teacher_context(recipe)
     facts = {
         "rows": len(items),
         "splits": {s: len(r) for s, r in splits.items()},
@@ -402,9 +463,8 @@ def run(recipe: GenerateRecipe, callbacks=None):
 
     with staged_output(recipe, "generate", resume=True) as tmp:
         # 2. Answers, shard by shard (resumable).
-        model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision,
-                           attn_implementation=recipe.attn_implementation).to(resolve_device("auto")).eval()  # fmt: skip
-        entries = generate_shards(recipe, Teacher(recipe, model, tokenizer), items, tmp / "shards", facts)
+        teacher = Teacher(recipe, load_teacher(recipe, context), tokenizer, context)
+        entries = generate_shards(recipe, teacher, items, tmp / "shards", facts)
 
         # 3. Filters, then the dataset: the input columns + the answer + messages + provenance.
         kept, dropped = keep(recipe, entries)
@@ -412,15 +472,18 @@ def run(recipe: GenerateRecipe, callbacks=None):
                      from_source=sum(e["how"] == "source" for e in entries),
                      map_reduce=sum(e["how"] == "map-reduce" for e in entries),
                      truncated=sum(bool(e["truncated"]) for e in entries), dropped=dict(dropped), kept=len(kept))  # fmt: skip
-        system = render_prompt_source(recipe.system_prompt) if recipe.system_prompt else None
+        system = (
+            [{"role": "system", "content": render_prompt_source(recipe.system_prompt)}]
+            if recipe.system_prompt
+            else []
+        )
         origin = json.dumps(facts["provenance"], ensure_ascii=False, sort_keys=True)
         by_split: dict[str, list[dict]] = {s: [] for s in splits}
         for e in kept:
             text = e.get("instruction") or instruction(recipe, e["row"])
             by_split[e["split"]].append({
                 **e["row"], recipe.output_column: e["answer"],
-                "messages": [*([{"role": "system", "content": system}] if system else []),
-                             {"role": "user", "content": text}, {"role": "assistant", "content": e["answer"]}],
+                "messages": [*chat(system, text), {"role": "assistant", "content": e["answer"]}],
                 "provenance": origin if e["how"] != "source" else json.dumps({"machine_generated": False}),
             })  # fmt: skip
         facts["splits"] = {s: len(rows) for s, rows in by_split.items()}
@@ -454,7 +517,11 @@ def card_facts(recipe: GenerateRecipe, facts: dict) -> dict:
         f"`{p['teacher']}` (revision {p['teacher_revision'] or 'main'}) for {facts['kept']} rows of "
         f"`{recipe.dataset}`: it is a model's output, not a human reference; read it as such.",
         "steps": [
-            f"Instruction: `{recipe.prompt}` rendered from the `{recipe.input_column}` column"
+            (
+                f"Instruction: `{recipe.prompt}` rendered from the `{recipe.input_column}` column"
+                if recipe.prompt
+                else f"Input: the chat history in `{recipe.input_column}`; the teacher writes the next assistant turn"
+            )
             + (f", system message `{recipe.system_prompt}`" if recipe.system_prompt else "")
             + f", through the teacher's chat template; prompts sha256 `{p['prompts_sha256']}`.",
             f"Decoding: {sampling}; seed {p['seed']} (+ the row index, per batch); batches of {recipe.batch_size}, "
