@@ -25,6 +25,7 @@ stages (recipes/<model>/<stage>/<variant>.yaml):
   cache-teacher    run a teacher once, store its top-k log-probs per token
   kd               logit distillation (TRL), online teacher or cache
   select           choose new documents: perplexity band, dedup, decontamination
+  generate         a teacher writes a target column (summaries, fiches, next turns): seq-KD data
   cpt              continued pretraining with replay and a KL to the former model
   sft              supervised fine-tuning on conversations (TRL SFTTrainer)
   eval             perplexity (forgetting report), French ROUGE, lighteval
