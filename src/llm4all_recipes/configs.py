@@ -1059,6 +1059,39 @@ class ExportDenseRecipe(ModelArgs, StageArgs):
 
 
 @dataclass
+class MergeRecipe(StageArgs):
+    """`llm4all merge`: a weighted average of checkpoints of one architecture (WiSE-FT with the base: two models)."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
+    models: list[str] = arg(
+        factory=list,
+        help="Checkpoints to merge (Hub ids or folders), same architecture and, for low-rank ones, the same ranks. "
+        "The first is the reference: its tokenizer, config and lineage are kept.",
+    )
+    weights: list[float] | None = arg(
+        None, help="One weight per model, summing to 1 (default: equal). Two models: [1 - α, α] is WiSE-FT."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = arg(
+        "auto", help="Dtype the models are loaded and merged in (the average is computed in float32)."
+    )
+    hub_model_id: str | None = arg(None, help="<namespace>/<name> of the published checkpoint.")
+
+    def check(self, static: bool) -> None:
+        if len(self.models) < 2:
+            raise RecipeError("required: at least two checkpoints to merge", key="models")
+        for i, model in enumerate(self.models):
+            check_model(model, static, "a checkpoint to merge", key=f"models[{i}]")
+        if self.weights is None:
+            self.weights = [1 / len(self.models)] * len(self.models)
+        if len(self.weights) != len(self.models):
+            raise RecipeError(f"{len(self.weights)} weights for {len(self.models)} models", key="weights")
+        if any(w < 0 for w in self.weights) or abs(sum(self.weights) - 1) > 1e-6:
+            raise RecipeError(f"weights must be >= 0 and sum to 1 (got {self.weights})", key="weights")
+        check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
+
+
+@dataclass
 class PublishRecipe(HubArgs):
     """`llm4all publish`: push a stage's output folder to the Hub (or the local hub folder)."""
 
@@ -1152,6 +1185,7 @@ RECIPES: dict[str, type] = {
     "compress": CompressRecipe,
     "feature-distill": FeatureDistillRecipe,
     "export-dense": ExportDenseRecipe,
+    "merge": MergeRecipe,
     "cache-teacher": CacheTeacherRecipe,
     "kd": KDRecipe,
     "select": SelectRecipe,
