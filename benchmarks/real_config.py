@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from report import add_docs_flag, command_line, machine, write_section
+from scale import peak_device_gib, reset_peak
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm4all_recipes.cli import run_stage
@@ -29,16 +30,7 @@ from llm4all_recipes.tiny import shrink_config
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO / "tests" / "fixtures" / "text"
 GIB = 2**30
-
-
-def peak_gib() -> float | None:
-    return torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else None
-
-
-def reset() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def build(folder: str, tokenizer_from: Path, out: Path, layers: int | None, tiny: bool) -> int:
@@ -61,11 +53,15 @@ def build(folder: str, tokenizer_from: Path, out: Path, layers: int | None, tiny
 
 
 def run(stage: str, argv: list[str], out: Path) -> tuple[dict, float, float | None]:
-    reset()
+    reset_peak(DEVICE)
     start = time.perf_counter()
     if not (out / "metrics.json").is_file():
         run_stage(stage, [*argv, "--output_dir", str(out), "--push_to_hub", "false"])
-    return json.loads((out / "metrics.json").read_text()), time.perf_counter() - start, peak_gib()
+    return (
+        json.loads((out / "metrics.json").read_text()),
+        time.perf_counter() - start,
+        peak_device_gib(DEVICE),
+    )
 
 
 def main() -> None:

@@ -22,8 +22,9 @@ from ..errors import RecipeError
 from .templates import render_prompt
 
 
-def load_table(source: str) -> dict[str, list[dict[str, Any]]]:
-    """Rows of each split of a jsonl/json/parquet file, a saved or Hub-layout folder, or a Hub dataset."""
+def load_table(source: str, key: str = "source", what: str = "meetings") -> dict[str, list[dict[str, Any]]]:
+    """Rows of each split of a jsonl/json/parquet file, a saved or Hub-layout folder, or a Hub dataset (errors name
+    the recipe `key`)."""
     import datasets
 
     path = Path(source)
@@ -39,7 +40,7 @@ def load_table(source: str) -> dict[str, list[dict[str, Any]]]:
     except RecipeError:
         raise
     except Exception as exc:
-        raise RecipeError(f"cannot load meetings from {source}: {exc}", key="source") from None
+        raise RecipeError(f"cannot load {what} from {source}: {exc}", key=key) from None
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     return {split: ds.to_list() for split, ds in loaded.items()}

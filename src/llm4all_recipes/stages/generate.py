@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..cards import render_dataset_card
 from ..configs import GenerateRecipe
-from ..data.meetings import chunk_lines
+from ..data.meetings import chunk_lines, load_table
 from ..data.templates import prompt_source, render_prompt_source
 from ..errors import RecipeError
 from ..hub import publish_stage_output
@@ -154,38 +154,30 @@ def teacher_context(recipe: GenerateRecipe) -> int:
 
 def load_rows(recipe: GenerateRecipe) -> dict[str, list[dict]]:
     """{split: rows} of the input dataset, checked for the input column (before any model loads)."""
-    import datasets
-
-    try:
-        loaded = (
-            datasets.load_from_disk(recipe.dataset)
-            if Path(recipe.dataset).exists()
-            else datasets.load_dataset(recipe.dataset)
-        )
-    except Exception as exc:
-        raise RecipeError(f"cannot load {recipe.dataset}: {exc}", key="dataset") from None
-    if isinstance(loaded, datasets.Dataset):
-        loaded = datasets.DatasetDict({"train": loaded})
+    loaded = load_table(recipe.dataset, key="dataset", what="the input dataset")
     splits = recipe.splits or list(loaded)
     missing = [s for s in splits if s not in loaded]
     if missing:
         raise RecipeError(
             f"{recipe.dataset} has no split {missing} (splits: {', '.join(loaded)})", key="splits"
         )
-    columns = loaded[splits[0]].column_names
-    if recipe.input_column not in columns:
+    rows = {s: loaded[s] for s in splits}
+    if not any(rows.values()):
+        raise RecipeError(f"{recipe.dataset} has no row", key="dataset")
+    first = next(r[0] for r in rows.values() if r)
+    if recipe.input_column not in first:
         raise RecipeError(
-            f"{recipe.dataset} has no column '{recipe.input_column}' (columns: {', '.join(columns)})",
+            f"{recipe.dataset} has no column '{recipe.input_column}' (columns: {', '.join(first)})",
             key="input_column",
         )
-    first = loaded[splits[0]][0][recipe.input_column] if len(loaded[splits[0]]) else None
-    is_chat = isinstance(first, list) and all(
-        isinstance(m, dict) and {"role", "content"} <= set(m) for m in first
+    history = first[recipe.input_column]
+    is_chat = isinstance(history, list) and all(
+        isinstance(m, dict) and {"role", "content"} <= set(m) for m in history
     )
     if recipe.prompt is None and not is_chat:
         raise RecipeError(f"prompt: null writes next turns: '{recipe.input_column}' must hold chat histories "
                           "([{role, content}, ...])", key="input_column")  # fmt: skip
-    return {s: loaded[s].to_list() for s in splits}
+    return rows
 
 
 def provenance(recipe: GenerateRecipe) -> dict:
@@ -441,8 +433,6 @@ def run(recipe: GenerateRecipe, callbacks=None):
     # 1. Data, prompts and the teacher's tokenizer (chat template) are checked before the teacher loads.
     splits = load_rows(recipe)
     items = [(split, row) for split, rows in splits.items() for row in rows]
-    if not items:
-        raise RecipeError(f"{recipe.dataset} has no row", key="dataset")
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     if not tokenizer.chat_template:
         raise RecipeError(
