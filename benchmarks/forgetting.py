@@ -1,91 +1,217 @@
-"""Forgetting benchmark: naive continued pretraining vs replay vs replay + KL, on the tiny default.
+"""Forgetting benchmark: the learning–forgetting trade-off of continued pretraining, arm by arm, on the French
+benchmark model (outputs/bench/french-bench, pretrained on the old domain of the French man pages).
 
-    python benchmarks/forgetting.py --model outputs/tiny-llama/tiny-model/base --seeds 0 1
+    python benchmarks/forgetting.py [--arms naive replay-kl ...] [--seeds 0] [--jobs 2] [--write-docs]
 
-Each arm is one shipped `llm4all cpt` recipe (same steps, new data and LR schedule): recipes/tiny-llama/cpt/
-naive.yaml (no replay), replay.yaml (20 % of the tokens from the old domain), replay-kl.yaml (the same, plus
-a forward KL to the starting model on the replayed tokens). Reported per arm: the new-domain perplexity drop (learning)
-and the old-domain perplexity rise (forgetting); an arm whose new-domain drop is not within ±10 % of naive's
-is marked "not comparable" (it learned less, so its lower forgetting proves nothing). Writes the
-`forgetting` section of docs/BENCHMARKS.md and benchmarks/results/forgetting.json.
+Every arm is one `llm4all cpt` run: benchmarks/recipes/french-bench/cpt/naive.yaml (120 steps x 8 x 256 tokens of
+the new domain, lr 1e-3 re-warmed over 12 steps then cosine) plus the arm's overrides (replay, KL, LoRA,
+merging with the starting model). Arms with a merge grid add one point per α (the run's own forgetting
+report). Each point is placed by its old-domain perplexity rise and new-domain perplexity gain, both in
+perplexity points relative to naive's (rise ratio, gain share: the issue-15 criterion is rise ≤ 0.15x naive's
+with ≥ 95 % of naive's gain). The Pareto front (no other point has a lower rise and a higher gain) is drawn in
+docs/img/forgetting-pareto.png.
+
+Runs land in outputs/bench/forgetting/<arm>-s<seed>/ and are reused by a rerun (a finished run is skipped);
+`--jobs` runs run in parallel, one thread each. Results: benchmarks/results/forgetting.json; with --write-docs,
+the `forgetting` section of docs/BENCHMARKS.md and the PNG.
 """
 
 import argparse
 import json
+import os
+import shlex
 import statistics
-import tempfile
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from report import add_docs_flag, command_line, machine, write_section
 
-from llm4all_recipes.cli import run_stage
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = "benchmarks/recipes/french-bench/cpt/naive.yaml"
+OUT = Path("outputs/bench/forgetting")
+PNG = "docs/img/forgetting-pareto.png"
+REPLAY = [
+    "--replay_datasets",
+    '[{"path": "benchmarks/data/manpages-fr/old_train.jsonl"}]',
+    "--replay_share",
+    "0.25",
+]
+KL = ["--kl_coef", "1"]
+GRID = ["--merge_grid", "[0.5, 0.6, 0.7, 0.8, 0.9]"]
 
-ARMS = {
-    "naive": "recipes/tiny-llama/cpt/naive.yaml",
-    "replay 20 %": "recipes/tiny-llama/cpt/replay.yaml",
-    "replay 20 % + KL": "recipes/tiny-llama/cpt/replay-kl.yaml",
+# name -> overrides of RECIPE
+ARMS: dict[str, list[str]] = {
+    "naive": GRID,
+    "naive-slerp": [*GRID, "--merge_method", "slerp"],
+    "replay": [*REPLAY, *GRID],
+    "replay-kl": [*REPLAY, *KL, *GRID],  # the shipped replay-kl.yaml before issue 15: KL on replay tokens
+    "replay-kl-all": [*REPLAY, *KL, "--kl_on", "all", *GRID],
+    "replay-kl-new": [*REPLAY, *KL, "--kl_on", "new"],
+    "kl-all": [*KL, "--kl_on", "all"],
+    "replay-kl-t2": [*REPLAY, *KL, "--kd_temperature", "2"],
+    "replay-kl3": [*REPLAY, "--kl_coef", "3"],
+    "replay-kl-decay": [*REPLAY, "--kl_coef", "2", "--kl_coef_end", "0"],
+    "replay-kl-rise": [*REPLAY, "--kl_coef", "0", "--kl_coef_end", "2"],
+    "lora": ["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32"],
+    "lora-lr5e-3": ["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32", "--learning_rate", "5e-3"],
 }
+
+
+def command(arm: str, seed: int, model: str) -> list[str]:
+    return ["llm4all", "cpt", "--config", RECIPE, "--model_name_or_path", model, "--seed", str(seed),
+            "--output_dir", str(OUT / f"{arm}-s{seed}"), *ARMS[arm]]  # fmt: skip
+
+
+def run(arm: str, seed: int, model: str) -> dict:
+    out = ROOT / OUT / f"{arm}-s{seed}"
+    if not (out / "metrics.json").is_file():
+        argv = command(arm, seed, model)
+        log = out.with_suffix(".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        binary = str(Path(sys.executable).with_name("llm4all"))
+        with log.open("w") as f:
+            rc = subprocess.call([binary, *argv[1:]], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        if rc != 0:
+            raise SystemExit(f"{arm} seed {seed} failed (rc {rc}): see {log}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    points = metrics["forgetting"]["points"]
+    return {"arm": arm, "seed": seed, "command": shlex.join(command(arm, seed, model)), "points": points,
+            "merge": metrics.get("merge_with_base"), "seconds": metrics["train"]["train_runtime"],
+            "trainable": metrics["trainable_parameters"]}  # fmt: skip
+
+
+def place(rows: list[dict]) -> list[dict]:
+    """One point per (arm, α), averaged over seeds, with its rise ratio and gain share relative to naive."""
+    naive = [r for r in rows if r["arm"] == "naive"]
+    if not naive:
+        raise SystemExit("the naive arm is the reference: include it")
+    before = naive[0]["points"][0]
+    naive_after = [r["points"][1] for r in naive]
+    naive_rise = statistics.mean(p["old"] for p in naive_after) - before["old"]
+    naive_gain = before["new"] - statistics.mean(p["new"] for p in naive_after)
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        for p in r["points"][1:]:
+            label = p["model"].replace(" (kept)", "")
+            grouped.setdefault((r["arm"], "" if label == "after" else label), []).append(p)
+    points = []
+    for (arm, merge), ps in grouped.items():
+        old, new = statistics.mean(p["old"] for p in ps), statistics.mean(p["new"] for p in ps)
+        points.append({"arm": arm, "merge": merge, "name": arm + (f" {merge}" if merge else ""), "old": old,
+                       "new": new, "seeds": len(ps), "rise": old - before["old"], "gain": before["new"] - new,
+                       "rise_ratio": (old - before["old"]) / naive_rise, "gain_share": (before["new"] - new) / naive_gain})  # fmt: skip
+    for p in points:
+        p["pareto"] = not any(q["rise"] <= p["rise"] and q["gain"] >= p["gain"] and q is not p
+                              and (q["rise"], q["gain"]) != (p["rise"], p["gain"]) for q in points)  # fmt: skip
+        p["goal"] = p["rise_ratio"] <= 0.15 and p["gain_share"] >= 0.95
+    return points
+
+
+def plot(points: list[dict], before: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=110)
+    for p in points:
+        ax.scatter(p["gain_share"], p["rise_ratio"], s=36 if p["pareto"] else 14,
+                   color="C3" if p["pareto"] else "0.6", zorder=3)  # fmt: skip
+        if p["pareto"] or not p["merge"]:
+            ax.annotate(
+                p["name"],
+                (p["gain_share"], p["rise_ratio"]),
+                textcoords="offset points",
+                xytext=(5, 3),
+                fontsize=7,
+            )
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["gain_share"])
+    ax.plot(
+        [p["gain_share"] for p in front],
+        [p["rise_ratio"] for p in front],
+        color="C3",
+        lw=1,
+        label="Pareto front",
+    )
+    ax.axvspan(0.95, max(1.05, max(p["gain_share"] for p in points) + 0.02), ymax=0.15 / ax.get_ylim()[1],
+               color="C2", alpha=0.12, label="goal: rise ≤ 0.15× naive, gain ≥ 95 %")  # fmt: skip
+    ax.set_xlabel("new-domain gain, share of naive's  (→ learns more)")
+    ax.set_ylabel("old-domain perplexity rise, × naive's  (↑ forgets more)")
+    ax.set_title(
+        f"Learning vs forgetting, french-bench (old {before['old']:.2f}, new {before['new']:.2f} before)"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="outputs/tiny-llama/tiny-model/base")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--max-steps", type=int, default=60)
+    parser.add_argument("--model", default="outputs/bench/french-bench")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     add_docs_flag(parser)
     args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for arm, recipe in ARMS.items():
-            for seed in args.seeds:
-                out = Path(tmp) / f"{arm}-{seed}".replace(" ", "_").replace("%", "")
-                argv = ["--config", recipe, "--model_name_or_path", args.model, "--output_dir", str(out), "--seed", str(seed),
-                        "--max_steps", str(args.max_steps), "--push_to_hub", "false"]  # fmt: skip
-                metrics = run_stage("cpt", argv)
-                before, after = metrics["eval_before"], metrics["eval"]
-                rows.append({"arm": arm, "seed": seed, "replay_share": metrics["data"]["replay_share"],
-                             "old_before": before["old_eval"]["perplexity"], "old_after": after["old_eval"]["perplexity"],
-                             "new_before": before["new_eval"]["perplexity"], "new_after": after["new_eval"]["perplexity"],
-                             "seconds": metrics["train"]["train_runtime"]})  # fmt: skip
-                print(json.dumps(rows[-1]))
-    result = {"rows": rows, "command": command_line(), "machine": machine(), "model": args.model}
-    Path(__file__).resolve().parent.joinpath("results").mkdir(exist_ok=True)
-    Path(__file__).resolve().parent.joinpath("results", "forgetting.json").write_text(
-        json.dumps(result, indent=1)
-    )
+    if "naive" not in args.arms:
+        args.arms.insert(0, "naive")
+    jobs = [(arm, seed) for arm in args.arms for seed in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(lambda job: run(*job, args.model), jobs))
+    for r in rows:
+        print(json.dumps({"arm": r["arm"], "seed": r["seed"], "points": r["points"]}))
+    points = place(rows)
+    result = {
+        "rows": rows,
+        "points": points,
+        "command": command_line(),
+        "machine": machine(),
+        "model": args.model,
+    }
+    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / "results" / "forgetting.json").write_text(json.dumps(result, indent=1))
     if args.write_docs:
+        plot(points, rows[0]["points"][0], ROOT / PNG)
         write_section("forgetting", markdown(args, result))
 
 
 def markdown(args, result: dict) -> str:
-    rows = result["rows"]
-    naive_drop = statistics.mean(1 - r["new_after"] / r["new_before"] for r in rows if r["arm"] == "naive")
+    rows, points = result["rows"], result["points"]
+    before = rows[0]["points"][0]
     lines = [
-        "## Forgetting: naive vs replay vs replay + KL",
+        "## Forgetting: the learning–forgetting trade-off of continued pretraining",
         "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {result['machine']}. Start: `{args.model}`; continued pretraining on the new domain "
-        f"(`tests/fixtures/text/new_train.jsonl`, emergency medicine) with the recipes `recipes/tiny-llama/cpt/"
-        f"{{naive,replay,replay-kl}}.yaml` ({args.max_steps} steps, cosine "
-        f"after 6 warm-up steps, lr 2e-3); old domain = `old_eval`, new domain = `new_eval`; mean over seeds {args.seeds}.",
+        f"Machine: {result['machine']}. Start: `{args.model}` (5.2M-parameter Llama pretrained on the old domain, "
+        f"held-out perplexity {before['old']:.2f} old / {before['new']:.2f} new). Every arm is `{RECIPE}` (new domain "
+        "`manpages-fr-dev` sections 2/3: 120 steps × 8 × 256 tokens, lr 1e-3 re-warmed over 12 steps, cosine "
+        "re-decay) plus its overrides; replay = 25 % of the tokens from the old domain's training pages; "
+        f"seeds {args.seeds} (mean). Rise = old-domain perplexity after − before; gain = new-domain perplexity before − "
+        "after; both relative to naive's. `α=x`: the trained model merged with the starting one x of the way "
+        "(WiSE-FT), measured on the same held-out pages the grid chooses on.",
         "",
-        "| arm | replay share | new-domain perplexity (drop) | old-domain perplexity (rise) | comparable to naive |",
-        "|---|---:|---:|---:|---|",
+        f"![Pareto front]({Path(PNG).relative_to('docs')})",
+        "",
+        "| arm | old ppl (rise) | new ppl (gain) | rise × naive | gain share | Pareto | goal |",
+        "|---|---:|---:|---:|---:|:---:|:---:|",
     ]
-    for arm in ARMS:
-        group = [r for r in rows if r["arm"] == arm]
-        drop = statistics.mean(1 - r["new_after"] / r["new_before"] for r in group)
-        rise = statistics.mean(r["old_after"] / r["old_before"] - 1 for r in group)
-        comparable = abs(drop - naive_drop) <= 0.10 * naive_drop
-        lines.append(
-            f"| {arm} | {statistics.mean(r['replay_share'] for r in group):.3f} | "
-            f"{statistics.mean(r['new_before'] for r in group):.1f} → {statistics.mean(r['new_after'] for r in group):.1f} "
-            f"(−{drop:.1%}) | {statistics.mean(r['old_before'] for r in group):.1f} → "
-            f"{statistics.mean(r['old_after'] for r in group):.1f} (+{rise:.1%}) | "
-            f"{'yes' if comparable else 'not comparable (learned less)'} |"
-        )
-    lines += ["", "Replay shares in the literature: 5–25 % of the tokens. The KL term pulls the model towards its "
-              "starting point on the replayed tokens only."]  # fmt: skip
+    for p in sorted(points, key=lambda p: (p["arm"] != "naive", p["rise_ratio"])):
+        if p["merge"] and not p["pareto"] and not p["goal"]:
+            continue
+        lines.append(f"| {p['name']} | {p['old']:.2f} ({p['rise']:+.2f}) | {p['new']:.2f} ({p['gain']:+.2f}) | "
+                     f"{p['rise_ratio']:.2f} | {p['gain_share']:.0%} | {'★' if p['pareto'] else ''} | "
+                     f"{'✓' if p['goal'] else ''} |")  # fmt: skip
+    lines += ["", "Merge points off the front and outside the goal are in `benchmarks/results/forgetting.json`. "
+              "Each arm's command (seed 0):", ""]  # fmt: skip
+    for r in rows:
+        if r["seed"] == args.seeds[0]:
+            lines.append(f"- {r['arm']}: `{r['command']}`")
     return "\n".join(lines) + "\n"
 
 

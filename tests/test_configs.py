@@ -123,6 +123,7 @@ BAD_RECIPES = [
     ("eval set that is a training set", None, "eval_datasets[0]", "held out"),
     ("unknown key in a dataset entry", None, "datasets[0].wieght", "unknown key"),
     ("missing model", None, "model_name_or_path", "required"),
+    ("merge with the base out of range", "merge_with_base: 1.5\n", "merge_with_base", "must be in [0, 1]"),
 ]
 TEXT, TEXT_EVAL = "tests/fixtures/text/old_train.jsonl", "tests/fixtures/text/old_eval.jsonl"
 # every training stage runs the same table: stage -> (train file, eval file, its column, a file without it)

@@ -1,16 +1,19 @@
-"""Continued pretraining: replay share as asked, source mask through packing, KL 0 when model = reference,
+"""Continued pretraining: replay share as asked, source mask through packing (KL on replay, new or all tokens),
+KL 0 when model = reference, the KL schedule, merging with the starting model (α = 0 exact, the grid's rule),
 forgetting report (resume after kill -9: tests/test_runs.py)."""
 
 import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from llm4all_recipes.cli import main
 from llm4all_recipes.data.packing import StackCollator
+from llm4all_recipes.errors import RecipeError
 from llm4all_recipes.models import load_model, load_tokenizer
 from llm4all_recipes.parsing import parse_recipe
-from llm4all_recipes.stages.cpt import build_rows
+from llm4all_recipes.stages.cpt import build_rows, choose_alpha
 from llm4all_recipes.trainers.cpt import CPTTrainer
 from llm4all_recipes.training import make_trainer
 
@@ -81,3 +84,91 @@ def test_forgetting_report(tiny_model, tmp_path):
     assert (out / "forgetting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = (out / "README.md").read_text()
     assert "#### Forgetting" in card and "forgetting.png" in card and "replay share" in card
+
+
+def test_kl_on_new_flags_only_new_blocks(tiny_model, tmp_path):
+    recipe = recipe_for(tiny_model, tmp_path, "--kl_coef", "1", "--kl_on", "new", "--max_length", "64")
+    rows, _ = build_rows(recipe, load_tokenizer(str(tiny_model)))
+    assert {r["replay"] for r in rows} == {0, 1}
+    assert all(set(r["kl_mask"]) == {1 - r["replay"]} for r in rows)
+
+
+@pytest.mark.parametrize(("start", "end", "expected"), [(1.0, None, [1.0, 1.0, 1.0]), (2.0, 0.0, [2.0, 1.0, 0.0]),
+                                                        (0.0, 3.0, [0.0, 1.5, 3.0])])  # fmt: skip
+def test_kl_coef_schedule_is_linear_from_first_to_last_step(start, end, expected):
+    trainer = CPTTrainer.__new__(CPTTrainer)  # the schedule only reads the coefficients and the trainer state
+    trainer.kl_coef, trainer.kl_coef_end = start, end
+    trainer.state = type("State", (), {"max_steps": 11})()
+    coefs = []
+    for step in (0, 5, 10):
+        trainer.state.global_step = step
+        coefs.append(trainer.current_kl_coef())
+    assert coefs == pytest.approx(expected)
+
+
+def test_choose_alpha_keeps_the_gain_and_minimises_forgetting():
+    before, trained = (40.0, 50.0), (60.0, 30.0)  # (old, new) perplexity: gain 20, rise 20
+    grid = {0.9: (50.0, 30.5), 0.8: (45.0, 30.9), 0.7: (43.0, 31.5), 0.5: (41.0, 36.0)}
+    assert choose_alpha(grid, before, trained, min_gain=0.95) == 0.8  # 0.7 keeps 92.5 % of the gain
+    assert choose_alpha(grid, before, trained, min_gain=0.9) == 0.7
+    assert choose_alpha({0.5: (41.0, 45.0)}, before, trained, min_gain=0.95) == 1.0  # none keeps it: unmerged
+    assert choose_alpha(grid, before, (60.0, 55.0), min_gain=0.95) == 1.0  # nothing learned: unmerged
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_merge_with_base_zero_returns_the_starting_model_exactly(tiny_model, tmp_path):
+    argv = ["--config", REPLAY, "--model_name_or_path", str(tiny_model), "--output_dir", str(tmp_path / "cpt"),
+            "--max_steps", "2", "--warmup_steps", "0", "--merge_with_base", "0"]  # fmt: skip
+    assert main(["cpt", *argv]) == 0
+    out, start = _weights(tmp_path / "cpt"), _weights(tiny_model)
+    assert out.keys() == start.keys() and all(torch.equal(out[k], start[k]) for k in start)
+    metrics = json.loads((tmp_path / "cpt" / "metrics.json").read_text())
+    assert metrics["merge_with_base"]["alpha"] == 0
+    assert metrics["eval"]["old_eval"]["perplexity"] == pytest.approx(
+        metrics["eval_before"]["old_eval"]["perplexity"]
+    )
+
+
+def test_merge_grid_keeps_the_chosen_interpolation(tiny_model, tmp_path):
+    argv = ["--config", REPLAY, "--model_name_or_path", str(tiny_model), "--output_dir", str(tmp_path / "cpt"),
+            "--max_steps", "6", "--warmup_steps", "1", "--merge_grid", "[0.3, 0.6, 0.9]",
+            "--merge_min_gain", "0.5"]  # fmt: skip
+    assert main(["cpt", *argv]) == 0
+    out = tmp_path / "cpt"
+    metrics = json.loads((out / "metrics.json").read_text())
+    merge, points = metrics["merge_with_base"], metrics["forgetting"]["points"]
+    assert [p["model"].split(" ")[0] for p in points] == ["before", "after", "α=0.9", "α=0.6", "α=0.3"]
+    # the rule, recomputed from the report: lowest old-domain perplexity among the α keeping half the gain
+    before, after = points[0], points[1]
+    assert after["new"] < before["new"]  # it learned: the rule has a gain to keep
+    ok = [p for p in points[2:] if before["new"] - p["new"] >= 0.5 * (before["new"] - after["new"])]
+    expected = float(min(ok, key=lambda p: p["old"])["model"].split("=")[1].split(" ")[0]) if ok else 1.0
+    assert merge["alpha"] == expected and metrics["eval"] == merge["results"].get(
+        f"{expected:g}", metrics["eval"]
+    )
+    # the written weights are the interpolation at that α of the start and the trained checkpoint
+    trained, start, written = _weights(out / "checkpoint-6"), _weights(tiny_model), _weights(out)
+    for key in start:
+        assert torch.allclose(
+            written[key], torch.lerp(start[key], trained[key], merge["alpha"]), atol=1e-6
+        ), key
+    assert "merged with the starting model (linear, WiSE-FT)" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "key", "words"),
+    [
+        (["--merge_grid", "[0.5, 1.5]"], "merge_grid", "in [0, 1]"),
+        (["--merge_grid", "[0.5]", "--merge_with_base", "0.8"], "merge_grid", "not both"),
+        (["--merge_grid", "[0.5]", "--eval_datasets", '[{"path": "tests/fixtures/text/new_eval.jsonl"}]'], "merge_grid",
+         "needs an old_* and a new_* set"),
+        (["--kl_coef", "0", "--kl_coef_end", "-1"], "kl_coef_end", "must be >= 0"),
+    ],
+)  # fmt: skip
+def test_bad_merge_and_kl_keys_fail_before_loading(tiny_model, tmp_path, argv, key, words):
+    with pytest.raises(RecipeError) as exc:
+        recipe_for(tiny_model, tmp_path, *argv)
+    assert f"key '{key}'" in str(exc.value) and words in str(exc.value)

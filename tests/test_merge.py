@@ -1,5 +1,5 @@
-"""`llm4all merge` (WiSE-FT with the base, soups): weight 0 gives the first model and weight 1 the second exactly,
-weights in between the weighted average; low-rank checkpoints merge when their ranks match; two architectures,
+"""`llm4all merge` (WiSE-FT with the base, soups, SLERP, task arithmetic) and `merge_with_base` of the training
+stages: weight 0 gives the first model and weight 1 the second exactly, weights in between the weighted average; low-rank checkpoints merge when their ranks match; two architectures,
 or two rank maps, fail in one line before anything is written."""
 
 import pytest
@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from llm4all_recipes.cli import main
+from llm4all_recipes.merging import slerp
 from llm4all_recipes.models import load_model
 
 
@@ -73,3 +74,80 @@ def test_different_architectures_fail_in_one_line(tiny_model, compressed_model, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "key 'models'" in err, err
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.tmp").exists()
+
+
+def test_slerp_is_exact_at_the_ends_and_stays_on_the_sphere():
+    torch.manual_seed(0)
+    a, b = torch.randn(64, 8), torch.randn(64, 8)
+    assert torch.equal(slerp(a, b, 0.0), a) and torch.equal(slerp(a, b, 1.0), b)
+    ua, ub = a / a.norm(), b / b.norm()
+    for t in (0.25, 0.5, 0.75):  # unit vectors stay unit, and the angle is split in proportion t
+        mid = slerp(ua, ub, t)
+        omega = torch.arccos((ua.flatten() @ ub.flatten()).clamp(-1, 1))
+        assert float(mid.norm()) == pytest.approx(1.0, abs=1e-5)
+        assert float(torch.arccos((ua.flatten() @ mid.flatten()).clamp(-1, 1))) == pytest.approx(
+            t * float(omega), abs=1e-4
+        )
+    assert torch.allclose(slerp(a, 2 * a, 0.5), 1.5 * a)  # parallel tensors: the straight path
+
+
+def test_slerp_and_task_arithmetic_stages(tiny_model, trained, tmp_path):
+    base, other = weights_of(tiny_model), weights_of(trained)
+    argv = [
+        "merge",
+        "--config",
+        "recipes/tiny-llama/merge/wise-ft.yaml",
+        "--models",
+        f'["{tiny_model}", "{trained}"]',
+    ]
+    assert (
+        main([*argv, "--method", "slerp", "--weights", "[0.6, 0.4]", "--output_dir", str(tmp_path / "s")])
+        == 0
+    )
+    assert (
+        main(
+            [
+                *argv,
+                "--method",
+                "task_arithmetic",
+                "--weights",
+                "[0, 0.5]",
+                "--output_dir",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 0
+    )
+    spherical, task = weights_of(tmp_path / "s"), weights_of(tmp_path / "t")
+    for key in base:
+        assert torch.allclose(spherical[key], slerp(base[key].float(), other[key].float(), 0.4), atol=1e-6), (
+            key
+        )
+        assert torch.allclose(task[key], base[key] + 0.5 * (other[key] - base[key]), atol=1e-6), key
+    assert "slerp(" in (tmp_path / "s" / "README.md").read_text()
+
+
+def test_slerp_of_three_models_fails_in_one_line(tiny_model, trained, tmp_path, capsys):
+    models = f'["{tiny_model}", "{trained}", "{tiny_model}"]'
+    assert main(["merge", "--config", "recipes/tiny-llama/merge/wise-ft.yaml", "--models", models, "--method", "slerp",
+                 "--weights", "[0.2, 0.4, 0.4]", "--output_dir", str(tmp_path / "m")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "slerp merges exactly two models" in err, err
+    assert not (tmp_path / "m").exists()
+
+
+def test_any_training_stage_merges_with_its_starting_model(tiny_model, tmp_path):
+    """sft with merge_with_base: 0 writes the starting weights exactly; 0.5 the midpoint of start and trained."""
+    argv = ["sft", "--config", "recipes/tiny-llama/sft/chat.yaml", "--model_name_or_path", str(tiny_model),
+            "--max_steps", "2", "--push_to_hub", "false", "--keep_best", "false"]  # fmt: skip
+    assert main([*argv, "--output_dir", str(tmp_path / "a0"), "--merge_with_base", "0"]) == 0
+    assert main([*argv, "--output_dir", str(tmp_path / "a1")]) == 0
+    assert main([*argv, "--output_dir", str(tmp_path / "a5"), "--merge_with_base", "0.5"]) == 0
+    start, a0, a1, a5 = (
+        weights_of(p) for p in (tiny_model, tmp_path / "a0", tmp_path / "a1", tmp_path / "a5")
+    )
+    assert all(torch.equal(a0[k], start[k]) for k in start)
+    assert any(not torch.equal(a1[k], start[k]) for k in start)
+    for key in start:  # same seed, same data order: the trained weights of a1 are the ones a5 merged
+        assert torch.allclose(a5[key], torch.lerp(start[key], a1[key], 0.5), atol=1e-6), key
+    assert "α = 0.5" in (tmp_path / "a5" / "README.md").read_text()

@@ -224,6 +224,15 @@ class TrainRecipe(ModelArgs, LoraArgs, TrainerArgs):
 
     trainable: Literal["auto", "all", "factors", "factors+norms", "lora"] = arg("all", help=TRAINABLE_HELP)
     keep_best: bool = arg(False, help=KEEP_BEST_HELP)
+    merge_with_base: float = arg(
+        1.0,
+        help="After training, interpolate the weights with the starting model (WiSE-FT): α = 1 keeps the trained "
+        "model (off), 0 returns the starting model, 0.8 goes 80 %% of the way. Forgetting control "
+        "(docs/CONTINUED_PRETRAINING.md); the same architecture and ranks, so low-rank students merge too.",
+    )
+    merge_method: Literal["linear", "slerp"] = arg(
+        "linear", help="How merge_with_base interpolates each tensor: linear (WiSE-FT) or slerp (spherical)."
+    )
 
     def __post_init__(self):
         if self.trainable == "lora":
@@ -241,6 +250,11 @@ class TrainRecipe(ModelArgs, LoraArgs, TrainerArgs):
         if self.keep_best and not self.eval_datasets:
             raise RecipeError("needs eval_datasets (held-out text to choose the best state on), or set it false",
                               key="keep_best")  # fmt: skip
+        if not 0 <= self.merge_with_base <= 1:
+            raise RecipeError(f"must be in [0, 1], got {self.merge_with_base}", key="merge_with_base")
+        if self.merge_with_base != 1 and self.use_peft and not self.merge_lora:
+            raise RecipeError("merging with the base needs the merged model: set merge_lora: true (or drop "
+                              "merge_with_base)", key="merge_with_base")  # fmt: skip
         if self.use_peft and self.trainable not in ("auto", "all", "lora"):
             raise RecipeError(f"use_peft trains LoRA adapters: drop trainable: {self.trainable} (or use_peft)",
                               key="trainable")  # fmt: skip
@@ -396,9 +410,25 @@ class CPTRecipe(KDArgs, TrainRecipe):
         help="Share of the training tokens taken from replay_datasets, in [0, 1); the literature uses 5-25 %% "
         "(0 = naive continued pretraining).",
     )
-    kl_coef: float = arg(0.0, help="Weight of the KL to the reference model (0 = off).")
-    kl_on: Literal["replay", "all"] = arg(
-        "replay", help="Tokens the KL applies to: replay tokens only, or all tokens."
+    kl_coef: float = arg(
+        0.0, help="Weight of the KL to the reference model (0 = off); the first step's with kl_coef_end."
+    )
+    kl_coef_end: float | None = arg(
+        None,
+        help="Weight of the KL at the last step, linear from kl_coef in between (unset: constant kl_coef).",
+    )
+    kl_on: Literal["replay", "all", "new"] = arg(
+        "replay", help="Tokens the KL applies to: replay tokens, all tokens, or new-domain tokens only."
+    )
+    merge_grid: list[float] = arg(
+        factory=list,
+        help="Choose merge_with_base on the held-out old_*/new_* eval sets among these α (e.g. [0.5, 0.6, 0.7, "
+        "0.8, 0.9]): the lowest old-domain perplexity among the α that keep >= merge_min_gain of the trained "
+        "model's new-domain gain. Every α is a point of the forgetting report. Chosen on the eval sets: report a "
+        "held-out set of your own for an unbiased number.",
+    )
+    merge_min_gain: float = arg(
+        0.95, help="Share of the trained model's new-domain perplexity gain an α of merge_grid must keep."
     )
     reference_model_name_or_path: str | None = arg(
         None,
@@ -424,6 +454,11 @@ class CPTRecipe(KDArgs, TrainRecipe):
         self.prediction_loss_only = True
         super().__post_init__()
 
+    @property
+    def kl_active(self) -> bool:
+        """Whether any step has a KL term (and so the reference model is loaded)."""
+        return self.kl_coef > 0 or (self.kl_coef_end or 0) > 0
+
     def check(self, static: bool) -> None:
         super().check(static)
         if not 0 <= self.replay_share < 1:
@@ -434,10 +469,24 @@ class CPTRecipe(KDArgs, TrainRecipe):
             raise RecipeError("replay_datasets are only read with replay_share > 0", key="replay_share")
 
         check_sources(self.replay_datasets, "replay_datasets", ("text",), static)
-        if self.kl_coef < 0:
-            raise RecipeError(f"must be >= 0, got {self.kl_coef}", key="kl_coef")
-        if self.kl_coef > 0 and self.kl_on == "replay" and self.replay_share == 0:
+        for key in ("kl_coef", "kl_coef_end"):
+            if (getattr(self, key) or 0) < 0:
+                raise RecipeError(f"must be >= 0, got {getattr(self, key)}", key=key)
+        if self.kl_active and self.kl_on == "replay" and self.replay_share == 0:
             raise RecipeError("kl_on: replay needs replay tokens (replay_share > 0)", key="kl_on")
+        if self.merge_grid:
+            if any(not 0 <= a <= 1 for a in self.merge_grid):
+                raise RecipeError(f"every α must be in [0, 1], got {self.merge_grid}", key="merge_grid")
+            if self.merge_with_base != 1:
+                raise RecipeError(
+                    "set merge_with_base or merge_grid (which chooses it), not both", key="merge_grid"
+                )
+            labels = [source.label for source in self.eval_datasets]
+            if not any(x.startswith("old") for x in labels) or not any(x.startswith("new") for x in labels):
+                raise RecipeError("needs an old_* and a new_* set in eval_datasets (the held-out domains α is chosen "
+                                  f"on), got {labels}", key="merge_grid")  # fmt: skip
+        if not 0 < self.merge_min_gain <= 1:
+            raise RecipeError(f"must be in (0, 1], got {self.merge_min_gain}", key="merge_min_gain")
         if self.reference_model_name_or_path:
             check_model(self.reference_model_name_or_path, static, "", key="reference_model_name_or_path")
         self.check_kd()
@@ -1068,8 +1117,15 @@ class MergeRecipe(StageArgs):
         help="Checkpoints to merge (Hub ids or folders), same architecture and, for low-rank ones, the same ranks. "
         "The first is the reference: its tokenizer, config and lineage are kept.",
     )
+    method: Literal["linear", "slerp", "task_arithmetic"] = arg(
+        "linear",
+        help="linear: Σ wᵢ θᵢ; slerp: spherical interpolation of two models, t = weights[1]; task_arithmetic: "
+        "θ₀ + Σᵢ wᵢ (θᵢ − θ₀), the first model being the base (its weight unused, the others any scale).",
+    )
     weights: list[float] | None = arg(
-        None, help="One weight per model, summing to 1 (default: equal). Two models: [1 - α, α] is WiSE-FT."
+        None,
+        help="One weight per model. linear/slerp: >= 0, summing to 1 (default: equal); two models: [1 - α, α] is "
+        "WiSE-FT. task_arithmetic: the scale of each task vector (default 1 each).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = arg(
         "auto", help="Dtype the models are loaded and merged in (the average is computed in float32)."
@@ -1082,10 +1138,15 @@ class MergeRecipe(StageArgs):
         for i, model in enumerate(self.models):
             check_model(model, static, "a checkpoint to merge", key=f"models[{i}]")
         if self.weights is None:
-            self.weights = [1 / len(self.models)] * len(self.models)
+            n = len(self.models)
+            self.weights = [0.0] + [1.0] * (n - 1) if self.method == "task_arithmetic" else [1 / n] * n
         if len(self.weights) != len(self.models):
             raise RecipeError(f"{len(self.weights)} weights for {len(self.models)} models", key="weights")
-        if any(w < 0 for w in self.weights) or abs(sum(self.weights) - 1) > 1e-6:
+        if self.method == "slerp" and len(self.models) != 2:
+            raise RecipeError(f"slerp merges exactly two models, got {len(self.models)}", key="models")
+        if self.method != "task_arithmetic" and (
+            any(w < 0 for w in self.weights) or abs(sum(self.weights) - 1) > 1e-6
+        ):
             raise RecipeError(f"weights must be >= 0 and sum to 1 (got {self.weights})", key="weights")
         check_output_dir(self, static)
         check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")

@@ -377,12 +377,39 @@ def training_facts_md(metrics: dict) -> list[str]:
     elif train.get("kept") == "best":
         lines.append(f"- kept the best state on held-out `{train['selected_on']}`: step {train['best_step']} of "
                      f"{train['global_step']} (loss {train['start_loss']:.4f} → {train['best_loss']:.4f})")  # fmt: skip
+    if "merge_with_base" in metrics:
+        merge = metrics["merge_with_base"]
+        lines.append(f"- merged with the starting model ({merge['method']}, WiSE-FT): α = {merge['alpha']:g} of the way "
+                     "from the starting weights to the trained ones" + (f", chosen on the held-out sets among "
+                     f"{', '.join(f'{a:g}' for a in merge['grid'])}" if merge.get("min_gain") else ""))  # fmt: skip
     return lines
 
 
-def save_trained(trainer, tmp: Path, recipe: Any, metrics: dict):
+def save_trained(trainer, tmp: Path, recipe: Any, metrics: dict, merge: bool = True):
     """Final weights at the root of `tmp` (safetensors); returns the model they are. LoRA: adapter in adapter/,
-    merged model at the root. When no step beat the starting model (keep_best), the starting model itself."""
+    merged model at the root. When no step beat the starting model (keep_best), the starting model itself. With
+    merge_with_base < 1 (and `merge`), the trained weights interpolated with the starting model's."""
+    model = _save_trained(trainer, tmp, recipe, metrics)
+    alpha = getattr(recipe, "merge_with_base", 1)  # tiny-model trains from scratch: no starting model
+    if not merge or alpha == 1 or metrics["train"].get("kept") == "start":
+        return model
+    from .merging import BaseInterpolation
+    from .models import load_model
+
+    if (
+        trainer.accelerator.num_processes > 1
+    ):  # sharded weights: merge the saved full model on the main process
+        model = load_model(str(tmp), dtype=recipe.dtype)
+    if trainer.is_world_process_zero():
+        start = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+        BaseInterpolation(model, start, recipe.merge_method).apply(alpha)
+        model.save_pretrained(str(tmp))
+    trainer.accelerator.wait_for_everyone()
+    metrics["merge_with_base"] = {"alpha": alpha, "method": recipe.merge_method}
+    return model
+
+
+def _save_trained(trainer, tmp: Path, recipe: Any, metrics: dict):
     from .models import load_model
 
     # trainers turn the KV cache off for training; the published model generates with it (as transformers' default)

@@ -1,11 +1,13 @@
 """Continued pretraining on new text with forgetting control: replay of old text at a token share, LR re-warm
-then re-decay, and an optional KL to the model before training.
+then re-decay, an optional KL to the model before training, and merging with it after (WiSE-FT).
 
     accelerate launch -m llm4all_recipes cpt --config recipes/tiny-llama/cpt/replay.yaml
 
 New and replay text are mixed by tokens (replay_share of the total) and packed into fixed-length blocks per
 source, so every token keeps its source; the realised replay share is reported. The old/new-domain perplexity
-before and after (the forgetting report) goes into metrics.json, the card and forgetting.png.
+before and after (the forgetting report) goes into metrics.json, the card and forgetting.png. With merge_grid,
+the trained model is interpolated with the starting one at each α of the grid, each α measured on the held-out
+domains and the best kept (the rule in configs.CPTRecipe.merge_grid); with merge_with_base, one α.
 """
 
 import logging
@@ -21,6 +23,7 @@ from ..errors import RecipeError
 from ..evaluation import forgetting
 from ..evaluation.perplexity import held_out_perplexities
 from ..hub import publish_stage_output
+from ..merging import BaseInterpolation
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
 from ..trainers.cpt import CPTTrainer
@@ -36,7 +39,7 @@ def build_rows(recipe: CPTRecipe, tokenizer) -> tuple[datasets.Dataset, dict]:
     new, new_report = build_mixture(
         recipe.datasets, needed=("text",), seed=seed, size=recipe.mixture_size, count_tokens=count
     )
-    kl_new = 1 if recipe.kl_on == "all" else 0
+    kl_new, kl_replay = int(recipe.kl_on in ("new", "all")), int(recipe.kl_on in ("replay", "all"))
     rows, dropped = text_rows(
         list(new["text"]), tokenizer, recipe.max_length, kl_mask=[kl_new] * recipe.max_length, replay=0
     )
@@ -51,7 +54,11 @@ def build_rows(recipe: CPTRecipe, tokenizer) -> tuple[datasets.Dataset, dict]:
         replay, replay_report = build_mixture(recipe.replay_datasets, needed=("text",), seed=seed, size=target,
                                               count_tokens=count, key="replay_datasets")  # fmt: skip
         replay_rows, dropped = text_rows(
-            list(replay["text"]), tokenizer, recipe.max_length, kl_mask=[1] * recipe.max_length, replay=1
+            list(replay["text"]),
+            tokenizer,
+            recipe.max_length,
+            kl_mask=[kl_replay] * recipe.max_length,
+            replay=1,
         )
         rows += replay_rows
         report.update(replay_rows=len(replay_rows), replay_mixture=replay_report)
@@ -79,7 +86,7 @@ def run(recipe: CPTRecipe, callbacks=None):
         # 2. Model, and the reference model of the KL (the model before this stage, by default).
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
         reference = None
-        if recipe.kl_coef > 0:
+        if recipe.kl_active:
             ref_path = recipe.reference_model_name_or_path or recipe.model_name_or_path
             if (
                 load_tokenizer(ref_path, key="reference_model_name_or_path").get_vocab()
@@ -103,17 +110,31 @@ def run(recipe: CPTRecipe, callbacks=None):
             eval_datasets=text_eval_rows(evals, tokenizer, recipe.max_length) if recipe.keep_best else {},
             peft_config=lora_config(recipe) if recipe.use_peft else None, callbacks=callbacks,
             data_collator=StackCollator(("input_ids", "attention_mask", "labels", "kl_mask")), teacher_model=reference,
-            kl_coef=recipe.kl_coef, kd_loss=recipe.kd_loss, kd_beta=recipe.kd_beta, kd_temperature=recipe.kd_temperature,
+            kl_coef=recipe.kl_coef, kl_coef_end=recipe.kl_coef_end, kd_loss=recipe.kd_loss, kd_beta=recipe.kd_beta, kd_temperature=recipe.kd_temperature,
         )  # fmt: skip
-        trained = save_trained(trainer, tmp, recipe, metrics)
+        trained = save_trained(trainer, tmp, recipe, metrics, merge=False)
         after = held_out_perplexities(
             trained, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="after"
         )
         metrics.update(eval_before=before, eval=after, data=data)
         old, new = _domains(evals)
+        points = []
         if old and new:
             points = [{"model": "before", "old": before[old]["perplexity"], "new": before[new]["perplexity"]},
                       {"model": "after", "old": after[old]["perplexity"], "new": after[new]["perplexity"]}]  # fmt: skip
+        alphas = recipe.merge_grid or ([recipe.merge_with_base] if recipe.merge_with_base != 1 else [])
+        if alphas and metrics["train"].get("kept") != "start":
+            same = recipe.reference_model_name_or_path in (None, recipe.model_name_or_path)
+            start = reference if reference is not None and same else None
+            merged = merge_grid(
+                recipe, trained, start, alphas, evals, tokenizer, device, (old, new), points, after
+            )
+            metrics["merge_with_base"] = merged
+            metrics["eval"] = merged["eval"]
+            if trainer.is_world_process_zero():
+                trained.save_pretrained(str(tmp))
+            trainer.accelerator.wait_for_everyone()
+        if points:
             forgetting.plot(points, tmp / "forgetting.png", old, new)
             metrics["forgetting"] = {"old": old, "new": new, "points": points}
         finish(
@@ -125,7 +146,12 @@ def run(recipe: CPTRecipe, callbacks=None):
             card=CardInfo(
                 summary=f"{model_ref(recipe.model_name_or_path)} after continued pretraining on new text"
                 + (f" with {recipe.replay_share:.0%} replay" if recipe.replay_share else "")
-                + (f" and a KL to the model before training (×{recipe.kl_coef})" if recipe.kl_coef else "")
+                + (f" and a KL to the model before training (×{recipe.kl_coef})" if recipe.kl_active else "")
+                + (
+                    f", merged with it at α = {metrics['merge_with_base']['alpha']:g}"
+                    if "merge_with_base" in metrics
+                    else ""
+                )
                 + ".",
                 training=cpt_md(recipe, metrics),
                 results=perplexity_results(
@@ -137,6 +163,47 @@ def run(recipe: CPTRecipe, callbacks=None):
         )
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
+
+
+def merge_grid(
+    recipe: CPTRecipe, trained, start, alphas, evals, tokenizer, device, domains, points, after
+) -> dict:
+    """Interpolate `trained` with the starting model at each α (in place), measure each on the held-out sets, leave
+    the chosen α in `trained`; add one forgetting-report point per α to `points`. Returns the report."""
+    if start is None:
+        start = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+    interpolation = BaseInterpolation(trained, start, recipe.merge_method)
+    results = {}
+    for alpha in sorted(set(alphas), reverse=True):
+        interpolation.apply(alpha)
+        results[alpha] = held_out_perplexities(trained, tokenizer, evals, max_length=recipe.perplexity_max_length,
+                                               device=device, tag=f"α={alpha:g}")  # fmt: skip
+    old, new = domains
+    chosen = alphas[0]
+    if len(alphas) > 1:
+        chosen = choose_alpha(
+            {a: (r[old]["perplexity"], r[new]["perplexity"]) for a, r in results.items()},
+            before=(points[0]["old"], points[0]["new"]), trained=(points[1]["old"], points[1]["new"]),
+            min_gain=recipe.merge_min_gain,
+        )  # fmt: skip
+    interpolation.apply(chosen)
+    if old and new:
+        points += [{"model": f"α={a:g}" + (" (kept)" if a == chosen else ""), "old": r[old]["perplexity"],
+                    "new": r[new]["perplexity"]} for a, r in sorted(results.items(), reverse=True)]  # fmt: skip
+    logger.info("merged with the starting model at α = %g (%s)", chosen, recipe.merge_method)
+    return {"alpha": chosen, "method": recipe.merge_method, "grid": sorted(results, reverse=True),
+            "min_gain": recipe.merge_min_gain if len(alphas) > 1 else None,
+            "results": {f"{a:g}": r for a, r in results.items()}, "eval": results.get(chosen, after)}  # fmt: skip
+
+
+def choose_alpha(points: dict[float, tuple[float, float]], before, trained, min_gain: float) -> float:
+    """The α whose (old, new) perplexity has the lowest old-domain perplexity among those keeping >= min_gain of the
+    trained model's new-domain gain (before − trained, perplexity points); α = 1 (the trained model) if none."""
+    gain = before[1] - trained[1]
+    ok = {a: p for a, p in points.items() if before[1] - p[1] >= min_gain * gain}
+    if not ok or gain <= 0:
+        return 1.0
+    return min(ok, key=lambda a: (ok[a][0], -a))
 
 
 def _domains(evals: dict) -> tuple[str | None, str | None]:
@@ -154,7 +221,14 @@ def cpt_md(recipe: CPTRecipe, metrics: dict) -> str:
         f"- learning rate {recipe.learning_rate}, `{recipe.lr_scheduler_type}` after {recipe.warmup_steps} warm-up steps "
         f"(re-warm, re-decay); {metrics['train']['global_step']} steps",
         f"- KL to {model_ref(recipe.reference_model_name_or_path or recipe.model_name_or_path)}: "
-        + (f"{recipe.kd_loss} × {recipe.kl_coef} on {recipe.kl_on} tokens" if recipe.kl_coef else "off"),
+        + (
+            f"{recipe.kd_loss} × {recipe.kl_coef}"
+            + (f" → {recipe.kl_coef_end} (linear)" if recipe.kl_coef_end is not None else "")
+            + f" on {recipe.kl_on} tokens"
+            + (f", temperature {recipe.kd_temperature:g}" if recipe.kd_temperature != 1 else "")
+            if recipe.kl_active
+            else "off"
+        ),
         *training_facts_md(metrics),
     ]
     if "forgetting" in metrics:
