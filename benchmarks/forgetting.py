@@ -48,6 +48,7 @@ ARMS: dict[str, list[str]] = {
     "replay": [*REPLAY, *GRID],
     "replay-kl": [*REPLAY, *KL, *GRID],  # the shipped replay-kl.yaml before issue 15: KL on replay tokens
     "replay-kl-all": [*REPLAY, *KL, "--kl_on", "all", *GRID],
+    "replay10-kl": [*REPLAY[:-1], "0.1", *KL, *GRID],
     "replay-kl-new": [*REPLAY, *KL, "--kl_on", "new"],
     "kl-all": [*KL, "--kl_on", "all"],
     "replay-kl-t2": [*REPLAY, *KL, "--kd_temperature", "2"],

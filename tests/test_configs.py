@@ -64,7 +64,7 @@ def test_yaml_values_are_typed(recipe_file, base):
     assert recipe.num_train_epochs == 2.0
     assert recipe.per_device_train_batch_size == 2
     assert recipe.datasets == [DatasetSource(path=CHAT)]
-    assert recipe.eval_datasets[0].label == "eval"
+    assert recipe.eval_datasets[0].tag == "eval"
     assert recipe.assistant_only_loss is True  # our default for chat SFT
     assert recipe.bf16 is False
 

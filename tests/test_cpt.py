@@ -155,7 +155,8 @@ def test_merge_grid_keeps_the_chosen_interpolation(tiny_model, tmp_path):
         assert torch.allclose(
             written[key], torch.lerp(start[key], trained[key], merge["alpha"]), atol=1e-6
         ), key
-    assert "merged with the starting model (linear, WiSE-FT)" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "merged with the starting model (linear, WiSE-FT)" in card and f"Kept: α = {merge['alpha']:g}" in card
 
 
 @pytest.mark.parametrize(

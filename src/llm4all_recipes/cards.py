@@ -81,7 +81,7 @@ def result(
 
 def perplexity_results(evals: dict[str, dict], sources: list[Any], window: int | None = None) -> list[dict]:
     """Results of held-out perplexity ({label: {perplexity, tokens}}), named after their sources (by label)."""
-    by_label = {s.label: s for s in sources}
+    by_label = {s.tag: s for s in sources}
     rows = []
     for label, values in evals.items():
         src = by_label.get(label)

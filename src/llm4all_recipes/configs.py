@@ -243,7 +243,7 @@ class TrainRecipe(ModelArgs, LoraArgs, TrainerArgs):
             self.eval_strategy = self.save_strategy = "steps"
             self.eval_steps = self.eval_steps or self.save_steps
             self.load_best_model_at_end, self.greater_is_better = True, False
-            self.metric_for_best_model = f"eval_{_to_sources(self.eval_datasets)[0].label}_loss"
+            self.metric_for_best_model = f"eval_{_to_sources(self.eval_datasets)[0].tag}_loss"
         super().__post_init__()
 
     def check_training(self, static: bool) -> None:
@@ -481,7 +481,7 @@ class CPTRecipe(KDArgs, TrainRecipe):
                 raise RecipeError(
                     "set merge_with_base or merge_grid (which chooses it), not both", key="merge_grid"
                 )
-            labels = [source.label for source in self.eval_datasets]
+            labels = [source.tag for source in self.eval_datasets]
             if not any(x.startswith("old") for x in labels) or not any(x.startswith("new") for x in labels):
                 raise RecipeError("needs an old_* and a new_* set in eval_datasets (the held-out domains α is chosen "
                                   f"on), got {labels}", key="merge_grid")  # fmt: skip

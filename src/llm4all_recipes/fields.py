@@ -43,10 +43,17 @@ class DatasetSource:
         None,
         help="Use at most this many rows: the first rows of the shuffled stream (streaming), else a seeded sample.",
     )
+    label: str | None = arg(
+        None,
+        help="Short name of the set in metrics (`eval_<label>_loss`) and reports. Default: the file or dataset "
+        "name (plus _<split> unless train). In cpt, old_* / new_* mark the domains of the forgetting report.",
+    )
 
     @property
-    def label(self) -> str:
-        """Short name used in metrics (`eval_<label>_loss`) and reports."""
+    def tag(self) -> str:
+        """The set's name in metrics and reports: `label`, or one made from the path and split."""
+        if self.label:
+            return self.label
         stem = Path(self.path.rstrip("/")).name
         for suffix in (".jsonl", ".json", ".parquet", ".csv"):
             stem = stem.removesuffix(suffix)

@@ -292,7 +292,7 @@ def load_eval_sets(
     """Each eval source whole, by label (file stem, or stem_split)."""
     out = {}
     for i, src in enumerate(sources):
-        label = src.label
+        label = src.tag
         if label in out:
             label = f"{label}_{i}"
         ds = load_source(src, f"{key}[{i}]", needed)

@@ -235,4 +235,19 @@ def cpt_md(recipe: CPTRecipe, metrics: dict) -> str:
         f = metrics["forgetting"]
         lines += ["", "#### Forgetting", "", forgetting.table(f["points"], f["old"], f["new"]), "",
                   "![learning vs forgetting](forgetting.png)"]  # fmt: skip
+        if "merge_with_base" in metrics:
+            lines += ["", where_it_sits(f["points"], metrics["merge_with_base"]["alpha"])]
     return "\n".join(lines)
+
+
+def where_it_sits(points: list[dict], alpha: float) -> str:
+    """One sentence placing the kept merge against the unmerged run (the benchmark's criterion, relative to it)."""
+    before, trained = points[0], points[1]
+    kept = next((p for p in points[2:] if p["model"].startswith(f"α={alpha:g}")), trained)
+    rise, gain = trained["old"] - before["old"], before["new"] - trained["new"]
+    text = (f"Kept: α = {alpha:g}, old-domain perplexity {kept['old'] - before['old']:+.2f} "
+            f"(unmerged: {rise:+.2f}), new-domain gain {before['new'] - kept['new']:.2f} (unmerged: {gain:.2f})")  # fmt: skip
+    if rise > 0 and gain > 0:
+        text += (f": {(kept['old'] - before['old']) / rise:.2f}× the unmerged rise for "
+                 f"{(before['new'] - kept['new']) / gain:.0%} of its gain")  # fmt: skip
+    return text + " (docs/BENCHMARKS.md#forgetting places the benchmark's arms on the same axes)."
