@@ -1,7 +1,8 @@
 """Forgetting benchmark: the learning–forgetting trade-off of continued pretraining, arm by arm, on the French
 benchmark model (outputs/bench/french-bench, pretrained on the old domain of the French man pages).
 
-    python benchmarks/forgetting.py [--arms naive replay-kl ...] [--seeds 0] [--jobs 2] [--write-docs]
+    python benchmarks/forgetting.py [--arms naive replay-kl ...] [--seeds 0] [--confirm ARM ... --confirm-seeds 1 2]
+                                    [--jobs 2] [--write-docs]
 
 Every arm is one `llm4all cpt` run: benchmarks/recipes/french-bench/cpt/naive.yaml (120 steps x 8 x 256 tokens of
 the new domain, lr 1e-3 re-warmed over 12 steps then cosine) plus the arm's overrides (replay, KL, LoRA,
@@ -9,7 +10,8 @@ merging with the starting model). Arms with a merge grid add one point per α (t
 report). Each point is placed by its old-domain perplexity rise and new-domain perplexity gain, both in
 perplexity points relative to naive's (rise ratio, gain share: the issue-15 criterion is rise ≤ 0.15x naive's
 with ≥ 95 % of naive's gain). The Pareto front (no other point has a lower rise and a higher gain) is drawn in
-docs/img/forgetting-pareto.png.
+docs/img/forgetting-pareto.png. `--confirm` reruns arms (and naive) at more seeds: each seed's kept merge (the
+α the run's grid chose) against that seed's naive run, the criterion checked seed by seed.
 
 Runs land in outputs/bench/forgetting/<arm>-s<seed>/ and are reused by a rerun (a finished run is skipped);
 `--jobs` runs run in parallel, one thread each. Results: benchmarks/results/forgetting.json; with --write-docs,
@@ -51,6 +53,7 @@ ARMS: dict[str, list[str]] = {
     "replay10-kl": [*REPLAY[:-1], "0.1", *KL, *GRID],
     "replay-kl-new": [*REPLAY, *KL, "--kl_on", "new"],
     "kl-all": [*KL, "--kl_on", "all"],
+    "kl-all-merge": [*KL, "--kl_on", "all", *GRID],
     "replay-kl-t2": [*REPLAY, *KL, "--kd_temperature", "2"],
     "replay-kl3": [*REPLAY, "--kl_coef", "3"],
     "replay-kl-decay": [*REPLAY, "--kl_coef", "2", "--kl_coef_end", "0"],
@@ -111,6 +114,25 @@ def place(rows: list[dict]) -> list[dict]:
     return points
 
 
+def confirmations(rows: list[dict], arms: list[str]) -> list[dict]:
+    """For each arm and seed: its kept model (the α its grid chose, else the trained one) against that seed's naive."""
+    by = {(r["arm"], r["seed"]): r for r in rows}
+    out = []
+    for arm in arms:
+        for (name, seed), r in sorted(by.items()):
+            naive = by.get(("naive", seed))
+            if name != arm or naive is None:
+                continue
+            before, after = naive["points"][0], naive["points"][1]
+            kept = next((p for p in r["points"] if p["model"].endswith("(kept)")), r["points"][1])
+            rise, gain = kept["old"] - before["old"], before["new"] - kept["new"]
+            out.append({"arm": arm, "seed": seed, "kept": kept["model"].replace(" (kept)", ""), "old": kept["old"],
+                        "new": kept["new"], "naive_old": after["old"], "naive_new": after["new"],
+                        "rise_ratio": rise / (after["old"] - before["old"]), "gain_share": gain / (before["new"] - after["new"])})  # fmt: skip
+            out[-1]["goal"] = out[-1]["rise_ratio"] <= 0.15 and out[-1]["gain_share"] >= 0.95
+    return out
+
+
 def plot(points: list[dict], before: dict, path: Path) -> None:
     import matplotlib
 
@@ -157,24 +179,26 @@ def main() -> None:
     parser.add_argument("--model", default="outputs/bench/french-bench")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--confirm", nargs="*", default=[], choices=list(ARMS), help="arms rerun at --confirm-seeds"
+    )
+    parser.add_argument("--confirm-seeds", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     add_docs_flag(parser)
     args = parser.parse_args()
     if "naive" not in args.arms:
         args.arms.insert(0, "naive")
     jobs = [(arm, seed) for arm in args.arms for seed in args.seeds]
+    confirm = [*dict.fromkeys(["naive", *args.confirm])] if args.confirm else []
+    jobs += [(arm, seed) for arm in confirm for seed in args.confirm_seeds if seed not in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: run(*job, args.model), jobs))
     for r in rows:
         print(json.dumps({"arm": r["arm"], "seed": r["seed"], "points": r["points"]}))
-    points = place(rows)
-    result = {
-        "rows": rows,
-        "points": points,
-        "command": command_line(),
-        "machine": machine(),
-        "model": args.model,
-    }
+    points = place([r for r in rows if r["seed"] in args.seeds])
+    checks = confirmations(rows, args.confirm)
+    result = {"rows": rows, "points": points, "confirm": checks, "command": command_line(), "machine": machine(),
+              "model": args.model}  # fmt: skip
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
     (ROOT / "benchmarks" / "results" / "forgetting.json").write_text(json.dumps(result, indent=1))
     if args.write_docs:
@@ -208,6 +232,14 @@ def markdown(args, result: dict) -> str:
         lines.append(f"| {p['name']} | {p['old']:.2f} ({p['rise']:+.2f}) | {p['new']:.2f} ({p['gain']:+.2f}) | "
                      f"{p['rise_ratio']:.2f} | {p['gain_share']:.0%} | {'★' if p['pareto'] else ''} | "
                      f"{'✓' if p['goal'] else ''} |")  # fmt: skip
+    if result["confirm"]:
+        lines += ["", "Seed by seed (each run's kept model: the α its own grid chose on the held-out pages, against the "
+                  "same seed's naive run):", "", "| arm | seed | kept | old ppl | new ppl | naive old / new | rise × naive "
+                  "| gain share | goal |", "|---|---:|---|---:|---:|---:|---:|---:|:---:|"]  # fmt: skip
+        for c in result["confirm"]:
+            lines.append(f"| {c['arm']} | {c['seed']} | {c['kept']} | {c['old']:.2f} | {c['new']:.2f} | "
+                         f"{c['naive_old']:.2f} / {c['naive_new']:.2f} | {c['rise_ratio']:.2f} | {c['gain_share']:.0%} | "
+                         f"{'✓' if c['goal'] else '✗'} |")  # fmt: skip
     lines += ["", "Merge points off the front and outside the goal are in `benchmarks/results/forgetting.json`. "
               "Each arm's command (seed 0):", ""]  # fmt: skip
     for r in rows:

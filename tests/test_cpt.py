@@ -113,6 +113,7 @@ def test_choose_alpha_keeps_the_gain_and_minimises_forgetting():
     assert choose_alpha(grid, before, trained, min_gain=0.9) == 0.7
     assert choose_alpha({0.5: (41.0, 45.0)}, before, trained, min_gain=0.95) == 1.0  # none keeps it: unmerged
     assert choose_alpha(grid, before, (60.0, 55.0), min_gain=0.95) == 1.0  # nothing learned: unmerged
+    assert choose_alpha(grid, before, (42.0, 30.0), min_gain=0.95) == 1.0  # the trained model forgets least
 
 
 def _weights(folder):
@@ -144,8 +145,9 @@ def test_merge_grid_keeps_the_chosen_interpolation(tiny_model, tmp_path):
     # the rule, recomputed from the report: lowest old-domain perplexity among the α keeping half the gain
     before, after = points[0], points[1]
     assert after["new"] < before["new"]  # it learned: the rule has a gain to keep
-    ok = [p for p in points[2:] if before["new"] - p["new"] >= 0.5 * (before["new"] - after["new"])]
-    expected = float(min(ok, key=lambda p: p["old"])["model"].split("=")[1].split(" ")[0]) if ok else 1.0
+    candidates = [(1.0, after)] + [(float(p["model"].split("=")[1].split(" ")[0]), p) for p in points[2:]]
+    ok = [(a, p) for a, p in candidates if before["new"] - p["new"] >= 0.5 * (before["new"] - after["new"])]
+    expected = min(ok, key=lambda ap: (ap[1]["old"], -ap[0]))[0]
     assert merge["alpha"] == expected and metrics["eval"] == merge["results"].get(
         f"{expected:g}", metrics["eval"]
     )
@@ -156,7 +158,9 @@ def test_merge_grid_keeps_the_chosen_interpolation(tiny_model, tmp_path):
             written[key], torch.lerp(start[key], trained[key], merge["alpha"]), atol=1e-6
         ), key
     card = (out / "README.md").read_text()
-    assert "merged with the starting model (linear, WiSE-FT)" in card and f"Kept: α = {merge['alpha']:g}" in card
+    assert (
+        "merged with the starting model (linear, WiSE-FT)" in card and f"Kept: α = {merge['alpha']:g}" in card
+    )
 
 
 @pytest.mark.parametrize(

@@ -198,11 +198,12 @@ def merge_grid(
 
 def choose_alpha(points: dict[float, tuple[float, float]], before, trained, min_gain: float) -> float:
     """The α whose (old, new) perplexity has the lowest old-domain perplexity among those keeping >= min_gain of the
-    trained model's new-domain gain (before − trained, perplexity points); α = 1 (the trained model) if none."""
+    trained model's new-domain gain (before − trained, perplexity points), the trained model itself (α = 1) being
+    one of them; α = 1 when training gained nothing on the new domain."""
     gain = before[1] - trained[1]
-    ok = {a: p for a, p in points.items() if before[1] - p[1] >= min_gain * gain}
-    if not ok or gain <= 0:
+    if gain <= 0:
         return 1.0
+    ok = {a: p for a, p in {**points, 1.0: trained}.items() if before[1] - p[1] >= min_gain * gain}
     return min(ok, key=lambda a: (ok[a][0], -a))
 
 
