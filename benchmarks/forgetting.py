@@ -59,7 +59,6 @@ ARMS: dict[str, list[str]] = {
     "replay-kl-decay": [*REPLAY, "--kl_coef", "2", "--kl_coef_end", "0"],
     "replay-kl-rise": [*REPLAY, "--kl_coef", "0", "--kl_coef_end", "2"],
     "lora": ["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32"],
-    "lora-lr5e-3": ["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32", "--learning_rate", "5e-3"],
 }
 
 

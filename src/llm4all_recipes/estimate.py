@@ -314,7 +314,7 @@ def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard) -> 
     other = None
     if stage == "kd" and not recipe.teacher_cache:
         other = recipe.teacher_model_name_or_path
-    elif stage == "cpt" and recipe.kl_coef > 0:
+    elif stage == "cpt" and recipe.kl_active:
         other = recipe.reference_model_name_or_path or recipe.model_name_or_path
     extra = model_size(other, base_config).params if other else 0
     device += (extra * wb / gpus if shard else extra * wb) + (
