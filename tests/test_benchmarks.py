@@ -38,3 +38,29 @@ def test_every_docs_writer_asks_first():
         text = (ROOT / "benchmarks" / script).read_text()
         if "write_section(" in text:
             assert "add_docs_flag(parser)" in text and "args.write_docs" in text, script
+
+
+def test_forgetting_pareto_front_and_goal():
+    """benchmarks/forgetting.py places each (arm, α) against naive: rise ratio, gain share, Pareto front, goal."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import forgetting
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    before = {"model": "before", "old": 40.0, "new": 50.0}
+    rows = [
+        {"arm": "naive", "seed": 0, "points": [before, {"model": "after", "old": 50.0, "new": 30.0},
+                                               {"model": "α=0.6 (kept)", "old": 41.0, "new": 31.0}]},
+        {"arm": "kl", "seed": 0, "points": [before, {"model": "after", "old": 45.0, "new": 32.0}]},
+    ]  # fmt: skip
+    points = {p["name"]: p for p in forgetting.place(rows)}
+    assert points["naive"]["rise_ratio"] == 1.0 and points["naive"]["gain_share"] == 1.0
+    assert (
+        points["naive α=0.6"]["rise_ratio"] == pytest.approx(0.1)
+        and points["naive α=0.6"]["gain_share"] == 0.95
+    )
+    assert points["naive α=0.6"]["goal"] and not points["kl"]["goal"]
+    # kl (rise 5, gain 18) is dominated by naive α=0.6 (rise 1, gain 19); naive (the most gain) is on the front
+    assert points["naive α=0.6"]["pareto"] and points["naive"]["pareto"] and not points["kl"]["pareto"]
+    (check,) = forgetting.confirmations(rows, ["naive"])
+    assert check["kept"] == "α=0.6" and check["goal"]
