@@ -52,13 +52,13 @@ style: install
 	$(VENV)/bin/ruff check --fix .
 
 # Benchmarks write docs/BENCHMARKS.md (each section with its command). They need the demo's outputs.
-# The French benchmark model: see benchmarks/README.md (a ~30 min CPU training).
+# The French benchmark model and the benchmarks on it (healing.py, fused.py, forgetting.py): see
+# benchmarks/README.md (a ~1 h CPU training, then each script's command in docs/BENCHMARKS.md).
 bench: demo
 	$(PY) benchmarks/memory_estimate.py --write-docs
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) benchmarks/compression.py --model outputs/tiny-llama/tiny-model/base \
 		--text tests/fixtures/text/old_train.jsonl --eval tests/fixtures/text/old_eval.jsonl --name tiny-llama --write-docs
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) benchmarks/kd.py --write-docs
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) benchmarks/forgetting.py --write-docs
 
 # Refresh the lock after changing install_requires (review the diff before committing).
 lock: install
