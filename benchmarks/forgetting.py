@@ -156,11 +156,25 @@ def plot(points: list[dict], before: dict, path: Path) -> None:
         ax.scatter(p["gain_share"], p["rise_ratio"], s=36 if p["pareto"] else 14,
                    color="C3" if p["pareto"] else "0.6", zorder=3)  # fmt: skip
         if not p["merge"] or p["goal"]:
-            ax.annotate(p["name"], (p["gain_share"], p["rise_ratio"]), textcoords="offset points", xytext=(5, 3), fontsize=7)
+            ax.annotate(
+                p["name"],
+                (p["gain_share"], p["rise_ratio"]),
+                textcoords="offset points",
+                xytext=(5, 3),
+                fontsize=7,
+            )
     front = sorted((p for p in points if p["pareto"]), key=lambda p: p["gain_share"])
-    ax.plot([p["gain_share"] for p in front], [p["rise_ratio"] for p in front], color="C3", lw=1, label="Pareto front")
+    ax.plot(
+        [p["gain_share"] for p in front],
+        [p["rise_ratio"] for p in front],
+        color="C3",
+        lw=1,
+        label="Pareto front",
+    )
     low, right = ax.get_ylim()[0], max(1.05, max(p["gain_share"] for p in points) + 0.02)
-    ax.fill_between([0.95, right], low, 0.15, color="C2", alpha=0.12, label="goal: rise ≤ 0.15× naive, gain ≥ 95 %")
+    ax.fill_between(
+        [0.95, right], low, 0.15, color="C2", alpha=0.12, label="goal: rise ≤ 0.15× naive, gain ≥ 95 %"
+    )
     ax.set_ylim(bottom=low)
     ax.set_xlabel("new-domain gain, share of naive's  (→ learns more)")
     ax.set_ylabel("old-domain perplexity rise, × naive's  (↑ forgets more)")
