@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from llm4all_recipes.cli import main
 from llm4all_recipes.errors import RecipeError
@@ -129,6 +131,31 @@ def test_kill_9_while_saving_resumes_to_the_same_run(tiny_model, tmp_path, refer
     assert not (tmp_path / "cpt.tmp").exists() and not (out / LOCK).exists() and not (out / MARKER).exists()
     if state != "complete":  # the broken checkpoint was moved aside, not resumed from nor deleted silently
         assert list((out / "incomplete").glob(f"checkpoint-{step}-*")) or state == "weights only"
+
+
+def test_kill_9_during_the_merge_grid_reruns_to_the_same_model(tiny_model, tmp_path):
+    """Killed halfway through the α grid (trained weights saved, one α measured): the rerun resumes from the last
+    complete checkpoint, measures the whole grid again and writes the uninterrupted run's merged model."""
+    grid = ["--merge_grid", "[0.5, 0.9]", "--merge_min_gain", "0.5"]
+    assert main(cpt_argv(tiny_model, tmp_path / "ref", *grid)) == 0
+    out = tmp_path / "cpt"
+    proc, _, _ = start_paused(cpt_argv(tiny_model, out, *grid), "merge:2", tmp_path)
+    assert (tmp_path / "cpt.tmp" / "model.safetensors").is_file()  # the trained weights, before the merge
+    kill_9(proc)
+    assert not out.exists()
+    assert main(cpt_argv(tiny_model, out, *grid)) == 0
+    metrics, ref = (json.loads((d / "metrics.json").read_text()) for d in (out, tmp_path / "ref"))
+    assert (
+        metrics["resumed_from"] == "checkpoint-6"
+        and metrics["merge_with_base"]["alpha"] == ref["merge_with_base"]["alpha"]
+    )
+    for alpha, sets in ref["merge_with_base"]["results"].items():
+        for name, want_eval in sets.items():
+            assert metrics["merge_with_base"]["results"][alpha][name]["loss"] == pytest.approx(
+                want_eval["loss"], rel=1e-5
+            )
+    got, want = (load_file(str(d / "model.safetensors")) for d in (out, tmp_path / "ref"))
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
 
 
 def test_a_second_run_into_the_same_folder_is_refused(tiny_model, tmp_path, reference, capsys):

@@ -5,6 +5,8 @@ LLM4ALL_FAULT="<step>:<phase>" makes the Trainer stop while it saves checkpoint-
   optimizer   weights, optimizer, scheduler and RNG state, but no trainer_state.json
   state       trainer_state.json half-written (truncated JSON)
   saved       the checkpoint is complete
+LLM4ALL_FAULT="merge:<n>" stops a training stage as it writes the n-th point (from 1) of its merge-with-base grid
+into the model (trained weights saved, the grid half done).
 LLM4ALL_FAULT="generate:<shard>:<phase>" stops `llm4all generate` at shard <shard>:
   part        its rows half written to shard-<shard>.jsonl.part (not renamed into place)
   written     the shard file complete, the next one not started
@@ -27,7 +29,20 @@ def _stop_here() -> None:
         time.sleep(0.05)
 
 
-if _fault and _fault.startswith("generate:"):
+if _fault and _fault.startswith("merge:"):
+    _n, _calls = int(_fault.split(":")[1]), []
+    import llm4all_recipes.merging as _m
+
+    _apply = _m.BaseInterpolation.apply
+
+    def apply(self, alpha):
+        _calls.append(alpha)
+        if len(_calls) == _n:
+            _stop_here()
+        return _apply(self, alpha)
+
+    _m.BaseInterpolation.apply = apply
+elif _fault and _fault.startswith("generate:"):
     _, _shard, _phase = _fault.split(":")
     import json
 
