@@ -27,7 +27,9 @@ def recipe_for(tiny_model, tmp_path, *argv):
 
 @pytest.mark.parametrize("share", [0.05, 0.2, 0.25])
 def test_realised_replay_share(tiny_model, tmp_path, share):
-    recipe = recipe_for(tiny_model, tmp_path, "--replay_share", str(share), "--max_length", "64")
+    recipe = recipe_for(
+        tiny_model, tmp_path, "--replay_share", str(share), "--max_length", "64", "--kl_on", "replay"
+    )
     rows, report = build_rows(recipe, load_tokenizer(str(tiny_model)))
     assert abs(report["replay_share"] - share) <= 0.02
     replay = [r for r in rows if r["replay"]]
@@ -43,7 +45,7 @@ def test_kl_on_all_tokens_flags_every_block(tiny_model, tmp_path):
 
 
 def test_kl_is_zero_when_the_model_is_the_reference(tiny_model, tmp_path):
-    recipe = recipe_for(tiny_model, tmp_path, "--kl_coef", "1", "--max_length", "64")
+    recipe = recipe_for(tiny_model, tmp_path, "--kl_coef", "1", "--max_length", "64", "--kl_on", "replay")
     tokenizer = load_tokenizer(str(tiny_model))
     rows, _ = build_rows(recipe, tokenizer)
     recipe.packing, recipe.remove_unused_columns, recipe.dataset_kwargs = (

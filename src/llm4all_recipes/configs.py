@@ -418,7 +418,9 @@ class CPTRecipe(KDArgs, TrainRecipe):
         help="Weight of the KL at the last step, linear from kl_coef in between (unset: constant kl_coef).",
     )
     kl_on: Literal["replay", "all", "new"] = arg(
-        "replay", help="Tokens the KL applies to: replay tokens, all tokens, or new-domain tokens only."
+        "all",
+        help="Tokens the KL applies to: all tokens (the best measured, docs/CONTINUED_PRETRAINING.md), replay "
+        "tokens only, or new-domain tokens only.",
     )
     merge_grid: list[float] = arg(
         factory=list,
