@@ -48,16 +48,22 @@ ARMS: dict[str, list[str]] = {
     "naive": GRID,
     "naive-slerp": [*GRID, "--merge_method", "slerp"],
     "replay": [*REPLAY, *GRID],
-    "replay-kl": [*REPLAY, *KL, *GRID],  # the shipped replay-kl.yaml before issue 15: KL on replay tokens
+    "replay-kl": [
+        *REPLAY,
+        *KL,
+        "--kl_on",
+        "replay",
+        *GRID,
+    ],  # the shipped replay-kl.yaml before issue 15: KL on replay tokens
     "replay-kl-all": [*REPLAY, *KL, "--kl_on", "all", *GRID],
-    "replay10-kl": [*REPLAY[:-1], "0.1", *KL, *GRID],
+    "replay10-kl": [*REPLAY[:-1], "0.1", *KL, "--kl_on", "replay", *GRID],
     "replay-kl-new": [*REPLAY, *KL, "--kl_on", "new"],
     "kl-all": [*KL, "--kl_on", "all"],
     "kl-all-merge": [*KL, "--kl_on", "all", *GRID],
-    "replay-kl-t2": [*REPLAY, *KL, "--kd_temperature", "2"],
-    "replay-kl3": [*REPLAY, "--kl_coef", "3"],
-    "replay-kl-decay": [*REPLAY, "--kl_coef", "2", "--kl_coef_end", "0"],
-    "replay-kl-rise": [*REPLAY, "--kl_coef", "0", "--kl_coef_end", "2"],
+    "replay-kl-t2": [*REPLAY, *KL, "--kl_on", "replay", "--kd_temperature", "2"],
+    "replay-kl3": [*REPLAY, "--kl_coef", "3", "--kl_on", "replay"],
+    "replay-kl-decay": [*REPLAY, "--kl_coef", "2", "--kl_coef_end", "0", "--kl_on", "replay"],
+    "replay-kl-rise": [*REPLAY, "--kl_coef", "0", "--kl_coef_end", "2", "--kl_on", "replay"],
     "lora": ["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32"],
     "lora-lr5e-3": ["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32", "--learning_rate", "5e-3"],
 }

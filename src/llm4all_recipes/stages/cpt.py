@@ -146,7 +146,13 @@ def run(recipe: CPTRecipe, callbacks=None):
             card=CardInfo(
                 summary=f"{model_ref(recipe.model_name_or_path)} after continued pretraining on new text"
                 + (f" with {recipe.replay_share:.0%} replay" if recipe.replay_share else "")
-                + (f" and a KL to the model before training (×{recipe.kl_coef})" if recipe.kl_active else "")
+                + (
+                    f" and a KL to the model before training (×{recipe.kl_coef}"
+                    + (f" → {recipe.kl_coef_end}" if recipe.kl_coef_end is not None else "")
+                    + f", {recipe.kl_on} tokens)"
+                    if recipe.kl_active
+                    else ""
+                )
                 + (
                     f", merged with it at α = {metrics['merge_with_base']['alpha']:g}"
                     if "merge_with_base" in metrics
