@@ -396,15 +396,17 @@ def save_trained(trainer, tmp: Path, recipe: Any, metrics: dict, merge: bool = T
     from .merging import BaseInterpolation
     from .models import load_model
 
-    if (
+    several = (
         trainer.accelerator.num_processes > 1
-    ):  # sharded weights: merge the saved full model on the main process
-        model = load_model(str(tmp), dtype=recipe.dtype)
+    )  # sharded weights: the main process merges the saved full model
     if trainer.is_world_process_zero():
+        merged = load_model(str(tmp), dtype=recipe.dtype) if several else model
         start = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
-        BaseInterpolation(model, start, recipe.merge_method).apply(alpha)
-        model.save_pretrained(str(tmp))
+        BaseInterpolation(merged, start, recipe.merge_method).apply(alpha)
+        merged.save_pretrained(str(tmp))
     trainer.accelerator.wait_for_everyone()
+    if several:  # every process returns the merged model it wrote
+        model = load_model(str(tmp), dtype=recipe.dtype)
     metrics["merge_with_base"] = {"alpha": alpha, "method": recipe.merge_method}
     return model
 
