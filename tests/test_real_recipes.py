@@ -126,6 +126,17 @@ def shrink(recipe: dict, tiny: str, hub_id: str) -> dict:
                 if key != "datasets" and key != "replay_datasets":
                     source["max_rows"] = 3  # held-out text: a few documents
     recipe.update({k: v for k, v in SMALL.items() if k in recipe})
+    explicit = [
+        k
+        for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        if k in recipe
+    ]
+    if (
+        explicit
+    ):  # prune: the real sizes exceed the tiny model's (they are checked against the real config elsewhere)
+        for k in explicit:
+            recipe.pop(k)
+        recipe["ratio"] = 0.4
     if "max_length" in recipe:
         recipe["max_length"] = 1024 if "chat_template_path" in recipe else 128
     if "num_train_epochs" in recipe or "max_steps" in recipe:
@@ -225,6 +236,18 @@ def test_readme_launch_lines_run_on_a_tiny_model_of_the_family(folder, tiny_mode
         student["model_type"] == "llm4all_lowrank"
         and student["base_config"]["model_type"] == config["model_type"]
     )
+
+
+def test_prune_dry_run_gives_minitron_4b_width_from_llama_3_1_8b(capsys):
+    """NVIDIA's Llama-3.1-Minitron-4B-Width shapes from the 8B's published config: 4.5B parameters."""
+    rc = main(["prune", "--config", "recipes/llama-3.1-8b-instruct/prune/minitron-width.yaml", "--model_name_or_path",
+               str(CONFIGS / "llama-3.1-8b-instruct"), "--dry_run", "true"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert re.search(r"hidden_size +4096 -> 3072", out) and re.search(
+        r"intermediate_size +14336 -> 9216", out
+    )
+    assert "# model: 8,030,261,248 -> 4,512,746,496 parameters (43.8% removed" in out
 
 
 MESSAGES = [{"role": "system", "content": "Tu es le SAMU."}, {"role": "user", "content": "Bonjour"},

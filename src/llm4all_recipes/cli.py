@@ -22,6 +22,7 @@ stages (recipes/<model>/<stage>/<variant>.yaml):
   compress         SVD-family low-rank initialisation of the decoder's linear layers, layer by layer
   feature-distill  Lillama: heal a low-rank model block by block against its original
   export-dense     multiply a low-rank checkpoint's factors out into a plain one
+  prune            structured pruning (neurons, GQA groups, channels, blocks) to a smaller standard config
   merge            weighted average of checkpoints of one architecture (WiSE-FT with the base)
   cache-teacher    run a teacher once, store its top-k log-probs per token
   kd               logit distillation (TRL), online teacher or cache

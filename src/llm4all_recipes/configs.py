@@ -358,6 +358,12 @@ class KDRecipe(KDArgs, TrainRecipe):
         None, help="A .jinja chat template (messages), or a shipped name (chatml)."
     )
 
+    kd_hidden_coef: float = arg(
+        0.0,
+        help="Weight of a hidden-state loss added to the logit loss: Σ ‖s − t‖²/‖t‖² between each student block's "
+        "output and its teacher block's (a pruned student: the kept blocks and channels of its pruning_config), "
+        "mean over blocks. Needs an online teacher. 0: logits only.",
+    )
     trainable: Literal["auto", "all", "factors", "factors+norms", "lora"] = arg("auto", help=TRAINABLE_HELP)
     keep_best: bool | None = arg(None, help=KEEP_BEST_HELP + " Default: on when eval_datasets are given.")
 
@@ -383,6 +389,12 @@ class KDRecipe(KDArgs, TrainRecipe):
         super().check(static)
         self.check_kd()
         _positive(self, "perplexity_max_length")
+        if self.kd_hidden_coef < 0:
+            raise RecipeError(f"must be >= 0, got {self.kd_hidden_coef}", key="kd_hidden_coef")
+        if self.kd_hidden_coef and self.teacher_cache:
+            raise RecipeError(
+                "the hidden-state loss needs an online teacher, not a teacher_cache", key="kd_hidden_coef"
+            )
 
     def check_data(self, static: bool) -> None:
         if not self.teacher_cache:
@@ -1097,6 +1109,62 @@ class FeatureDistillRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
 
 
 @dataclass
+class PruneRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
+    """`llm4all prune`: structured pruning to a smaller config of the same architecture (Minitron, ShortGPT)."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ("text",)
+    SIZES: typing.ClassVar[tuple[str, ...]] = (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    )  # fmt: skip
+
+    hub_model_id: str | None = arg(None, help="<namespace>/<name> of the published checkpoint.")
+    ratio: float | None = arg(
+        None,
+        help="Fraction of the whole model's parameters to remove, in (0, 1): every axis in `axes` shrinks by the "
+        "same fraction, the largest that removes at least this much. Or give explicit sizes instead.",
+    )
+    axes: list[Literal["mlp", "heads", "embedding", "depth"]] = arg(
+        factory=lambda: ["mlp", "embedding"],
+        help="What `ratio` shrinks: mlp (neurons, intermediate_size), heads (whole key/value groups), embedding "
+        "(residual channels, hidden_size), depth (whole blocks). Default: Minitron's width pruning (mlp + embedding).",
+    )
+    hidden_size: int | None = arg(None, help="Explicit size: residual (embedding) channels kept.")
+    intermediate_size: int | None = arg(None, help="Explicit size: MLP neurons kept per block.")
+    num_hidden_layers: int | None = arg(None, help="Explicit size: decoder blocks kept.")
+    num_attention_heads: int | None = arg(
+        None,
+        help="Explicit size: query heads kept per block, a multiple of the queries per key/value head (GQA groups "
+        "are kept whole).",
+    )
+    depth_importance: Literal["block_influence", "perplexity"] = arg(
+        "block_influence",
+        help="How blocks are ranked: block_influence (ShortGPT: 1 − cos(input, output), streamed) or perplexity "
+        "(the calibration perplexity with the block skipped; the whole model runs on `device`).",
+    )
+    size_multiple: int = arg(
+        8, help="`ratio`: round hidden_size and intermediate_size down to a multiple (64 or 128 on GPUs)."
+    )
+
+    def check(self, static: bool) -> None:
+        check_model(self.model_name_or_path, static, "the model to prune", weights=not self.dry_run)
+        explicit = [k for k in self.SIZES if getattr(self, k) is not None]
+        if self.ratio is None and not explicit:
+            raise RecipeError(
+                "required: a `ratio` or explicit sizes (" + ", ".join(self.SIZES) + ")", key="ratio"
+            )
+        if self.ratio is not None and explicit:
+            raise RecipeError(f"give either `ratio` or explicit sizes, not both ({explicit[0]})", key="ratio")
+        if self.ratio is not None and not 0 < self.ratio < 1:
+            raise RecipeError(f"must be in (0, 1), got {self.ratio}", key="ratio")
+        if not self.axes:
+            raise RecipeError("required: at least one of mlp, heads, embedding, depth", key="axes")
+        _positive(self, "size_multiple", *self.SIZES)
+        self.check_calibration(static)
+        check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
+
+
+@dataclass
 class ExportDenseRecipe(ModelArgs, StageArgs):
     """`llm4all export-dense`: multiply a low-rank checkpoint's factors out into a plain checkpoint."""
 
@@ -1248,6 +1316,7 @@ RECIPES: dict[str, type] = {
     "compress": CompressRecipe,
     "feature-distill": FeatureDistillRecipe,
     "export-dense": ExportDenseRecipe,
+    "prune": PruneRecipe,
     "merge": MergeRecipe,
     "cache-teacher": CacheTeacherRecipe,
     "kd": KDRecipe,

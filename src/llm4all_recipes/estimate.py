@@ -44,7 +44,17 @@ GPUS = {
 }
 GENERATE_ROWS = 1000  # generate's time is given per this many rows (the input's length is not in the recipe)
 DEFAULT_MFU = 0.35
-STAGE_ORDER = ("compress", "feature-distill", "cache-teacher", "kd", "generate", "cpt", "sft", "eval")
+STAGE_ORDER = (
+    "compress",
+    "prune",
+    "feature-distill",
+    "cache-teacher",
+    "kd",
+    "generate",
+    "cpt",
+    "sft",
+    "eval",
+)
 # H200 measurements at Llama-3.1-8B layer shapes (benchmarks/scale.py): compress 26.0 s per layer for 256 x 2048
 # calibration tokens; feature distillation 30,587 tokens/s per block.
 _REF_LAYER_PARAMS = 4096 * (4096 + 1024 + 1024 + 4096) + 3 * 4096 * 14336
@@ -140,10 +150,52 @@ def model_size(path: str, base_config: str | None = None, _seen: tuple = ()) -> 
             key="model_name_or_path",
         )
     stage, recipe = _parse(recipe_path)
+    if not getattr(
+        recipe, "model_name_or_path", None
+    ):  # tiny-model: built from a config, read once it exists
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return _base_size(path, base_config)
+        raise RecipeError(f"{path} does not exist yet: run {recipe_path} first", key="model_name_or_path")
     parent = model_size(recipe.model_name_or_path, base_config, (*_seen, recipe_path))
+    if stage == "prune":
+        return _pruned(recipe, parent, path)
     if stage != "compress":  # training stages keep the architecture (LoRA adapters are merged)
         return dataclasses.replace(parent, name=path)
     return _compressed(recipe, parent, path)
+
+
+def _pruned(recipe, dense: ModelSize, path: str) -> ModelSize:
+    """A prune recipe's output: the same architecture with the sizes it solves for (from the config alone)."""
+    from .compression import pruning as P
+    from .compression.calibration import decoder_layers
+    from .stages.prune import target_sizes
+
+    config = P.pruned_config(dense.config, target_sizes(recipe, dense.config))
+    model = _skeleton(config)
+    _, layers = decoder_layers(model)
+    return ModelSize(path, config, sum(p.numel() for p in model.parameters()),
+                     max(sum(p.numel() for p in layer.parameters()) for layer in layers))  # fmt: skip
+
+
+def _estimate_prune(recipe, name, base_config, speed) -> "Estimate":
+    """Forward passes only: the calibration windows once through the model (one layer on the device), plus once
+    per block with the perplexity criterion (then the whole model on the device)."""
+    dense = model_size(recipe.model_name_or_path, base_config)
+    after = _pruned(recipe, dense, name)
+    wb = _bytes(recipe.dtype, dense.config)
+    tokens = recipe.num_calibration_samples * recipe.calibration_seq_len
+    whole = (
+        recipe.depth_importance == "perplexity"
+        and after.config.num_hidden_layers < dense.config.num_hidden_layers
+    )
+    passes = 1 + (dense.config.num_hidden_layers + 1 if whole else 0)
+    acts = _activations(dense.config, recipe.calibration_batch_size, recipe.calibration_seq_len, False, wb)
+    device = (dense.params if whole else dense.layer_params) * wb + acts // max(
+        dense.config.num_hidden_layers, 1
+    )
+    hours = 2 * dense.params * tokens * passes / speed / 3600
+    return Estimate(name, "prune", recipe.model_name_or_path, after.params, None, device, tokens, hours,
+                    "whole model on the device (perplexity per block)" if whole else "one layer at a time")  # fmt: skip
 
 
 def _compressed(recipe, dense: ModelSize, path: str) -> ModelSize:
@@ -208,6 +260,8 @@ def estimate(recipe_path: Path, *, gpus: int = 1, gpu: str = "h100", mfu: float 
     name = str(recipe_path)
     if stage == "compress":
         return _estimate_compress(recipe, name, base_config, tflops)
+    if stage == "prune":
+        return _estimate_prune(recipe, name, base_config, tflops * mfu)
     if stage == "feature-distill":
         student = model_size(recipe.model_name_or_path, base_config)
         wb = _bytes(recipe.dtype, student.config)

@@ -45,7 +45,7 @@ def skeleton(recipe):
         ) from None
     if config.model_type == MODEL_TYPE:
         raise RecipeError(
-            "this model is already low-rank: compress its base model (or export-dense it first)",
+            "this model is already low-rank: start from its base model (or export-dense it first)",
             key="model_name_or_path",
         )
     with torch.device("meta"):

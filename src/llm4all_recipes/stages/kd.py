@@ -70,6 +70,8 @@ def run(recipe: KDRecipe, callbacks=None):
         if teacher_tok.get_vocab() != tokenizer.get_vocab():
             raise RecipeError("the teacher and the student have different tokenizers (logit distillation needs the same "
                               "vocabulary)", key="teacher_model_name_or_path")  # fmt: skip
+    if recipe.kd_hidden_coef:
+        check_hidden_pairs(recipe)
     collator, report = None, []
     if recipe.teacher_cache:
         cache, train, collator = open_cache(recipe, tokenizer)
@@ -142,7 +144,7 @@ def run(recipe: KDRecipe, callbacks=None):
             eval_datasets=text_eval_rows(perplexity_sets, tokenizer, recipe.max_length) if recipe.keep_best else {},
             peft_config=lora_config(recipe) if recipe.use_peft else None, callbacks=callbacks, data_collator=collator,
             teacher_model=None if recipe.teacher_cache else teacher, kd_loss=recipe.kd_loss, kd_beta=recipe.kd_beta,
-            kd_temperature=recipe.kd_temperature, kd_alpha=recipe.kd_alpha,
+            kd_temperature=recipe.kd_temperature, kd_alpha=recipe.kd_alpha, kd_hidden_coef=recipe.kd_hidden_coef,
         )  # fmt: skip
         healed = save_trained(trainer, tmp, recipe, metrics)
         after = held_out_perplexities(
@@ -175,6 +177,21 @@ def run(recipe: KDRecipe, callbacks=None):
     return metrics
 
 
+def check_hidden_pairs(recipe: KDRecipe) -> None:
+    """The hidden-state loss's block map, from the two configs (before any weights load)."""
+    from transformers import AutoConfig
+
+    from ..paths import local_hub_copy
+    from ..trainers.kd import hidden_pairs
+
+    student, teacher = (AutoConfig.from_pretrained(local_hub_copy(p))
+                        for p in (recipe.model_name_or_path, recipe.teacher_model_name_or_path))  # fmt: skip
+    try:
+        hidden_pairs(student.to_base_config() if hasattr(student, "to_base_config") else student, teacher)
+    except ValueError as exc:
+        raise RecipeError(str(exc), key="kd_hidden_coef") from None
+
+
 def distillation_md(recipe: KDRecipe, metrics: dict) -> str:
     teacher = model_ref(recipe.teacher_model_name_or_path)
     source = (
@@ -189,7 +206,12 @@ def distillation_md(recipe: KDRecipe, metrics: dict) -> str:
         f"- loss: `{recipe.kd_loss}`"
         + (f" (β = {recipe.kd_beta})" if recipe.kd_loss == "jsd" else "")
         + f", temperature τ = {recipe.kd_temperature} (× τ²), α = {recipe.kd_alpha} (weight of the cross-entropy), on "
-        + ("assistant tokens" if recipe.data_format == "messages" else "every token"),
+        + ("assistant tokens" if recipe.data_format == "messages" else "every token")
+        + (
+            f"; plus {recipe.kd_hidden_coef} × the hidden-state loss of the kept blocks"
+            if recipe.kd_hidden_coef
+            else ""
+        ),
         f"- {metrics['train']['global_step']} steps, learning rate {recipe.learning_rate}, tokens seen "
         f"{int(metrics['train'].get('num_tokens') or 0):,}",
         *training_facts_md(metrics),

@@ -20,16 +20,39 @@ import torch
 from trl import SFTTrainer
 
 from ..data.packing import StackCollator
-from .losses import cross_entropy, distillation_loss
+from .losses import cross_entropy, distillation_loss, hidden_state_loss
+
+
+def hidden_pairs(student_config, teacher_config) -> tuple[list[tuple[int, int]], list[int] | None]:
+    """([(student hidden-state index, teacher index)], teacher channels kept) for the hidden-state loss: a student
+    pruned from the teacher maps its block j to the teacher's kept_layers[j] (pruning_config), another student
+    needs the teacher's depth and width. The last blocks are left out: their hidden state is after the final norm."""
+    pruning = getattr(student_config, "pruning_config", None) or {}
+    n_s, n_t = student_config.num_hidden_layers, teacher_config.num_hidden_layers
+    kept = pruning.get("kept_layers") or list(range(n_s))
+    channels = pruning.get("kept_channels")
+    width = len(channels) if channels else teacher_config.hidden_size
+    if len(kept) != n_s or max(kept) >= n_t or student_config.hidden_size != width:
+        raise ValueError(
+            "kd_hidden_coef needs a student pruned from this teacher (its pruning_config maps blocks and channels), "
+            f"or one with the teacher's depth and width ({n_s} vs {n_t} blocks, hidden size "
+            f"{student_config.hidden_size} vs {width})"
+        )
+    return [(j + 1, kept[j] + 1) for j in range(n_s - 1) if kept[j] < n_t - 1], channels
 
 
 class KDTrainer(SFTTrainer):
     """SFTTrainer whose loss is α·CE + (1−α)·τ²·D(teacher ‖ student) on the trained tokens."""
 
     def __init__(self, *args, teacher_model=None, kd_loss: str = "forward_kl", kd_beta: float = 0.5,
-                 kd_temperature: float = 1.0, kd_alpha: float = 0.0, **kwargs):  # fmt: skip
+                 kd_temperature: float = 1.0, kd_alpha: float = 0.0, kd_hidden_coef: float = 0.0,
+                 **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.kd = {"loss": kd_loss, "beta": kd_beta, "temperature": kd_temperature, "alpha": kd_alpha}
+        self.hidden_coef = kd_hidden_coef
+        if kd_hidden_coef:
+            self.hidden_pairs, channels = hidden_pairs(self.model.config, teacher_model.config)
+            self.hidden_channels = None if channels is None else torch.tensor(channels)
         self.vocab_size = len(self.processing_class)
         self.teacher = None
         if teacher_model is not None:
@@ -65,6 +88,8 @@ class KDTrainer(SFTTrainer):
         labels = inputs["labels"]
         forward = {k: v for k, v in inputs.items() if k != "labels"}
         forward["use_cache"] = False
+        if self.hidden_coef:
+            forward["output_hidden_states"] = True
         outputs = model(**forward)
         student = outputs.logits[:, :-1, : self.vocab_size]
         targets = labels[:, 1:]
@@ -78,9 +103,17 @@ class KDTrainer(SFTTrainer):
             if self.teacher is None:
                 raise ValueError("KDTrainer needs a teacher_model, or batches from a teacher cache")
             with torch.no_grad():
-                teacher = {"teacher_logits": self.teacher(**forward).logits[:, :-1, : self.vocab_size]}
+                teacher_out = self.teacher(**forward)
+            teacher = {"teacher_logits": teacher_out.logits[:, :-1, : self.vocab_size]}
         loss = distillation_loss(student, mask, labels=targets, num_items=num_items_in_batch, **teacher,
                                  **{k: v for k, v in self.kd.items()})  # fmt: skip
+        if self.hidden_coef and self.hidden_pairs:
+            channels = None if self.hidden_channels is None else self.hidden_channels.to(student.device)
+            loss = loss + self.hidden_coef * hidden_state_loss(
+                [outputs.hidden_states[s][:, :-1] for s, _ in self.hidden_pairs],
+                [teacher_out.hidden_states[t][:, :-1] for _, t in self.hidden_pairs],
+                mask, channels, num_items=num_items_in_batch,
+            )  # fmt: skip
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
         if "attention_mask" in inputs:

@@ -106,6 +106,24 @@ def distillation_loss(
     return total / _denominator(num_items, mask, total)
 
 
+def hidden_state_loss(
+    student: list[torch.Tensor],
+    teacher: list[torch.Tensor],
+    mask: torch.Tensor,
+    channels: torch.Tensor | None = None,
+    num_items=None,
+) -> torch.Tensor:
+    """Mean over layer pairs of Σ over the masked tokens of ‖s − t‖² / ‖t‖² (the teacher's residual stream
+    restricted to `channels`, the ones a width-pruned student kept), normalised like `distillation_loss`."""
+    mask = mask.bool()
+    total = student[0].new_zeros((), dtype=torch.float32)
+    for s, t in zip(student, teacher, strict=True):
+        t = (t if channels is None else t.index_select(-1, channels))[mask].float()
+        s = s[mask].float()
+        total = total + ((s - t).pow(2).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-6)).sum()
+    return total / len(student) / _denominator(num_items, mask, total)
+
+
 def cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, num_items=None
 ) -> torch.Tensor:

@@ -1,0 +1,229 @@
+"""Pruning benchmark: structured pruning + KD against SVD-whitening + Lillama + KD at equal parameter count.
+
+    OMP_NUM_THREADS=1 python benchmarks/pruning.py --model outputs/bench/french-bench \
+        --data benchmarks/data/manpages-fr --removed 0.2 0.4 [--arms width mlp depth-bi ...] [--jobs 2] [--write-docs]
+
+For each share of the whole model to remove and each arm, through the `llm4all` CLI with the shipped recipes
+(only model, data and the arm's keys overridden):
+- prune arms: `prune` (recipes/tiny-llama/prune/width-20.yaml, `--ratio` = the share, the arm's axes and depth
+  criterion), then `kd` (recipes/tiny-llama/kd/heal.yaml, the original as teacher);
+- `svd`: `compress` (recipes/tiny-llama/compress/whitening-60.yaml, its ratio of the targeted linear parameters
+  set so that the same share of the whole model goes), `feature-distill`
+  (recipes/tiny-llama/feature-distill/whitening-60.yaml), `kd` (the same recipe and budget).
+Then, one model at a time in this process: forward latency of one 256-token window (batch 1) and greedy decode
+speed (128 new tokens after 16, KV cache), dense vs each model (the pruned model before healing has the healed
+model's shapes). Held-out perplexity: old_eval (the domain the model knows; calibration and KD text is
+old_train) and new_eval. Outputs under outputs/bench/pruning/ are reused by a rerun. Results:
+benchmarks/results/pruning.json; with --write-docs, the `pruning` section of docs/BENCHMARKS.md.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from report import add_docs_flag, command_line, machine, write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "pruning.json"
+OUT = Path("outputs/bench/pruning")
+PRUNE = "recipes/tiny-llama/prune/width-20.yaml"
+COMPRESS = "recipes/tiny-llama/compress/whitening-60.yaml"
+FD = "recipes/tiny-llama/feature-distill/whitening-60.yaml"
+KD = "recipes/tiny-llama/kd/heal.yaml"
+
+# arm -> (prune overrides, or None for the SVD chain; kd overrides)
+ARMS: dict[str, tuple[list[str] | None, list[str]]] = {
+    "width": (["--axes", '["mlp", "embedding"]'], []),  # Minitron's width pruning (the recipe's default)
+    "mlp": (["--axes", '["mlp"]'], []),
+    "mlp+heads": (["--axes", '["mlp", "heads"]'], []),
+    "depth-bi": (["--axes", '["depth"]', "--depth_importance", "block_influence"], []),
+    "depth-ppl": (["--axes", '["depth"]', "--depth_importance", "perplexity"], []),
+    "depth-bi+hidden": (
+        ["--axes", '["depth"]', "--depth_importance", "block_influence"],
+        ["--kd_hidden_coef", "1"],
+    ),
+    "width+hidden": (["--axes", '["mlp", "embedding"]'], ["--kd_hidden_coef", "1"]),
+    "svd": (None, []),  # compress (whitening) -> feature-distill -> kd
+}
+
+
+def cli(stage: str, argv: list[str], out: Path) -> dict:
+    """`llm4all <stage>` in a subprocess (one thread) unless its output exists; its metrics."""
+    if not (ROOT / out / "metrics.json").is_file():
+        log = (ROOT / out).with_suffix(".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        binary = str(Path(sys.executable).with_name("llm4all"))
+        cmd = [binary, stage, *argv, "--output_dir", str(out), "--push_to_hub", "false"]
+        start = time.perf_counter()
+        with log.open("w") as f:
+            rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        if rc != 0:
+            raise SystemExit(f"{stage} -> {out} failed (rc {rc}): see {log}")
+        (ROOT / out / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
+    return json.loads((ROOT / out / "metrics.json").read_text())
+
+
+def svd_ratio(model: str, share: float) -> float:
+    """compress's ratio (of the targeted linear parameters) that removes `share` of the whole model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model))
+    total = sum(p.numel() for p in m.parameters())
+    linear = sum(mod.weight.numel() for name, mod in m.named_modules()
+                 if isinstance(mod, torch.nn.Linear) and ".layers." in name)  # fmt: skip
+    return round(share * total / linear, 4)
+
+
+def run_arm(arm: str, share: float, model: str, data: Path) -> dict:
+    sources = ["--datasets", json.dumps([str(data / "old_train.jsonl")]),
+               "--eval_datasets", json.dumps([str(data / "old_eval.jsonl"), str(data / "new_eval.jsonl")])]  # fmt: skip
+    prune_over, kd_over = ARMS[arm]
+    root = OUT / f"r{round(share * 100)}" / arm
+    row: dict = {"arm": arm, "removed_target": share}
+    if prune_over is None:
+        ratio = svd_ratio(model, share)
+        c = cli("compress", ["--config", COMPRESS, "--model_name_or_path", model, "--ratio", str(ratio), *sources],
+                root / "compress")  # fmt: skip
+        fd = cli("feature-distill", ["--config", FD, "--model_name_or_path", str(root / "compress"), *sources],
+                 root / "fd")  # fmt: skip
+        row.update(removed=c["compression"]["model_fraction_removed"], parameters=c["parameters"],
+                   before=c["eval_before"], pruned=c["eval"], fd=fd["eval"], fd_tokens=fd["text_tokens"],
+                   compress_ratio=ratio, student=str(root / "fd"), shapes=str(root / "compress"))  # fmt: skip
+    else:
+        p = cli("prune", ["--config", PRUNE, "--model_name_or_path", model, "--ratio", str(share), *prune_over,
+                          *sources], root / "prune")  # fmt: skip
+        row.update(removed=p["pruning"]["model_fraction_removed"], parameters=p["parameters"],
+                   before=p["eval_before"], pruned=p["eval"], sizes=p["pruning"]["sizes_after"],
+                   kept_layers=p["kept_layers"], student=str(root / "prune"), shapes=str(root / "prune"))  # fmt: skip
+    kd = cli("kd", ["--config", KD, "--model_name_or_path", row["student"], "--teacher_model_name_or_path", model,
+                    *sources, *kd_over], root / "kd")  # fmt: skip
+    row.update(healed=kd["eval"], kd_tokens=kd["train"]["num_tokens"], kd_kept=kd["train"].get("kept"),
+               command=shlex.join(["llm4all", "...", *kd_over]))  # fmt: skip
+    return row
+
+
+def speed(path: str) -> dict:
+    """Median forward ms of a 256-token window (batch 1) and greedy decode tokens/s (128 after 16)."""
+    import torch
+
+    from llm4all_recipes.models import load_model
+
+    model = load_model(path).eval()
+    vocab = model.config.vocab_size if hasattr(model.config, "vocab_size") else 1000
+    gen = torch.Generator().manual_seed(0)
+    window = torch.randint(4, vocab, (1, 256), generator=gen)
+    prompt = window[:, :16]
+    times = []
+    with torch.no_grad():
+        for i in range(23):
+            start = time.perf_counter()
+            model(input_ids=window, use_cache=False)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+        rates = []
+        for _ in range(3):
+            start = time.perf_counter()
+            out = model.generate(input_ids=prompt, max_new_tokens=128, min_new_tokens=128, do_sample=False,
+                                 use_cache=True, pad_token_id=0)  # fmt: skip
+            rates.append((out.shape[1] - 16) / (time.perf_counter() - start))
+    return {"forward_ms": 1000 * statistics.median(times), "decode_tok_s": statistics.median(rates)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="outputs/bench/french-bench", help="the dense model (a folder)")
+    parser.add_argument(
+        "--data", default="benchmarks/data/manpages-fr", help="old_train/old_eval/new_eval.jsonl"
+    )
+    parser.add_argument("--removed", type=float, nargs="+", default=[0.2, 0.4], help="shares of the model")
+    parser.add_argument("--arms", nargs="+", default=["width", "mlp", "depth-bi", "depth-ppl", "svd"],
+                        choices=sorted(ARMS))  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=2, help="arms run in parallel (one thread each)")
+    parser.add_argument("--no-speed", action="store_true", help="skip the latency measures")
+    add_docs_flag(parser)
+    args = parser.parse_args()
+
+    old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": [], "speed": {}}
+    rows = {(r["removed_target"], r["arm"]): r for r in old["rows"]}
+    jobs = [(arm, share) for share in args.removed for arm in args.arms]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for row in pool.map(lambda job: run_arm(*job, args.model, Path(args.data)), jobs):
+            row["command"] = command_line()
+            rows[(row["removed_target"], row["arm"])] = row
+            print(json.dumps({k: row[k] for k in ("arm", "removed_target", "removed")}), flush=True)
+    speeds = old.get("speed", {})
+    if not args.no_speed:
+        import torch
+
+        torch.set_num_threads(1)
+        for path in [args.model, *dict.fromkeys(r["shapes"] for r in rows.values())]:
+            speeds[path] = speed(path)
+            print(path, speeds[path], flush=True)
+    ordered = sorted(rows.values(), key=lambda r: (r["removed_target"], list(ARMS).index(r["arm"])))
+    results = {"commands": list(dict.fromkeys(r["command"] for r in ordered)), "machine": machine(),
+               "model": args.model, "data": args.data, "rows": ordered, "speed": speeds}  # fmt: skip
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    if args.write_docs:
+        write_section("pruning", report(results))
+
+
+def report(results: dict) -> str:
+    speeds = results["speed"]
+    dense = speeds.get(results["model"], {})
+    first = results["rows"][0]
+    lines = [
+        "## Pruning: structured pruning + KD vs SVD-whitening + Lillama + KD, at equal parameter count",
+        "",
+        "```bash",
+        *results["commands"],
+        "```",
+        "",
+        f"{results['machine']}. Model `{results['model']}` (dense held-out perplexity "
+        f"{first['before']['old_eval']['perplexity']:.2f} old / {first['before']['new_eval']['perplexity']:.2f} new), "
+        f"data `{results['data']}`. Perplexity on old_eval (new_eval in brackets). Every arm is healed by the same "
+        "`kd` recipe and budget (recipes/tiny-llama/kd/heal.yaml, the original as teacher); the SVD chain also runs "
+        "feature distillation first (its tokens per block added). Latency: one thread, median; forward = one "
+        "256-token window, batch 1; decode = greedy, 128 tokens after 16, KV cache.",
+        "",
+        "| removed | arm | sizes | after pruning | + FD | + KD | KD kept | tokens | forward ms | decode tok/s |",
+        "|---:|---|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    if dense:
+        lines.append(f"| 0 % | dense | - | {first['before']['old_eval']['perplexity']:.2f} | - | - | - | - | "
+                     f"{dense['forward_ms']:.1f} | {dense['decode_tok_s']:.0f} |")  # fmt: skip
+
+    def ppl(v):
+        return f"{v['old_eval']['perplexity']:.2f} ({v['new_eval']['perplexity']:.1f})"
+
+    for r in results["rows"]:
+        s = speeds.get(r["shapes"], {})
+        sizes = (f"low-rank, compress ratio {r['compress_ratio']}" if r["arm"] == "svd" else
+                 ", ".join(f"{k.replace('num_', '').replace('_size', '')} {v}" for k, v in r["sizes"].items()))  # fmt: skip
+        tokens = r["kd_tokens"] + r.get("fd_tokens", 0)
+        lines.append(
+            f"| {r['removed']:.1%} | {r['arm']} | {sizes} | {ppl(r['pruned'])} | {ppl(r['fd']) if 'fd' in r else '-'} "
+            f"| {ppl(r['healed'])} | {r['kd_kept'] or '-'} | {tokens:,} | "
+            f"{s.get('forward_ms', float('nan')):.1f} | {s.get('decode_tok_s', float('nan')):.0f} |"
+        )
+    lines += ["", "| arm | prune keys | kd keys |", "|---|---|---|"]
+    for arm in dict.fromkeys(r["arm"] for r in results["rows"]):
+        prune_over, kd_over = ARMS[arm]
+        lines.append(f"| {arm} | {' '.join(prune_over) if prune_over else 'compress + feature-distill'} | "
+                     f"{' '.join(kd_over) or '-'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

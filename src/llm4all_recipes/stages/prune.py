@@ -1,0 +1,210 @@
+"""Structured pruning to a standard, smaller config of the same architecture (Minitron width, ShortGPT depth).
+
+    llm4all prune --config recipes/tiny-llama/prune/width-20.yaml
+    llm4all prune --config ... --dry_run true   # sizes and parameters before/after; no weights, no calibration
+
+Importance from calibration activations, streamed one decoder layer at a time (compression/pruning.py). The
+output is a plain `save_pretrained` checkpoint of the base model's class (no remote code: vLLM, TGI and
+llama.cpp serve it) with a `pruning_config` in its config.json; heal it with `llm4all kd` from the original.
+"""
+
+import logging
+
+from ..cards import CardInfo, model_ref, perplexity_results
+from ..configs import PruneRecipe
+from ..errors import RecipeError
+from ..evaluation.perplexity import corpus_ids, held_out_perplexities
+from ..hub import publish_stage_output
+from ..models import load_model, load_tokenizer, resolve_device
+from ..outputs import finish, staged_output
+from ..tracking import Trackers
+from ..training import load_data
+from .compress import skeleton
+
+logger = logging.getLogger(__name__)
+
+NOTE = (
+    "A pruned model has lost capabilities its parameters carried: heal it by distillation from the model it "
+    "was pruned from (`llm4all kd`, the original as teacher) before using it. It is a standard checkpoint of "
+    "the base architecture: plain transformers, vLLM and TGI load it as they are."
+)
+
+
+def target_sizes(recipe: PruneRecipe, config) -> dict[str, int]:
+    """The pruned sizes: explicit ones checked against the model, or solved from `ratio` on `axes`."""
+    from ..compression import pruning as P
+
+    before = P.sizes_of(config)
+    rep = config.num_attention_heads // config.num_key_value_heads
+    if recipe.ratio is not None:
+        try:
+            return P.sizes_for_ratio(config, recipe.ratio, list(recipe.axes), recipe.size_multiple)
+        except ValueError as exc:
+            raise RecipeError(str(exc), key="ratio") from None
+    sizes = dict(before)
+    for key in recipe.SIZES:
+        value = getattr(recipe, key)
+        if value is None:
+            continue
+        if value > before[key]:
+            raise RecipeError(f"{value} is more than the model's {before[key]}", key=key)
+        if key == "num_attention_heads" and value % rep:
+            raise RecipeError(
+                f"must be a multiple of {rep} (the query heads per key/value head: GQA groups are kept whole)",
+                key=key,
+            )
+        sizes[key] = value
+    return sizes
+
+
+def facts_of(config, sizes: dict[str, int]) -> dict:
+    from ..compression import pruning as P
+
+    before = P.parameter_count(config)
+    after = P.parameter_count(P.pruned_config(config, sizes))
+    return {
+        "sizes_before": P.sizes_of(config),
+        "sizes_after": dict(sizes),
+        "model_params_before": before,
+        "model_params_after": after,
+        "model_fraction_removed": round(1 - after / before, 4),
+    }
+
+
+def print_plan(recipe: PruneRecipe, facts: dict) -> None:
+    print(f"# llm4all prune --dry_run: {recipe.model_name_or_path}")
+    for key, old in facts["sizes_before"].items():
+        new = facts["sizes_after"][key]
+        print(f"{key:<22} {old:>8} -> {new:<8}{'' if new == old else f' ({1 - new / old:.1%} removed)'}")
+    print(f"# model: {facts['model_params_before']:,} -> {facts['model_params_after']:,} parameters "
+          f"({facts['model_fraction_removed']:.1%} removed; target {recipe.ratio if recipe.ratio else 'explicit sizes'})")  # fmt: skip
+
+
+def run(recipe: PruneRecipe, callbacks=None):
+    from ..compression import pruning as P
+    from ..compression.calibration import calibration_ids
+
+    # 1. Sizes from the config alone (no weights, no data).
+    config = skeleton(recipe).config
+    try:
+        P.check_supported(config)
+    except ValueError as exc:
+        raise RecipeError(str(exc), key="model_name_or_path") from None
+    sizes = target_sizes(recipe, config)
+    facts = facts_of(config, sizes)
+    if recipe.dry_run:
+        print_plan(recipe, facts)
+        return facts
+
+    # 2. Calibration windows and held-out text, then the model.
+    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
+    calib, evals, data_report = load_data(recipe, tokenizer)
+    if not any(text.strip() for text in calib["text"]):
+        raise RecipeError("the calibration set is empty (no text)", key="datasets")
+    try:
+        ids = calibration_ids(corpus_ids(tokenizer, calib["text"]), recipe.num_calibration_samples,
+                              recipe.calibration_seq_len, recipe.seed)  # fmt: skip
+    except ValueError as exc:
+        raise RecipeError(str(exc), key="calibration_seq_len") from None
+    with staged_output(recipe, "prune") as tmp:
+        model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+        device = resolve_device(recipe.device)
+        before = held_out_perplexities(
+            model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="dense"
+        )
+
+        # 3. Importance (one streamed pass; the perplexity of each block's removal only when depth is pruned
+        # by it), then the kept indices and the sliced model.
+        importance = P.measure(model, ids, device=device, batch_size=recipe.calibration_batch_size)
+        depth_scores = importance.block_influence
+        deeper = sizes["num_hidden_layers"] < config.num_hidden_layers
+        if deeper and recipe.depth_importance == "perplexity":
+            _, importance.perplexity_drop = P.perplexity_drop(
+                model, ids, device=device, batch_size=recipe.calibration_batch_size
+            )
+            depth_scores = importance.perplexity_drop
+        plan = P.Plan.choose(importance, config, sizes, depth_scores)
+        pruned = P.build_pruned(model, plan, sizes)
+        del model
+        pruned.config.pruning_config = {
+            "method": "minitron-width" if not deeper else ("depth" if sizes_only_depth(facts) else "width+depth"),
+            "ratio": recipe.ratio,
+            "axes": list(recipe.axes) if recipe.ratio is not None else None,
+            "model_fraction_removed": facts["model_fraction_removed"],
+            "sizes_before": facts["sizes_before"],
+            "depth_importance": recipe.depth_importance if deeper else None,
+            "kept_layers": plan.layers,
+            "kept_channels": plan.channels if sizes["hidden_size"] < config.hidden_size else None,
+            "base_model": recipe.model_name_or_path,
+            "calibration": {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
+                            "seq_len": recipe.calibration_seq_len, "seed": recipe.seed},
+        }  # fmt: skip
+        after = held_out_perplexities(
+            pruned, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="pruned"
+        )
+        trackers = Trackers(recipe, "prune", tmp)
+        trackers.log({"model_fraction_removed": facts["model_fraction_removed"],
+                      "parameters": facts["model_params_after"]})  # fmt: skip
+        trackers.log_perplexities(before, after)
+        trackers.close()
+        metrics = {"pruning": facts, "importance": {"block_influence": importance.block_influence,
+                   "perplexity_drop": importance.perplexity_drop}, "kept_layers": plan.layers,
+                   "eval_before": before, "eval": after, "data": data_report,
+                   "parameters": facts["model_params_after"]}  # fmt: skip
+
+        # 4. A plain checkpoint of the base class + card, then publish.
+        pruned.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        finish(
+            tmp,
+            stage="prune",
+            recipe=recipe,
+            metrics=metrics,
+            parent=recipe.model_name_or_path,
+            card=CardInfo(
+                summary=f"{model_ref(recipe.model_name_or_path)} structurally pruned to a smaller "
+                f"{config.model_type} config: {facts['model_fraction_removed']:.0%} of its parameters removed "
+                f"({sizes_md(facts)}).",
+                training=pruning_md(recipe, facts, plan, before, after),
+                results=perplexity_results(after, recipe.eval_datasets, recipe.perplexity_max_length),
+                data_report=data_report,
+                tags=["pruning", "structured-pruning"],
+                limitations=NOTE,
+            ),
+        )
+    metrics["published"] = publish_stage_output(recipe, "model")
+    return metrics
+
+
+def sizes_only_depth(facts: dict) -> bool:
+    changed = {k for k, v in facts["sizes_after"].items() if v != facts["sizes_before"][k]}
+    return changed == {"num_hidden_layers"}
+
+
+def sizes_md(facts: dict) -> str:
+    changed = [f"{k} {v} → {facts['sizes_after'][k]}" for k, v in facts["sizes_before"].items()
+               if facts["sizes_after"][k] != v]  # fmt: skip
+    return ", ".join(changed) or "no size changed"
+
+
+def pruning_md(recipe: PruneRecipe, facts: dict, plan, before: dict, after: dict) -> str:
+    target = (
+        f"ratio {recipe.ratio} on {', '.join(recipe.axes)}" if recipe.ratio is not None else "explicit sizes"
+    )
+    lines = [
+        f"- sizes: {sizes_md(facts)} ({target})",
+        f"- parameters: {facts['model_params_before']:,} → {facts['model_params_after']:,} "
+        f"({facts['model_fraction_removed']:.1%} removed)",
+        "- importance (Minitron, activation-based): MLP neurons by their down_proj input, attention heads by "
+        "their attention output (whole key/value groups), embedding channels by the RMSNorm outputs; each an "
+        "L2 norm along the sequence averaged over windows",
+        f"- kept blocks (original indices): {plan.layers}"
+        + (f", ranked by {recipe.depth_importance}" if len(plan.layers) < facts["sizes_before"]["num_hidden_layers"] else ""),
+        f"- calibration: {recipe.num_calibration_samples} windows × {recipe.calibration_seq_len} tokens",
+    ]  # fmt: skip
+    for k in after:
+        lines.append(
+            f"- perplexity `{k}`: {before[k]['perplexity']:.2f} (original) → {after[k]['perplexity']:.2f}"
+        )
+    lines += ["", NOTE]
+    return "\n".join(lines)
