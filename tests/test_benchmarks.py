@@ -64,3 +64,24 @@ def test_forgetting_pareto_front_and_goal():
     assert points["naive α=0.6"]["pareto"] and points["naive"]["pareto"] and not points["kl"]["pareto"]
     (check,) = forgetting.confirmations(rows, ["naive"])
     assert check["kept"] == "α=0.6" and check["goal"]
+
+
+def test_pruning_table_is_in_the_docs_with_every_arm_at_both_budgets():
+    """docs/BENCHMARKS.md holds benchmarks/pruning.py's table as its results file renders it: 20 % and 40 %,
+    width, depth and the SVD chain, each with perplexity after pruning and after KD and the latency columns."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import pruning
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    results = json.loads((ROOT / "benchmarks" / "results" / "pruning.json").read_text())
+    docs = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    assert pruning.report(results) in docs
+    arms = {(r["removed_target"], r["arm"]) for r in results["rows"]}
+    assert {(s, a) for s in (0.2, 0.4) for a in ("width", "depth-bi", "svd")} <= arms
+    assert all(r["healed"]["old_eval"]["perplexity"] > 0 for r in results["rows"])
+    assert results["model"] in results["speed"] and all(
+        r["shapes"] in results["speed"] for r in results["rows"]
+    )

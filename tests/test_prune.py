@@ -8,7 +8,14 @@ import math
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 from llm4all_recipes.cli import main
 from llm4all_recipes.compression import pruning as P
@@ -102,7 +109,7 @@ def full_plan(model) -> P.Plan:
                   groups=[list(range(c.num_key_value_heads))] * c.num_hidden_layers)  # fmt: skip
 
 
-@pytest.mark.parametrize("cls", [LlamaConfig, MistralConfig, Qwen2Config])
+@pytest.mark.parametrize("cls", [LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config])
 def test_pruned_heads_neurons_and_blocks_equal_the_original_with_them_switched_off(cls):
     model, ids = toy(cls), windows(2)
     with torch.no_grad():
@@ -291,3 +298,23 @@ def test_hidden_pairs_follow_the_pruning_config():
     student.pruning_config = None
     with pytest.raises(ValueError, match="pruned from this teacher"):
         hidden_pairs(student, teacher)
+
+
+def test_kd_heals_a_pruned_student_with_the_hidden_state_loss(tiny_model, tmp_path, capsys):
+    pruned, healed = tmp_path / "pruned", tmp_path / "healed"
+    assert main(["prune", "--config", RECIPE, "--model_name_or_path", str(tiny_model), "--output_dir", str(pruned),
+                 "--push_to_hub", "false", "--num_hidden_layers", "3", "--hidden_size", "96", "--ratio", "null"]) == 0  # fmt: skip
+    kd = ["kd", "--config", "recipes/tiny-llama/kd/heal-pruned.yaml", "--teacher_model_name_or_path", str(tiny_model),
+          "--push_to_hub", "false", "--max_steps", "4", "--save_steps", "2", "--kd_hidden_coef", "1"]  # fmt: skip
+    capsys.readouterr()
+    # a student that is neither pruned from the teacher nor of its shape: refused before loading
+    assert main([*kd, "--model_name_or_path", str(tiny_model), "--teacher_model_name_or_path", str(pruned),
+                 "--output_dir", str(tmp_path / "bad")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "kd_hidden_coef" in err[0] and "pruned from this teacher" in err[0]
+    assert not (tmp_path / "bad").exists()
+    assert main([*kd, "--model_name_or_path", str(pruned), "--output_dir", str(healed)]) == 0
+    metrics = json.loads((healed / "metrics.json").read_text())
+    assert metrics["eval"]["old_eval"]["perplexity"] <= metrics["eval_before"]["old_eval"]["perplexity"]
+    assert "hidden-state loss" in (healed / "README.md").read_text()
+    assert AutoConfig.from_pretrained(healed).num_hidden_layers == 3
