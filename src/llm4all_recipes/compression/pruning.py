@@ -57,7 +57,7 @@ class Aggregate:
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:  # x: (windows, seq, ...)
-        norms = x.to(torch.float64).norm(dim=1).sum(0)
+        norms = x.float().norm(dim=1).double().sum(0)  # float32 norms (no float64 copy of a batch), float64 sums
         self.total = norms if self.total is None else self.total + norms
         self.windows += x.shape[0]
 
