@@ -159,7 +159,7 @@ def test_gqa_groups_stay_whole_and_aligned():
 
 def test_perplexity_drop_matches_the_model_rebuilt_without_each_block():
     model, ids = toy(), windows(4, 10)
-    full, drops = P.perplexity_drop(model, ids, device="cpu", batch_size=3)
+    full, drops = P.perplexity_drop(model, ids, device="cpu")
 
     def ppl(m):
         with torch.no_grad():
@@ -179,13 +179,20 @@ def test_ratio_removes_at_least_the_share_and_no_axis_can_grow():
     for axes in (["mlp"], ["mlp", "embedding"], ["depth"], ["mlp", "heads", "embedding", "depth"]):
         sizes = P.sizes_for_ratio(config, 0.3, axes, 8)
         removed = 1 - P.parameter_count(P.pruned_config(config, sizes)) / total
-        assert removed >= 0.3
+        assert removed >= 0.3 and P.config_problem(P.pruned_config(config, sizes)) is None
         for key, step in (("intermediate_size", 8), ("hidden_size", 8), ("num_hidden_layers", 1)):
             grown = {**sizes, key: sizes[key] + step}
             if grown[key] <= getattr(config, key):
                 assert 1 - P.parameter_count(P.pruned_config(config, grown)) / total < 0.3
     with pytest.raises(ValueError, match="at most"):
         P.sizes_for_ratio(config, 0.9, ["heads"], 8)
+    # Llama requires hidden_size % num_attention_heads == 0 (even with head_dim set): 12 heads, hidden 96
+    wide = LlamaConfig(vocab_size=64, hidden_size=96, intermediate_size=48, num_hidden_layers=2,
+                       num_attention_heads=12, num_key_value_heads=6, head_dim=8)  # fmt: skip
+    for ratio in (0.1, 0.2, 0.3, 0.45):
+        for axes in (["embedding"], ["heads"], ["mlp", "embedding", "heads"]):
+            sizes = P.sizes_for_ratio(wide, ratio, axes, 8)
+            assert P.config_problem(P.pruned_config(wide, sizes)) is None, (ratio, axes, sizes)
 
 
 def test_prune_stage_writes_a_plain_checkpoint(tiny_model, tmp_path):
@@ -242,6 +249,11 @@ def test_prune_by_ratio_on_the_tiny_default(tiny_model, tmp_path):
         (["--hidden_size", "64"], "ratio", "not both"),
         (["--ratio", "0.9", "--axes", '["heads"]'], "ratio", "at most"),
         (["--ratio", "1.5"], "ratio", "in (0, 1)"),
+        (
+            ["--hidden_size", "102", "--ratio", "null"],
+            "hidden_size",
+            "not a multiple of num_attention_heads 4",
+        ),
     ],
 )
 def test_bad_sizes_fail_in_one_line_before_loading(tiny_model, tmp_path, capsys, extra, key, message):
@@ -295,9 +307,19 @@ def test_hidden_pairs_follow_the_pruning_config():
         range(24)
     )  # the last blocks are after the final norm
     assert hidden_pairs(teacher, teacher) == ([(1, 1), (2, 2), (3, 3)], None)
-    student.pruning_config = None
-    with pytest.raises(ValueError, match="pruned from this teacher"):
-        hidden_pairs(student, teacher)
+    for bad in (
+        None,  # not pruned, and not the teacher's shape
+        {"kept_layers": [0, 2, 3], "kept_channels": [*range(23), 40]},  # channel 40: the teacher has 32
+        {"kept_layers": [0, 2, 3], "kept_channels": list(range(24)), "sizes_before": {"hidden_size": 64}},
+    ):
+        student.pruning_config = bad
+        with pytest.raises(ValueError, match="pruned from this teacher"):
+            hidden_pairs(student, teacher)
+    shallow = P.pruned_config(teacher, {**P.sizes_of(teacher), "num_hidden_layers": 3})
+    with pytest.raises(
+        ValueError, match="pruned from this teacher"
+    ):  # unpruned, shallower: no silent mapping
+        hidden_pairs(shallow, teacher)
 
 
 def test_kd_heals_a_pruned_student_with_the_hidden_state_loss(tiny_model, tmp_path, capsys):
@@ -318,3 +340,26 @@ def test_kd_heals_a_pruned_student_with_the_hidden_state_loss(tiny_model, tmp_pa
     assert metrics["eval"]["old_eval"]["perplexity"] <= metrics["eval_before"]["old_eval"]["perplexity"]
     assert "hidden-state loss" in (healed / "README.md").read_text()
     assert AutoConfig.from_pretrained(healed).num_hidden_layers == 3
+
+
+def test_pruning_a_pruned_model_keeps_indices_into_the_original(tiny_model, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--config", RECIPE, "--push_to_hub", "false", "--ratio", "null"]
+    assert main(["prune", *common, "--model_name_or_path", str(tiny_model), "--output_dir", str(first),
+                 "--num_hidden_layers", "3", "--hidden_size", "112"]) == 0  # fmt: skip
+    assert main(["prune", *common, "--model_name_or_path", str(first), "--output_dir", str(second),
+                 "--num_hidden_layers", "2", "--hidden_size", "96"]) == 0  # fmt: skip
+    one, two = (AutoConfig.from_pretrained(p).pruning_config for p in (first, second))
+    assert set(two["kept_layers"]) <= set(one["kept_layers"]) and set(two["kept_channels"]) <= set(
+        one["kept_channels"]
+    )
+    assert two["sizes_before"]["hidden_size"] == 128 and two["base_model"] == str(tiny_model)
+    assert two["previous"] == one
+    original, pruned = (AutoModelForCausalLM.from_pretrained(p) for p in (tiny_model, second))
+    assert torch.equal(
+        pruned.model.embed_tokens.weight, original.model.embed_tokens.weight[:, two["kept_channels"]]
+    )
+    layer = two["kept_layers"][1]
+    assert torch.equal(pruned.model.layers[1].post_attention_layernorm.weight,
+                       original.model.layers[layer].post_attention_layernorm.weight[two["kept_channels"]])  # fmt: skip
+    assert pruned.generation_config.eos_token_id == original.generation_config.eos_token_id

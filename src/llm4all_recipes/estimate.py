@@ -179,23 +179,21 @@ def _pruned(recipe, dense: ModelSize, path: str) -> ModelSize:
 
 def _estimate_prune(recipe, name, base_config, speed) -> "Estimate":
     """Forward passes only: the calibration windows once through the model (one layer on the device), plus once
-    per block with the perplexity criterion (then the whole model on the device)."""
+    per block with the perplexity criterion. The held-out perplexities before/after run the whole model on the
+    device, one window at a time: that is the peak (weights + one window's logits)."""
     dense = model_size(recipe.model_name_or_path, base_config)
     after = _pruned(recipe, dense, name)
     wb = _bytes(recipe.dtype, dense.config)
     tokens = recipe.num_calibration_samples * recipe.calibration_seq_len
-    whole = (
+    per_block = (
         recipe.depth_importance == "perplexity"
         and after.config.num_hidden_layers < dense.config.num_hidden_layers
     )
-    passes = 1 + (dense.config.num_hidden_layers + 1 if whole else 0)
-    acts = _activations(dense.config, recipe.calibration_batch_size, recipe.calibration_seq_len, False, wb)
-    device = (dense.params if whole else dense.layer_params) * wb + acts // max(
-        dense.config.num_hidden_layers, 1
-    )
+    passes = 1 + (dense.config.num_hidden_layers + 1 if per_block else 0)
+    logits = 3 * max(recipe.perplexity_max_length, recipe.calibration_seq_len) * dense.config.vocab_size * 4
     hours = 2 * dense.params * tokens * passes / speed / 3600
-    return Estimate(name, "prune", recipe.model_name_or_path, after.params, None, device, tokens, hours,
-                    "whole model on the device (perplexity per block)" if whole else "one layer at a time")  # fmt: skip
+    return Estimate(name, "prune", recipe.model_name_or_path, after.params, None, dense.params * wb + logits, tokens,
+                    hours, "importance one layer at a time; perplexities with the whole model")  # fmt: skip
 
 
 def _compressed(recipe, dense: ModelSize, path: str) -> ModelSize:

@@ -22,6 +22,7 @@ with no remote code. Supported: the Llama-style decoder families below (q/k/v/o,
 per block); anything else fails in one line.
 """
 
+import copy
 import math
 import re
 from collections.abc import Callable
@@ -57,7 +58,9 @@ class Aggregate:
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:  # x: (windows, seq, ...)
-        norms = x.float().norm(dim=1).double().sum(0)  # float32 norms (no float64 copy of a batch), float64 sums
+        norms = (
+            x.float().norm(dim=1).double().sum(0)
+        )  # float32 norms (no float64 copy of a batch), float64 sums
         self.total = norms if self.total is None else self.total + norms
         self.windows += x.shape[0]
 
@@ -82,10 +85,12 @@ class Importance:
         return self.heads[layer].reshape(kv, -1).sum(-1)
 
 
-def block_influence(x_in: torch.Tensor, x_out: torch.Tensor) -> tuple[float, int]:
-    """(Σ over tokens of 1 − cos(input, output), tokens) of one batch of a block."""
-    cos = nn.functional.cosine_similarity(x_in.double(), x_out.double(), dim=-1)
-    return float((1 - cos).sum()), cos.numel()
+def block_influence(x_in: torch.Tensor, x_out, acc: list) -> None:
+    """Add Σ over tokens of 1 − cos(input, output) of one batch of a block, and its token count, to `acc`."""
+    x_out = x_out[0] if isinstance(x_out, tuple) else x_out
+    cos = nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)
+    acc[0] += float((1 - cos).double().sum())
+    acc[1] += cos.numel()
 
 
 @torch.no_grad()
@@ -98,11 +103,12 @@ def measure(model: nn.Module, ids: torch.Tensor, *, device, batch_size: int = 8)
     result = Importance()
     for layer in tqdm(stream.layers, desc="importance", unit="layer"):
         layer.to(stream.device)
-        neurons, head_scores = Aggregate(), Aggregate()
+        neurons, head_scores, influence = Aggregate(), Aggregate(), [0.0, 0]
         hooks = [
+            layer.register_forward_hook(lambda m, a, out, acc=influence: block_influence(a[0], out, acc)),
             layer.mlp.down_proj.register_forward_pre_hook(lambda m, a, agg=neurons: agg.add(a[0])),
             layer.self_attn.o_proj.register_forward_pre_hook(
-                lambda m, a, agg=head_scores: agg.add(a[0].unflatten(-1, (heads, hd)).norm(dim=-1))
+                lambda m, a, agg=head_scores: agg.add(a[0].float().unflatten(-1, (heads, hd)).norm(dim=-1))
             ),
             layer.input_layernorm.register_forward_hook(lambda m, a, out: channels.add(out)),
             layer.post_attention_layernorm.register_forward_hook(lambda m, a, out: channels.add(out)),
@@ -113,8 +119,7 @@ def measure(model: nn.Module, ids: torch.Tensor, *, device, batch_size: int = 8)
             for h in hooks:
                 h.remove()
         layer.to("cpu")
-        bi = [block_influence(x, y) for x, y in zip(stream.inputs, outputs, strict=True)]
-        result.block_influence.append(sum(s for s, _ in bi) / sum(n for _, n in bi))
+        result.block_influence.append(influence[0] / influence[1])
         result.neurons.append(neurons.value)
         result.heads.append(head_scores.value)
         stream.inputs = outputs
@@ -140,23 +145,19 @@ class Skip(nn.Module):
 
 
 @torch.no_grad()
-def perplexity_drop(
-    model: nn.Module, ids: torch.Tensor, *, device, batch_size: int = 8
-) -> tuple[float, list[float]]:
+def perplexity_drop(model: nn.Module, ids: torch.Tensor, *, device) -> tuple[float, list[float]]:
     """(perplexity of the model, [perplexity with block i skipped − that] for every block) on the windows; the
     whole model is moved to `device` for the measure and back to the CPU after."""
     _, layers = decoder_layers(model)
     model.to(device)
 
-    def ppl() -> float:
+    def ppl() -> float:  # one window at a time: the full-vocabulary logits of one window only
         total, count = 0.0, 0
-        for start in range(0, len(ids), batch_size):
-            batch = ids[start : start + batch_size].to(device)
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            total += float(
-                nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
-            )
-            count += batch[:, 1:].numel()
+        for window in ids:
+            window = window[None].to(device)
+            logits = model(input_ids=window, use_cache=False).logits[0, :-1]
+            total += float(nn.functional.cross_entropy(logits.float(), window[0, 1:], reduction="sum"))
+            count += window.shape[1] - 1
         return math.exp(total / count)
 
     try:
@@ -209,6 +210,18 @@ def sizes_of(config) -> dict[str, int]:
     return {k: getattr(config, k) for k in SIZE_KEYS}
 
 
+def config_problem(config) -> str | None:
+    """Why transformers would refuse this config (e.g. Llama: hidden_size not a multiple of num_attention_heads)."""
+    if config.hidden_size % config.num_attention_heads:
+        return (f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads {config.num_attention_heads} "
+                "(transformers refuses it)")  # fmt: skip
+    try:
+        config.validate()
+    except Exception as exc:
+        return str(getattr(exc, "__cause__", None) or exc).splitlines()[0]
+    return None
+
+
 def pruned_config(config, sizes: dict[str, int]):
     """A copy of the config with the new sizes; head_dim stays the original's (set explicitly)."""
     new = config.__class__.from_dict(config.to_dict())
@@ -239,19 +252,24 @@ def parameter_count(config) -> int:
 
 
 def sizes_for_keep(config, keep: float, axes: list[str], multiple: int) -> dict[str, int]:
-    """Every size on `axes` scaled by `keep` (widths rounded down to `multiple`, at least one of each)."""
+    """Every size on `axes` scaled by `keep` (widths rounded down to `multiple`, at least one of each); hidden_size
+    stays a multiple of num_attention_heads (transformers requires it), so both round together."""
     sizes = sizes_of(config)
     rep = config.num_attention_heads // config.num_key_value_heads
 
-    def width(n: int) -> int:
-        return max(multiple, math.floor(n * keep / multiple) * multiple) if n >= multiple else n
+    def width(n: int, step: int) -> int:
+        return max(step, math.floor(n * keep / step) * step) if n >= step else n
 
     if "mlp" in axes:
-        sizes["intermediate_size"] = width(config.intermediate_size)
-    if "embedding" in axes:
-        sizes["hidden_size"] = width(config.hidden_size)
+        sizes["intermediate_size"] = width(config.intermediate_size, multiple)
     if "heads" in axes:
-        sizes["num_attention_heads"] = max(1, math.floor(config.num_key_value_heads * keep)) * rep
+        groups = max(1, math.floor(config.num_key_value_heads * keep))
+        if "embedding" not in axes:  # the width stays: only head counts that divide it
+            while groups > 1 and config.hidden_size % (groups * rep):
+                groups -= 1
+        sizes["num_attention_heads"] = groups * rep
+    if "embedding" in axes:
+        sizes["hidden_size"] = width(config.hidden_size, math.lcm(multiple, sizes["num_attention_heads"]))
     if "depth" in axes:
         sizes["num_hidden_layers"] = max(1, math.floor(config.num_hidden_layers * keep))
     return sizes
@@ -263,9 +281,16 @@ def sizes_for_ratio(
     """The largest common keep fraction of `axes` whose model has at least `ratio` of the parameters removed
     (bisection on the fraction; the parameter count only grows with it)."""
     total = count(config)
+    counted: dict[tuple, int] = {}
+
+    def size(sizes: dict[str, int]) -> int:  # most bisection steps give sizes already counted
+        key = tuple(sizes.values())
+        if key not in counted:
+            counted[key] = count(pruned_config(config, sizes))
+        return counted[key]
 
     def removed(keep: float) -> float:
-        return 1 - count(pruned_config(config, sizes_for_keep(config, keep, axes, multiple))) / total
+        return 1 - size(sizes_for_keep(config, keep, axes, multiple)) / total
 
     if removed(0.0) < ratio:
         raise ValueError(
@@ -277,19 +302,17 @@ def sizes_for_ratio(
         lo, hi = (mid, hi) if removed(mid) >= ratio else (lo, mid)
     sizes = sizes_for_keep(config, lo, axes, multiple)
     # Rounding down left some budget: give it back one step per axis in turn (finest first) while at least
-    # `ratio` stays removed, so the axes stay near the common fraction.
+    # `ratio` stays removed and hidden_size stays a multiple of the heads, so the axes stay near the common fraction.
     rep = config.num_attention_heads // config.num_key_value_heads
-    steps = {"intermediate_size": multiple, "hidden_size": multiple, "num_attention_heads": rep,
-             "num_hidden_layers": 1}  # fmt: skip
     grew = True
     while grew:
         grew = False
+        steps = {"intermediate_size": multiple, "hidden_size": math.lcm(multiple, sizes["num_attention_heads"]),
+                 "num_attention_heads": rep, "num_hidden_layers": 1}  # fmt: skip
         for key, step in steps.items():
             grown = {**sizes, key: sizes[key] + step}
-            if (
-                grown[key] <= getattr(config, key)
-                and 1 - count(pruned_config(config, grown)) / total >= ratio
-            ):
+            if (grown[key] <= getattr(config, key) and grown["hidden_size"] % grown["num_attention_heads"] == 0
+                    and 1 - size(grown) / total >= ratio):  # fmt: skip
                 sizes, grew = grown, True
     return sizes
 
@@ -310,7 +333,7 @@ def prune_state_dict(state: dict[str, torch.Tensor], plan: Plan, config) -> dict
         if m is None:  # embeddings, final norm, lm_head: residual channels on the last dimension
             if not re.search(r"(embed_tokens|norm|lm_head)\.weight$", name):
                 raise ValueError(f"prune does not know how to slice parameter {name!r}")
-            out[name] = w.index_select(-1, ch).clone()
+            out[name] = w.index_select(-1, ch)
             continue
         prefix, index, rest = m.group(1), int(m.group(2)), m.group(3)
         if index not in position:
@@ -339,7 +362,7 @@ def prune_state_dict(state: dict[str, torch.Tensor], plan: Plan, config) -> dict
             w = w.index_select(0, rows)
         if cols is not None:
             w = w.index_select(1, cols)
-        out[f"{prefix}.{j}.{rest}"] = w.clone()
+        out[f"{prefix}.{j}.{rest}"] = w if rows is not None or cols is not None else w.clone()
     return out
 
 
@@ -363,6 +386,10 @@ def build_pruned(model: nn.Module, plan: Plan, sizes: dict[str, int]) -> nn.Modu
         )
     if config.tie_word_embeddings:
         pruned.tie_weights()
+    if (
+        getattr(model, "generation_config", None) is not None
+    ):  # sampling defaults (vLLM reads them) carry over
+        pruned.generation_config = copy.deepcopy(model.generation_config)
     for name, buf in model.named_buffers():  # rotary inverse frequencies (non-persistent buffers)
         try:
             target = pruned.get_buffer(name)

@@ -184,11 +184,13 @@ def check_hidden_pairs(recipe: KDRecipe) -> None:
     from ..paths import local_hub_copy
     from ..trainers.kd import hidden_pairs
 
-    student, teacher = (AutoConfig.from_pretrained(local_hub_copy(p))
-                        for p in (recipe.model_name_or_path, recipe.teacher_model_name_or_path))  # fmt: skip
     try:
+        student = AutoConfig.from_pretrained(
+            local_hub_copy(recipe.model_name_or_path), revision=recipe.model_revision
+        )
+        teacher = AutoConfig.from_pretrained(local_hub_copy(recipe.teacher_model_name_or_path))
         hidden_pairs(student.to_base_config() if hasattr(student, "to_base_config") else student, teacher)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         raise RecipeError(str(exc), key="kd_hidden_coef") from None
 
 

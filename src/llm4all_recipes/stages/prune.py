@@ -54,6 +54,9 @@ def target_sizes(recipe: PruneRecipe, config) -> dict[str, int]:
                 key=key,
             )
         sizes[key] = value
+    if problem := P.config_problem(P.pruned_config(config, sizes)):
+        key = "hidden_size" if recipe.hidden_size is not None else "num_attention_heads"
+        raise RecipeError(problem, key=key)
     return sizes
 
 
@@ -119,26 +122,12 @@ def run(recipe: PruneRecipe, callbacks=None):
         depth_scores = importance.block_influence
         deeper = sizes["num_hidden_layers"] < config.num_hidden_layers
         if deeper and recipe.depth_importance == "perplexity":
-            _, importance.perplexity_drop = P.perplexity_drop(
-                model, ids, device=device, batch_size=recipe.calibration_batch_size
-            )
+            _, importance.perplexity_drop = P.perplexity_drop(model, ids, device=device)
             depth_scores = importance.perplexity_drop
         plan = P.Plan.choose(importance, config, sizes, depth_scores)
         pruned = P.build_pruned(model, plan, sizes)
         del model
-        pruned.config.pruning_config = {
-            "method": "minitron-width" if not deeper else ("depth" if sizes_only_depth(facts) else "width+depth"),
-            "ratio": recipe.ratio,
-            "axes": list(recipe.axes) if recipe.ratio is not None else None,
-            "model_fraction_removed": facts["model_fraction_removed"],
-            "sizes_before": facts["sizes_before"],
-            "depth_importance": recipe.depth_importance if deeper else None,
-            "kept_layers": plan.layers,
-            "kept_channels": plan.channels if sizes["hidden_size"] < config.hidden_size else None,
-            "base_model": recipe.model_name_or_path,
-            "calibration": {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
-                            "seq_len": recipe.calibration_seq_len, "seed": recipe.seed},
-        }  # fmt: skip
+        pruned.config.pruning_config = pruning_record(recipe, config, facts, plan, deeper)
         after = held_out_perplexities(
             pruned, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="pruned"
         )
@@ -174,6 +163,35 @@ def run(recipe: PruneRecipe, callbacks=None):
         )
     metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
+
+
+def pruning_record(recipe: PruneRecipe, config, facts: dict, plan, deeper: bool) -> dict:
+    """The output's `pruning_config`. Kept blocks and channels are indices into the original model: pruning an
+    already pruned model composes them with its record (kept as `previous`), so a hidden-state loss against the
+    original still pairs the right blocks and channels."""
+    prev = getattr(config, "pruning_config", None) or {}
+    layers, channels = (
+        plan.layers,
+        plan.channels if facts["sizes_after"]["hidden_size"] < config.hidden_size else None,
+    )
+    if prev:
+        layers = [prev["kept_layers"][i] for i in layers]
+        if prev.get("kept_channels") is not None:
+            channels = [prev["kept_channels"][c] for c in (channels or range(config.hidden_size))]
+    return {
+        "method": "minitron-width" if not deeper else ("depth" if sizes_only_depth(facts) else "width+depth"),
+        "ratio": recipe.ratio,
+        "axes": list(recipe.axes) if recipe.ratio is not None else None,
+        "model_fraction_removed": facts["model_fraction_removed"],
+        "sizes_before": prev.get("sizes_before", facts["sizes_before"]),
+        "depth_importance": recipe.depth_importance if deeper else None,
+        "kept_layers": layers,
+        "kept_channels": channels,
+        "base_model": prev.get("base_model", recipe.model_name_or_path),
+        "calibration": {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
+                        "seq_len": recipe.calibration_seq_len, "seed": recipe.seed},
+        **({"previous": prev} if prev else {}),
+    }  # fmt: skip
 
 
 def sizes_only_depth(facts: dict) -> bool:

@@ -32,7 +32,16 @@ def hidden_pairs(student_config, teacher_config) -> tuple[list[tuple[int, int]],
     kept = pruning.get("kept_layers") or list(range(n_s))
     channels = pruning.get("kept_channels")
     width = len(channels) if channels else teacher_config.hidden_size
-    if len(kept) != n_s or max(kept) >= n_t or student_config.hidden_size != width:
+    original = pruning.get("sizes_before")
+    teacher_sizes = {k: getattr(teacher_config, k, None) for k in original or {}}
+    if (
+        len(kept) != n_s
+        or (not pruning and n_s != n_t)
+        or max(kept) >= n_t
+        or student_config.hidden_size != width
+        or (channels and max(channels) >= teacher_config.hidden_size)
+        or (original and original != teacher_sizes)
+    ):
         raise ValueError(
             "kd_hidden_coef needs a student pruned from this teacher (its pruning_config maps blocks and channels), "
             f"or one with the teacher's depth and width ({n_s} vs {n_t} blocks, hidden size "
