@@ -102,19 +102,11 @@ def print_plan(recipe: CompressRecipe, model, targets, ranks) -> dict:
     return {**facts, "memory": memory}
 
 
-def run(recipe: CompressRecipe, callbacks=None):
-    from ..compression import LowRankForCausalLM
-    from ..compression import ranks as R
+def calibration_data(recipe):
+    """(tokenizer, calibration windows, held-out sets, mixture report) of a calibrated stage (compress, prune): every
+    data error before any model loads."""
     from ..compression.calibration import calibration_ids
-    from ..compression.compressor import compress_model
 
-    # 1. Targets and ranks from the model's shapes alone (no weights, no data).
-    targets = R.find_targets(skeleton(recipe), recipe.targets)
-    ranks = allocation(recipe, targets)
-    if recipe.dry_run:
-        return print_plan(recipe, skeleton(recipe), targets, ranks)
-
-    # 2. Calibration windows and held-out text, then the model.
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     calib, evals, data_report = load_data(recipe, tokenizer)
     if not any(text.strip() for text in calib["text"]):
@@ -124,6 +116,22 @@ def run(recipe: CompressRecipe, callbacks=None):
         ids = calibration_ids(stream, recipe.num_calibration_samples, recipe.calibration_seq_len, recipe.seed)
     except ValueError as exc:
         raise RecipeError(str(exc), key="calibration_seq_len") from None
+    return tokenizer, ids, evals, data_report
+
+
+def run(recipe: CompressRecipe, callbacks=None):
+    from ..compression import LowRankForCausalLM
+    from ..compression import ranks as R
+    from ..compression.compressor import compress_model
+
+    # 1. Targets and ranks from the model's shapes alone (no weights, no data).
+    targets = R.find_targets(skeleton(recipe), recipe.targets)
+    ranks = allocation(recipe, targets)
+    if recipe.dry_run:
+        return print_plan(recipe, skeleton(recipe), targets, ranks)
+
+    # 2. Calibration windows and held-out text, then the model.
+    tokenizer, ids, evals, data_report = calibration_data(recipe)
     with staged_output(recipe, "compress") as tmp:
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
         device = resolve_device(recipe.device)

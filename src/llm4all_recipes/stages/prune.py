@@ -13,13 +13,12 @@ import logging
 from ..cards import CardInfo, model_ref, perplexity_results
 from ..configs import PruneRecipe
 from ..errors import RecipeError
-from ..evaluation.perplexity import corpus_ids, held_out_perplexities
+from ..evaluation.perplexity import held_out_perplexities
 from ..hub import publish_stage_output
-from ..models import load_model, load_tokenizer, resolve_device
+from ..models import load_model, resolve_device
 from ..outputs import finish, staged_output
 from ..tracking import Trackers
-from ..training import load_data
-from .compress import skeleton
+from .compress import calibration_data, skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +84,6 @@ def print_plan(recipe: PruneRecipe, facts: dict) -> None:
 
 def run(recipe: PruneRecipe, callbacks=None):
     from ..compression import pruning as P
-    from ..compression.calibration import calibration_ids
 
     # 1. Sizes from the config alone (no weights, no data).
     config = skeleton(recipe).config
@@ -100,15 +98,7 @@ def run(recipe: PruneRecipe, callbacks=None):
         return facts
 
     # 2. Calibration windows and held-out text, then the model.
-    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
-    calib, evals, data_report = load_data(recipe, tokenizer)
-    if not any(text.strip() for text in calib["text"]):
-        raise RecipeError("the calibration set is empty (no text)", key="datasets")
-    try:
-        ids = calibration_ids(corpus_ids(tokenizer, calib["text"]), recipe.num_calibration_samples,
-                              recipe.calibration_seq_len, recipe.seed)  # fmt: skip
-    except ValueError as exc:
-        raise RecipeError(str(exc), key="calibration_seq_len") from None
+    tokenizer, ids, evals, data_report = calibration_data(recipe)
     with staged_output(recipe, "prune") as tmp:
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
         device = resolve_device(recipe.device)
