@@ -88,7 +88,6 @@ def _base_size(path: str, base_config: str | None) -> ModelSize:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     from . import compression
-    from .compression.calibration import decoder_layers
 
     source = base_config or local_hub_copy(path)
     try:
@@ -104,6 +103,14 @@ def _base_size(path: str, base_config: str | None) -> ModelSize:
             model = compression.lowrank.low_rank_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])(config)
     else:
         model = _skeleton(config)
+    return _measured(path, config, model, low_rank)
+
+
+def _measured(path: str, config, model, low_rank: bool = False) -> ModelSize:
+    """The ModelSize of a (meta-device) model: parameters, largest decoder layer, low-rank factors."""
+    from . import compression
+    from .compression.calibration import decoder_layers
+
     _, layers = decoder_layers(model)
     factors = sum(
         p.numel() for m in model.modules() if isinstance(m, compression.LowRankLinear) for p in m.parameters()
@@ -167,14 +174,10 @@ def model_size(path: str, base_config: str | None = None, _seen: tuple = ()) -> 
 def _pruned(recipe, dense: ModelSize, path: str) -> ModelSize:
     """A prune recipe's output: the same architecture with the sizes it solves for (from the config alone)."""
     from .compression import pruning as P
-    from .compression.calibration import decoder_layers
     from .stages.prune import target_sizes
 
     config = P.pruned_config(dense.config, target_sizes(recipe, dense.config))
-    model = _skeleton(config)
-    _, layers = decoder_layers(model)
-    return ModelSize(path, config, sum(p.numel() for p in model.parameters()),
-                     max(sum(p.numel() for p in layer.parameters()) for layer in layers))  # fmt: skip
+    return _measured(path, config, _skeleton(config))
 
 
 def _estimate_prune(recipe, name, base_config, speed) -> "Estimate":
