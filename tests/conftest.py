@@ -157,3 +157,13 @@ def recipe_file(tmp_path):
         return str(path)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(session_tmp) -> Path:
+    """A tiny random Whisper (model + processor) from recipes/tiny-whisper/tiny-model/base.yaml."""
+    from llm4all_recipes.cli import main
+
+    out = session_tmp / "tiny-whisper"
+    assert main(["tiny-model", "--config", "recipes/tiny-whisper/tiny-model/base.yaml", "--output_dir", str(out)]) == 0
+    return out

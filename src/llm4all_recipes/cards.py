@@ -33,6 +33,7 @@ class CardInfo:
     chat: bool = False
     limitations: str = ""
     load_kwargs: str = ""  # set by outputs.finish from the saved config
+    speech: bool = False  # a speech-to-text model (Whisper): set by outputs.finish from the saved config
 
 
 def parent_card_data(model_path: str | None) -> dict[str, Any]:
@@ -151,6 +152,7 @@ def render_model_card(
     chat: bool = False,
     limitations: str = "",
     load_kwargs: str = "",
+    speech: bool = False,
 ) -> str:
     """Markdown of a model card; `results` rows are {dataset_name, metric_type, metric_value}; `datasets` are
     Hub ids (see dataset_repo_ids)."""
@@ -167,7 +169,7 @@ def render_model_card(
         license=license or inherited.get("license"),
         language=language or inherited.get("language"),
         library_name="transformers",
-        pipeline_tag="text-generation",
+        pipeline_tag="automatic-speech-recognition" if speech else "text-generation",
         tags=sorted({"llm4all", f"llm4all-{stage}", *(tags or [])}),
         eval_results=eval_results or None,
     )
@@ -204,6 +206,7 @@ def render_model_card(
         chat=chat,
         limitations=limitations or "A research artefact: evaluate it on your own data before any use.",
         load_kwargs=load_kwargs,
+        speech=speech,
     )
     return str(card)
 
@@ -218,6 +221,27 @@ def size_category(n: int) -> str:
         if n < limit:
             return name
     return "n>1M"
+
+
+def simsamu_columns(task: str, per_turn: bool) -> dict[str, str]:
+    """The columns of simsamu rows (build-dataset from transcripts, transcribe from recordings)."""
+    columns = {
+        "id": "call folder name" + (" + `#` + turn index" if per_turn else ""),
+        "situation": "simulated situation (grouping key of the splits)",
+        "communication_mode": "caller's communication mode (Angry, Shy, Cooperative, ...)",
+        "regulator_actor / caller_actor": "actor ids of the roles",
+        "duration": "seconds", "num_turns": "turns after merging",
+        "summary": "fiche de régulation, when `summaries.jsonl` has one",
+    }  # fmt: skip
+    if task == "transcript":
+        columns.update(
+            transcript="`Régulateur : …` / `Appelant : …` lines", text="the same (for text stages)"
+        )
+    else:
+        columns["messages"] = "chat: system prompt, then the call (regulator = assistant)"
+    if per_turn:
+        columns["prompt / completion"] = "history / the regulator turn to predict"
+    return columns
 
 
 def _dataset_facts(recipe: Any, report: dict[str, Any]) -> dict[str, Any]:
@@ -257,22 +281,7 @@ def _dataset_facts(recipe: Any, report: dict[str, Any]) -> dict[str, Any]:
             "(`simsamu_communication_modes.csv`), actor ids (`metadata.csv`).",
             f"Task: {task}; the French system prompt is `data/prompts/simsamu_system.jinja`.",
         ]
-        columns = {
-            "id": "call folder name" + (" + `#` + turn index" if recipe.per_turn else ""),
-            "situation": "simulated situation (grouping key of the splits)",
-            "communication_mode": "caller's communication mode (Angry, Shy, Cooperative, ...)",
-            "regulator_actor / caller_actor": "actor ids of the roles",
-            "duration": "seconds", "num_turns": "turns after merging",
-            "summary": "fiche de régulation, when `summaries.jsonl` has one",
-        }  # fmt: skip
-        if recipe.task == "transcript":
-            columns.update(
-                transcript="`Régulateur : …` / `Appelant : …` lines", text="the same (for text stages)"
-            )
-        else:
-            columns["messages"] = "chat: system prompt, then the call (regulator = assistant)"
-        if recipe.per_turn:
-            columns["prompt / completion"] = "history / the regulator turn to predict"
+        columns = simsamu_columns(recipe.task, recipe.per_turn)
         return {
             "summary": f"Simulated French emergency calls to the SAMU (centre 15), as "
             f"{'transcripts' if recipe.task == 'transcript' else 'chat data'} ({task}).",
@@ -348,7 +357,8 @@ def dataset_info(dataset: Any) -> dict[str, Any]:
 def render_dataset_card(*, recipe: Any, dataset: Any, report: dict[str, Any], lineage: list[dict[str, Any]],
                         facts: dict[str, Any] | None = None, source: str | None = None) -> str:  # fmt: skip
     """Dataset card: front matter (licence, configs in the Hub parquet layout, per-split num_examples) + sections.
-    `facts` (summary, steps, columns, license, task_categories, note) default to the builder's."""
+    `facts` (summary, steps, columns, license, task_categories, note, optional `evaluation` markdown) default to
+    the builder's."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     facts = facts or _dataset_facts(recipe, report)
@@ -362,7 +372,7 @@ def render_dataset_card(*, recipe: Any, dataset: Any, report: dict[str, Any], li
         task_categories=facts["task_categories"],
         size_categories=[size_category(sum(splits.values()))],
         source_datasets=[source] if is_hub_id(source) else None,
-        tags=["llm4all", "french", getattr(recipe, "builder", lineage[-1]["stage"])],
+        tags=["llm4all", "french", getattr(recipe, "builder", lineage[-1]["stage"]), *facts.get("tags", [])],
         configs=[
             {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in dataset]}
         ],
@@ -398,6 +408,7 @@ def render_dataset_card(*, recipe: Any, dataset: Any, report: dict[str, Any], li
         repo_id=repo_id,
         output_dir=recipe.output_dir,
         first_split=next(iter(dataset)),
+        evaluation=facts.get("evaluation", ""),
         recipe_yaml=yaml.safe_dump(entry["recipe"], sort_keys=False, allow_unicode=True).rstrip(),
         versions=", ".join(f"{k} {v}" for k, v in entry["versions"].items()),
     )

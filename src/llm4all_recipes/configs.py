@@ -514,7 +514,9 @@ class TinyModelRecipe(TrainerArgs):
     COLUMNS: typing.ClassVar[tuple[str, ...]] = ("text",)
 
     model_config: dict[str, Any] = arg(
-        factory=dict, help="transformers LlamaConfig keys (hidden_size, num_hidden_layers, ...)."
+        factory=dict,
+        help="transformers LlamaConfig keys (hidden_size, num_hidden_layers, ...); with `model_type: whisper`, "
+        "WhisperConfig keys (d_model, encoder_layers, ...): a random tiny Whisper + processor, not trained.",
     )
     tokenizer_files: list[str] = arg(
         factory=list,
@@ -535,6 +537,10 @@ class TinyModelRecipe(TrainerArgs):
     )
     max_length: int | None = arg(256, help="Block length in tokens.")
 
+    @property
+    def whisper(self) -> bool:
+        return self.model_config.get("model_type") == "whisper"
+
     def check(self, static: bool) -> None:
         if not self.model_config:
             raise RecipeError("required: the LlamaConfig of the tiny model", key="model_config")
@@ -542,6 +548,16 @@ class TinyModelRecipe(TrainerArgs):
             raise RecipeError("required: text files to train the tokenizer on", key="tokenizer_files")
         for i, path in enumerate(self.tokenizer_files):
             check_path(path, f"tokenizer_files[{i}]", static)
+        if self.model_config.get("model_type", "llama") not in ("llama", "whisper"):
+            raise RecipeError("model_type: llama (default) or whisper", key="model_config.model_type")
+        if self.whisper:  # random weights: no training data, no perplexity
+            for key in ("datasets", "eval_datasets"):
+                if getattr(self, key):
+                    raise RecipeError("a tiny Whisper is not trained: remove it", key=key)
+            check_output_dir(self, static)
+            check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
+            _positive(self, "tokenizer_vocab_size")
+            return
         if not self.eval_datasets:
             raise RecipeError("required: held-out text to measure perplexity on", key="eval_datasets")
         super().check(static)
@@ -852,7 +868,51 @@ class EvalRecipe(ModelArgs, StageArgs):
 
 
 @dataclass
-class BuildDatasetRecipe(StageArgs):
+class SplitArgs:
+    """How rows are dealt into splits, by group (simsamu: situation; meetings: meeting)."""
+
+    splits: dict[str, float] = arg(
+        factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1},
+        help="Split shares (of rows), assigned by group (simsamu: situation; meetings: meeting) so that no group "
+        "is in two splits. Sources that come with their own splits keep them (never re-carved).",
+    )
+    folds: int | None = arg(None, help="k-fold instead of `splits`: the groups are dealt into `folds` folds.")
+    fold: int = arg(0, help="With `folds`: the fold used as `test` (the others are `train`).")
+
+    def check_splits(self) -> None:
+        if self.folds is not None:
+            if self.folds < 2:
+                raise RecipeError("must be >= 2", key="folds")
+            if not 0 <= self.fold < self.folds:
+                raise RecipeError(f"must be in [0, {self.folds})", key="fold")
+        elif not self.splits or any(v < 0 for v in self.splits.values()) or sum(self.splits.values()) <= 0:
+            raise RecipeError("shares must be >= 0 with a positive sum", key="splits")
+
+
+@dataclass
+class SimsamuArgs:
+    """Keys of the simsamu layout's calls (build-dataset from transcripts, transcribe from recordings)."""
+
+    per_turn: bool = arg(
+        False,
+        help="simsamu dialogue: one row per regulator turn with its history (`prompt`/`completion` columns too, "
+        "for next-turn evaluation).",
+    )
+    skip_speakers: list[str] = arg(
+        factory=lambda: ["inintelligible"],
+        help="simsamu: speaker labels skipped (and counted) instead of an error.",
+    )
+    summaries: str | None = arg(
+        None,
+        help="jsonl of summaries ({id|meeting_id, summary}); simsamu default: summaries.jsonl at the source root "
+        "when present.",
+    )
+    license: str | None = arg(None, help="Licence of the built dataset (card); simsamu default: mit.")
+    hub_dataset_id: str | None = arg(None, help="<namespace>/<name> of the published dataset.")
+
+
+@dataclass
+class BuildDatasetRecipe(SplitArgs, SimsamuArgs, StageArgs):
     """`llm4all build-dataset`: a dataset (save_to_disk + card) from the simsamu or a meetings layout."""
 
     COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
@@ -877,20 +937,6 @@ class BuildDatasetRecipe(StageArgs):
         help="Input: a Hub dataset id (fetched with snapshot_download when online) or a local folder/file in "
         "the same layout (simsamu: the call folders and root tables; meetings: jsonl/parquet/dataset folder).",
     )
-    splits: dict[str, float] = arg(
-        factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1},
-        help="Split shares (of rows), assigned by group (simsamu: situation; meetings: meeting) so that no group "
-        "is in two splits. Sources that come with their own splits keep them (never re-carved).",
-    )
-    folds: int | None = arg(None, help="k-fold instead of `splits`: the groups are dealt into `folds` folds.")
-    fold: int = arg(0, help="With `folds`: the fold used as `test` (the others are `train`).")
-    summaries: str | None = arg(
-        None,
-        help="jsonl of summaries ({id|meeting_id, summary}); simsamu default: summaries.jsonl at the source root "
-        "when present.",
-    )
-    license: str | None = arg(None, help="Licence of the built dataset (card); simsamu default: mit.")
-    hub_dataset_id: str | None = arg(None, help="<namespace>/<name> of the published dataset.")
     task: Literal["dialogue", "summary", "transcript"] | None = arg(
         None,
         help="simsamu: `dialogue` (default) = the call as a chat (system prompt, regulator = assistant); `summary` = "
@@ -899,15 +945,6 @@ class BuildDatasetRecipe(StageArgs):
         "speaker-named transcript as `text` (summaries not needed: continued-pretraining text, `generate` input).",
     )
     # simsamu
-    per_turn: bool = arg(
-        False,
-        help="simsamu dialogue: one row per regulator turn with its history (`prompt`/`completion` columns too, "
-        "for next-turn evaluation).",
-    )
-    skip_speakers: list[str] = arg(
-        factory=lambda: ["inintelligible"],
-        help="simsamu: speaker labels skipped (and counted) instead of an error.",
-    )
     punctuation: bool = arg(True, help="simsamu: keep the PUNCTUATION terms of the transcripts.")
     download_audio: bool = arg(
         False, help="simsamu from the Hub: also download the .m4a audio (not used here)."
@@ -946,17 +983,65 @@ class BuildDatasetRecipe(StageArgs):
             raise RecipeError(f"the {self.builder} builder has no task {self.task!r}", key="task")
         if self.task is None:
             self.task = {"simsamu": "dialogue", "meetings": "summary", "text": None}[self.builder]
-        if self.folds is not None:
-            if self.folds < 2:
-                raise RecipeError("must be >= 2", key="folds")
-            if not 0 <= self.fold < self.folds:
-                raise RecipeError(f"must be in [0, {self.folds})", key="fold")
-        elif not self.splits or any(v < 0 for v in self.splits.values()) or sum(self.splits.values()) <= 0:
-            raise RecipeError("shares must be >= 0 with a positive sum", key="splits")
+        self.check_splits()
         if self.per_turn and self.task != "dialogue":
             raise RecipeError("per_turn applies to task: dialogue", key="per_turn")
         if not 0 <= self.chunk_overlap < self.chunk_tokens:
             raise RecipeError("need 0 <= chunk_overlap < chunk_tokens", key="chunk_overlap")
+        check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_dataset_id, "hub_dataset_id")
+
+
+@dataclass
+class TranscribeRecipe(ModelArgs, SplitArgs, SimsamuArgs, StageArgs):
+    """`llm4all transcribe`: Whisper turns recordings into a dataset (build-dataset's layout) + WER/CER."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
+
+    source: str | None = arg(
+        None,
+        help="Recordings: a simsamu-layout folder (<call>/<call>.m4a + optional .rttm/.srt), a .jsonl manifest "
+        "(or a folder of them, one split per file) with an `audio` path relative to it and an optional `text` "
+        "reference, a save_to_disk dataset with an `audio` column, or a Hub dataset id (snapshot_download).",
+    )
+    task: Literal["dialogue", "summary", "transcript"] = arg(
+        "dialogue",
+        help="simsamu layout: the rows built from the ASR text, as build-dataset's tasks (dialogue: the call as a "
+        "chat, regulator = assistant; summary: transcript -> fiche; transcript: speaker-named text). dialogue and "
+        "summary need speaker turns (an RTTM): calls without one are counted and left out.",
+    )
+    language: str = arg("fr", help="Whisper language token (a code such as fr, or a name such as french).")
+    batch_size: int = arg(8, help="Segments per generate() call (sorted by length).")
+    num_beams: int = arg(1, help="Beam size (1: greedy, Whisper's default).")
+    max_new_tokens: int = arg(128, help="Tokens generated per segment (Whisper windows hold at most 448).")
+    shard_size: int = arg(
+        8,
+        help="Recordings per shard: each finished shard is saved in <output_dir>.tmp, so an interrupted run "
+        "resumes at the first unfinished one.",
+    )
+    device: str = arg("auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
+
+    def check(self, static: bool) -> None:
+        check_model(self.model_name_or_path, static, "the Whisper checkpoint")
+        if not self.source:
+            raise RecipeError(
+                "required: a simsamu-layout folder, an audio manifest or a Hub dataset id", key="source"
+            )
+        check_path(self.source, "source", static, hub_ok=True)
+        from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+        if self.language.lower() not in LANGUAGES and self.language.lower() not in TO_LANGUAGE_CODE:
+            raise RecipeError(f"not a Whisper language: {self.language!r} (e.g. fr, french)", key="language")
+        _positive(self, "batch_size", "num_beams", "max_new_tokens", "shard_size")
+        if self.max_new_tokens > 440:
+            raise RecipeError(
+                "must be <= 440 (Whisper's 448-token window minus its prompt)", key="max_new_tokens"
+            )
+        self.check_splits()
+        if self.per_turn and self.task != "dialogue":
+            raise RecipeError("per_turn applies to task: dialogue", key="per_turn")
+        if self.summaries:
+            check_path(self.summaries, "summaries", static)
         check_output_dir(self, static)
         check_hub(self.push_to_hub, self.hub_dataset_id, "hub_dataset_id")
 
@@ -980,6 +1065,11 @@ class CalibrationArgs:
         "training stages' report_to: tensorboard, wandb, mlflow, trackio, ... (none: only the logs and metrics.json).",
     )
     run_name: str | None = arg(None, help="The run's name in the trackers (default: llm4all-<stage>).")
+    language: str = arg(
+        "fr",
+        help="Speech models (Whisper): the language token before the reference transcripts of the calibration "
+        "and held-out recordings (their sources have `audio` and `text` columns).",
+    )
 
     def check_calibration(self, static: bool) -> None:
         _positive(
@@ -1312,6 +1402,7 @@ class PipelineRecipe:
 
 RECIPES: dict[str, type] = {
     "build-dataset": BuildDatasetRecipe,
+    "transcribe": TranscribeRecipe,
     "tiny-model": TinyModelRecipe,
     "compress": CompressRecipe,
     "feature-distill": FeatureDistillRecipe,

@@ -86,11 +86,12 @@ def load_model(
     attn_implementation: str | None = None,
     key: str = "model_name_or_path",
 ):
-    """AutoModelForCausalLM from a Hub id or a folder; errors name the recipe key. Low-rank checkpoints
+    """AutoModelForCausalLM (AutoModelForSpeechSeq2Seq for Whisper-like models) from a Hub id or a folder; errors
+    name the recipe key. Low-rank checkpoints
     (`model_type: llm4all_lowrank`, with a `compression_config`) load through the package's own class, no
     remote code needed."""
     from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSpeechSeq2Seq
 
     from . import compression  # noqa: F401  (registers the low-rank checkpoint format)
 
@@ -100,10 +101,48 @@ def load_model(
     kwargs = {"dtype": dtype, "revision": revision, "use_safetensors": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    auto = AutoModelForSpeechSeq2Seq if is_speech_model(path, revision, key) else AutoModelForCausalLM
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        return auto.from_pretrained(path, **kwargs)
     except (OSError, ValueError, SafetensorError) as exc:
         raise _explain(path, exc, key) from None
+
+
+def base_model_type(path: str, revision: str | None = None, key: str = "model_name_or_path") -> str:
+    """The architecture's model_type (a low-rank checkpoint's base one), from the config alone."""
+    from transformers import AutoConfig
+
+    from .compression import MODEL_TYPE
+
+    path = local_hub_copy(path)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise _explain(path, exc, key) from None
+    return config.base_config.get("model_type", "") if config.model_type == MODEL_TYPE else config.model_type
+
+
+def is_speech_model(path: str, revision: str | None = None, key: str = "model_name_or_path") -> bool:
+    """A speech-to-text encoder-decoder (Whisper ...): loaded with AutoModelForSpeechSeq2Seq and a processor."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+
+    return base_model_type(path, revision, key) in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+
+
+def load_processor(path: str, revision: str | None = None, key: str = "model_name_or_path"):
+    """AutoProcessor of a speech model (feature extractor + tokenizer)."""
+    from transformers import AutoProcessor
+
+    from . import compression  # noqa: F401
+
+    path = local_hub_copy(path)
+    try:
+        processor = AutoProcessor.from_pretrained(path, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise _explain(path, exc, key) from None
+    if not hasattr(processor, "feature_extractor"):
+        raise RecipeError(f"{path} has no audio feature extractor (preprocessor_config.json)", key=key)
+    return processor
 
 
 def count_parameters(model) -> dict[str, int]:

@@ -441,7 +441,13 @@ def finish(
         (tmp / leftover).unlink(missing_ok=True)
     lineage = write_run_files(tmp, stage=stage, recipe=recipe, metrics=metrics, parent=parent)
     config = tmp / "config.json"  # a model whose code ships with it (low-rank) loads with trust_remote_code
-    if config.is_file() and "auto_map" in json.loads(config.read_text()):
-        card.load_kwargs = ", trust_remote_code=True"
+    if config.is_file():
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+
+        values = json.loads(config.read_text())
+        if "auto_map" in values:
+            card.load_kwargs = ", trust_remote_code=True"
+        model_type = values.get("base_config", values).get("model_type")
+        card.speech = model_type in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
     text = render_model_card(stage=stage, lineage=lineage, parent=parent, **vars(card))
     (tmp / "README.md").write_text(text, encoding="utf-8")

@@ -1,5 +1,6 @@
-"""The embedded default, built offline: a byte-level BPE tokenizer trained on the project's own French
-text, and a small Llama from a config dict. `stages/tiny_model.py` pretrains it briefly.
+"""The embedded defaults, built offline: a byte-level BPE tokenizer trained on the project's own French
+text, and a small Llama from a config dict (`stages/tiny_model.py` pretrains it briefly), or a small random
+Whisper with the same kind of tokenizer plus Whisper's special tokens (for the speech tests and demo).
 
 Special tokens (ChatML): `<|im_start|>`, `<|im_end|>` (EOS: ends an assistant turn and a document),
 `<|endoftext|>`, `<|pad|>` (padding only). No BOS is added.
@@ -129,3 +130,83 @@ def shrink_config(config: dict, tokenizer, sizes: dict | None = None):
         pad_token_id=tokenizer.pad_token_id,
     )
     return AutoConfig.for_model(values.pop("model_type"), **values)
+
+
+# --------------------------------------------------------------------------- a tiny Whisper
+# Whisper's special tokens after the text vocabulary, in the order its tokenizer and generate() rely on: the
+# language tokens directly follow <|startoftranscript|> (language id = sot + 1 + index), the timestamp tokens
+# <|0.00|> ... <|30.00|> directly follow <|notimestamps|>.
+WHISPER_TASK_TOKENS = ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
+                       "<|notimestamps|>"]  # fmt: skip
+WHISPER_EOT = "<|endoftext|>"
+
+
+def build_whisper_tokenizer(files: Sequence[str], vocab_size: int):
+    """A WhisperTokenizer whose byte-level BPE is trained on the files, with Whisper's special tokens appended."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import WhisperTokenizer
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[WHISPER_EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(iter_texts(files), trainer=trainer)
+    bpe = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in bpe["merges"]]
+    tokenizer = WhisperTokenizer(vocab=bpe["vocab"], merges=merges)
+    specials = ["<|startoftranscript|>", *(f"<|{code}|>" for code in LANGUAGES), *WHISPER_TASK_TOKENS]
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    tokenizer.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
+    return tokenizer
+
+
+def build_whisper(model_config: dict, tokenizer, seed: int):
+    """(randomly initialised WhisperForConditionalGeneration, WhisperProcessor) of the tokenizer's vocabulary,
+    with a generation config that `generate(language=..., task=..., return_timestamps=...)` accepts."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    ids = tokenizer.convert_tokens_to_ids
+    eot, sot = ids(WHISPER_EOT), ids("<|startoftranscript|>")
+    # never generated: the prompt's own tokens (so a random model still writes text, never an empty transcript)
+    never = [sot, *(ids(f"<|{code}|>") for code in LANGUAGES), *(ids(t) for t in WHISPER_TASK_TOKENS[:-1])]
+    values = {k: v for k, v in model_config.items() if k != "model_type"}
+    config = WhisperConfig(**{**values, "vocab_size": len(tokenizer), "pad_token_id": eot, "bos_token_id": eot,
+                              "eos_token_id": eot, "decoder_start_token_id": sot})  # fmt: skip
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    with (
+        torch.no_grad()
+    ):  # timestamp logits 0 (tied output): a random model writes text, timestamps long-form only
+        model.get_output_embeddings().weight[ids("<|0.00|>") :] = 0
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        is_multilingual=True,
+        lang_to_id={f"<|{code}|>": ids(f"<|{code}|>") for code in LANGUAGES},
+        task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
+        no_timestamps_token_id=ids("<|notimestamps|>"),
+        prev_sot_token_id=ids("<|startofprev|>"),
+        max_initial_timestamp_index=50,
+        suppress_tokens=never,
+        begin_suppress_tokens=[eot],
+        max_length=config.max_target_positions,
+    )
+    extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+    return model, WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer)

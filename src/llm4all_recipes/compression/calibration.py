@@ -10,6 +10,7 @@ gate/up the MLP input) share one `InputStats`, found by comparing the tensors th
 """
 
 import contextlib
+import inspect
 import random
 import weakref
 from collections.abc import Callable, Iterable
@@ -70,39 +71,94 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     )
 
 
+def layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """(dotted name, ModuleList) of every stack of blocks, in the order the data flows through them: the decoder
+    of a causal LM; the encoder then the decoder of an encoder-decoder model (Whisper)."""
+    if not getattr(model.config, "is_encoder_decoder", False):
+        return [decoder_layers(model)]
+    names = {id(m): n for n, m in model.named_modules()}
+    stacks = []
+    for part in (model.get_encoder(), model.get_decoder()):
+        layers = getattr(part, "layers", None)
+        if not isinstance(layers, nn.ModuleList) or id(part) not in names:
+            raise ValueError(f"cannot find the blocks of {type(part).__name__} (a `layers` ModuleList)")
+        stacks.append((f"{names[id(part)]}.layers", layers))
+    return stacks
+
+
+def model_inputs(inputs: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Calibration inputs as the model's keyword arguments: token ids (n, L) of a causal LM, or a dict of tensors
+    whose first dimension is the sample (a speech model's `input_features` + `decoder_input_ids`)."""
+    return inputs if isinstance(inputs, dict) else {"input_ids": inputs}
+
+
+def _keywords(forward, args: tuple, kwargs: dict) -> dict:
+    """The arguments after the hidden states of a block's call, all by name (models pass some positionally)."""
+    signature = inspect.signature(forward)
+    params = signature.parameters
+    first = next(iter(params))
+    out = {}
+    for name, value in signature.bind_partial(None, *args, **kwargs).arguments.items():
+        if name == first:
+            continue
+        if params[name].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif params[name].kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise ValueError(f"a block called with extra positional arguments ({len(value)})")
+        else:
+            out[name] = value
+    return out
+
+
 class _Stop(Exception):
     pass
 
 
 class LayerStream:
-    """Hidden states flowing through the decoder layers one layer at a time (model kept on the CPU)."""
+    """Hidden states flowing through one stack of blocks one block at a time (model kept on the CPU); `stack`
+    defaults to the decoder of a causal LM (see `layer_stacks` for an encoder-decoder model's two)."""
 
     def __init__(
-        self, model: nn.Module, ids: torch.Tensor, *, device: str | torch.device, batch_size: int = 8
+        self,
+        model: nn.Module,
+        ids: torch.Tensor | dict[str, torch.Tensor],
+        *,
+        device: str | torch.device,
+        batch_size: int = 8,
+        stack: tuple[str, nn.ModuleList] | None = None,
     ):
         self.model, self.device = model, torch.device(device)
-        self.prefix, self.layers = decoder_layers(model)
+        self.prefix, self.layers = stack or decoder_layers(model)
         self.inputs: list[torch.Tensor] = []  # per batch, on the CPU
         self.kwargs: list[dict] = []  # what the model passes to each layer (masks, rotary embeddings ...)
-        self._capture(ids, batch_size)
+        self._capture(model_inputs(ids), batch_size)
 
     @torch.no_grad()
-    def _capture(self, ids: torch.Tensor, batch_size: int) -> None:
+    def _capture(self, inputs: dict[str, torch.Tensor], batch_size: int) -> None:
         first = self.layers[0]
         stream = self
 
         class Catcher(nn.Module):
             def forward(self, hidden_states, *args, **kwargs):
                 stream.inputs.append(hidden_states.detach().cpu())
-                stream.kwargs.append(kwargs)
+                stream.kwargs.append(_keywords(first.forward, args, kwargs))
                 raise _Stop
 
         self.layers[0] = Catcher()
         try:
-            self._move_outside(self.device)  # embeddings, rotary embeddings, final norm ...
-            for start in range(0, len(ids), batch_size):
+            self._move_outside(self.device)  # embeddings, rotary embeddings, final norm, the encoder ...
+            dtype = next(self.model.parameters()).dtype  # audio features follow the weights' dtype
+            n = len(next(iter(inputs.values())))
+            for start in range(0, n, batch_size):
+                batch = {
+                    k: v[start : start + batch_size].to(
+                        self.device, dtype if v.is_floating_point() else v.dtype
+                    )
+                    for k, v in inputs.items()
+                }
                 with contextlib.suppress(_Stop):
-                    self.model(input_ids=ids[start : start + batch_size].to(self.device), use_cache=False)
+                    self.model(**batch, use_cache=False)
         finally:
             self.layers[0] = first
             self._move_outside(torch.device("cpu"))

@@ -1,6 +1,6 @@
-"""The compression driver: one decoder layer at a time, statistics → low-rank initialisation → swap.
+"""The compression driver: one block at a time, statistics → low-rank initialisation → swap.
 
-    for each decoder layer (moved to the device, the rest of the model on the CPU):
+    for each block (a decoder's; an encoder's then a decoder's for Whisper) (moved to the device, the rest of the model on the CPU):
         run it on the calibration hidden states, hooks accumulate each distinct linear input's statistics
         factor every targeted linear (compression/factorize.py) and swap in a LowRankLinear
         its outputs — of the compressed layer (`propagate: compressed`, as GPTQ) or of the original one —
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration import InputStats, LayerStream, collect_stats, decoder_layers
+from .calibration import InputStats, LayerStream, collect_stats, layer_stacks
 from .factorize import energies, factorize
 from .lowrank import LowRankLinear
 from .ranks import Target
@@ -25,31 +25,35 @@ from .ranks import Target
 logger = logging.getLogger(__name__)
 
 
-def _by_layer(targets: list[Target]) -> dict[int, list[Target]]:
-    out: dict[int, list[Target]] = {}
+def _by_block(targets: list[Target]) -> dict[str, list[Target]]:
+    out: dict[str, list[Target]] = {}
     for t in targets:
-        out.setdefault(t.layer, []).append(t)
+        out.setdefault(t.block, []).append(t)
     return out
 
 
-def _local(prefix: str, layer: int, name: str) -> str:
-    return name[len(f"{prefix}.{layer}.") :]
+def blocks(model: nn.Module, ids, *, device, batch_size: int):
+    """(block name, block, stream) of every block in data-flow order; a stack's stream is captured when the
+    stack starts, so a decoder after an encoder sees the encoder as it is then (compressed, in `compress`)."""
+    for prefix, layers in layer_stacks(model):
+        stream = LayerStream(model, ids, device=device, batch_size=batch_size, stack=(prefix, layers))
+        for i, layer in enumerate(layers):
+            yield f"{prefix}.{i}", layer, stream
 
 
 @torch.no_grad()
 def spectra(model: nn.Module, ids: torch.Tensor, targets: list[Target], *, method: str, alpha: float, jitter: float,
             device: str, batch_size: int) -> dict[str, torch.Tensor]:  # fmt: skip
     """σ² of every target's transformed matrix (for `loss` allocation), original activations propagated."""
-    prefix, layers = decoder_layers(model)
-    stream = LayerStream(model, ids, device=device, batch_size=batch_size)
-    by_layer, out = _by_layer(targets), {}
-    for i, layer in enumerate(tqdm(layers, desc="statistics for rank allocation")):
+    by_block, out = _by_block(targets), {}
+    for name, layer, stream in tqdm(blocks(model, ids, device=device, batch_size=batch_size),
+                                    desc="statistics for rank allocation", total=_count(model)):  # fmt: skip
         layer.to(device)
-        ts = by_layer.get(i, [])
-        stats, outputs = collect_stats(stream, layer, [_local(prefix, i, t.name) for t in ts])
+        ts = by_block.get(name, [])
+        stats, outputs = collect_stats(stream, layer, [t.local for t in ts])
         for t in ts:
-            weight = layer.get_submodule(_local(prefix, i, t.name)).weight
-            out[t.name] = energies(weight, stats[_local(prefix, i, t.name)], method, alpha, jitter).cpu()
+            weight = layer.get_submodule(t.local).weight
+            out[t.name] = energies(weight, stats[t.local], method, alpha, jitter).cpu()
         del stats
         layer.to("cpu")
         stream.inputs = outputs
@@ -87,16 +91,15 @@ def compress_model(
                 batch_size=batch_size,
             )
         )
-    prefix, layers = decoder_layers(model)
-    stream = LayerStream(model, ids, device=device, batch_size=batch_size)
-    by_layer, peak_live = _by_layer(targets), 0
-    for i, layer in enumerate(tqdm(layers, desc=f"compress ({method})")):
+    by_block, peak_live = _by_block(targets), 0
+    for name, layer, stream in tqdm(blocks(model, ids, device=device, batch_size=batch_size),
+                                    desc=f"compress ({method})", total=_count(model)):  # fmt: skip
         layer.to(device)
-        ts = [t for t in by_layer.get(i, []) if ranks.get(t.name) is not None]
-        stats, outputs = collect_stats(stream, layer, [_local(prefix, i, t.name) for t in ts])
+        ts = [t for t in by_block.get(name, []) if ranks.get(t.name) is not None]
+        stats, outputs = collect_stats(stream, layer, [t.local for t in ts])
         peak_live = max(peak_live, len(InputStats.live))
         for t in ts:
-            local = _local(prefix, i, t.name)
+            local = t.local
             linear = layer.get_submodule(local)
             up, down = factorize(linear.weight, stats[local], method, ranks[t.name], alpha, jitter)
             low = LowRankLinear(t.in_features, t.out_features, ranks[t.name], linear.bias is not None,
@@ -117,4 +120,9 @@ def compress_model(
         sum(r is not None for r in ranks.values()),
         peak_live,
     )
-    return ranks, {"peak_live_statistics": peak_live, "calibration_tokens": int(ids.numel())}
+    tokens = ids["decoder_input_ids"] if isinstance(ids, dict) else ids
+    return ranks, {"peak_live_statistics": peak_live, "calibration_tokens": int(tokens.numel())}
+
+
+def _count(model: nn.Module) -> int:
+    return sum(len(layers) for _, layers in layer_stacks(model))

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration import LayerStream, decoder_layers
+from .calibration import LayerStream, layer_stacks
 from .lowrank import LowRankLinear
 
 logger = logging.getLogger(__name__)
@@ -178,56 +178,69 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
 
 
 @torch.no_grad()
-def distill(teacher: nn.Module, student: nn.Module, train_ids: torch.Tensor, holdout_ids: torch.Tensor,
-            cfg: DistillConfig, state_dir: Path | None = None, on_block=None) -> list[BlockReport]:  # fmt: skip
+def distill(teacher: nn.Module, student: nn.Module, train_ids, holdout_ids, cfg: DistillConfig,
+            state_dir: Path | None = None, on_block=None) -> list[BlockReport]:  # fmt: skip
     """Distil every compressed block of `student` (in place); teacher and student stay on the CPU.
-    `on_block(report)` is called as each block is done (trackers)."""
-    _, t_layers = decoder_layers(teacher)
-    _, s_layers = decoder_layers(student)
-    if len(t_layers) != len(s_layers):
-        raise ValueError("teacher and student have different numbers of decoder layers")
+    `on_block(report)` is called as each block is done (trackers). An encoder-decoder's stacks are distilled one
+    after the other (encoder first); the decoder blocks' other inputs (the encoder states of the cross-attention,
+    masks) are the teacher's, so that every block learns against its teacher block's exact function."""
+    t_stacks, s_stacks = layer_stacks(teacher), layer_stacks(student)
+    if [len(t) for _, t in t_stacks] != [len(s) for _, s in s_stacks]:
+        raise ValueError("teacher and student have different numbers of blocks")
     device = torch.device(cfg.device)
-    t_train = LayerStream(teacher, train_ids, device=device, batch_size=cfg.batch_size)
-    t_hold = LayerStream(teacher, holdout_ids, device=device, batch_size=cfg.batch_size)
-    s_train, s_hold = list(t_train.inputs), list(t_hold.inputs)  # embeddings are shared: same first inputs
     done = _finished(state_dir)
     reports: list[BlockReport] = []
-    for i, (t_block, s_block) in enumerate(zip(t_layers, s_layers)):
-        t_block.to(device)
-        s_block.to(device)
-        y_train, y_hold = t_train.forward(t_block), t_hold.forward(t_block)
-        if low_rank_parameters(s_block):
-            if i in done:
-                s_block.load_state_dict(load_file(str(state_dir / f"block_{i}.safetensors")), strict=False)
-                reports.append(BlockReport(**done[i]))
-            else:
-                pairs, hold = [], ([], [], [])
-                streams = {"parallel": [(t_train.inputs, t_hold.inputs)], "sequential": [(s_train, s_hold)]}[
-                    cfg.schedule
-                ]
-                if cfg.joint_inputs:
-                    streams.append(
-                        (s_train, s_hold) if cfg.schedule == "parallel" else (t_train.inputs, t_hold.inputs)
+    offset = 0
+    for t_stack, s_stack in zip(t_stacks, s_stacks):
+        t_train = LayerStream(teacher, train_ids, device=device, batch_size=cfg.batch_size, stack=t_stack)
+        t_hold = LayerStream(teacher, holdout_ids, device=device, batch_size=cfg.batch_size, stack=t_stack)
+        s_train, s_hold = (
+            list(t_train.inputs),
+            list(t_hold.inputs),
+        )  # embeddings are shared: same first inputs
+        for k, (t_block, s_block) in enumerate(zip(t_stack[1], s_stack[1])):
+            i = offset + k
+            t_block.to(device)
+            s_block.to(device)
+            y_train, y_hold = t_train.forward(t_block), t_hold.forward(t_block)
+            if low_rank_parameters(s_block):
+                if i in done:
+                    s_block.load_state_dict(
+                        load_file(str(state_dir / f"block_{i}.safetensors")), strict=False
                     )
-                for x_train, x_hold in streams:
-                    pairs += list(zip(x_train, y_train, t_train.kwargs))
-                    hold[0].extend(x_hold)
-                    hold[1].extend(y_hold)
-                    hold[2].extend(t_hold.kwargs)
-                with torch.enable_grad():
-                    report = train_block(s_block, pairs, hold, cfg, i)
-                reports.append(report)
-                _save_block(state_dir, i, s_block, report)
-            logger.info(
-                "block %d: held-out loss %.4f -> %.4f", i, reports[-1].initial_loss, reports[-1].best_loss
-            )
-            if on_block is not None:
-                on_block(reports[-1])
-        if cfg.schedule == "sequential" or cfg.joint_inputs:
-            s_train, s_hold = t_train.forward(s_block, s_train), t_hold.forward(s_block, s_hold)
-        t_block.to("cpu")
-        s_block.to("cpu")
-        t_train.inputs, t_hold.inputs = y_train, y_hold
+                    reports.append(BlockReport(**done[i]))
+                else:
+                    pairs, hold = [], ([], [], [])
+                    streams = {
+                        "parallel": [(t_train.inputs, t_hold.inputs)],
+                        "sequential": [(s_train, s_hold)],
+                    }[cfg.schedule]
+                    if cfg.joint_inputs:
+                        streams.append(
+                            (s_train, s_hold)
+                            if cfg.schedule == "parallel"
+                            else (t_train.inputs, t_hold.inputs)
+                        )
+                    for x_train, x_hold in streams:
+                        pairs += list(zip(x_train, y_train, t_train.kwargs))
+                        hold[0].extend(x_hold)
+                        hold[1].extend(y_hold)
+                        hold[2].extend(t_hold.kwargs)
+                    with torch.enable_grad():
+                        report = train_block(s_block, pairs, hold, cfg, i)
+                    reports.append(report)
+                    _save_block(state_dir, i, s_block, report)
+                logger.info(
+                    "block %d: held-out loss %.4f -> %.4f", i, reports[-1].initial_loss, reports[-1].best_loss
+                )
+                if on_block is not None:
+                    on_block(reports[-1])
+            if cfg.schedule == "sequential" or cfg.joint_inputs:
+                s_train, s_hold = t_train.forward(s_block, s_train), t_hold.forward(s_block, s_hold)
+            t_block.to("cpu")
+            s_block.to("cpu")
+            t_train.inputs, t_hold.inputs = y_train, y_hold
+        offset += len(t_stack[1])
     return reports
 
 

@@ -1,10 +1,11 @@
-"""Low-rank checkpoints of llm4all-recipes: any transformers causal LM whose chosen linear layers are
-factored as W ≈ up @ down (down: r x n, up: m x r, bias kept on `up`).
+"""Low-rank checkpoints of llm4all-recipes: any transformers causal LM (or speech encoder-decoder: Whisper) whose
+chosen linear layers are factored as W ≈ up @ down (down: r x n, up: m x r, bias kept on `up`).
 
 This file is self-contained (torch + transformers only): it is copied into every compressed checkpoint as
 `modeling_llm4all_lowrank.py`, so that plain transformers loads it without llm4all-recipes installed:
 
     AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+    AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=True)    # a low-rank Whisper
 
 A checkpoint's config.json has `model_type: llm4all_lowrank` (so loading without this code fails loudly
 instead of silently building the base model with random weights), the base architecture's config under
@@ -21,13 +22,21 @@ import shutil
 import torch
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING,
+)
 
 MODEL_TYPE = "llm4all_lowrank"
 MODELING_FILE = "modeling_llm4all_lowrank.py"
 AUTO_MAP = {
     "AutoConfig": "modeling_llm4all_lowrank.LowRankConfig",
     "AutoModelForCausalLM": "modeling_llm4all_lowrank.LowRankForCausalLM",
+}
+# encoder-decoder speech models (Whisper): AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=True)
+SPEECH_AUTO_MAP = {
+    "AutoConfig": "modeling_llm4all_lowrank.LowRankConfig",
+    "AutoModelForSpeechSeq2Seq": "modeling_llm4all_lowrank.LowRankForSpeechSeq2Seq",
 }
 
 
@@ -115,10 +124,12 @@ def low_rank_class(base_cls: type) -> type:
         compression = base.pop("compression_config", {})
         for key in ("architectures", "auto_map", "transformers_version"):
             base.pop(key, None)
+        speech = base_cls in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING.values()
+        entry = LowRankForSpeechSeq2Seq if speech else LowRankForCausalLM
         config = LowRankConfig(
-            base_config=base, compression_config=compression, architectures=["LowRankForCausalLM"]
+            base_config=base, compression_config=compression, architectures=[entry.__name__]
         )
-        config.auto_map = dict(AUTO_MAP)
+        config.auto_map = dict(SPEECH_AUTO_MAP if speech else AUTO_MAP)
         config.save_pretrained(save_directory)
         shutil.copyfile(__file__, os.path.join(save_directory, MODELING_FILE))
 
@@ -137,6 +148,7 @@ class LowRankForCausalLM:
 
     config_class = LowRankConfig
     base_model_prefix = ""
+    mapping = MODEL_FOR_CAUSAL_LM_MAPPING
 
     @classmethod
     def register_for_auto_class(cls, auto_class="AutoModelForCausalLM"):
@@ -152,7 +164,7 @@ class LowRankForCausalLM:
         if config is None:
             config = LowRankConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         base_config = config.to_base_config()
-        model_cls = low_rank_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(base_config)])
+        model_cls = low_rank_class(cls.mapping[type(base_config)])
         kwargs.pop("trust_remote_code", None)
         return model_cls.from_pretrained(pretrained_model_name_or_path, *args, config=base_config, **kwargs)
 
@@ -162,6 +174,16 @@ class LowRankForCausalLM:
         model.__class__ = low_rank_class(type(model))
         model.config.compression_config = compression_config
         return model
+
+
+class LowRankForSpeechSeq2Seq(LowRankForCausalLM):
+    """Entry point of a speech encoder-decoder's `auto_map` (Whisper: WhisperForConditionalGeneration)."""
+
+    mapping = MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoModelForSpeechSeq2Seq"):
+        """See LowRankForCausalLM."""
 
 
 @torch.no_grad()

@@ -18,14 +18,13 @@ the budget allows, so the achieved ratio is never below the target.
 import fnmatch
 import heapq
 import math
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import RecipeError
-from .calibration import InputStats, decoder_layers
+from .calibration import InputStats, layer_stacks
 
 # The attention and MLP projections of the decoder families we support, by their transformers names: Llama,
 # Mistral, Qwen2/3, Gemma-2/3 (q/k/v/o, gate/up/down) and Phi-3 (fused `qkv_proj`, `gate_up_proj`, factored as
@@ -40,6 +39,10 @@ PROJECTIONS = [
     "up_proj",
     "gate_up_proj",
     "down_proj",
+    # Whisper (encoder and decoder blocks; the decoder's cross-attention is an `encoder_attn` with q/k/v too)
+    "out_proj",
+    "fc1",
+    "fc2",
 ]
 AUTO = "auto"
 DEFAULT_TARGETS = [AUTO]
@@ -49,9 +52,17 @@ ALLOCATIONS = ("uniform", "bottom_first", "loss", "explicit")
 @dataclass(frozen=True)
 class Target:
     name: str  # full module name, e.g. model.layers.3.self_attn.q_proj
-    layer: int
+    layer: (
+        int  # the block's rank in data-flow order (an encoder-decoder's decoder blocks follow its encoder's)
+    )
     out_features: int  # m
     in_features: int  # n
+    block: str = ""  # the block's full name, e.g. model.layers.3 (model.encoder.layers.3 in Whisper)
+
+    @property
+    def local(self) -> str:
+        """The module's name inside its block (self_attn.q_proj)."""
+        return self.name[len(self.block) + 1 :]
 
     @property
     def params(self) -> int:
@@ -73,17 +84,24 @@ def matches(name: str, pattern: str) -> bool:
 
 
 def find_targets(model: nn.Module, patterns: list[str]) -> list[Target]:
-    """The nn.Linear modules of the decoder blocks matching the patterns (embeddings and lm_head never);
+    """The nn.Linear modules of the blocks (a decoder's; an encoder-decoder's two stacks) matching the patterns
+    (embeddings, convolutions and lm_head never);
     `auto` matches the usual projection names (PROJECTIONS) the model has."""
     try:
-        prefix, _ = decoder_layers(model)
+        stacks = layer_stacks(model)
     except ValueError as exc:
         raise RecipeError(
             f"{type(model).__name__} is not supported: {exc}", key="model_name_or_path"
         ) from None
-    linears = [
-        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(prefix + ".")
-    ]
+    block_of: dict[str, tuple[str, int]] = {}  # linear -> (its block's name, the block's data-flow rank)
+    offset = 0
+    for prefix, layers in stacks:
+        for i in range(len(layers)):
+            for local, module in layers[i].named_modules():
+                if isinstance(module, nn.Linear):
+                    block_of[f"{prefix}.{i}.{local}"] = (f"{prefix}.{i}", offset + i)
+        offset += len(layers)
+    linears = [(n, m) for n, m in model.named_modules() if n in block_of]
     if not linears:
         raise RecipeError(
             f"{type(model).__name__} is not supported: no nn.Linear inside its decoder blocks to compress",
@@ -104,8 +122,8 @@ def find_targets(model: nn.Module, patterns: list[str]) -> list[Target]:
         hit = [p for p in patterns if matches(name, p)]
         if hit:
             used.update(hit)
-            layer = int(re.match(re.escape(prefix) + r"\.(\d+)\.", name).group(1))
-            targets.append(Target(name, layer, module.out_features, module.in_features))
+            block, layer = block_of[name]
+            targets.append(Target(name, layer, module.out_features, module.in_features, block))
     unused = [p for p in patterns if p not in used]
     if unused:
         names = sorted({n.rsplit(".", 1)[-1] for n, _ in linears})

@@ -209,8 +209,25 @@ def call_folders(root: Path) -> list[Path]:
 
 
 def transcript_text(turns: list[dict[str, str]]) -> str:
+    """`Régulateur : …` / `Appelant : …` lines (a turn without a role, as ASR output without diarisation: its text)."""
     names = {"assistant": "Régulateur", "user": "Appelant"}
-    return "\n".join(f"{names[t['role']]} : {t['content']}" for t in turns)
+    return "\n".join(
+        f"{names[t['role']]} : {t['content']}" if t.get("role") in names else t["content"] for t in turns
+    )
+
+
+def read_tables(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(actors, communication modes) of the root tables: {call: (line, value)}; errors name file:line."""
+    actors = _read_csv(root / "metadata.csv", "rec_name", ("medecin", "patient"))
+    modes = _read_csv(root / "simsamu_communication_modes.csv", "dialogue", "role")
+    for lineno, mode in modes.values():
+        if mode not in MODES:
+            raise RecipeError(
+                f"unknown communication mode {mode!r} (expected one of {', '.join(MODES)})",
+                source=str(root / "simsamu_communication_modes.csv"),
+                line=lineno,
+            )
+    return actors, modes
 
 
 def build_rows(
@@ -221,21 +238,17 @@ def build_rows(
     summaries: Path | None = None,
     skip_speakers: tuple[str, ...] = ("inintelligible",),
     punctuation: bool = True,
+    calls: list[Call] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(rows, report). One row per call, or per regulator turn with its history (`per_turn`)."""
-    calls = [
-        read_call(f, skip_speakers=set(skip_speakers), punctuation=punctuation) for f in call_folders(root)
-    ]
+    """(rows, report). One row per call, or per regulator turn with its history (`per_turn`). `calls` replaces
+    the calls read from the JSON transcripts (transcribe: the ASR output of the recordings)."""
+    if calls is None:
+        calls = [
+            read_call(f, skip_speakers=set(skip_speakers), punctuation=punctuation)
+            for f in call_folders(root)
+        ]
     ids = {c.id for c in calls}
-    actors = _read_csv(root / "metadata.csv", "rec_name", ("medecin", "patient"))
-    modes = _read_csv(root / "simsamu_communication_modes.csv", "dialogue", "role")
-    for lineno, mode in modes.values():
-        if mode not in MODES:
-            raise RecipeError(
-                f"unknown communication mode {mode!r} (expected one of {', '.join(MODES)})",
-                source=str(root / "simsamu_communication_modes.csv"),
-                line=lineno,
-            )
+    actors, modes = read_tables(root)
     texts = read_summaries(summaries, ids) if summaries else {}
     system = render_prompt("simsamu_system")
     rows, report = (

@@ -57,6 +57,18 @@ def text_splits(source: str) -> tuple[dict[str, list[dict]], dict]:
     }
 
 
+def split_calls(recipe, rows: list[dict], report: dict) -> tuple[dict[str, list[dict]], dict]:
+    """simsamu rows into splits by situation. Splits are drawn over *all* calls (`report["situations"]`), so that
+    every task variant (per call, per turn, summaries; references or ASR transcripts) puts a call in the same
+    split: no situation leaks from one variant's train into another's test."""
+    calls = list(report.pop("situations").items())
+    parts = grouped_splits([s for _, s in calls], recipe.splits, recipe.seed, recipe.folds, recipe.fold)
+    split_of = {calls[i][0]: name for name, idx in parts.items() for i in idx}
+    report["group"] = "situation"
+    report["splits_from"] = f"{recipe.folds}-fold, fold {recipe.fold}" if recipe.folds else "shares"
+    return {name: [r for r in rows if split_of[r["id"].split("#")[0]] == name] for name in parts}, report
+
+
 def build(recipe: BuildDatasetRecipe, source: str) -> tuple[dict[str, list[dict]], dict]:
     """({split: rows}, report) for the recipe's builder."""
     if recipe.builder == "text":
@@ -72,14 +84,7 @@ def build(recipe: BuildDatasetRecipe, source: str) -> tuple[dict[str, list[dict]
             skip_speakers=tuple(recipe.skip_speakers),
             punctuation=recipe.punctuation,
         )
-        # splits are drawn over *all* calls, so that every task variant (per call, per turn, summaries) puts a
-        # call in the same split: no situation leaks from one variant's train into another's test
-        calls = list(report.pop("situations").items())
-        parts = grouped_splits([s for _, s in calls], recipe.splits, recipe.seed, recipe.folds, recipe.fold)
-        split_of = {calls[i][0]: name for name, idx in parts.items() for i in idx}
-        report["group"] = "situation"
-        report["splits_from"] = f"{recipe.folds}-fold, fold {recipe.fold}" if recipe.folds else "shares"
-        return {name: [r for r in rows if split_of[r["id"].split("#")[0]] == name] for name in parts}, report
+        return split_calls(recipe, rows, report)
     count = None
     if recipe.tokenizer_name_or_path:
         from ..models import load_tokenizer

@@ -16,7 +16,7 @@ from ..configs import CompressRecipe
 from ..errors import RecipeError
 from ..evaluation.perplexity import corpus_ids, held_out_perplexities
 from ..hub import publish_stage_output
-from ..models import load_model, load_tokenizer, resolve_device
+from ..models import is_speech_model, load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
 from ..tracking import Trackers
 from ..training import load_data
@@ -33,7 +33,8 @@ NOTE = (
 
 def skeleton(recipe):
     """The model's structure on the meta device (no weights): enough for targets, ranks and sizes."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSpeechSeq2Seq
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
 
     from ..compression import MODEL_TYPE
 
@@ -48,8 +49,9 @@ def skeleton(recipe):
             "this model is already low-rank: start from its base model (or export-dense it first)",
             key="model_name_or_path",
         )
+    speech = config.model_type in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return (AutoModelForSpeechSeq2Seq if speech else AutoModelForCausalLM).from_config(config)
 
 
 def allocation(recipe: CompressRecipe, targets):
@@ -119,6 +121,36 @@ def calibration_data(recipe):
     return tokenizer, ids, evals, data_report
 
 
+def speech_calibration_data(recipe):
+    """(processor, calibration inputs, held-out inputs, data report) of a speech model (Whisper): recordings with
+    their reference transcripts; every data error before any model loads."""
+    from ..models import load_processor
+    from ..speech import calibration as S
+
+    processor = load_processor(recipe.model_name_or_path, recipe.model_revision)
+    pairs = S.read_pairs(recipe.datasets, "datasets")
+    everything = [p for ps in pairs.values() for p in ps]
+    inputs = S.calibration_inputs(recipe, processor, recipe.num_calibration_samples, recipe.seed, everything)
+    evals = S.eval_inputs(recipe, processor)
+    used = len(inputs["labels"])
+    report = [{"source": label, "split": "train", "used_rows": round(used * len(ps) / len(everything)),
+               "available_rows": len(ps), "share": len(ps) / len(everything)} for label, ps in pairs.items()]  # fmt: skip
+    return processor, inputs, evals, report
+
+
+def held_out(recipe, speech: bool, preprocessor, evals, device: str):
+    """measure(model, tag) -> {label: {perplexity, loss, tokens}}: text perplexity, or (speech) the teacher-forced
+    perplexity of the reference transcripts given their audio."""
+    if speech:
+        from ..speech.calibration import transcript_perplexities
+
+        return lambda model, tag: transcript_perplexities(model, evals, device=device,
+                                                          batch_size=recipe.calibration_batch_size)  # fmt: skip
+    return lambda model, tag: held_out_perplexities(
+        model, preprocessor, evals, max_length=recipe.perplexity_max_length, device=device, tag=tag
+    )
+
+
 def run(recipe: CompressRecipe, callbacks=None):
     from ..compression import LowRankForCausalLM
     from ..compression import ranks as R
@@ -130,15 +162,20 @@ def run(recipe: CompressRecipe, callbacks=None):
     if recipe.dry_run:
         return print_plan(recipe, skeleton(recipe), targets, ranks)
 
-    # 2. Calibration windows and held-out text, then the model.
-    tokenizer, ids, evals, data_report = calibration_data(recipe)
+    # 2. Calibration windows and held-out text (speech: recordings and their transcripts), then the model.
+    speech = is_speech_model(recipe.model_name_or_path, recipe.model_revision)
+    if speech:
+        from ..speech.calibration import model_inputs
+
+        tokenizer, inputs, evals, data_report = speech_calibration_data(recipe)
+        ids = model_inputs(inputs)
+    else:
+        tokenizer, ids, evals, data_report = calibration_data(recipe)
+    device = resolve_device(recipe.device)
+    measure = held_out(recipe, speech, tokenizer, evals, device)
     with staged_output(recipe, "compress") as tmp:
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
-        device = resolve_device(recipe.device)
-
-        before = held_out_perplexities(
-            model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="dense"
-        )
+        before = measure(model, "dense")
         dense_size = skeleton(recipe)  # parameter counts of the dense model, for the summary
 
         # 3. Layer by layer: statistics -> initialisation -> low-rank swap.
@@ -155,9 +192,7 @@ def run(recipe: CompressRecipe, callbacks=None):
             "calibration": {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
                             "seq_len": recipe.calibration_seq_len, "seed": recipe.seed, "propagate": recipe.propagate},
         })  # fmt: skip
-        after = held_out_perplexities(
-            model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="compressed"
-        )
+        after = measure(model, "compressed")
         trackers = Trackers(recipe, "compress", tmp)
         trackers.log({"achieved_ratio": facts["achieved_ratio"], "parameters": facts["model_params_after"]})
         trackers.log_perplexities(before, after)
@@ -175,9 +210,11 @@ def run(recipe: CompressRecipe, callbacks=None):
             metrics=metrics,
             parent=recipe.model_name_or_path,
             card=CardInfo(
-                summary=f"{model_ref(recipe.model_name_or_path)} with {facts['achieved_ratio']:.0%} of its decoder's linear parameters removed by {recipe.method} low-rank factorisation.",
-                training=compression_md(recipe, facts, before, after, target_names(targets)),
-                results=perplexity_results(after, recipe.eval_datasets, recipe.perplexity_max_length),
+                summary=f"{model_ref(recipe.model_name_or_path)} with {facts['achieved_ratio']:.0%} of the linear parameters of its {'encoder and decoder blocks' if speech else 'decoder'} removed by {recipe.method} low-rank factorisation.",
+                training=compression_md(recipe, facts, before, after, target_names(targets), speech),
+                results=perplexity_results(
+                    after, recipe.eval_datasets, None if speech else recipe.perplexity_max_length
+                ),
                 data_report=data_report,
                 tags=["compression", "low-rank", recipe.method],
                 limitations=NOTE,
@@ -192,7 +229,8 @@ def target_names(targets) -> list[str]:
     return list(dict.fromkeys(t.name.rsplit(".", 1)[-1] for t in targets))
 
 
-def compression_md(recipe: CompressRecipe, facts: dict, before: dict, after: dict, names: list[str]) -> str:
+def compression_md(recipe: CompressRecipe, facts: dict, before: dict, after: dict, names: list[str],
+                   speech: bool = False) -> str:  # fmt: skip
     lines = [
         f"- method: `{recipe.method}`, rank allocation `{recipe.rank_allocation}`, targets {', '.join(names)}",
         f"- ratio: {facts['achieved_ratio']:.4f} of the targeted linear parameters removed (target {recipe.ratio}); "
@@ -200,11 +238,14 @@ def compression_md(recipe: CompressRecipe, facts: dict, before: dict, after: dic
         f"- parameters: {facts['model_params_before']:,} → {facts['model_params_after']:,}; "
         f"bytes: {facts['bytes_before']:,} → {facts['bytes_after']:,}",
         f"- calibration: {recipe.num_calibration_samples} windows × {recipe.calibration_seq_len} tokens, "
-        f"layer by layer (inputs of layer i+1 from the {recipe.propagate} layer i)",
+        f"layer by layer (inputs of layer i+1 from the {recipe.propagate} layer i)"
+        if not speech
+        else f"- calibration: {recipe.num_calibration_samples} recordings (one window of log-mel features each) and "
+        f"their reference transcripts (up to {recipe.calibration_seq_len} tokens), encoder blocks then decoder blocks, "
+        f"block by block (inputs of block i+1 from the {recipe.propagate} block i)",
     ]
+    what = "perplexity of the reference transcripts given the audio" if speech else "perplexity"
     for k in after:
-        lines.append(
-            f"- perplexity `{k}`: {before[k]['perplexity']:.2f} (dense) → {after[k]['perplexity']:.2f}"
-        )
+        lines.append(f"- {what} `{k}`: {before[k]['perplexity']:.2f} (dense) → {after[k]['perplexity']:.2f}")
     lines += ["", NOTE]
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from ..compression import to_dense
 from ..configs import ExportDenseRecipe
 from ..errors import RecipeError
 from ..hub import publish_stage_output
-from ..models import compression_config, load_model, load_tokenizer
+from ..models import compression_config, is_speech_model, load_model, load_processor, load_tokenizer
 from ..outputs import finish, staged_output
 
 
@@ -25,7 +25,10 @@ def densify(recipe: ExportDenseRecipe):
 
 
 def run(recipe: ExportDenseRecipe, callbacks=None):
-    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
+    speech = is_speech_model(recipe.model_name_or_path, recipe.model_revision)
+    # saved with the weights: the tokenizer, or a speech model's processor (feature extractor + tokenizer)
+    load = load_processor if speech else load_tokenizer
+    tokenizer = load(recipe.model_name_or_path, recipe.model_revision)
     if recipe.dry_run:
         _, metrics = densify(recipe)
         print(f"# export-dense {recipe.model_name_or_path}: {metrics['parameters']:,} dense parameters")

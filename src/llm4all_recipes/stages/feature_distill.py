@@ -12,12 +12,13 @@ import shutil
 from ..cards import CardInfo, model_ref, perplexity_results
 from ..configs import FeatureDistillRecipe
 from ..errors import RecipeError
-from ..evaluation.perplexity import corpus_ids, held_out_perplexities
+from ..evaluation.perplexity import corpus_ids
 from ..hub import publish_stage_output
-from ..models import compression_config, load_model, load_tokenizer, resolve_device
+from ..models import compression_config, is_speech_model, load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
 from ..tracking import Trackers
 from ..training import load_data
+from .compress import held_out
 
 logger = logging.getLogger(__name__)
 HOLDOUT_SHARE = 0.1  # the last 10 % of the calibration token stream provides the held-out windows
@@ -66,23 +67,59 @@ def split_windows(recipe: FeatureDistillRecipe, stream: list[int]):
     return train, hold
 
 
+def _first(ids):
+    return ids["decoder_input_ids"] if isinstance(ids, dict) else ids
+
+
+def _tokens(ids) -> int:
+    """Tokens of calibration inputs (speech: decoder tokens of the transcripts)."""
+    return int(_first(ids).numel())
+
+
+def speech_windows(recipe: FeatureDistillRecipe):
+    """(processor, training inputs, held-out inputs, eval sets, data report) of a speech student: distinct
+    recordings drawn (seeded) for training and for the held-out loss."""
+    import random
+
+    from ..models import load_processor
+    from ..speech import calibration as S
+
+    processor = load_processor(recipe.model_name_or_path, recipe.model_revision)
+    pairs = [p for ps in S.read_pairs(recipe.datasets, "datasets").values() for p in ps]
+    n_train, n_hold = recipe.num_calibration_samples, recipe.num_holdout_samples
+    if len(pairs) < n_train + n_hold:
+        raise RecipeError(f"{len(pairs)} recordings, fewer than num_calibration_samples + num_holdout_samples = "
+                          f"{n_train + n_hold} (training and held-out recordings are distinct)", key="datasets")  # fmt: skip
+    drawn = random.Random(recipe.seed).sample(pairs, n_train + n_hold)
+    train = S.model_inputs(S.calibration_inputs(recipe, processor, n_train, recipe.seed, drawn[:n_train]))
+    hold = S.model_inputs(S.calibration_inputs(recipe, processor, n_hold, recipe.seed, drawn[n_train:]))
+    report = [{"source": s.tag, "split": s.split, "used_rows": n_train + n_hold, "available_rows": len(pairs),
+               "share": 1.0 / len(recipe.datasets)} for s in recipe.datasets]  # fmt: skip
+    return processor, train, hold, S.eval_inputs(recipe, processor), report
+
+
 def run(recipe: FeatureDistillRecipe, callbacks=None):
     from ..compression.feature_distill import DistillConfig, distill
 
-    # 1. Who teaches whom, and on which windows: all checked before any model loads.
+    # 1. Who teaches whom, and on which windows (speech: recordings): all checked before any model loads.
     teacher_path = teacher_of(recipe)
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     check_tokenizers(tokenizer, load_tokenizer(teacher_path, key="teacher_model_name_or_path"))
-    calib, evals, data_report = load_data(recipe, tokenizer)
-    train_ids, hold_ids = split_windows(recipe, corpus_ids(tokenizer, calib["text"]))
+    speech = is_speech_model(recipe.model_name_or_path, recipe.model_revision)
+    if speech:
+        tokenizer, train_ids, hold_ids, evals, data_report = speech_windows(recipe)
+    else:
+        calib, evals, data_report = load_data(recipe, tokenizer)
+        train_ids, hold_ids = split_windows(recipe, corpus_ids(tokenizer, calib["text"]))
     device = resolve_device(recipe.device)
+    measure = held_out(recipe, speech, tokenizer, evals, device)
     cfg = DistillConfig(recipe.schedule, recipe.joint_inputs, recipe.learning_rate, recipe.weight_decay,
                         recipe.tokens_per_block, recipe.calibration_batch_size, recipe.eval_every, device,
                         recipe.lr_scheduler_type, recipe.warmup_ratio, recipe.early_stopping_patience)  # fmt: skip
     if recipe.dry_run:
-        tokens = recipe.tokens_per_block or train_ids.numel()
-        print(f"# feature-distill {recipe.model_name_or_path} <- {teacher_path} ({recipe.schedule}); {train_ids.numel()} "
-              f"training and {hold_ids.numel()} held-out tokens; {tokens} tokens per block")  # fmt: skip
+        tokens = recipe.tokens_per_block or _tokens(train_ids)
+        print(f"# feature-distill {recipe.model_name_or_path} <- {teacher_path} ({recipe.schedule}); {_tokens(train_ids)} "
+              f"training and {_tokens(hold_ids)} held-out tokens; {tokens} tokens per block")  # fmt: skip
         return {"teacher": teacher_path, "tokens_per_block": tokens}
 
     with staged_output(recipe, "feature-distill", resume=True) as tmp:
@@ -94,9 +131,7 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
             )
         teacher = load_model(teacher_path, dtype=recipe.dtype, key="teacher_model_name_or_path")
 
-        before = held_out_perplexities(
-            student, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="before"
-        )
+        before = measure(student, "before")
 
         # 3. Block by block, resumable from <output_dir>.tmp/distill_state.
         state = tmp / "distill_state"
@@ -104,12 +139,10 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
         reports = distill(
             teacher, student, train_ids, hold_ids, cfg, state_dir=state, on_block=trackers.log_block
         )
-        after = held_out_perplexities(
-            student, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="after"
-        )
+        after = measure(student, "after")
         trackers.log_perplexities(before, after)
         trackers.close()
-        tokens_per_step = train_ids.shape[1] * recipe.calibration_batch_size
+        tokens_per_step = _tokens(train_ids) // len(_first(train_ids)) * recipe.calibration_batch_size
         unchanged = [r.layer for r in reports if r.best_step == 0]
         if unchanged:
             logger.warning("blocks %s kept their compressed state: no step improved their held-out loss%s", unchanged,
@@ -117,7 +150,7 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
         student.config.compression_config["feature_distill"] = {
             "teacher": teacher_path, "schedule": recipe.schedule, "joint_inputs": recipe.joint_inputs,
             "learning_rate": recipe.learning_rate, "lr_scheduler_type": recipe.lr_scheduler_type,
-            "tokens_per_block": recipe.tokens_per_block or train_ids.numel(),
+            "tokens_per_block": recipe.tokens_per_block or _tokens(train_ids),
         }  # fmt: skip
         metrics = {
             "blocks": [{k: v for k, v in r.__dict__.items() if k != "history"} for r in reports],
@@ -138,7 +171,9 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
             card=CardInfo(
                 summary=f"{model_ref(recipe.model_name_or_path)} healed by Lillama feature distillation against {model_ref(teacher_path)}.",
                 training=distill_md(recipe, teacher_path, metrics),
-                results=perplexity_results(after, recipe.eval_datasets, recipe.perplexity_max_length),
+                results=perplexity_results(
+                    after, recipe.eval_datasets, None if speech else recipe.perplexity_max_length
+                ),
                 data_report=data_report,
                 tags=["compression", "low-rank", "lillama"],
             ),

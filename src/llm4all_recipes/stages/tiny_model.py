@@ -20,6 +20,8 @@ DEFAULT_RECIPE = "recipes/tiny-llama/tiny-model/base.yaml"
 
 
 def run(recipe: TinyModelRecipe, callbacks=None):
+    if recipe.whisper:
+        return run_whisper(recipe)
     # 1. Tokenizer, then data (token-weighted mixture): all before any model exists.
     template = read_chat_template(recipe.chat_template_path)
     from transformers import LlamaConfig
@@ -89,3 +91,43 @@ def _training_md(recipe: TinyModelRecipe, metrics: dict) -> str:
             f"(× {metrics['perplexity_ratio'][label]:.3f})"
         )
     return "\n".join(lines)
+
+
+def run_whisper(recipe: TinyModelRecipe):
+    """A random tiny Whisper (model + processor, French BPE + Whisper's special tokens): the speech tests' model."""
+    import json
+
+    from ..models import count_parameters
+    from ..tiny import build_whisper, build_whisper_tokenizer
+
+    tokenizer = build_whisper_tokenizer(recipe.tokenizer_files, recipe.tokenizer_vocab_size)
+    model, processor = build_whisper(recipe.model_config, tokenizer, recipe.seed)
+    metrics = {**count_parameters(model), "vocab_size": len(tokenizer)}
+    if recipe.dry_run:
+        print(json.dumps(metrics, indent=2))
+        return metrics
+    cfg = model.config
+    with staged_output(recipe, "tiny-model") as tmp:
+        model.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
+        finish(
+            tmp,
+            stage="tiny-model",
+            recipe=recipe,
+            metrics=metrics,
+            parent=None,
+            card=CardInfo(
+                model_name=recipe.hub_model_id or "tiny-whisper-fr",
+                summary="A tiny random Whisper (WhisperForConditionalGeneration + processor) with a byte-level BPE trained on French text and Whisper's special tokens: the speech tests' model of llm4all-recipes. Its weights are random: it does not transcribe.",
+                training=f"Built from a `WhisperConfig` ({cfg.encoder_layers}+{cfg.decoder_layers} layers, d_model "
+                f"{cfg.d_model}, {cfg.num_mel_bins} mel bins, {metrics['parameters']:,} parameters) and a "
+                f"{len(tokenizer)}-token vocabulary (BPE trained on {', '.join(f'`{f}`' for f in recipe.tokenizer_files)}); "
+                "not trained.",
+                license="apache-2.0",
+                language=["fr"],
+                chat=False,
+                tags=["automatic-speech-recognition", "whisper"],
+            ),
+        )
+    metrics["published"] = publish_stage_output(recipe, "model")
+    return metrics
