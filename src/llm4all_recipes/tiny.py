@@ -182,8 +182,12 @@ def build_whisper(model_config: dict, tokenizer, seed: int):
 
     ids = tokenizer.convert_tokens_to_ids
     eot, sot = ids(WHISPER_EOT), ids("<|startoftranscript|>")
-    # never generated: the prompt's own tokens (so a random model still writes text, never an empty transcript)
-    never = [sot, *(ids(f"<|{code}|>") for code in LANGUAGES), *(ids(t) for t in WHISPER_TASK_TOKENS[:-1])]
+    # never generated: the prompt's own tokens (so a random model writes text, not an empty transcript), and every
+    # timestamp but <|0.00|>: a random model has no sense of time, and its arbitrary tiny timestamps would make
+    # long-form decoding advance 20 ms per generate() pass; with <|0.00|> alone it moves one window per pass
+    first_ts = ids("<|0.00|>")
+    never = [sot, *(ids(f"<|{code}|>") for code in LANGUAGES), *(ids(t) for t in WHISPER_TASK_TOKENS[:-1]),
+             *range(first_ts + 1, len(tokenizer))]  # fmt: skip
     values = {k: v for k, v in model_config.items() if k != "model_type"}
     config = WhisperConfig(**{**values, "vocab_size": len(tokenizer), "pad_token_id": eot, "bos_token_id": eot,
                               "eos_token_id": eot, "decoder_start_token_id": sot})  # fmt: skip
@@ -192,7 +196,7 @@ def build_whisper(model_config: dict, tokenizer, seed: int):
     with (
         torch.no_grad()
     ):  # timestamp logits 0 (tied output): a random model writes text, timestamps long-form only
-        model.get_output_embeddings().weight[ids("<|0.00|>") :] = 0
+        model.get_output_embeddings().weight[first_ts:] = 0
     model.generation_config = GenerationConfig(
         decoder_start_token_id=sot,
         eos_token_id=eot,

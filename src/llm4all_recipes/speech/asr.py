@@ -60,14 +60,14 @@ class Transcriber:
     @torch.no_grad()
     def long_form(self, audio: np.ndarray) -> list[dict]:
         """[{start, end, text}] segments of a whole recording (timestamps in seconds)."""
-        features = self._features([audio], long=len(audio) > self.window)
+        long = len(audio) > self.window
+        features = self._features([audio], long=long)
         duration = round(len(audio) / SAMPLING_RATE, 2)
+        # one window: one generate pass (short-form); longer: the attention mask marks the audio's end and
+        # transformers runs Whisper's sequential long-form decoding, window after window
+        mask = {"attention_mask": features["attention_mask"]} if long else {}
         out = self.model.generate(
-            features["input_features"],
-            attention_mask=features["attention_mask"],
-            return_timestamps=True,
-            return_segments=True,
-            **self.kwargs,
+            features["input_features"], return_timestamps=True, return_segments=True, **mask, **self.kwargs
         )
         segments = out["segments"][0] if isinstance(out, dict) and "segments" in out else None
         if not segments:  # nothing timestamped: the decoded text as one segment
