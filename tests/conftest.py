@@ -165,5 +165,10 @@ def tiny_whisper(session_tmp) -> Path:
     from llm4all_recipes.cli import main
 
     out = session_tmp / "tiny-whisper"
-    assert main(["tiny-model", "--config", "recipes/tiny-whisper/tiny-model/base.yaml", "--output_dir", str(out)]) == 0
+    assert (
+        main(
+            ["tiny-model", "--config", "recipes/tiny-whisper/tiny-model/base.yaml", "--output_dir", str(out)]
+        )
+        == 0
+    )
     return out

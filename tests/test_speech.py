@@ -26,7 +26,10 @@ TRANSCRIBE = "recipes/tiny-whisper/transcribe/simsamu.yaml"
     ("text", "normal"),
     [
         ("Samu bonjour, je vous écoute.", "samu bonjour je vous écoute"),
-        ("L’appel du 1er mai : 15 personnes, 3,5 km", "l appel du premier mai quinze personnes trois virgule cinq km"),
+        (
+            "L’appel du 1er mai : 15 personnes, 3,5 km",
+            "l appel du premier mai quinze personnes trois virgule cinq km",
+        ),
         ("Peut-être <NA> [rire] À demain !", "peut être à demain"),
         ("Il a 1 000 ans", "il a mille ans"),
     ],
@@ -51,7 +54,9 @@ def _tone(rate: int, seconds: float, hz: float = 440.0) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("fmt", "rate"), [("wav", 8000), ("wav", 22050), ("wav", 48000), ("m4a", 8000), ("m4a", 16000)])
+@pytest.mark.parametrize(
+    ("fmt", "rate"), [("wav", 8000), ("wav", 22050), ("wav", 48000), ("m4a", 8000), ("m4a", 16000)]
+)
 def test_decode_resamples_to_16k_mono(tmp_path, fmt, rate):
     path = tmp_path / f"tone.{fmt}"
     (write_wav if fmt == "wav" else write_m4a)(path, _tone(rate, 2.0), rate)
@@ -133,9 +138,10 @@ def transcribed(tiny_whisper, tmp_path_factory):
 def test_transcribe_end_to_end(transcribed):
     import datasets
 
-    source, out, report, _ = transcribed
+    _, out, report, _ = transcribed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["transcribed"] == 2 and metrics["failed_count"] == 3 and metrics["recordings"] == 4
+    assert report["asr"] == metrics["asr"]
     ds = datasets.load_from_disk(str(out))
     rows = [r for split in ds.values() for r in split]
     assert sorted(r["id"] for r in rows) == ["dj_2022_feu", "dj_2023_avc"]
@@ -197,7 +203,14 @@ def test_bad_recordings_are_one_line_each_and_counted(transcribed):
 def test_transcribe_resumes_at_the_first_unfinished_shard(tiny_whisper, tmp_path, monkeypatch):
     from llm4all_recipes.speech import asr
 
-    args = ["--config", TRANSCRIBE, "--model_name_or_path", str(tiny_whisper), "--output_dir", str(tmp_path / "o")]
+    args = [
+        "--config",
+        TRANSCRIBE,
+        "--model_name_or_path",
+        str(tiny_whisper),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
     calls = []
     real = asr.Transcriber.clips
 
@@ -214,7 +227,9 @@ def test_transcribe_resumes_at_the_first_unfinished_shard(tiny_whisper, tmp_path
     assert shard.is_file() and not (tmp_path / "o.tmp" / "shards" / "shard-00001.json").exists()
     first = json.loads(shard.read_text())
     calls.clear()
-    monkeypatch.setattr(asr.Transcriber, "clips", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+    monkeypatch.setattr(
+        asr.Transcriber, "clips", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
+    )
     run_stage("transcribe", args)
     assert len(calls) == 1  # only the unfinished call was transcribed again
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
@@ -249,7 +264,10 @@ def test_transcribe_manifest_long_form_with_timestamps(tiny_whisper, tmp_path):
     [(["--language", "klingon"], "language"), (["--max_new_tokens", "500"], "max_new_tokens")],
 )
 def test_transcribe_recipe_errors(tiny_whisper, override, key, capsys):
-    assert main(["transcribe", "--config", TRANSCRIBE, "--model_name_or_path", str(tiny_whisper), *override]) == 2
+    assert (
+        main(["transcribe", "--config", TRANSCRIBE, "--model_name_or_path", str(tiny_whisper), *override])
+        == 2
+    )
     assert f"key '{key}'" in capsys.readouterr().err
 
 
@@ -321,7 +339,9 @@ def test_compressed_whisper_targets_both_stacks_and_reloads_both_ways(whisper_ch
     assert isinstance(ours.get_submodule("model.decoder.layers.0.encoder_attn.k_proj"), LowRankLinear)
     assert torch.equal(_logits(ours), _logits(remote))
     metrics = json.loads((compressed / "metrics.json").read_text())
-    assert set(metrics["eval"]) == {"eval"} and metrics["eval"]["eval"]["tokens"] > 0  # transcripts' perplexity
+    assert (
+        set(metrics["eval"]) == {"eval"} and metrics["eval"]["eval"]["tokens"] > 0
+    )  # transcripts' perplexity
 
 
 def test_distilled_whisper_blocks_and_dense_export(whisper_chain):
