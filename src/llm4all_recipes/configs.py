@@ -1172,11 +1172,13 @@ class FeatureDistillRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
     weight_decay: float = arg(0.0, help="AdamW weight decay.")
     tokens_per_block: int | None = arg(
         None,
-        help="Training tokens per block (the token budget). Default: one pass over the calibration windows.",
+        help="Training tokens per block (the token budget). Default: one pass over the calibration windows. Speech "
+        "models: transcript tokens, so that encoder and decoder blocks train the same number of steps.",
     )
     num_holdout_samples: int = arg(
         16,
-        help="Held-out calibration windows (from the end of the token stream) used to keep each block's best state.",
+        help="Held-out calibration windows (from the end of the token stream; speech: recordings distinct from the "
+        "training ones) used to keep each block's best state.",
     )
     eval_every: int = arg(20, help="Steps between held-out evaluations of a block.")
     early_stopping_patience: int | None = arg(
@@ -1398,6 +1400,10 @@ class PipelineRecipe:
                 )
             if not os.path.isfile(step.recipe):
                 raise RecipeError(f"no such recipe file: {step.recipe}", key=f"steps[{i}].recipe")
+            if step.name in [s.name for s in self.steps[:i]]:
+                raise RecipeError(
+                    f"two steps are named {step.name!r}: give one a `step_name`", key=f"steps[{i}]"
+                )
 
 
 RECIPES: dict[str, type] = {

@@ -57,6 +57,9 @@ class DistillConfig:
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.05
     early_stopping_patience: int | None = None
+    # tokens one step trains on, when not the block's own positions: a speech model's budget counts transcript
+    # tokens, so that its encoder blocks (1500 frames per recording) train as many steps as its decoder blocks
+    tokens_per_step: int | None = None
 
 
 def lr_factor(step: int, steps: int, cfg: DistillConfig) -> float:
@@ -127,7 +130,7 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
         p.data = p.data.float()
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    tokens_per_step = pairs[0][0].shape[0] * pairs[0][0].shape[1]
+    tokens_per_step = cfg.tokens_per_step or pairs[0][0].shape[0] * pairs[0][0].shape[1]
     budget = cfg.tokens_per_block or tokens_per_step * len(pairs)
     steps = max(1, math.ceil(budget / tokens_per_step))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, steps, cfg))

@@ -115,7 +115,8 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
     measure = held_out(recipe, speech, tokenizer, evals, device)
     cfg = DistillConfig(recipe.schedule, recipe.joint_inputs, recipe.learning_rate, recipe.weight_decay,
                         recipe.tokens_per_block, recipe.calibration_batch_size, recipe.eval_every, device,
-                        recipe.lr_scheduler_type, recipe.warmup_ratio, recipe.early_stopping_patience)  # fmt: skip
+                        recipe.lr_scheduler_type, recipe.warmup_ratio, recipe.early_stopping_patience,
+                        _tokens(train_ids) // len(_first(train_ids)) * recipe.calibration_batch_size if speech else None)  # fmt: skip
     if recipe.dry_run:
         tokens = recipe.tokens_per_block or _tokens(train_ids)
         print(f"# feature-distill {recipe.model_name_or_path} <- {teacher_path} ({recipe.schedule}); {_tokens(train_ids)} "

@@ -7,7 +7,8 @@ Steps chain through their paths: each recipe reads earlier steps' default output
 <variant>); a step's `overrides` can re-point them. Every step's recipe is checked before anything runs. A step
 is finished when its output_dir exists (publish steps: when the local hub copy is newer than its source).
 `--force true` reruns every step; `--from NAME` reruns that step (a name, or a stage) and every later one.
-The run ends with one row per step: parameters, old/new-domain perplexity, ROUGE, wall time, published repo.
+The run ends with one row per step: parameters, old/new-domain perplexity, ROUGE (WER/CER of a transcription),
+wall time, published repo.
 """
 
 import json
@@ -127,6 +128,8 @@ def _row(step, recipe, status: str, seconds: float) -> dict:
         scores = metrics.get(task)
         if isinstance(scores, dict):  # an eval's task scores (build-dataset reports counts under these names)
             rouge |= {f"{task} {k}": v for k, v in scores.items() if k.startswith("rouge")}
+    asr = (metrics.get("asr") or {}).get("overall") or {}
+    rouge |= {k.upper(): asr[k] for k in ("wer", "cer") if k in asr}  # transcribe
     blocks = metrics.get("blocks") or []
     if metrics.get("train", {}).get("kept") == "start" or (
         blocks and all(b["best_step"] == 0 for b in blocks)
@@ -145,7 +148,9 @@ def _row(step, recipe, status: str, seconds: float) -> dict:
 
 
 def print_summary(rows: list[dict]) -> None:
-    print("\n| step | status | time (s) | parameters | perplexity old / new | ROUGE | output | published |")
+    print(
+        "\n| step | status | time (s) | parameters | perplexity old / new | ROUGE / WER | output | published |"
+    )
     print("|---|---|---:|---:|---|---|---|---|")
     for r in rows:
         old = next((v for k, v in r["perplexity"].items() if k.startswith("old")), None)
