@@ -373,3 +373,27 @@ def test_whisper_card_snippet_runs_verbatim_without_the_package(whisper_chain, t
     run = subprocess.run([sys.executable, "-c", SNIPPET_CHILD, str(compressed / "README.md")], env=env,
                          cwd=Path.cwd(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_transcribe_manifest_without_timestamps_is_one_batched_clip_per_recording(tiny_whisper, tmp_path):
+    import datasets
+
+    from llm4all_recipes.speech import asr
+
+    out = tmp_path / "clips"
+    run_stage("transcribe", ["--config", TRANSCRIBE, "--model_name_or_path", str(tiny_whisper), "--source",
+                             str(SPEECH / "eval.jsonl"), "--output_dir", str(out), "--timestamps", "false",
+                             "--batch_size", "4"])  # fmt: skip
+    rows = list(datasets.load_from_disk(str(out))["eval"])
+    assert [len(r["segments"]) for r in rows] == [1] * 4
+    assert all(r["segments"][0]["start"] == 0 and r["segments"][0]["text"] == r["text"] for r in rows)
+    # the same texts as the model's own batched generate() on those recordings
+    from llm4all_recipes.models import load_model, load_processor
+
+    t = asr.Transcriber(load_model(str(tiny_whisper)), load_processor(str(tiny_whisper)), language="fr",
+                        device="cpu", max_new_tokens=32)  # fmt: skip
+    audio = [
+        decode(SPEECH / json.loads(line)["audio"])
+        for line in (SPEECH / "eval.jsonl").read_text().splitlines()
+    ]
+    assert [r["text"] for r in rows] == t.clips(audio, batch_size=4)

@@ -1011,6 +1011,12 @@ class TranscribeRecipe(ModelArgs, SplitArgs, SimsamuArgs, StageArgs):
         "summary need speaker turns (an RTTM): calls without one are counted and left out.",
     )
     language: str = arg("fr", help="Whisper language token (a code such as fr, or a name such as french).")
+    timestamps: bool = arg(
+        True,
+        help="Recordings without turns (manifests, calls without RTTM/SRT): long-form with timestamps (segments). "
+        "false: a recording that fits one window is transcribed as one clip, batched, without timestamps (for "
+        "models trained without them); longer ones stay long-form.",
+    )
     batch_size: int = arg(8, help="Segments per generate() call (sorted by length).")
     num_beams: int = arg(1, help="Beam size (1: greedy, Whisper's default).")
     max_new_tokens: int = arg(128, help="Tokens generated per segment (Whisper windows hold at most 448).")

@@ -300,6 +300,8 @@ def memory_estimate(model: nn.Module, targets: list[Target], n_samples: int, seq
     inputs and outputs of the current layer).
     """
     dtype_bytes = next(model.parameters()).element_size()
+    if getattr(model.config, "is_encoder_decoder", False):  # Whisper: an encoder window is 1500 positions
+        seq_len = max(seq_len, getattr(model.config, "max_source_positions", 0))
     inputs: dict[tuple[int, str], int] = {_input_key(t): t.in_features for t in targets}
     stats_per_layer: dict[int, int] = {}
     weights_per_layer: dict[int, int] = {}

@@ -28,7 +28,7 @@ from ..models import is_speech_model, load_model, load_processor, resolve_device
 from ..outputs import atomic_write, staged_output, write_run_files
 from ..paths import is_hub_id
 from ..speech.audio import SAMPLING_RATE, AudioError, cut, decode
-from ..speech.sources import Recording, call_recording, manifest_recordings
+from ..speech.sources import Recording, Segment, call_recording, manifest_recordings
 from ..speech.wer import error_rates
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,9 @@ def read_source(recipe: TranscribeRecipe, root: Path) -> tuple[list[Recording], 
 
 
 # --------------------------------------------------------------------------- 2. transcription, shard by shard
-def transcribe_shard(transcriber, recordings: list[Recording], batch_size: int, bar) -> dict:
+def transcribe_shard(
+    transcriber, recordings: list[Recording], batch_size: int, bar, timestamps: bool = True
+) -> dict:
     """{"ids": [...], "results": {id: {...}}} of one shard: decoded, cut, transcribed (failures recorded)."""
     results, clips, owners = {}, [], []
     for rec in recordings:
@@ -96,13 +98,16 @@ def transcribe_shard(transcriber, recordings: list[Recording], batch_size: int, 
             bar.update(1)
             continue
         seconds = round(len(audio) / SAMPLING_RATE, 2)
-        if rec.segments is None:
+        turns = rec.segments
+        if turns is None and (timestamps or len(audio) > transcriber.window):
             segments = transcriber.long_form(audio)
             results[rec.id] = {"seconds": seconds, "long_form": True, "segments": segments}
             bar.update(1)
             continue
+        if turns is None:  # one window, no timestamps: the whole recording is one batched clip
+            turns = [Segment(0.0, seconds, None, rec.reference)]
         results[rec.id] = {"seconds": seconds, "long_form": False, "segments": []}
-        for seg in rec.segments:
+        for seg in turns:
             clip = cut(audio, seg.start, seg.end)
             results[rec.id]["segments"].append(
                 {
@@ -135,7 +140,7 @@ def run_shards(recipe: TranscribeRecipe, tmp: Path, recordings: list[Recording],
             ids = [r.id for r in shard]
             done = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
             if done is None or done.get("ids") != ids:  # a file is only there once complete (atomic write)
-                done = transcribe_shard(transcriber, shard, recipe.batch_size, bar)
+                done = transcribe_shard(transcriber, shard, recipe.batch_size, bar, recipe.timestamps)
                 atomic_write(path, json.dumps(done, ensure_ascii=False))
             else:
                 bar.update(len(shard))
@@ -364,7 +369,13 @@ def card_facts(recipe: TranscribeRecipe, report: dict) -> dict:
     else:
         facts = {
             "summary": "ASR transcripts of French recordings, one row per recording of the source manifest.",
-            "steps": [asr, "Each recording is transcribed long-form with timestamps."],
+            "steps": [
+                asr,
+                "Each recording is transcribed long-form with timestamps."
+                if recipe.timestamps
+                else "Each recording that fits one window is transcribed as one clip (no timestamps); longer ones "
+                "long-form with timestamps.",
+            ],
             "columns": {
                 "id": "recording id",
                 "audio": "its path in the source",
