@@ -103,7 +103,8 @@ def test_turn_references_pick_the_most_overlapping_turn_and_drop_na():
 
 # --------------------------------------------------------------------------- transcribe
 def _source_with_bad_calls(tmp_path: Path) -> Path:
-    """The two audio fixture calls, plus: a placeholder (text) .m4a, a call folder without audio, a 4 kHz WAV."""
+    """The two audio fixture calls, plus: a placeholder (text) .m4a, a call folder without audio, a 4 kHz WAV, and
+    a malformed RTTM."""
     root = tmp_path / "calls"
     shutil.copytree(CALLS, root)
     for name, make in (("dj_2022_chute", "text"), ("dj_mai_chute", None), ("dj_mai_brulures", "low")):
@@ -114,6 +115,11 @@ def _source_with_bad_calls(tmp_path: Path) -> Path:
             audio.write_text("placeholder, not audio")
         elif make == "low":
             write_wav(root / name / f"{name}.wav", _tone(4000, 1.0), 4000)
+    bad = root / "dj_2022_douleur_thoracique"  # good audio, a malformed RTTM line
+    shutil.copytree(Path("tests/fixtures/simsamu") / bad.name, bad)
+    shutil.copyfile(CALLS / "dj_2022_feu" / "dj_2022_feu.m4a", bad / f"{bad.name}.m4a")
+    lines = (bad / f"{bad.name}.rttm").read_text().splitlines()
+    (bad / f"{bad.name}.rttm").write_text("\n".join([lines[0], "SPEAKER x 1 soon", *lines[2:]]) + "\n")
     return root
 
 
@@ -140,7 +146,7 @@ def test_transcribe_end_to_end(transcribed):
 
     _, out, report, _ = transcribed
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["transcribed"] == 2 and metrics["failed_count"] == 3 and metrics["recordings"] == 4
+    assert metrics["transcribed"] == 2 and metrics["failed_count"] == 4 and metrics["recordings"] == 4
     assert report["asr"] == metrics["asr"]
     ds = datasets.load_from_disk(str(out))
     rows = [r for split in ds.values() for r in split]
@@ -178,8 +184,12 @@ def test_transcribe_splits_are_build_datasets(transcribed, tmp_path):
     import datasets
 
     source, out, _, _ = transcribed
+    calls = tmp_path / "calls"  # the same calls, the malformed RTTM mended (build-dataset stops on it)
+    shutil.copytree(source, calls)
+    name = "dj_2022_douleur_thoracique"
+    shutil.copyfile(Path("tests/fixtures/simsamu") / name / f"{name}.rttm", calls / name / f"{name}.rttm")
     built = tmp_path / "built"
-    assert main(["build-dataset", "--config", "recipes/datasets/simsamu.yaml", "--source", str(source),
+    assert main(["build-dataset", "--config", "recipes/datasets/simsamu.yaml", "--source", str(calls),
                  "--output_dir", str(built), "--splits", '{"train": 0.5, "test": 0.5}', "--push_to_hub", "false"]) == 0  # fmt: skip
     split_of = lambda folder: {r["id"]: s for s, d in datasets.load_from_disk(str(folder)).items() for r in d}  # noqa: E731
     asr, ref = split_of(out), split_of(built)
@@ -193,6 +203,10 @@ def test_bad_recordings_are_one_line_each_and_counted(transcribed):
         "dj_2022_chute": (source / "dj_2022_chute" / "dj_2022_chute.m4a", "not a readable audio file"),
         "dj_mai_chute": (source / "dj_mai_chute", "no audio file"),
         "dj_mai_brulures": (source / "dj_mai_brulures" / "dj_mai_brulures.wav", "sample rate 4000 Hz"),
+        "dj_2022_douleur_thoracique": (
+            source / "dj_2022_douleur_thoracique" / "dj_2022_douleur_thoracique.rttm:2",
+            "malformed RTTM line",
+        ),
     }
     assert set(metrics["failed"]) == set(expected)
     for call, (path, why) in expected.items():
@@ -251,7 +265,7 @@ def test_transcribe_manifest_long_form_with_timestamps(tiny_whisper, tmp_path):
     manifest = [json.loads(line) for line in (SPEECH / "eval.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [m["id"] for m in manifest]
     assert [r["reference"] for r in rows] == [m["text"] for m in manifest]
-    assert [r["audio"] for r in rows] == [str(SPEECH / m["audio"]) for m in manifest]
+    assert [r["audio"] for r in rows] == [m["audio"] for m in manifest]  # as the manifest writes it
     for row, m in zip(rows, manifest):
         assert row["text"] == " ".join(s["text"] for s in row["segments"])
         assert all(0 <= s["start"] <= s["end"] <= m["seconds"] + 0.2 for s in row["segments"])

@@ -40,7 +40,7 @@ class Recording:
     segments: list[Segment] | None  # None: long-form (no turns known)
     reference: str | None = None  # long-form: the whole recording's reference
     split: str | None = None  # manifests: the split (file) it comes from
-    row: dict = field(default_factory=dict)  # manifests: the source row's other columns
+    row: dict = field(default_factory=dict)  # manifests: the source row (its `audio` as the source writes it)
     audio_bytes: bytes | None = None  # a dataset's embedded audio (the Audio feature's `bytes`)
 
     @property
@@ -161,7 +161,7 @@ def manifest_recordings(source: Path) -> list[Recording]:
                 continue
             try:
                 row = json.loads(line)
-                audio = row.pop("audio")
+                audio = row["audio"]
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise RecipeError(
                     'expected a JSON object with an "audio" path', source=str(file), line=lineno
@@ -189,6 +189,9 @@ def _dataset_recordings(source: Path) -> list[Recording]:
         for k, row in enumerate(ds):
             audio = row.pop("audio")
             path = Path(audio if isinstance(audio, str) else (audio or {}).get("path") or f"{split}-{k}")
+            row["audio"] = (
+                audio if isinstance(audio, str) else (audio or {}).get("path")
+            )  # as the source has it
             recording = _row_recording(
                 row, path if path.is_absolute() else source / path, f"{split}-{k}", split
             )

@@ -201,8 +201,9 @@ def call_rows(recipe: TranscribeRecipe, root: Path, recordings, results, report)
                 try:
                     role = simsamu._role(s["speaker"], set(recipe.skip_speakers), "speaker column",
                                          root / rec.id / f"{rec.id}.rttm")  # fmt: skip
-                except RecipeError as err:
+                except RecipeError as err:  # an unknown speaker label in this call's RTTM
                     report["failed"][rec.id] = str(err)
+                    logger.error("%s", err)
                     break
             if turns and role is not None and turns[-1]["role"] == role:
                 turns[-1]["content"] += " " + s["text"]
@@ -231,8 +232,7 @@ def manifest_rows(recordings, results, report) -> tuple[dict, dict]:
         if "segments" not in res:
             continue
         text = " ".join(s["text"] for s in res["segments"]).strip()
-        row = {**rec.row, "id": rec.id, "audio": str(rec.audio) if rec.audio_bytes is None else None,
-               "text": text, "reference": rec.reference, "segments": res["segments"]}  # fmt: skip
+        row = {**rec.row, "id": rec.id, "text": text, "reference": rec.reference, "segments": res["segments"]}
         splits.setdefault(rec.split or "train", []).append(row)
     report["group"], report["splits_from"] = None, "source"
     return splits, report
