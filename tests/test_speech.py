@@ -411,3 +411,18 @@ def test_transcribe_manifest_without_timestamps_is_one_batched_clip_per_recordin
         for line in (SPEECH / "eval.jsonl").read_text().splitlines()
     ]
     assert [r["text"] for r in rows] == t.clips(audio, batch_size=4)
+
+
+def test_sft_takes_the_transcribed_dataset_unchanged(transcribed, tiny_model, tmp_path):
+    """The ASR dataset is build-dataset's layout: the SAMU SFT recipe trains on it with only its path changed."""
+    import datasets
+
+    _, out, _, _ = transcribed
+    splits = list(datasets.load_from_disk(str(out)))
+    evals = [{"path": str(out), "split": s} for s in splits[1:]]
+    assert main(["sft", "--config", "recipes/tiny-llama/sft/simsamu.yaml", "--model_name_or_path", str(tiny_model),
+                 "--datasets", json.dumps([{"path": str(out), "split": splits[0]}]), "--eval_datasets",
+                 json.dumps(evals), "--max_steps", "2", "--output_dir", str(tmp_path / "sft"),
+                 "--push_to_hub", "false"]) == 0  # fmt: skip
+    metrics = json.loads((tmp_path / "sft" / "metrics.json").read_text())
+    assert metrics["train"]["global_step"] == 2 and metrics["train"]["train_loss"] > 0
