@@ -363,16 +363,10 @@ def build_corpus(args, pool) -> dict:
 
 
 def monologue_text(terms: list[dict]) -> str:
-    text = ""
-    for term in terms:
-        word = str(term.get("text", "")).strip()
-        if not word:
-            continue
-        if term.get("type") == "WORD":
-            text += (" " if text else "") + word
-        else:
-            text += word
-    return text
+    """Words with their punctuation attached, as build-dataset reads a monologue."""
+    from llm4all_recipes.data.simsamu import _words
+
+    return _words(terms, punctuation=True)
 
 
 def trim(samples: np.ndarray, rate: int, threshold: int = 200, margin: float = 0.02) -> np.ndarray:

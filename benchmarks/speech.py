@@ -19,12 +19,9 @@ checkpoints are not reachable here.
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+import pruning
 from report import add_docs_flag, command_line, machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,22 +32,9 @@ TRANSCRIBE = "recipes/tiny-whisper/transcribe/simsamu.yaml"
 
 
 def cli(stage: str, argv: list[str], out: Path) -> dict:
-    """`llm4all <stage>` in a subprocess (one thread) unless its output exists; its metrics (+ wall seconds)."""
-    if not (ROOT / out / "metrics.json").is_file():
-        log = (ROOT / out).with_suffix(".log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-        binary = str(Path(sys.executable).with_name("llm4all"))
-        cmd = [binary, stage, *argv, "--output_dir", str(out), "--push_to_hub", "false"]
-        start = time.perf_counter()
-        with log.open("w") as f:
-            rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-        if rc != 0:
-            raise SystemExit(f"{stage} -> {out} failed (rc {rc}): see {log}")
-        (ROOT / out / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
-    metrics = json.loads((ROOT / out / "metrics.json").read_text())
-    metrics["seconds"] = float((ROOT / out / "seconds.txt").read_text())
-    return metrics
+    """pruning.py's `llm4all <stage>` runner (a subprocess, reused outputs); its metrics + wall seconds."""
+    metrics = pruning.cli(stage, argv, out)
+    return {**metrics, "seconds": float((ROOT / out / "seconds.txt").read_text())}
 
 
 def transcribe(model: str, data: Path, out: Path) -> dict:
