@@ -32,6 +32,7 @@ TRANSCRIBE = "recipes/tiny-whisper/transcribe/simsamu.yaml"
         ),
         ("Peut-être <NA> [rire] À demain !", "peut être à demain"),
         ("Il a 1 000 ans", "il a mille ans"),
+        ("3,05 mg, la 1re fois", "trois virgule zéro cinq mg la première fois"),
     ],
 )
 def test_french_normalisation(text, normal):
@@ -426,3 +427,50 @@ def test_sft_takes_the_transcribed_dataset_unchanged(transcribed, tiny_model, tm
                  "--push_to_hub", "false"]) == 0  # fmt: skip
     metrics = json.loads((tmp_path / "sft" / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 2 and metrics["train"]["train_loss"] > 0
+
+
+def test_metrics_skip_groups_without_a_reference_word():
+    """References that normalise to nothing (only <NA> / tags) give no rate, and no crash (the card renders)."""
+    from llm4all_recipes.speech.sources import Recording, Segment
+    from llm4all_recipes.stages.transcribe import asr_metrics, evaluation_md
+
+    recs = [Recording("a", Path("a.m4a"), [Segment(0, 1, "medecin", "<NA>")]),
+            Recording("b", Path("b.m4a"), [Segment(0, 1, "patient", "bonjour"), Segment(1, 2, "medecin", "[rire]")])]  # fmt: skip
+    results = {"a": {"long_form": False, "segments": [{"speaker": "medecin", "reference": "<NA>", "text": "x"}]},
+               "b": {"long_form": False, "segments": [{"speaker": "patient", "reference": "bonjour", "text": "bonjour"},
+                                                      {"speaker": "medecin", "reference": "[rire]", "text": "ha"}]}}  # fmt: skip
+    m = asr_metrics(recs, results)
+    assert (
+        set(m["per_recording"]) == {"b"} and set(m["per_speaker"]) == {"patient"} and m["overall"]["wer"] == 0
+    )
+    assert asr_metrics(recs[:1], results) == {}
+    assert "| **all** | 0.0% |" in evaluation_md({"asr": m}) and "No reference" in evaluation_md({"asr": {}})
+
+
+def test_a_hub_parquet_dataset_with_embedded_audio_is_a_source(tmp_path):
+    import datasets
+
+    from llm4all_recipes.speech.sources import manifest_recordings
+
+    rows = [json.loads(line) for line in (SPEECH / "eval.jsonl").read_text().splitlines()[:2]]
+    ds = datasets.Dataset.from_dict({"audio": [{"bytes": (SPEECH / r["audio"]).read_bytes(), "path": Path(r["audio"]).name}
+                                               for r in rows], "text": [r["text"] for r in rows]})  # fmt: skip
+    (tmp_path / "data").mkdir()
+    ds.cast_column("audio", datasets.Audio(decode=False)).to_parquet(
+        str(tmp_path / "data" / "test-00000-of-00001.parquet")
+    )
+    recs = manifest_recordings(tmp_path)
+    assert [r.reference for r in recs] == [r["text"] for r in rows] and [r.split for r in recs] == [
+        "test"
+    ] * 2
+    for rec, row in zip(recs, rows):
+        assert np.array_equal(decode(rec.audio_source, name=str(rec.audio)), decode(SPEECH / row["audio"]))
+
+
+def test_repeated_manifest_ids_are_refused_before_loading(tiny_whisper, tmp_path, capsys):
+    line = (SPEECH / "eval.jsonl").read_text().splitlines()[0]
+    (tmp_path / "a.jsonl").write_text(line.replace('"audio/', f'"{SPEECH.resolve()}/audio/') + "\n")
+    (tmp_path / "b.jsonl").write_text(line.replace('"audio/', f'"{SPEECH.resolve()}/audio/') + "\n")
+    assert main(["transcribe", "--config", TRANSCRIBE, "--model_name_or_path", str(tiny_whisper), "--source",
+                 str(tmp_path), "--output_dir", str(tmp_path / "out")]) == 2  # fmt: skip
+    assert "ids must be unique" in capsys.readouterr().err and not (tmp_path / "out.tmp").exists()

@@ -124,7 +124,9 @@ def low_rank_class(base_cls: type) -> type:
         compression = base.pop("compression_config", {})
         for key in ("architectures", "auto_map", "transformers_version"):
             base.pop(key, None)
-        speech = base_cls in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING.values()
+        speech = (
+            getattr(self.config, "is_encoder_decoder", False) and self.main_input_name == "input_features"
+        )
         entry = LowRankForSpeechSeq2Seq if speech else LowRankForCausalLM
         config = LowRankConfig(
             base_config=base, compression_config=compression, architectures=[entry.__name__]

@@ -39,11 +39,11 @@ PROJECTIONS = [
     "up_proj",
     "gate_up_proj",
     "down_proj",
-    # Whisper (encoder and decoder blocks; the decoder's cross-attention is an `encoder_attn` with q/k/v too)
-    "out_proj",
-    "fc1",
-    "fc2",
 ]
+# and those of the encoder-decoder speech models (Whisper: encoder and decoder blocks, the decoder's cross-attention
+# an `encoder_attn` with q/k/v too), only for encoder-decoder models (decoder-only families with these names, such as
+# OPT or Phi-2, are not among the supported ones)
+SPEECH_PROJECTIONS = ["out_proj", "fc1", "fc2"]
 AUTO = "auto"
 DEFAULT_TARGETS = [AUTO]
 ALLOCATIONS = ("uniform", "bottom_first", "loss", "explicit")
@@ -109,7 +109,10 @@ def find_targets(model: nn.Module, patterns: list[str]) -> list[Target]:
         )
     if AUTO in patterns:
         have = {n.rsplit(".", 1)[-1] for n, _ in linears}
-        found = [p for p in PROJECTIONS if p in have]
+        names = PROJECTIONS + (
+            SPEECH_PROJECTIONS if getattr(model.config, "is_encoder_decoder", False) else []
+        )
+        found = [p for p in names if p in have]
         if not found:
             raise RecipeError(
                 f"{type(model).__name__} is not supported by `targets: [auto]`: its decoder has none of "

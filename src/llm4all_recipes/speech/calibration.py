@@ -58,19 +58,26 @@ def encode(processor, pairs, max_tokens: int, language: str) -> tuple[dict[str, 
     """Model inputs of (audio, name, text) pairs, and the one-line errors of the unreadable ones (left out)."""
     tokenizer = processor.tokenizer
     tokenizer.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=False)
-    features, ids, errors = [], [], []
+    features, ids, errors, too_long = [], [], [], 0
+    window = processor.feature_extractor.n_samples
     for audio, name, text in pairs:
         try:
             samples = decode(audio, name=name)
         except AudioError as err:
             errors.append(str(err))
             continue
+        if len(samples) > window:  # the features would hold its first window, the transcript all of it
+            too_long += 1
+            continue
         features.append(
             processor.feature_extractor(samples, sampling_rate=16_000, return_tensors="pt").input_features[0]
         )
         ids.append(tokenizer(text).input_ids[: max_tokens + 1])  # prompt + text + <|endoftext|>
+    if too_long:
+        logger.warning("%d recording(s) longer than the model's %d-s window left out (their transcript would not "
+                       "match the audio the model sees)", too_long, window // 16_000)  # fmt: skip
     if not features:
-        return {}, errors
+        return {}, errors or ["no recording fits the model's window"]
     width = max(len(x) for x in ids)
     eot = tokenizer.eos_token_id
     tokens = torch.full((len(ids), width), eot, dtype=torch.long)

@@ -152,8 +152,11 @@ def manifest_recordings(source: Path) -> list[Recording]:
     ):
         return _dataset_recordings(source)
     files = sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
-    if not files:
-        raise RecipeError("no .jsonl manifest and no call folder with audio", source=str(source))
+    if not files or source.suffix in (
+        ".parquet",
+        ".csv",
+    ):  # a Hub dataset's files (parquet), read by `datasets`
+        return _dataset_recordings(source)
     out = []
     for file in files:
         for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
@@ -177,10 +180,21 @@ def _row_recording(row: dict, audio: Path, default_id: str, split: str) -> Recor
 
 
 def _dataset_recordings(source: Path) -> list[Recording]:
+    """A save_to_disk dataset, or any layout `datasets.load_dataset` reads (a Hub dataset's parquet files)."""
     import datasets
 
-    loaded = datasets.load_from_disk(str(source))
+    try:
+        if (source / "dataset_info.json").is_file() or (source / "dataset_dict.json").is_file():
+            loaded = datasets.load_from_disk(str(source))
+        else:
+            loaded = datasets.load_dataset(str(source))
+    except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as exc:
+        raise RecipeError(
+            f"neither a call folder, a .jsonl manifest nor a dataset with an `audio` column ({exc})",
+            source=str(source),
+        ) from None
     splits = loaded if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    base = source if source.is_dir() else source.parent  # relative audio paths start there
     out = []
     for split, ds in splits.items():
         if "audio" not in ds.column_names:
@@ -193,7 +207,7 @@ def _dataset_recordings(source: Path) -> list[Recording]:
                 audio if isinstance(audio, str) else (audio or {}).get("path")
             )  # as the source has it
             recording = _row_recording(
-                row, path if path.is_absolute() else source / path, f"{split}-{k}", split
+                row, path if path.is_absolute() else base / path, f"{split}-{k}", split
             )
             if isinstance(audio, dict) and audio.get("bytes"):
                 recording.audio_bytes = audio["bytes"]

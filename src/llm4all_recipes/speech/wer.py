@@ -25,16 +25,20 @@ def _spell(match: re.Match) -> str:
     from num2words import num2words
 
     text = match.group(0)
-    if "," in text or "." in text:
-        whole, _, frac = re.split(r"([.,])", text)
-        return f" {num2words(int(whole), lang='fr')} virgule {num2words(int(frac), lang='fr')} "
+    if "," in text or "." in text:  # a decimal (French comma or point): "3,05" -> trois virgule zéro cinq
+        from decimal import Decimal
+
+        return f" {num2words(Decimal(text.replace(',', '.')), lang='fr')} "
     return f" {num2words(int(text), lang='fr')} "
 
 
 def _ordinal(match: re.Match) -> str:
     from num2words import num2words
 
-    return f" {num2words(int(match.group(1)), lang='fr', to='ordinal')} "
+    n = int(match.group(1))
+    if n == 1 and match.group(2) in ("re", "ère"):
+        return " première "
+    return f" {num2words(n, lang='fr', to='ordinal')} "
 
 
 def normalize_fr(text: str) -> str:

@@ -61,7 +61,13 @@ def read_source(recipe: TranscribeRecipe, root: Path) -> tuple[list[Recording], 
     summaries are errors (they concern every call); a call's own files are counted failures."""
     report = {"layout": "simsamu" if is_call_layout(root) else "manifest", "failed": {}, "skipped": Counter()}
     if report["layout"] == "manifest":
-        return manifest_recordings(root), report
+        recordings = manifest_recordings(root)
+        seen = Counter(r.id for r in recordings)
+        if dupes := [k for k, n in seen.items() if n > 1]:
+            raise RecipeError(
+                f"ids must be unique across files and splits; repeated: {dupes[:5]}", source=str(root)
+            )
+        return recordings, report
     folders = simsamu.call_folders(root)
     simsamu.read_tables(root)
     summaries = Path(recipe.summaries) if recipe.summaries else root / "summaries.jsonl"
@@ -78,6 +84,18 @@ def read_source(recipe: TranscribeRecipe, root: Path) -> tuple[list[Recording], 
             report["skipped"]["turns of skipped speakers"] += skipped
         if recording.audio is None:
             report["failed"][folder.name] = f"{folder}: no audio file ({folder.name}.m4a, .wav, .flac ...)"
+            continue
+        turns = recording.segments or []
+        if recipe.task != "transcript" and (not turns or any(t.speaker is None for t in turns)):
+            report["skipped"][f"calls without speaker turns (RTTM), needed by task {recipe.task}"] += 1
+            continue
+        try:  # every speaker label maps to a role, before any model loads
+            for t in turns:
+                if t.speaker is not None:
+                    simsamu._role(t.speaker, set(recipe.skip_speakers), "speaker column",
+                                  folder / f"{folder.name}.rttm")  # fmt: skip
+        except RecipeError as err:
+            report["failed"][folder.name] = str(err)
             continue
         recordings.append(recording)
     report["situations"] = {f.name: simsamu.situation_of(f.name) for f in folders}
@@ -168,12 +186,14 @@ def asr_metrics(recordings: list[Recording], results: dict) -> dict:
         if call_pairs:
             per_call[rec.id] = error_rates(*zip(*call_pairs))
             pairs += call_pairs
-    if not pairs:
+    scored = lambda groups: {k: r for k, r in groups.items() if r["segments"]}  # noqa: E731
+    overall = error_rates(*zip(*pairs)) if pairs else {"segments": 0}
+    if not overall["segments"]:  # no reference with a word left after normalisation (e.g. only <NA> tags)
         return {}
     return {
-        "overall": error_rates(*zip(*pairs)),
-        "per_recording": per_call,
-        "per_speaker": {k: error_rates(*zip(*v)) for k, v in sorted(per_speaker.items())},
+        "overall": overall,
+        "per_recording": scored(per_call),
+        "per_speaker": scored({k: error_rates(*zip(*v)) for k, v in sorted(per_speaker.items())}),
     }
 
 
@@ -191,29 +211,19 @@ def call_rows(recipe: TranscribeRecipe, root: Path, recordings, results, report)
         if not segs:
             report["skipped"]["calls with no transcribed word"] += 1
             continue
-        if recipe.task != "transcript" and (res["long_form"] or any(s.get("speaker") is None for s in segs)):
-            report["skipped"][f"calls without speaker turns (RTTM), needed by task {recipe.task}"] += 1
-            continue
         turns = []
-        for s in segs:
-            role = None
-            if s.get("speaker"):
-                try:
-                    role = simsamu._role(s["speaker"], set(recipe.skip_speakers), "speaker column",
-                                         root / rec.id / f"{rec.id}.rttm")  # fmt: skip
-                except RecipeError as err:  # an unknown speaker label in this call's RTTM
-                    report["failed"][rec.id] = str(err)
-                    logger.error("%s", err)
-                    break
+        for s in segs:  # speaker labels were checked by read_source
+            role = simsamu._role(s["speaker"], set(), "", root) if s.get("speaker") else None
             if turns and role is not None and turns[-1]["role"] == role:
                 turns[-1]["content"] += " " + s["text"]
             else:
                 turns.append({"role": role, "content": s["text"]})
-        else:
-            calls.append(simsamu.Call(rec.id, turns, res["seconds"]))
-            segments_of[rec.id] = res["segments"]
+        calls.append(simsamu.Call(rec.id, turns, res["seconds"]))
+        segments_of[rec.id] = res["segments"]
     if not calls:
-        raise RecipeError("no call was transcribed (see the failures above)", key="source")
+        raise RecipeError(
+            f"no call has a transcribed word ({len(recordings)} transcribed, all empty)", key="source"
+        )
     summaries = Path(recipe.summaries) if recipe.summaries else root / "summaries.jsonl"
     rows, built = simsamu.build_rows(root, task=recipe.task, per_turn=recipe.per_turn, calls=calls,
                                      summaries=summaries if summaries.is_file() else None)  # fmt: skip
@@ -275,6 +285,8 @@ def run(recipe: TranscribeRecipe, callbacks=None):
             if "error" in res:
                 report["failed"][rid] = res["error"]
                 logger.error("%s", res["error"])
+        # written files name the source as the recipe does (a Hub dataset's local cache path is this machine's)
+        report["failed"] = {k: v.replace(str(root), recipe.source) for k, v in report["failed"].items()}
 
         # 3. Error rates; 4. rows, splits, dataset.
         metrics = asr_metrics(recordings, results)
