@@ -58,7 +58,7 @@ ARMS: dict[str, tuple[list[str] | None, list[str]]] = {
 def cli(stage: str, argv: list[str], out: Path) -> dict:
     """`llm4all <stage>` in a subprocess (one thread) unless its output exists; its metrics."""
     if not (ROOT / out / "metrics.json").is_file():
-        log = (ROOT / out).with_suffix(".log")
+        log = (ROOT / out).with_name(out.name + ".log")  # (names may hold dots: lr0.001)
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         binary = str(Path(sys.executable).with_name("llm4all"))

@@ -85,3 +85,21 @@ def test_pruning_table_is_in_the_docs_with_every_arm_at_both_budgets():
     assert results["model"] in results["speed"] and all(
         r["shapes"] in results["speed"] for r in results["rows"]
     )
+
+
+def test_speech_table_is_in_the_docs_with_both_ratios_with_and_without_distillation():
+    """docs/BENCHMARKS.md holds benchmarks/speech.py's table as its results file renders it: the dense Whisper and
+    the 20 % / 40 % compressed ones, with and without feature distillation, each with a WER on the same recordings."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import speech
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    results = json.loads((ROOT / "benchmarks" / "results" / "speech.json").read_text())
+    assert speech.report(results) in (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    arms = {(r["ratio"], r["arm"]) for r in results["rows"]}
+    assert arms == {(0.0, "dense")} | {(x, a) for x in (0.2, 0.4) for a in ("compress", "compress+fd")}
+    assert len({r["wer"]["recordings"] for r in results["rows"]}) == 1  # the same held-out recordings
+    assert all(0 < r["wer"]["wer"] for r in results["rows"])

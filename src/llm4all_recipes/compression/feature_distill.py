@@ -146,7 +146,9 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
         0,
         [(0, initial)],
     )
-    block.train()
+    # dropout stays off (eval mode) while training: the block learns the teacher block's deterministic function, and
+    # a checkpoint trained with dropout (Whisper models may ship 0.1) would otherwise chase noisy targets
+    block.eval()
     trained = 0
     for step in tqdm(range(1, steps + 1), desc=f"distil block {layer}", leave=False):
         x, y, kw = pairs[(step - 1) % len(pairs)]
@@ -165,7 +167,6 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
             if current < best:
                 best, best_step = current, step
                 best_state = {n: p.detach().cpu().clone() for n, p in params.items()}
-            block.train()
             stale = (step - best_step) // cfg.eval_every
             if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
                 logger.info("block %d: no held-out improvement in %d evaluations, stopping at step %d of %d", layer,
