@@ -308,6 +308,10 @@ def run(recipe: TranscribeRecipe, callbacks=None):
             logger.warning(
                 "%d recording(s) failed and were left out (metrics.json lists them)", len(report["failed"])
             )
+        if not any(splits.values()):
+            raise RecipeError(
+                f"no row was built (skipped: {dict(report['skipped'])}, task {recipe.task!r})", key="task"
+            )
         dataset = datasets.DatasetDict(
             {name: datasets.Dataset.from_list(rows) for name, rows in splits.items() if rows}
         )
