@@ -17,9 +17,10 @@ from .errors import RecipeError
 USAGE = """usage: llm4all <command> [--config RECIPE.yaml] [--key value ...]
 
 stages (recipes/<model>/<stage>/<variant>.yaml):
-  tiny-model       the embedded default: tiny Llama + French tokenizer (no args: the tiny-llama recipe)
+  tiny-model       the embedded default: tiny Llama + French tokenizer (no args); or a tiny random Whisper
   build-dataset    a dataset + card from the simsamu, meetings or text layout (recipes/datasets/)
-  compress         SVD-family low-rank initialisation of the decoder's linear layers, layer by layer
+  transcribe       Whisper: recordings (simsamu layout, audio manifests) -> the same rows + WER/CER
+  compress         SVD-family low-rank initialisation of the linear layers (Whisper: both stacks), layer by layer
   feature-distill  Lillama: heal a low-rank model block by block against its original
   export-dense     multiply a low-rank checkpoint's factors out into a plain one
   prune            structured pruning (neurons, GQA groups, channels, blocks) to a smaller standard config
