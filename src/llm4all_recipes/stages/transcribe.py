@@ -13,6 +13,7 @@ without audio, a malformed RTTM/SRT) is reported on one line naming the file and
 
 import json
 import logging
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -290,8 +291,10 @@ def run(recipe: TranscribeRecipe, callbacks=None):
 
         # 3. Error rates; 4. rows, splits, dataset.
         metrics = asr_metrics(recordings, results)
-        build = call_rows if report["layout"] == "simsamu" else (lambda r, _root, *a: manifest_rows(*a))
-        splits, report = build(recipe, root, recordings, results, report)
+        if report["layout"] == "simsamu":
+            splits, report = call_rows(recipe, root, recordings, results, report)
+        else:
+            splits, report = manifest_rows(recordings, results, report)
         audio_seconds = sum(r.get("seconds", 0) for r in results.values())
         report.update(
             plan,
@@ -322,8 +325,6 @@ def run(recipe: TranscribeRecipe, callbacks=None):
         card = render_dataset_card(recipe=recipe, dataset=dataset, report=report, lineage=lineage,
                                    facts=card_facts(recipe, report), source=recipe.source)  # fmt: skip
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        import shutil
-
         shutil.rmtree(shards, ignore_errors=True)  # resume-only
     report["published"] = publish_stage_output(recipe, "dataset")
     return report
