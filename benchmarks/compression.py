@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--latency-seq-len", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where layers are compressed / distilled and perplexity and latency are measured")  # fmt: skip
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in benchmarks/results/compression-<name>.json (same ratio, method, "
+                        "ranks and seed are not measured again)")  # fmt: skip
     add_docs_flag(parser)
     args = parser.parse_args()
 
@@ -95,15 +98,18 @@ def main() -> None:
     base_ppl = device_perplexity(dense, tokenizer, evals, args.seq_len, args.device)
     base_latency, base_bytes = latency_ms(dense, args.latency_seq_len, args.device), weight_bytes(dense)
     print(f"dense: perplexity {base_ppl:.3f}, {base_latency:.2f} ms, {base_bytes} bytes")
-    rows = []
+    out = RESULTS / f"compression-{args.name}.json"
+    rows = json.loads(out.read_text())["rows"] if args.resume and out.is_file() else []
+    done = {(r["ratio"], r["method"], r["allocation"], r["seed"]) for r in rows}
     RESULTS.mkdir(exist_ok=True)
     result = {"model": args.model, "device": args.device, "dense_perplexity": base_ppl, "dense_latency_ms": base_latency,
               "dense_bytes": base_bytes, "rows": rows, "command": command_line(), "machine": machine()}  # fmt: skip
-    out = RESULTS / f"compression-{args.name}.json"
     for ratio in args.ratios:
         for method in args.methods:
             for allocation in args.allocations:
                 for seed in args.seeds:
+                    if (ratio, method, allocation, seed) in done:
+                        continue
                     ids = calibration_ids(stream[:cut], args.samples, args.seq_len, seed)
                     hold = calibration_ids(stream[cut:], max(4, args.samples // 8), args.seq_len, seed + 100)
                     model = load_model(args.model, dtype="float32")
@@ -162,7 +168,12 @@ def markdown(args, result: dict) -> str:
     ]
     keys = sorted(
         {(r["ratio"], r["method"], r["allocation"]) for r in rows},
-        key=lambda k: (k[0], args.methods.index(k[1]), k[2]),
+        key=lambda k: (
+            k[0],
+            args.methods.index(k[1]) if k[1] in args.methods else len(args.methods),
+            k[1],
+            k[2],
+        ),
     )
     for ratio, method, allocation in keys:
         group = [r for r in rows if (r["ratio"], r["method"], r["allocation"]) == (ratio, method, allocation)]

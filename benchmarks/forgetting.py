@@ -3,6 +3,7 @@ benchmark model (outputs/bench/french-bench, pretrained on the old domain of the
 
     python benchmarks/forgetting.py [--arms naive replay-kl ...] [--seeds 0] [--confirm ARM ... --confirm-seeds 1 2]
                                     [--jobs 2] [--write-docs]
+    python benchmarks/forgetting.py --bench smollm2-135m ...   # SmolLM2-135M: English (old) -> French (new)
 
 Every arm is one `llm4all cpt` run: benchmarks/recipes/french-bench/cpt/naive.yaml (120 steps x 8 x 256 tokens of
 the new domain, lr 1e-3 re-warmed over 12 steps then cosine) plus the arm's overrides (replay, KL, LoRA,
@@ -19,6 +20,7 @@ the `forgetting` section of docs/BENCHMARKS.md and the PNG.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -31,19 +33,69 @@ from pathlib import Path
 from report import add_docs_flag, command_line, machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = "benchmarks/recipes/french-bench/cpt/naive.yaml"
-OUT = Path("outputs/bench/forgetting")
-PNG = "docs/img/forgetting-pareto.png"
-REPLAY = [
-    "--replay_datasets",
-    '[{"path": "benchmarks/data/manpages-fr/old_train.jsonl"}]',
-    "--replay_share",
-    "0.25",
-]
+
+
+@dataclasses.dataclass(frozen=True)
+class Bench:
+    """A start model, its naive recipe, its old-domain replay text and the goal (rise ≤ x naive's, gain ≥ share)."""
+
+    model: str
+    recipe: str
+    replay: str
+    describe: str
+    max_rise: float
+    min_gain: float
+    suffix: str = ""  # of the output folder, results file, docs section and PNG
+
+
+BENCHES = {
+    "french-bench": Bench(
+        "outputs/bench/french-bench",
+        "benchmarks/recipes/french-bench/cpt/naive.yaml",
+        "benchmarks/data/manpages-fr/old_train.jsonl",
+        "5.2M-parameter Llama pretrained on the old domain; new domain `manpages-fr-dev` sections 2/3: 120 steps × 8 × "
+        "256 tokens, lr 1e-3 re-warmed over 12 steps, cosine re-decay; replay: the old domain's training pages",
+        0.15,
+        0.95,
+    ),
+    "smollm2-135m": Bench(
+        "outputs/bench/smollm2-135m",
+        "benchmarks/recipes/smollm2-135m/cpt/naive.yaml",
+        "benchmarks/data/smollm2/en/train.jsonl",
+        "SmolLM2-135M-Instruct, Q4_1-dequantized (benchmarks/smollm2.py); old domain English documentation, new domain "
+        "French Debian manuals: 40 steps × 8 × 256 tokens of French, lr 1e-4 re-warmed over 4 steps, cosine re-decay; "
+        "replay: the English training documents",
+        0.25,
+        0.90,
+        "-smollm2-135m",
+    ),
+}
+BENCH = BENCHES["french-bench"]  # set by main()
 KL = ["--kl_coef", "1"]
 GRID = ["--merge_grid", "[0.5, 0.6, 0.7, 0.8, 0.9]"]
 
-# name -> overrides of RECIPE
+
+def replay(share: str = "0.25") -> list[str]:
+    return ["--replay_datasets", json.dumps([{"path": BENCH.replay}]), "--replay_share", share]
+
+
+REPLAY = ["--replay", "0.25"]  # placeholder expanded by overrides(): the bench's own replay text
+
+
+def overrides(arm: str) -> list[str]:
+    out, args = [], ARMS[arm]
+    i = 0
+    while i < len(args):
+        if args[i] == "--replay":
+            out += replay(args[i + 1])
+            i += 2
+        else:
+            out.append(args[i])
+            i += 1
+    return out
+
+
+# name -> overrides of the bench's naive recipe
 ARMS: dict[str, list[str]] = {
     "naive": GRID,
     "naive-slerp": [*GRID, "--merge_method", "slerp"],
@@ -56,7 +108,7 @@ ARMS: dict[str, list[str]] = {
         *GRID,
     ],  # the shipped replay-kl.yaml before issue 15: KL on replay tokens
     "replay-kl-all": [*REPLAY, *KL, "--kl_on", "all", *GRID],
-    "replay10-kl": [*REPLAY[:-1], "0.1", *KL, "--kl_on", "replay", *GRID],
+    "replay10-kl": ["--replay", "0.1", *KL, "--kl_on", "replay", *GRID],
     "replay-kl-new": [*REPLAY, *KL, "--kl_on", "new"],
     "kl-all": [*KL, "--kl_on", "all"],
     "kl-all-merge": [*KL, "--kl_on", "all", *GRID],
@@ -69,13 +121,17 @@ ARMS: dict[str, list[str]] = {
 }
 
 
+def out_dir() -> Path:
+    return Path(f"outputs/bench/forgetting{BENCH.suffix}")
+
+
 def command(arm: str, seed: int, model: str) -> list[str]:
-    return ["llm4all", "cpt", "--config", RECIPE, "--model_name_or_path", model, "--seed", str(seed),
-            "--output_dir", str(OUT / f"{arm}-s{seed}"), *ARMS[arm]]  # fmt: skip
+    return ["llm4all", "cpt", "--config", BENCH.recipe, "--model_name_or_path", model, "--seed", str(seed),
+            "--output_dir", str(out_dir() / f"{arm}-s{seed}"), *overrides(arm)]  # fmt: skip
 
 
 def run(arm: str, seed: int, model: str) -> dict:
-    out = ROOT / OUT / f"{arm}-s{seed}"
+    out = ROOT / out_dir() / f"{arm}-s{seed}"
     if not (out / "metrics.json").is_file():
         argv = command(arm, seed, model)
         log = out.with_suffix(".log")
@@ -116,7 +172,7 @@ def place(rows: list[dict]) -> list[dict]:
     for p in points:
         p["pareto"] = not any(q["rise"] <= p["rise"] and q["gain"] >= p["gain"] and q is not p
                               and (q["rise"], q["gain"]) != (p["rise"], p["gain"]) for q in points)  # fmt: skip
-        p["goal"] = p["rise_ratio"] <= 0.15 and p["gain_share"] >= 0.95
+        p["goal"] = p["rise_ratio"] <= BENCH.max_rise and p["gain_share"] >= BENCH.min_gain
     return points
 
 
@@ -135,7 +191,9 @@ def confirmations(rows: list[dict], arms: list[str]) -> list[dict]:
             out.append({"arm": arm, "seed": seed, "kept": kept["model"].replace(" (kept)", ""), "old": kept["old"],
                         "new": kept["new"], "naive_old": after["old"], "naive_new": after["new"],
                         "rise_ratio": rise / (after["old"] - before["old"]), "gain_share": gain / (before["new"] - after["new"])})  # fmt: skip
-            out[-1]["goal"] = out[-1]["rise_ratio"] <= 0.15 and out[-1]["gain_share"] >= 0.95
+            out[-1]["goal"] = (
+                out[-1]["rise_ratio"] <= BENCH.max_rise and out[-1]["gain_share"] >= BENCH.min_gain
+            )
     return out
 
 
@@ -178,13 +236,12 @@ def plot(points: list[dict], before: dict, path: Path) -> None:
         label="Pareto front",
     )
     low, right = ax.get_ylim()[0], max(1.05, max(p["gain_share"] for p in points) + 0.02)
-    ax.fill_between(
-        [0.95, right], low, 0.15, color="C2", alpha=0.12, label="goal: rise ≤ 0.15× naive, gain ≥ 95 %"
-    )
+    ax.fill_between([BENCH.min_gain, right], low, BENCH.max_rise, color="C2", alpha=0.12,
+                    label=f"goal: rise ≤ {BENCH.max_rise}× naive, gain ≥ {BENCH.min_gain:.0%}")  # fmt: skip
     ax.set_ylim(bottom=low)
     ax.set_xlabel("new-domain gain, share of naive's  (→ learns more)")
     ax.set_ylabel("old-domain perplexity rise, × naive's  (↑ forgets more)")
-    ax.set_title(f"Learning vs forgetting, french-bench (old {before['old']:.2f}, new {before['new']:.2f} before); "
+    ax.set_title(f"Learning vs forgetting, {BENCH.model} (old {before['old']:.2f}, new {before['new']:.2f} before); "
                  "unlabelled: merge α points", fontsize=9)  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
@@ -196,7 +253,9 @@ def plot(points: list[dict], before: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="outputs/bench/french-bench")
+    parser.add_argument("--bench", choices=list(BENCHES), default="french-bench",
+                        help="start model, naive recipe, replay text and goal (BENCHES)")  # fmt: skip
+    parser.add_argument("--model", default=None, help="the start model (default: the bench's)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument(
@@ -206,6 +265,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     add_docs_flag(parser)
     args = parser.parse_args()
+    global BENCH
+    BENCH = BENCHES[args.bench]
+    args.model = args.model or BENCH.model
     if "naive" not in args.arms:
         args.arms.insert(0, "naive")
     jobs = [(arm, seed) for arm in args.arms for seed in args.seeds]
@@ -220,28 +282,33 @@ def main() -> None:
     result = {"rows": rows, "points": points, "confirm": checks, "command": command_line(), "machine": machine(),
               "model": args.model}  # fmt: skip
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "forgetting.json").write_text(json.dumps(result, indent=1))
+    (ROOT / "benchmarks" / "results" / f"forgetting{BENCH.suffix}.json").write_text(
+        json.dumps(result, indent=1)
+    )
     if args.write_docs:
-        plot(points, rows[0]["points"][0], ROOT / PNG)
-        write_section("forgetting", markdown(args, result))
+        plot(points, rows[0]["points"][0], ROOT / png())
+        write_section(f"forgetting{BENCH.suffix}", markdown(args, result))
+
+
+def png() -> str:
+    return f"docs/img/forgetting-pareto{BENCH.suffix}.png"
 
 
 def markdown(args, result: dict) -> str:
     rows, points = result["rows"], result["points"]
     before = rows[0]["points"][0]
     lines = [
-        "## Forgetting: the learning–forgetting trade-off of continued pretraining",
+        f"## Forgetting: the learning–forgetting trade-off of continued pretraining{f' ({args.bench})' if BENCH.suffix else ''}",
         "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {result['machine']}. Start: `{args.model}` (5.2M-parameter Llama pretrained on the old domain, "
-        f"held-out perplexity {before['old']:.2f} old / {before['new']:.2f} new). Every arm is `{RECIPE}` (new domain "
-        "`manpages-fr-dev` sections 2/3: 120 steps × 8 × 256 tokens, lr 1e-3 re-warmed over 12 steps, cosine "
-        "re-decay) plus its overrides; replay = 25 % (replay10: 10 %) of the tokens from the old domain's training pages; "
+        f"Machine: {result['machine']}. Start: `{args.model}` ({BENCH.describe}; held-out perplexity "
+        f"{before['old']:.2f} old / {before['new']:.2f} new). Every arm is `{BENCH.recipe}` plus its overrides; "
+        "replay = 25 % (replay10: 10 %) of the tokens from the old domain; "
         f"seeds {args.seeds} (mean). Rise = old-domain perplexity after − before; gain = new-domain perplexity before − "
         "after; both relative to naive's. `α=x`: the trained model merged with the starting one x of the way "
         "(WiSE-FT), measured on the same held-out pages the grid chooses on.",
         "",
-        f"![Pareto front]({Path(PNG).relative_to('docs')})",
+        f"![Pareto front]({Path(png()).relative_to('docs')})",
         "",
         "| arm | old ppl (rise) | new ppl (gain) | rise × naive | gain share | Pareto | goal |",
         "|---|---:|---:|---:|---:|:---:|:---:|",
@@ -260,7 +327,8 @@ def markdown(args, result: dict) -> str:
             lines.append(f"| {c['arm']} | {c['seed']} | {c['kept']} | {c['old']:.2f} | {c['new']:.2f} | "
                          f"{c['naive_old']:.2f} / {c['naive_new']:.2f} | {c['rise_ratio']:.2f} | {c['gain_share']:.0%} | "
                          f"{'✓' if c['goal'] else '✗'} |")  # fmt: skip
-    lines += ["", "Merge points off the front and outside the goal are in `benchmarks/results/forgetting.json`. "
+    lines += ["", f"Goal: rise ≤ {BENCH.max_rise}× naive's at ≥ {BENCH.min_gain:.0%} of its gain. Merge points off "
+              f"the front and outside the goal are in `benchmarks/results/forgetting{BENCH.suffix}.json`. "
               "Each arm's command (seed 0):", ""]  # fmt: skip
     for r in rows:
         if r["seed"] == args.seeds[0]:

@@ -1,6 +1,9 @@
-"""Build a French text corpus from documentation shipped in Debian packages, offline.
+"""Build a French (or, with `--language en`, English) text corpus from documentation shipped in Debian
+packages, offline.
 
     .venv/bin/python benchmarks/french_corpus.py
+    .venv/bin/python benchmarks/french_corpus.py --language en   # -> benchmarks/data/english/ (python3.11-doc,
+                                                                 #    debian-reference-en: SmolLM2's old domain)
     # after training, to add token counts to the README (same data, byte for byte):
     .venv/bin/python benchmarks/french_corpus.py --tokenizer outputs/bench/french-small
 
@@ -31,7 +34,8 @@ unpacked with `dpkg-deb -x` under benchmarks/data/debs/ (no root, no dependencie
 Cleaning: markup is stripped (code blocks, menus, navigation, "how to get there" boxes, related-topic
 lists and scripts are skipped); a paragraph is kept only if it looks like running French text: long
 enough, starts like a sentence and ends with . ! ? … (or : ; , for list items), no URL or e-mail address, little inline code,
-few menu paths and symbols, and clearly more French than English function words (untranslated strings
+few menu paths and symbols, and clearly more French than English function words (the reverse with
+`--language en`) (untranslated strings
 are common in these manuals). Whitespace (non-breaking spaces included) is collapsed to single spaces.
 
 Deduplication: exact and normalised (case, accents, digits and punctuation ignored), over the whole
@@ -163,6 +167,31 @@ PACKAGES = {
     )
 }
 
+# English documentation (`--language en`): the old domain of an English model such as SmolLM2 (benchmarks/smollm2.py)
+ENGLISH_PACKAGES = {
+    p.name: p
+    for p in (
+        Package(
+            "python3.11-doc",
+            "/usr/share/doc/python3.11/html/",
+            ".html",
+            "html",
+            "Python 3.11 documentation (tutorial, library and language reference, HOWTOs, FAQ)",
+            exclude=r"/(_sources|_static|_images)/|/(genindex[^/]*|py-modindex|search|contents|copyright|license|bugs)\.html$",
+            licence="PSF-2.0 (Python Software Foundation License; see the copyright file)",
+        ),
+        Package(
+            "debian-reference-en",
+            "/usr/share/debian-reference/",
+            ".en.html",
+            "html",
+            "Debian Reference (system administration guide)",
+        ),
+    )
+}
+LANGUAGES = {"fr": "french", "en": "english"}
+PACKAGES_BY_LANGUAGE = {"fr": PACKAGES, "en": ENGLISH_PACKAGES}
+
 # --------------------------------------------------------------------------- markup -> paragraphs
 
 # HTML containers whose paragraphs are never prose (navigation, menus, code, boxes of links).
@@ -186,6 +215,9 @@ SKIP_CLASSES = {
     "tableheadintable",
     "debug",
     "youtube_consent",
+    # Sphinx (Python documentation)
+    "sphinxsidebar",
+    "headerlink",
     # DocBook (debian-reference, maint-guide)
     "toc",
     "list-of-tables",
@@ -530,8 +562,8 @@ def language_counts(text: str) -> tuple[int, int]:
     return fr, en
 
 
-def reject(p: Para, min_chars: int, min_words: int) -> str | None:
-    """Why a paragraph is not natural French prose, or None to keep it."""
+def reject(p: Para, min_chars: int, min_words: int, language: str = "fr") -> str | None:
+    """Why a paragraph is not natural prose in `language` ("fr" or "en"), or None to keep it."""
     t = p.text
     if p.broken:
         return "broken-reference"
@@ -549,8 +581,9 @@ def reject(p: Para, min_chars: int, min_words: int) -> str | None:
     if sum(c.isalpha() for c in nonspace) < 0.75 * len(nonspace):
         return "symbols"
     fr, en = language_counts(t)
-    if fr < 2 or en * 3 > fr:
-        return "not-french"
+    mine, other = (fr, en) if language == "fr" else (en, fr)
+    if mine < 2 or other * 3 > mine:
+        return f"not-{LANGUAGES[language]}"
     return None
 
 
@@ -663,7 +696,12 @@ class SourceFile:
 
 
 def extract(
-    pkg: Package, where: Unpacked, min_chars: int, min_words: int, reasons: collections.Counter
+    pkg: Package,
+    where: Unpacked,
+    min_chars: int,
+    min_words: int,
+    reasons: collections.Counter,
+    language: str = "fr",
 ) -> list[SourceFile]:
     files = package_files(pkg, where)
     titles = mallard_titles(files) if pkg.kind == "mallard" else {}
@@ -676,7 +714,7 @@ def extract(
             continue
         src = SourceFile(pkg.name, path, str(path.relative_to(where.path(pkg.prefix))))
         for p in paras:
-            why = reject(p, min_chars, min_words)
+            why = reject(p, min_chars, min_words, language)
             reasons[why or "kept"] += 1
             if why is None:
                 src.paras.append(p.text)
@@ -790,9 +828,8 @@ def count_tokens(tokenizer_path: str, texts: Iterable[str]) -> int:
 def add_common_arguments(ap: argparse.ArgumentParser, out_dir: Path, tokenizer_example: str) -> None:
     """The options every corpus script of benchmarks/ shares: where to write, where packages come from, how
     documents are cut, and the optional token count."""
-    ap.add_argument(
-        "--out-dir", type=Path, default=out_dir, help=f"Output folder (default: {repo_relative(out_dir)})."
-    )
+    where = repo_relative(out_dir) if out_dir else "benchmarks/data/<language>"
+    ap.add_argument("--out-dir", type=Path, default=out_dir, help=f"Output folder (default: {where}).")
     debs = HERE / "data" / "debs"
     ap.add_argument("--deb-cache", type=Path, default=debs,
                     help=f"Where packages that are not installed are downloaded and unpacked (default: {repo_relative(debs)}).")  # fmt: skip
@@ -808,13 +845,19 @@ def add_common_arguments(ap: argparse.ArgumentParser, out_dir: Path, tokenizer_e
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(ap, DEFAULT_OUT, "outputs/bench/french-small")
+    add_common_arguments(ap, None, "outputs/bench/french-small")
+    ap.add_argument(
+        "--language",
+        choices=list(LANGUAGES),
+        default="fr",
+        help="Which prose to keep, and the default packages and --out-dir (benchmarks/data/<french|english>).",
+    )
     ap.add_argument(
         "--packages",
         nargs="+",
-        default=list(PACKAGES),
-        choices=list(PACKAGES),
-        help="Debian packages to read (default: all).",
+        default=None,
+        choices=[*PACKAGES, *ENGLISH_PACKAGES],
+        help="Debian packages to read (default: all of the language's).",
     )
     ap.add_argument(
         "--eval-fraction", type=float, default=0.04, help="Held-out share of each package's text."
@@ -828,16 +871,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=20,
         help="A paragraph found in at least this many source files is boilerplate and dropped.",
     )
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    table = PACKAGES_BY_LANGUAGE[args.language]
+    args.packages = args.packages or list(table)
+    wrong = [p for p in args.packages if p not in table]
+    if wrong:
+        ap.error(f"--packages {' '.join(wrong)}: not {LANGUAGES[args.language]} ({' '.join(table)})")
+    args.out_dir = args.out_dir or HERE / "data" / LANGUAGES[args.language]
+    return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    located = {p: locate(PACKAGES[p], args.deb_cache, not args.no_download) for p in args.packages}
+    table = PACKAGES_BY_LANGUAGE[args.language]
+    located = {p: locate(table[p], args.deb_cache, not args.no_download) for p in args.packages}
     missing = [p for p, where in located.items() if where is None]
     if missing:
         print(f"not available, skipped: {' '.join(missing)}", file=sys.stderr)
-    pkgs = [PACKAGES[p] for p in args.packages if p not in missing]
+    pkgs = [table[p] for p in args.packages if p not in missing]
     if not pkgs:
         sys.exit("no package to read")
 
@@ -846,7 +897,9 @@ def main(argv=None) -> dict:
     reasons: dict[str, collections.Counter] = {}
     for pkg in pkgs:
         reasons[pkg.name] = collections.Counter()
-        by_pkg[pkg.name] = extract(pkg, located[pkg.name], args.min_chars, args.min_words, reasons[pkg.name])
+        by_pkg[pkg.name] = extract(
+            pkg, located[pkg.name], args.min_chars, args.min_words, reasons[pkg.name], args.language
+        )
         # within-file exact duplicates (variants for several platforms, repeated notes) before sizing
         for f in by_pkg[pkg.name]:
             f.paras = list(dict.fromkeys(f.paras))
@@ -888,6 +941,7 @@ def main(argv=None) -> dict:
             **stats["packages"][pkg.name],
         }
     stats["dedup"] = dict(dedup)
+    stats["language"] = LANGUAGES[args.language]
     total = sum(s["bytes"] for s in stats["splits"].values())
     stats["eval_share"] = stats["splits"]["eval"]["bytes"] / max(total, 1)
     if args.tokenizer:
@@ -910,7 +964,7 @@ def _mb(n: int) -> str:
 
 def readme(stats: dict) -> str:
     lines = [
-        "# French corpus from Debian documentation packages",
+        f"# {stats['language'].capitalize()} corpus from Debian documentation packages",
         "",
         "Generated by `benchmarks/french_corpus.py` from the repository root (do not edit, do not commit: "
         "rerun the script):",
@@ -962,15 +1016,16 @@ def readme(stats: dict) -> str:
             f"| `{name}` | {p.get('train_documents', 0):,} | {_mb(p.get('train_bytes', 0))} | "
             f"{p.get('eval_files', 0)} | {p.get('eval_documents', 0):,} | {_mb(p.get('eval_bytes', 0))} |"
         )
+    mine, other = ("French", "English") if stats["language"] == "french" else ("English", "French")
     lines += [
         "",
         "## Cleaning",
         "",
         "Paragraphs (`<p>` of the HTML and Mallard pages; code blocks, navigation, menus-only boxes, "
-        "related-topic lists and scripts skipped) are kept when they read as French prose: at least "
+        f"related-topic lists and scripts skipped) are kept when they read as {mine} prose: at least "
         f"{stats['options']['min_chars']} characters and {stats['options']['min_words']} words, a sentence "
         "start and end, no URL or e-mail, little inline code or menu text, few symbols, and clearly more "
-        "French than English function words. Whitespace is collapsed (non-breaking spaces included).",
+        f"{mine} than {other} function words. Whitespace is collapsed (non-breaking spaces included).",
         "",
         "Paragraph verdicts per package:",
         "",

@@ -2,6 +2,8 @@
 
     python benchmarks/healing.py --model outputs/bench/french-bench --data benchmarks/data/manpages-fr \
         --name french-bench [--ratios 0.4 0.6 0.8] [--arms default] [--write-docs]
+    python benchmarks/healing.py --model outputs/bench/smollm2-135m --recipes recipes/smollm2-135m \
+        --name smollm2-135m --ratios 0.2 --arms default        # a real-model folder's recipes and data as they are
 
 For each ratio: `compress` (recipes/tiny-llama/compress/whitening-60.yaml, the ratio overridden), then every
 arm: `feature-distill` (recipes/tiny-llama/feature-distill/whitening-60.yaml) and/or `kd`
@@ -54,6 +56,36 @@ ARMS: dict[str, tuple[list[str] | None, list[str] | None]] = {
     "kd-lr3e-3": ([], ["--learning_rate", "3e-3"]),
     "fd-parallel": (["--joint_inputs", "false"], None),
     "fd-lr1e-4": (["--learning_rate", "1e-4"], None),
+    "fd-lr3e-4": (["--learning_rate", "3e-4"], None),
+    "fd-lr3e-5": (["--learning_rate", "3e-5"], None),
+    "fd-parallel-only": (["--joint_inputs", "false"], None),
+    # SmolLM2-135M (recipes/smollm2-135m): the feature-distillation recipe before it was measured there
+    "fd-lr1e-3-128x256": (
+        [
+            "--learning_rate",
+            "1e-3",
+            "--num_calibration_samples",
+            "128",
+            "--tokens_per_block",
+            "32768",
+            "--eval_every",
+            "4",
+        ],
+        None,
+    ),
+    "fd-lr1e-4-128x256": (
+        [
+            "--learning_rate",
+            "1e-4",
+            "--num_calibration_samples",
+            "128",
+            "--tokens_per_block",
+            "32768",
+            "--eval_every",
+            "4",
+        ],
+        None,
+    ),
     # the grid the defaults were chosen from (benchmarks/README.md), every value explicit
     "fd-parallel-lr1e-4": (P4, None),
     "fd-parallel-lr3e-4": (["--joint_inputs", "false", "--learning_rate", "3e-4"], None),
@@ -85,16 +117,27 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", required=True, help="the dense model (a folder)")
-    parser.add_argument("--data", required=True, help="folder with old_train/old_eval/new_eval.jsonl")
+    parser.add_argument(
+        "--data", help="folder with old_train/old_eval/new_eval.jsonl (default: the recipes' own data)"
+    )
+    parser.add_argument("--recipes", help="a recipe folder with compress/whitening-20.yaml, feature-distill/"
+                        "whitening-20.yaml, kd/heal-20.yaml (default: the tiny-llama recipes)")  # fmt: skip
     parser.add_argument("--name", required=True, help="results name: healing-<name>")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.4, 0.6, 0.8])
     parser.add_argument("--arms", nargs="+", default=["default"], choices=sorted(ARMS))
     add_docs_flag(parser)
     args = parser.parse_args()
 
-    data = Path(args.data)
-    sources = ["--datasets", json.dumps([str(data / "old_train.jsonl")]),
-               "--eval_datasets", json.dumps([str(data / "old_eval.jsonl"), str(data / "new_eval.jsonl")])]  # fmt: skip
+    if args.data:
+        data = Path(args.data)
+        sources = ["--datasets", json.dumps([str(data / "old_train.jsonl")]),
+                   "--eval_datasets", json.dumps([str(data / "old_eval.jsonl"), str(data / "new_eval.jsonl")])]  # fmt: skip
+    else:
+        sources = []
+    compress_recipe, fd_recipe, kd_recipe = (
+        (f"{args.recipes}/compress/whitening-20.yaml", f"{args.recipes}/feature-distill/whitening-20.yaml",
+         f"{args.recipes}/kd/heal-20.yaml") if args.recipes else (COMPRESS, FD, KD)
+    )  # fmt: skip
     root = Path("outputs/bench") / f"healing-{args.name}"
     results_file = RESULTS / f"healing-{args.name}.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {"rows": []}
@@ -103,31 +146,32 @@ def main() -> None:
     rows = {(r["ratio"], r["arm"]): r for r in results["rows"]}
     for ratio in args.ratios:
         tag = f"w{round(ratio * 100)}"
-        compressed, seconds = stage("compress", ["--config", COMPRESS, "--model_name_or_path", args.model,
+        compressed, seconds = stage("compress", ["--config", compress_recipe, "--model_name_or_path", args.model,
                                                  "--ratio", str(ratio), *sources], root / tag / "compress")  # fmt: skip
-        dense = compressed["eval_before"]["old_eval"]["perplexity"]
-        start = compressed["eval"]["old_eval"]["perplexity"]
+        old, new = (next(k for k in compressed["eval"] if k.startswith(d)) for d in ("old", "new"))
+        dense = compressed["eval_before"][old]["perplexity"]
+        start = compressed["eval"][old]["perplexity"]
         for arm in args.arms:
             fd_over, kd_over = ARMS[arm]
             row = {"ratio": ratio, "arm": arm, "dense": dense, "compressed": start,
-                   "dense_new": compressed["eval_before"]["new_eval"]["perplexity"],
-                   "compressed_new": compressed["eval"]["new_eval"]["perplexity"],
+                   "dense_new": compressed["eval_before"][new]["perplexity"],
+                   "compressed_new": compressed["eval"][new]["perplexity"],
                    "parameters": compressed["parameters"], "compress_seconds": seconds}  # fmt: skip
             student = root / tag / "compress"
             if fd_over is not None:
                 fd_name = "fd" if not fd_over else "fd-" + "-".join(a.lstrip("-") for a in fd_over)
-                fd, secs = stage("feature-distill", ["--config", FD, "--model_name_or_path", str(student),
+                fd, secs = stage("feature-distill", ["--config", fd_recipe, "--model_name_or_path", str(student),
                                                      *sources, *fd_over], root / tag / fd_name)  # fmt: skip
-                row.update(fd=fd["eval"]["old_eval"]["perplexity"], fd_new=fd["eval"]["new_eval"]["perplexity"],
+                row.update(fd=fd["eval"][old]["perplexity"], fd_new=fd["eval"][new]["perplexity"],
                            fd_tokens=fd["text_tokens"], fd_seconds=secs)  # fmt: skip
                 student = root / tag / fd_name
             if kd_over is not None:
                 kd_name = f"{student.name}+kd" + (
                     "" if not kd_over else "-" + "-".join(a.lstrip("-") for a in kd_over)
                 )
-                kd, secs = stage("kd", ["--config", KD, "--model_name_or_path", str(student), "--teacher_model_name_or_path",
+                kd, secs = stage("kd", ["--config", kd_recipe, "--model_name_or_path", str(student), "--teacher_model_name_or_path",
                                         args.model, *sources, *kd_over], root / tag / kd_name)  # fmt: skip
-                row.update(kd=kd["eval"]["old_eval"]["perplexity"], kd_new=kd["eval"]["new_eval"]["perplexity"],
+                row.update(kd=kd["eval"][old]["perplexity"], kd_new=kd["eval"][new]["perplexity"],
                            kd_tokens=kd["train"]["num_tokens"], kd_seconds=secs, kd_kept=kd["train"].get("kept"),
                            kd_trainable=kd["train"].get("trainable"))  # fmt: skip
             final = row.get("kd", row.get("fd", start))
@@ -137,7 +181,8 @@ def main() -> None:
             rows[(ratio, arm)] = row
             ordered = sorted(rows.values(), key=lambda r: (r["ratio"], r["arm"]))
             results = {"commands": list(dict.fromkeys(r["command"] for r in ordered)), "machine": machine(),
-                       "model": args.model, "data": args.data, "rows": ordered}  # fmt: skip
+                       "model": args.model, "data": args.data or f"the recipes of {args.recipes}", "labels": [old, new],
+                       "rows": ordered}  # fmt: skip
             results_file.write_text(json.dumps(results, indent=2) + "\n")
             print(json.dumps(row))
     if args.write_docs:
@@ -148,6 +193,7 @@ def report(results: dict, name: str) -> str:
     def ppl(r, key):
         return f"{r[key]:.2f}" if key in r else "-"
 
+    old, new = results.get("labels", ["old_eval", "new_eval"])
     lines = [
         f"## Healing on `{name}`: compress (whitening) → feature distillation → KD, shipped recipes",
         "",
@@ -155,8 +201,8 @@ def report(results: dict, name: str) -> str:
         *results["commands"],
         "```",
         "",
-        f"{results['machine']}. Model `{results['model']}`, data `{results['data']}`. Perplexity on old_eval "
-        "(new_eval in brackets); recovered = share of the compression gap closed on old_eval; tokens = training "
+        f"{results['machine']}. Model `{results['model']}`, data `{results['data']}`. Perplexity on {old} "
+        f"({new} in brackets); recovered = share of the compression gap closed on {old}; tokens = training "
         "text tokens of feature distillation (per block) + KD; KD kept = the step keep_best kept (best, or "
         "start: no step beat the student it started from). Arms: `default` = the shipped recipes; the others "
         "override them as `benchmarks/healing.py` ARMS says (feature-distill overrides | kd overrides).",

@@ -69,6 +69,16 @@ def sequence_lengths(dataset, tokenizer, max_length: int | None) -> list[int]:
     return [min(n, max_length) if max_length else n for n in lens]
 
 
+def rows_cut_before_the_answer(dataset, tokenizer, max_length: int) -> int:
+    """Conversations whose every assistant token lies past max_length: truncated, they train nothing (the
+    trainer then drops them)."""
+    cut = 0
+    for messages in dataset["messages"]:
+        out = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+        cut += not any(out["assistant_masks"][:max_length])
+    return cut
+
+
 def plan(recipe: Any, dataset, tokenizer) -> dict[str, Any]:
     """Token count and number of optimizer steps of a run, computed as the Trainer does."""
     lens = sequence_lengths(dataset, tokenizer, None if recipe.packing else recipe.max_length)

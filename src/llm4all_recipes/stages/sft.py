@@ -13,7 +13,15 @@ from ..errors import RecipeError
 from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer
 from ..outputs import finish, staged_output
-from ..training import fit, load_data, lora_config, print_plan, save_trained, training_facts_md
+from ..training import (
+    fit,
+    load_data,
+    lora_config,
+    print_plan,
+    rows_cut_before_the_answer,
+    save_trained,
+    training_facts_md,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +38,14 @@ def run(recipe: SFTRecipe, callbacks=None):
             key="chat_template_path",
         )
     train, evals, report = load_data(recipe)
+    if recipe.assistant_only_loss and "messages" in train.column_names:
+        cut = rows_cut_before_the_answer(train, tokenizer, recipe.max_length)
+        if cut == len(train):
+            raise RecipeError(f"every training conversation ({cut}) is longer than max_length before its first "
+                              "assistant token: nothing would be trained; raise max_length", key="max_length")  # fmt: skip
+        if cut:
+            logger.warning("%d of %d training conversations are cut before their first assistant token at "
+                           "max_length %d: they train nothing", cut, len(train), recipe.max_length)  # fmt: skip
     if recipe.dry_run:
         return print_plan(recipe, "sft", train, tokenizer, report)
 
