@@ -81,7 +81,8 @@ def main() -> None:
     parser.add_argument("--fd-tokens", type=int, default=131072, help="feature-distillation tokens per block")
     parser.add_argument("--fd-lr", type=float, default=1e-4)
     parser.add_argument("--eval-docs", type=int, default=None)
-    parser.add_argument("--latency-seq-len", type=int, default=256)
+    parser.add_argument("--latency-seq-len", type=int, default=256,
+                        help="0: no latency measured or reported (when other jobs share the machine)")  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where layers are compressed / distilled and perplexity and latency are measured")  # fmt: skip
     parser.add_argument("--resume", action="store_true",
@@ -96,8 +97,9 @@ def main() -> None:
     cut = int(len(stream) * 0.9)
     dense = load_model(args.model, dtype="float32")
     base_ppl = device_perplexity(dense, tokenizer, evals, args.seq_len, args.device)
-    base_latency, base_bytes = latency_ms(dense, args.latency_seq_len, args.device), weight_bytes(dense)
-    print(f"dense: perplexity {base_ppl:.3f}, {base_latency:.2f} ms, {base_bytes} bytes")
+    base_bytes = weight_bytes(dense)
+    base_latency = latency_ms(dense, args.latency_seq_len, args.device) if args.latency_seq_len else None
+    print(f"dense: perplexity {base_ppl:.3f}, {base_latency} ms, {base_bytes} bytes")
     out = RESULTS / f"compression-{args.name}.json"
     rows = json.loads(out.read_text())["rows"] if args.resume and out.is_file() else []
     done = {(r["ratio"], r["method"], r["allocation"], r["seed"]) for r in rows}
@@ -140,7 +142,12 @@ def main() -> None:
                         row["perplexity_distilled"] = device_perplexity(
                             model, tokenizer, evals, args.seq_len, args.device
                         )
-                    if seed == args.seeds[0] and allocation == "uniform" and method == "whitening":
+                    if (
+                        args.latency_seq_len
+                        and seed == args.seeds[0]
+                        and allocation == "uniform"
+                        and method == "whitening"
+                    ):
                         row["latency_ms"] = latency_ms(model, args.latency_seq_len, args.device)
                     rows.append(row)
                     print(json.dumps(row))
@@ -189,6 +196,8 @@ def markdown(args, result: dict) -> str:
             f"| {ratio:.0%} | {method} | {allocation} | {cell('perplexity')} | {cell('perplexity_distilled')} | "
             f"{statistics.mean(r['achieved_ratio'] for r in group):.3f} | {statistics.mean(r['compress_seconds'] for r in group):.1f} |"
         )
+    if not args.latency_seq_len:
+        return "\n".join(lines) + "\n"
     lines += ["", f"Size and forward latency on {result.get('device', 'cpu')} (batch 1 × "
               f"{args.latency_seq_len} tokens, median of 20; whitening, uniform ranks):", "",
               "| model | weight bytes | latency ms |", "|---|---:|---:|",

@@ -63,7 +63,7 @@ BENCHES = {
         "benchmarks/recipes/smollm2-135m/cpt/naive.yaml",
         "benchmarks/data/smollm2/en/train.jsonl",
         "SmolLM2-135M-Instruct, Q4_1-dequantized (benchmarks/smollm2.py); old domain English documentation, new domain "
-        "French Debian manuals: 40 steps × 8 × 256 tokens of French, lr 1e-4 re-warmed over 4 steps, cosine re-decay; "
+        "French Debian manuals: 40 steps × 8 × 256 tokens of French, lr 1e-3 re-warmed over 4 steps, cosine re-decay; "
         "replay: the English training documents",
         0.25,
         0.90,
@@ -116,6 +116,7 @@ ARMS: dict[str, list[str]] = {
     "replay-kl3": [*REPLAY, "--kl_coef", "3", "--kl_on", "replay"],
     "replay-kl-decay": [*REPLAY, "--kl_coef", "2", "--kl_coef_end", "0", "--kl_on", "replay"],
     "replay-kl-rise": [*REPLAY, "--kl_coef", "0", "--kl_coef_end", "2", "--kl_on", "replay"],
+    "naive-lr1e-4": ["--learning_rate", "1e-4", *GRID],
     "lora": ["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32"],
     "lora-lr5e-3": ["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32", "--learning_rate", "5e-3"],
 }

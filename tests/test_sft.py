@@ -135,3 +135,36 @@ def test_dry_run_prints_plan_without_loading_a_model(tiny_model, recipe_file, tm
     assert f"# steps: {steps} " in out
     assert "learning_rate: 0.001" in out
     assert not (tmp_path / "dry").exists() and not (tmp_path / "dry.tmp").exists()
+
+
+def test_max_length_that_cuts_every_answer_is_refused_before_the_model_loads(
+    tiny_model, recipe_file, tmp_path, capsys, monkeypatch
+):
+    """Every conversation longer than max_length before its first assistant token would train nothing (the
+    trainer then fails deep inside torch's sampler): one line naming the key, exit 2, nothing written."""
+    import datasets
+
+    import llm4all_recipes.stages.sft as sft
+
+    monkeypatch.setattr(sft, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    with open("tests/fixtures/chat/train.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    masks = [
+        tokenizer.apply_chat_template(r["messages"], return_dict=True, return_assistant_tokens_mask=True)[
+            "assistant_masks"
+        ]
+        for r in rows
+    ]
+    first = [mask.index(1) for mask in masks]  # tokens before each conversation's first answer token
+    path = recipe_file(sft_text(tiny_model, tmp_path / "cut", "max_steps: 1\n").replace(
+        "max_length: 512", f"max_length: {min(first)}"))  # fmt: skip
+    assert main(["sft", "--config", path]) == 2
+    err = capsys.readouterr().err
+    assert "max_length" in err and f"every training conversation ({len(rows)})" in err
+    assert not (tmp_path / "cut").exists() and not (tmp_path / "cut.tmp").exists()
+    # one token more: exactly the conversations whose answer starts within max_length train
+    dataset = datasets.Dataset.from_list(rows)
+    assert sft.rows_cut_before_the_answer(dataset, tokenizer, min(first) + 1) == sum(
+        f > min(first) for f in first
+    )
