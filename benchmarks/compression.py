@@ -155,6 +155,8 @@ def main() -> None:
                     out.write_text(json.dumps(result, indent=1))
                     if args.write_docs:
                         write_section(f"compression-{args.name}", markdown(args, result))
+    if args.write_docs:  # every row resumed: the section from the results file
+        write_section(f"compression-{args.name}", markdown(args, result))
 
 
 def markdown(args, result: dict) -> str:
