@@ -33,6 +33,9 @@ COMPRESS = "recipes/tiny-llama/compress/whitening-60.yaml"
 FD = "recipes/tiny-llama/feature-distill/whitening-60.yaml"
 KD = "recipes/tiny-llama/kd/heal.yaml"
 
+# SmolLM2's first feature-distillation budget: 128 x 256 distinct tokens, seen once by every block
+SMALL_FD = ["--num_calibration_samples", "128", "--tokens_per_block", "32768", "--eval_every", "4"]
+
 # name -> (feature-distill overrides or None to skip the stage, kd overrides or None)
 P4 = ["--joint_inputs", "false", "--learning_rate", "1e-4"]  # the feature-distill recipe before issue 11
 S50 = [
@@ -62,32 +65,8 @@ ARMS: dict[str, tuple[list[str] | None, list[str] | None]] = {
     # SmolLM2-135M (recipes/smollm2-135m): KD at 2e-5 for 12 steps (at 1e-4 its first held-out check was worse)
     "kd-lr2e-5-12": ([], ["--learning_rate", "2e-5", "--max_steps", "12", "--save_steps", "4"]),
     # SmolLM2-135M (recipes/smollm2-135m): the feature-distillation recipe before it was measured there
-    "fd-lr1e-3-128x256": (
-        [
-            "--learning_rate",
-            "1e-3",
-            "--num_calibration_samples",
-            "128",
-            "--tokens_per_block",
-            "32768",
-            "--eval_every",
-            "4",
-        ],
-        None,
-    ),
-    "fd-lr1e-4-128x256": (
-        [
-            "--learning_rate",
-            "1e-4",
-            "--num_calibration_samples",
-            "128",
-            "--tokens_per_block",
-            "32768",
-            "--eval_every",
-            "4",
-        ],
-        None,
-    ),
+    "fd-lr1e-3-128x256": (["--learning_rate", "1e-3", *SMALL_FD], None),
+    "fd-lr1e-4-128x256": (["--learning_rate", "1e-4", *SMALL_FD], None),
     # the grid the defaults were chosen from (benchmarks/README.md), every value explicit
     "fd-parallel-lr1e-4": (P4, None),
     "fd-parallel-lr3e-4": (["--joint_inputs", "false", "--learning_rate", "3e-4"], None),
