@@ -28,10 +28,11 @@ def test_a_produced_path_is_sized_through_the_recipe_that_makes_it():
     targeted = sum(t.params for t in targets)
     total = sum(p.numel() for p in dense.parameters())
     assert total == 1_543_714_304  # Qwen2.5-1.5B-Instruct's published count (tied embeddings counted once)
-    # compress 20 % with loss allocation: the budget is what is kept; kd's student (two stages later) is that size
+    # compress 20 %, uniform ranks in multiples of 64 topped up to the budget: at most 80 % of the targeted
+    # parameters kept, within 1 %; kd's student (two stages later) is that size
     student = model_size("outputs/qwen2.5-1.5b-instruct/feature-distill/whitening-20", str(QWEN))
-    assert student.low_rank and student.params == total - targeted + math.floor(0.8 * targeted)
-    assert student.factor_params == math.floor(0.8 * targeted)
+    assert 0.79 * targeted <= student.factor_params <= math.floor(0.8 * targeted)
+    assert student.low_rank and student.params == total - targeted + student.factor_params
 
 
 def test_training_memory_terms_and_sharding():

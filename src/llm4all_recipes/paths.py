@@ -13,6 +13,10 @@ REPO_ROOT = PACKAGE_DIR.parents[1]
 RECIPES_DIR = REPO_ROOT / "recipes"
 CHAT_TEMPLATES_DIR = PACKAGE_DIR / "data" / "chat_templates"
 OUTPUTS = "outputs"  # produced artefacts (git-ignored); `validate` does not require them to exist yet
+BENCHMARK_DATA = (
+    "benchmarks",
+    "data",
+)  # texts the benchmark scripts build (git-ignored), e.g. benchmarks/smollm2.py
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
@@ -48,11 +52,13 @@ PLANNED_OUTPUTS: ContextVar[frozenset[str]] = ContextVar("planned_outputs", defa
 
 
 def is_produced(value: str) -> bool:
-    """A path under `outputs/` (or the local hub folder), or one an earlier pipeline step writes: made by
-    another stage, maybe not yet."""
+    """A path under `outputs/` (or the local hub folder), one an earlier pipeline step writes, or a text a benchmark
+    script builds under `benchmarks/data/`: made by another command, maybe not yet."""
     parts = Path(os.path.normpath(value)).parts
     planned = PLANNED_OUTPUTS.get()
-    return bool(parts) and (parts[0] in (OUTPUTS, "hub") or os.path.abspath(value) in planned)
+    return bool(parts) and (
+        parts[0] in (OUTPUTS, "hub") or parts[:2] == BENCHMARK_DATA or os.path.abspath(value) in planned
+    )
 
 
 def stage_of(recipe_path: str | os.PathLike) -> str:
@@ -93,5 +99,12 @@ def check_path(value: str, key: str, static: bool, *, hub_ok: bool = False) -> N
         return
     if not os.path.exists(os.path.expanduser(value)):
         what = "not a local path nor a Hub id" if hub_ok else "no such file or folder"
-        hint = " (produced by another stage: run it first)" if is_produced(value) else ""
+        hint = ""
+        if is_produced(value):
+            built_by = (
+                "a benchmark script (benchmarks/README.md)"
+                if Path(value).parts[:2] == BENCHMARK_DATA
+                else "another stage"
+            )
+            hint = f" (produced by {built_by}: run it first)"
         raise RecipeError(f"{what}: {value}{hint}", key=key)
