@@ -280,3 +280,17 @@ def test_secret_keys_are_filtered_by_name_not_by_substring(recipe_file, base):
     assert parsing.is_secret("hub_token") and not parsing.is_secret("tokens_per_block")
     assert not any(parsing.is_secret(k) for k in ("max_new_tokens", "chunk_tokens", "tokenizer_name_or_path",
                                                   "pad_token", "eos_token"))  # fmt: skip
+
+
+def test_texts_a_benchmark_script_builds_are_produced_paths(tmp_path):
+    """benchmarks/data/ is built by scripts such as benchmarks/smollm2.py: `validate` accepts a recipe that reads it
+    before it exists (as it does outputs/); running the stage names the script to run first."""
+    from llm4all_recipes.errors import RecipeError
+    from llm4all_recipes.paths import check_path
+
+    missing = "benchmarks/data/nowhere-in-this-checkout/train.jsonl"
+    check_path(missing, "datasets[0].path", static=True, hub_ok=True)  # validate: fine
+    with pytest.raises(RecipeError, match="produced by a benchmark script"):
+        check_path(missing, "datasets[0].path", static=False, hub_ok=True)
+    with pytest.raises(RecipeError, match=r"no such file or folder: benchmarks/nowhere/x\.jsonl$"):
+        check_path("benchmarks/nowhere/x.jsonl", "datasets[0].path", static=True)  # only benchmarks/data/
