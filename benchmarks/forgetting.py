@@ -75,23 +75,17 @@ KL = ["--kl_coef", "1"]
 GRID = ["--merge_grid", "[0.5, 0.6, 0.7, 0.8, 0.9]"]
 
 
-def replay(share: str = "0.25") -> list[str]:
-    return ["--replay_datasets", json.dumps([{"path": BENCH.replay}]), "--replay_share", share]
-
-
-REPLAY = ["--replay", "0.25"]  # placeholder expanded by overrides(): the bench's own replay text
+REPLAY = ["--replay", "0.25"]  # "--replay SHARE": the bench's own old-domain text, expanded by overrides()
 
 
 def overrides(arm: str) -> list[str]:
-    out, args = [], ARMS[arm]
-    i = 0
-    while i < len(args):
-        if args[i] == "--replay":
-            out += replay(args[i + 1])
-            i += 2
+    """The arm's cpt arguments, each `--replay SHARE` pair spelt out for the current bench."""
+    out, args = [], iter(ARMS[arm])
+    for arg in args:
+        if arg == "--replay":
+            out += ["--replay_datasets", json.dumps([{"path": BENCH.replay}]), "--replay_share", next(args)]
         else:
-            out.append(args[i])
-            i += 1
+            out.append(arg)
     return out
 
 
