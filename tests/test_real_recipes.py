@@ -75,9 +75,11 @@ def test_readme_estimates_are_what_the_package_computes(folder):
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_compress_dry_run_against_the_published_config(folder, capsys):
     """Rank map and sizes from config.json alone (uniform ranks, as every real-model recipe now allocates)."""
-    text = json.dumps([str(TEXT / "old_train.jsonl")])  # offline folders' own texts are not built here
+    # the offline folders' own texts are not built in CI: fixture text for all
+    text = [json.dumps([str(TEXT / f"old_{split}.jsonl")]) for split in ("train", "eval")]
     argv = ["compress", "--config", f"recipes/{folder}/compress/whitening-20.yaml", "--model_name_or_path",
-            str(CONFIGS / folder), "--dry_run", "true", "--rank_allocation", "uniform", "--datasets", text]  # fmt: skip
+            str(CONFIGS / folder), "--dry_run", "true", "--rank_allocation", "uniform", "--datasets", text[0],
+            "--eval_datasets", text[1]]  # fmt: skip
     rc = main(argv)
     out = capsys.readouterr().out
     assert rc == 0
