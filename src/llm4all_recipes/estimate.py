@@ -150,8 +150,12 @@ def model_size(path: str, base_config: str | None = None, _seen: tuple = ()) -> 
     """The size of the model at `path`, following produced paths to the recipes that make them."""
     recipe_path = producer(path) if is_produced(path) else None
     if recipe_path is None or recipe_path in _seen:
-        # a base no recipe makes (a Hub id, a folder, a model a benchmark script builds): its config, or --base_config
-        if not is_produced(path) or base_config or os.path.isfile(os.path.join(path, "config.json")):
+        # a base no recipe makes: a Hub id, a folder, or a model a benchmark script builds under outputs/bench/
+        by_benchmark = base_config is not None and Path(os.path.normpath(path)).parts[:2] == (
+            "outputs",
+            "bench",
+        )
+        if not is_produced(path) or by_benchmark or os.path.isfile(os.path.join(path, "config.json")):
             return _base_size(path, base_config)
         raise RecipeError(
             f"{path} is made by no recipe under recipes/ (its default output folder); estimate the recipe that makes it",
