@@ -15,6 +15,17 @@ speed (128 new tokens after 16, KV cache), dense vs each model (the pruned model
 model's shapes). Held-out perplexity: old_eval (the domain the model knows; calibration and KD text is
 old_train) and new_eval. Outputs under outputs/bench/pruning/ are reused by a rerun. Results:
 benchmarks/results/pruning.json; with --write-docs, the `pruning` section of docs/BENCHMARKS.md.
+
+A real-model folder's recipes as shipped (nothing overridden; the model, data and share are the recipes' own):
+
+    python benchmarks/pruning.py --recipes recipes/smollm2-135m --name smollm2-135m \
+        --arms width width-tokens svd [--threads 2] [--write-docs]
+
+`width`: its prune/*.yaml then kd/heal-pruned.yaml; `svd`: compress/whitening-20.yaml, feature-distill/
+whitening-20.yaml, kd/heal-20.yaml; they write to the recipes' own output folders (outputs/<model>/...), so after
+`llm4all pipeline` they are only read. `width-tokens`: heal-pruned's KD run for as many tokens as the SVD chain's
+feature distillation + KD, under outputs/bench/pruning-<name>/. Results: benchmarks/results/pruning-<name>.json,
+section `pruning-<name>`.
 """
 
 import argparse
@@ -25,9 +36,12 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from report import add_docs_flag, command_line, machine, write_section
+
+from llm4all_recipes.paths import default_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pruning.json"
@@ -39,7 +53,7 @@ KD = "recipes/tiny-llama/kd/heal.yaml"
 
 # arm -> (prune overrides, or None for the SVD chain; kd overrides)
 ARMS: dict[str, tuple[list[str] | None, list[str]]] = {
-    "width": (["--axes", '["mlp", "embedding"]'], []),  # Minitron's width pruning (the recipe's default)
+    "width": ([], []),  # Minitron's width pruning: the recipe's own axes (mlp + embedding)
     "mlp": (["--axes", '["mlp"]'], []),
     "mlp+heads": (["--axes", '["mlp", "heads"]'], []),
     "depth-bi": (["--axes", '["depth"]', "--depth_importance", "block_influence"], []),
@@ -50,17 +64,53 @@ ARMS: dict[str, tuple[list[str] | None, list[str]]] = {
     ),
     "width+hidden": (["--axes", '["mlp", "embedding"]'], ["--kd_hidden_coef", "1"]),
     # KD for as many tokens as the SVD chain's feature distillation + KD (128 + 80 steps of 8 x 256)
-    "width-tokens": (["--axes", '["mlp", "embedding"]'], ["--max_steps", "208"]),
+    # (a recipe folder: as many steps as its SVD chain's tokens need)
+    "width-tokens": ([], ["--max_steps", "208"]),
     "svd": (None, []),  # compress (whitening) -> feature-distill -> kd
 }
 
 
-def cli(stage: str, argv: list[str], out: Path) -> dict:
-    """`llm4all <stage>` in a subprocess (one thread) unless its output exists; its metrics."""
+@dataclass
+class Plan:
+    """Where an arm's stages come from. Tiny mode: the tiny-llama recipes with model, data and share overridden,
+    outputs under outputs/bench/pruning/. Folder mode (`shipped`): a real-model folder's recipes as they are; a
+    stage without overrides writes to its recipe's own output folder (a pipeline run's outputs are reused)."""
+
+    model: str
+    prune: str = PRUNE
+    compress: str = COMPRESS
+    fd: str = FD
+    kd: str = KD
+    kd_pruned: str = KD
+    sources: list[str] = field(default_factory=list)
+    out: Path = OUT
+    shipped: bool = False
+    threads: int = 1
+
+    def where(self, recipe: str, overrides: list[str], fallback: Path) -> Path:
+        return Path(default_output_dir(recipe)) if self.shipped and not overrides else fallback
+
+
+def folder_plan(recipes: str, name: str, threads: int) -> tuple[Plan, float]:
+    """A real-model folder's recipes as shipped, and the share of the model its prune recipe removes."""
+    import yaml
+
+    folder = Path(recipes)
+    (prune,) = sorted(folder.glob("prune/*.yaml"))  # one pruning recipe per folder
+    spec = yaml.safe_load(prune.read_text())
+    plan = Plan(model=spec["model_name_or_path"], prune=str(prune), compress=str(folder / "compress/whitening-20.yaml"),
+                fd=str(folder / "feature-distill/whitening-20.yaml"), kd=str(folder / "kd/heal-20.yaml"),
+                kd_pruned=str(folder / "kd/heal-pruned.yaml"), out=Path("outputs/bench") / f"pruning-{name}",
+                shipped=True, threads=threads)  # fmt: skip
+    return plan, float(spec["ratio"])
+
+
+def cli(stage: str, argv: list[str], out: Path, threads: int = 1) -> dict:
+    """`llm4all <stage>` in a subprocess (`threads` threads) unless its output exists; its metrics."""
     if not (ROOT / out / "metrics.json").is_file():
         log = (ROOT / out).with_name(out.name + ".log")  # (names may hold dots: lr0.001)
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
         binary = str(Path(sys.executable).with_name("llm4all"))
         cmd = [binary, stage, *argv, "--output_dir", str(out), "--push_to_hub", "false"]
         start = time.perf_counter()
@@ -85,30 +135,44 @@ def svd_ratio(model: str, share: float) -> float:
     return round(share * total / linear, 4)
 
 
-def run_arm(arm: str, share: float, model: str, data: Path, ratio: float) -> dict:
-    sources = ["--datasets", json.dumps([str(data / "old_train.jsonl")]),
-               "--eval_datasets", json.dumps([str(data / "old_eval.jsonl"), str(data / "new_eval.jsonl")])]  # fmt: skip
+def run_arm(arm: str, share: float, plan: Plan, ratio: float, equal_steps: int | None = None) -> dict:
+    """One arm: prune (or compress + feature-distill), then kd; the row of its metrics."""
     prune_over, kd_over = ARMS[arm]
-    root = OUT / f"r{round(share * 100)}" / arm
+    if equal_steps is not None:  # width-tokens of a recipe folder: the SVD chain's token count
+        kd_over = ["--max_steps", str(equal_steps)]
+    root = plan.out / f"r{round(share * 100)}" / arm
     row: dict = {"arm": arm, "removed_target": share}
+    given = [] if plan.shipped else ["--model_name_or_path", plan.model]
+
+    def run(stage: str, recipe: str, over: list[str], name: str) -> tuple[dict, Path]:
+        out = plan.where(recipe, over, root / name)
+        return cli(stage, ["--config", recipe, *over, *plan.sources], out, plan.threads), out
+
     if prune_over is None:
-        c = cli("compress", ["--config", COMPRESS, "--model_name_or_path", model, "--ratio", str(ratio), *sources],
-                root / "compress")  # fmt: skip
-        fd = cli("feature-distill", ["--config", FD, "--model_name_or_path", str(root / "compress"), *sources],
-                 root / "fd")  # fmt: skip
+        c, shapes = run(
+            "compress", plan.compress, [] if plan.shipped else [*given, "--ratio", str(ratio)], "compress"
+        )
+        fd, student = run("feature-distill", plan.fd, [] if plan.shipped else ["--model_name_or_path", str(shapes)],
+                          "fd")  # fmt: skip
         row.update(removed=c["compression"]["model_fraction_removed"], parameters=c["parameters"],
                    before=c["eval_before"], pruned=c["eval"], fd=fd["eval"], fd_tokens=fd["text_tokens"],
-                   compress_ratio=ratio, student=str(root / "fd"), shapes=str(root / "compress"))  # fmt: skip
+                   compress_ratio=c["compression"]["target_ratio"], student=str(student), shapes=str(shapes))  # fmt: skip
+        kd_recipe = plan.kd
     else:
-        p = cli("prune", ["--config", PRUNE, "--model_name_or_path", model, "--ratio", str(share), *prune_over,
-                          *sources], root / "prune")  # fmt: skip
+        p, student = run("prune", plan.prune, [] if plan.shipped else [*given, "--ratio", str(share), *prune_over],
+                         "prune")  # fmt: skip
         row.update(removed=p["pruning"]["model_fraction_removed"], parameters=p["parameters"],
                    before=p["eval_before"], pruned=p["eval"], sizes=p["pruning"]["sizes_after"],
-                   kept_layers=p["kept_layers"], student=str(root / "prune"), shapes=str(root / "prune"))  # fmt: skip
-    kd = cli("kd", ["--config", KD, "--model_name_or_path", row["student"], "--teacher_model_name_or_path", model,
-                    *sources, *kd_over], root / "kd")  # fmt: skip
+                   kept_layers=p["kept_layers"], student=str(student), shapes=str(student))  # fmt: skip
+        kd_recipe = plan.kd_pruned
+    teacher = (
+        []
+        if plan.shipped
+        else ["--model_name_or_path", row["student"], "--teacher_model_name_or_path", plan.model]
+    )
+    kd, _ = run("kd", kd_recipe, [*teacher, *kd_over], "kd")
     row.update(healed=kd["eval"], kd_tokens=kd["train"]["num_tokens"], kd_kept=kd["train"].get("kept"),
-               command=shlex.join(["llm4all", "...", *kd_over]))  # fmt: skip
+               kd_seconds=kd["train"].get("train_runtime"), kd_keys=shlex.join(kd_over))  # fmt: skip
     return row
 
 
@@ -150,55 +214,98 @@ def main() -> None:
         "--data", default="benchmarks/data/manpages-fr", help="old_train/old_eval/new_eval.jsonl"
     )
     parser.add_argument("--removed", type=float, nargs="+", default=[0.2, 0.4], help="shares of the model")
+    parser.add_argument("--recipes", help="a real-model recipe folder, run as shipped (its model, data and share; "
+                        "--model, --data and --removed are then unused)")  # fmt: skip
+    parser.add_argument("--name", help="with --recipes: results name, pruning-<name>")
     parser.add_argument("--arms", nargs="+", default=["width", "mlp", "depth-bi", "depth-ppl", "svd"],
                         choices=sorted(ARMS))  # fmt: skip
-    parser.add_argument("--jobs", type=int, default=2, help="arms run in parallel (one thread each)")
+    parser.add_argument("--jobs", type=int, default=2, help="arms run in parallel (tiny mode)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per stage")
     parser.add_argument("--no-speed", action="store_true", help="skip the latency measures")
     add_docs_flag(parser)
     args = parser.parse_args()
 
-    old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": [], "speed": {}}
+    if args.recipes:
+        if not args.name:
+            parser.error("--recipes needs --name")
+        unknown = set(args.arms) - {"width", "width-tokens", "svd"}
+        if unknown:
+            parser.error(f"a recipe folder runs width, width-tokens and svd only, not {sorted(unknown)}")
+        plan, share = folder_plan(args.recipes, args.name, args.threads)
+        shares, data, section = [share], f"the recipes of {args.recipes}", f"pruning-{args.name}"
+    else:
+        data = args.data
+        sources = ["--datasets", json.dumps([str(Path(data) / "old_train.jsonl")]), "--eval_datasets",
+                   json.dumps([str(Path(data) / "old_eval.jsonl"), str(Path(data) / "new_eval.jsonl")])]  # fmt: skip
+        plan, shares, section = (
+            Plan(model=args.model, sources=sources, threads=args.threads),
+            args.removed,
+            "pruning",
+        )
+    results_file = RESULTS.with_name(f"{section}.json")
+    old = json.loads(results_file.read_text()) if results_file.is_file() else {"rows": [], "speed": {}}
     rows = {(r["removed_target"], r["arm"]): r for r in old["rows"]}
-    ratios = {
-        share: svd_ratio(args.model, share) for share in args.removed
-    }  # here: imports are not thread-safe
-    jobs = [(arm, share) for share in args.removed for arm in args.arms]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for row in pool.map(lambda job: run_arm(*job, args.model, Path(args.data), ratios[job[1]]), jobs):
-            row["command"] = command_line()
-            rows[(row["removed_target"], row["arm"])] = row
-            print(json.dumps({k: row[k] for k in ("arm", "removed_target", "removed")}), flush=True)
+    ratios = {share: svd_ratio(plan.model, share) for share in shares}  # here: imports are not thread-safe
+
+    def done(row: dict) -> None:
+        row["command"] = command_line()
+        rows[(row["removed_target"], row["arm"])] = row
+        print(json.dumps({k: row[k] for k in ("arm", "removed_target", "removed")}), flush=True)
+
+    if args.recipes:  # in order: width-tokens needs the SVD chain's token count
+        for arm in sorted(args.arms, key=lambda a: a != "svd"):
+            steps = None
+            if arm == "width-tokens":
+                svd = rows.get((share, "svd")) or run_arm("svd", share, plan, ratios[share])
+                per_step = svd["kd_tokens"] // yaml_value(plan.kd, "max_steps")
+                steps = -(-(svd["kd_tokens"] + svd["fd_tokens"]) // per_step)
+            done(run_arm(arm, share, plan, ratios[share], steps))
+    else:
+        jobs = [(arm, share) for share in shares for arm in args.arms]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for row in pool.map(lambda job: run_arm(*job, plan, ratios[job[1]]), jobs):
+                done(row)
     speeds = old.get("speed", {})
     if not args.no_speed:
         import torch
 
         torch.set_num_threads(1)
-        for path in [args.model, *dict.fromkeys(r["shapes"] for r in rows.values())]:
+        for path in [plan.model, *dict.fromkeys(r["shapes"] for r in rows.values())]:
             speeds[path] = speed(path)
             print(path, speeds[path], flush=True)
     ordered = sorted(rows.values(), key=lambda r: (r["removed_target"], list(ARMS).index(r["arm"])))
     results = {"commands": list(dict.fromkeys(r["command"] for r in ordered)), "machine": machine(),
-               "model": args.model, "data": args.data, "rows": ordered, "speed": speeds}  # fmt: skip
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+               "model": plan.model, "data": data, "rows": ordered, "speed": speeds,
+               "recipes": {"prune": plan.prune, "kd": plan.kd_pruned if args.recipes else plan.kd}}  # fmt: skip
+    results_file.write_text(json.dumps(results, indent=2) + "\n")
     if args.write_docs:
-        write_section("pruning", report(results))
+        write_section(section, report(results))
+
+
+def yaml_value(recipe: str, key: str):
+    import yaml
+
+    return yaml.safe_load(Path(recipe).read_text())[key]
 
 
 def report(results: dict) -> str:
     speeds = results["speed"]
     dense = speeds.get(results["model"], {})
     first = results["rows"][0]
+    old, new = (next(k for k in first["before"] if k.startswith(d)) for d in ("old", "new"))
+    recipes = results.get("recipes", {"prune": PRUNE, "kd": KD})
     lines = [
-        "## Pruning: structured pruning + KD vs SVD-whitening + Lillama + KD, at equal parameter count",
+        "## Pruning: structured pruning + KD vs SVD-whitening + Lillama + KD, at equal parameter count"
+        + (f" (`{results['model']}`)" if results.get("recipes") else ""),
         "",
         "```bash",
         *results["commands"],
         "```",
         "",
         f"{results['machine']}. Model `{results['model']}` (dense held-out perplexity "
-        f"{first['before']['old_eval']['perplexity']:.2f} old / {first['before']['new_eval']['perplexity']:.2f} new), "
-        f"data `{results['data']}`. Perplexity on old_eval (new_eval in brackets). Every arm is healed by the same "
-        "`kd` recipe and budget (recipes/tiny-llama/kd/heal.yaml, the original as teacher); the SVD chain also runs "
+        f"{first['before'][old]['perplexity']:.2f} old / {first['before'][new]['perplexity']:.2f} new), "
+        f"data `{results['data']}`. Perplexity on {old} ({new} in brackets). Every arm is healed by the same "
+        f"`kd` recipe and budget ({recipes['kd']}, the original as teacher); the SVD chain also runs "
         "feature distillation first (its tokens per block added); `width-tokens` gives pruning the same total. "
         "Latency: one thread, best of 30 (forward: one 256-token window, batch 1) and of 5 (decode: greedy, 128 "
         "tokens after 16, KV cache) — the pruned model before healing has the healed model's shapes.",
@@ -207,11 +314,11 @@ def report(results: dict) -> str:
         "|---:|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     if dense:
-        lines.append(f"| 0 % | dense | - | {first['before']['old_eval']['perplexity']:.2f} | - | - | - | - | "
+        lines.append(f"| 0 % | dense | - | {first['before'][old]['perplexity']:.2f} | - | - | - | - | "
                      f"{dense['forward_ms']:.1f} | {dense['decode_tok_s']:.0f} |")  # fmt: skip
 
     def ppl(v):
-        return f"{v['old_eval']['perplexity']:.2f} ({v['new_eval']['perplexity']:.1f})"
+        return f"{v[old]['perplexity']:.2f} ({v[new]['perplexity']:.1f})"
 
     for r in results["rows"]:
         s = speeds.get(r["shapes"], {})
@@ -226,10 +333,10 @@ def report(results: dict) -> str:
             f"{s.get('forward_ms', float('nan')):.1f} | {s.get('decode_tok_s', float('nan')):.0f} |"
         )
     lines += ["", "| arm | prune keys | kd keys |", "|---|---|---|"]
-    for arm in dict.fromkeys(r["arm"] for r in results["rows"]):
-        prune_over, kd_over = ARMS[arm]
-        lines.append(f"| {arm} | {' '.join(prune_over) if prune_over else 'compress + feature-distill'} | "
-                     f"{' '.join(kd_over) or '-'} |")  # fmt: skip
+    for r in {r["arm"]: r for r in results["rows"]}.values():
+        prune_over, kd_over = ARMS[r["arm"]]
+        prune_keys = "compress + feature-distill" if prune_over is None else " ".join(prune_over) or "-"
+        lines.append(f"| {r['arm']} | {prune_keys} | {r.get('kd_keys', ' '.join(kd_over)) or '-'} |")
     return "\n".join(lines)
 
 
