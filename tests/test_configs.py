@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from llm4all_recipes import configs, parsing
 from llm4all_recipes.cli import main
@@ -294,3 +296,33 @@ def test_texts_a_benchmark_script_builds_are_produced_paths(tmp_path):
         check_path(missing, "datasets[0].path", static=False, hub_ok=True)
     with pytest.raises(RecipeError, match=r"no such file or folder: benchmarks/nowhere/x\.jsonl$"):
         check_path("benchmarks/nowhere/x.jsonl", "datasets[0].path", static=True)  # only benchmarks/data/
+
+
+def test_merge_refuses_to_write_over_its_input_model(tmp_path, capsys):
+    """`merge --models A B --output_dir A --overwrite_output_dir true` used to replace input A silently."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        save_file({"w": torch.ones(2)}, folder / "model.safetensors")
+    rc = main(["merge", "--config", "recipes/tiny-llama/merge/wise-ft.yaml", "--models", json.dumps([str(a), str(b)]),
+               "--weights", "[0.5, 0.5]", "--output_dir", str(a), "--overwrite_output_dir", "true"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "output_dir" in err and "is the input `models`" in err, err
+    assert (a / "config.json").read_text() == "{}" and load_file(a / "model.safetensors")["w"].tolist() == [
+        1,
+        1,
+    ]
+
+
+@pytest.mark.parametrize("key", ["model_name_or_path", "datasets"])
+def test_output_dir_may_not_hold_an_input(recipe_file, base, model_dir, tmp_path, key):
+    data = tmp_path / "out" / "data.jsonl"
+    data.parent.mkdir()
+    data.write_text(Path(CHAT).read_text())
+    args = {"model_name_or_path": ["--output_dir", str(model_dir)],
+            "datasets": ["--datasets", json.dumps([str(data)])]}[key]  # fmt: skip
+    with pytest.raises(RecipeError, match=f"the input `{key}`") as err:
+        parse_recipe("sft", ["--config", recipe_file(base()), *args, "--overwrite_output_dir", "true"])
+    assert err.value.key == "output_dir"
+    assert data.is_file()

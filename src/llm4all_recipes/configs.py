@@ -1481,7 +1481,37 @@ def check_mixture(recipe: MixtureArgs, static: bool, eval_columns: Sequence[str]
             )
 
 
+# Keys whose values a stage reads (models, data, caches, templates): its output_dir may be none of them, nor a
+# folder above one, since a run replaces its output_dir (with overwrite_output_dir) and would destroy its input.
+INPUT_KEYS = (
+    "model_name_or_path", "teacher_model_name_or_path", "reference_model_name_or_path", "tokenizer_name_or_path",
+    "teacher_cache", "models", "datasets", "eval_datasets", "replay_datasets", "decontaminate",
+    "perplexity_datasets", "simsamu_dataset", "meetings_dataset", "dataset", "source", "chat_template_path",
+    "tokenizer_files",
+)  # fmt: skip
+
+
+def check_output_not_an_input(recipe: Any) -> None:
+    if not getattr(recipe, "output_dir", None):
+        return
+    out = os.path.realpath(recipe.output_dir)
+    for key in INPUT_KEYS:
+        value = getattr(recipe, key, None)
+        for item in value if isinstance(value, list) else [value]:
+            path = getattr(item, "path", item)
+            if not isinstance(path, str) or not path:
+                continue
+            where = os.path.realpath(path)
+            if where == out or where.startswith(out + os.sep):
+                raise RecipeError(
+                    f"{recipe.output_dir} {'is' if where == out else 'holds'} the input `{key}` ({path}): a run "
+                    "replaces its output_dir, so it would destroy its own input; choose another output_dir",
+                    key="output_dir",
+                )
+
+
 def check_output_dir(recipe: Any, static: bool) -> None:
+    check_output_not_an_input(recipe)
     if static or recipe.dry_run or recipe.overwrite_output_dir:
         return
     if os.path.isdir(recipe.output_dir):
