@@ -326,3 +326,63 @@ def test_output_dir_may_not_hold_an_input(recipe_file, base, model_dir, tmp_path
         parse_recipe("sft", ["--config", recipe_file(base()), *args, "--overwrite_output_dir", "true"])
     assert err.value.key == "output_dir"
     assert data.is_file()
+
+
+def test_a_command_line_key_is_never_abbreviated(capsys):
+    """argparse's prefix matching used to take `--rat 0.5` as `--ratio 0.5`."""
+    rc = main(["compress", "--config", "recipes/tiny-llama/compress/whitening-60.yaml", "--rat", "0.5",
+               "--dry_run", "true"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip() == "error: command line: key 'rat': unknown key (did you mean 'ratio'?)"
+
+
+@pytest.fixture
+def small_llama(tmp_path):
+    """A real checkpoint (random weights) whose config says 1,024 positions: only its config is read here."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "small")
+    return tmp_path / "small"
+
+
+@pytest.mark.parametrize("stage", ["sft", "kd", "cpt"])
+def test_max_length_beyond_the_model_context_is_refused(stage, small_llama, tmp_path, capsys):
+    """`--max_length 1000000000` used to be accepted (then blamed on `datasets`)."""
+    recipe = {"sft": "recipes/tiny-llama/sft/chat.yaml", "kd": "recipes/tiny-llama/kd/heal.yaml",
+              "cpt": "recipes/tiny-llama/cpt/naive.yaml"}[stage]  # fmt: skip
+    extra = ["--teacher_model_name_or_path", str(small_llama)] if stage == "kd" else []
+    rc = main([stage, "--config", recipe, "--model_name_or_path", str(small_llama), *extra, "--max_length",
+               "1000000000", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "key 'max_length': 1,000,000,000 tokens is beyond the model's context" in err, err
+    assert "max_position_embeddings is 1,024" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("steps", ["-7", "0"])
+def test_max_steps_must_be_positive_or_minus_one(steps, small_llama, capsys):
+    """`cpt --max_steps -7` used to train by epochs silently."""
+    rc = main(["cpt", "--config", "recipes/tiny-llama/cpt/naive.yaml", "--model_name_or_path", str(small_llama),
+               "--max_steps", steps, "--dry_run", "true"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "key 'max_steps'" in err and f"got {steps}" in err, err
+
+
+def test_max_new_tokens_beyond_the_model_context_is_refused(small_llama, tmp_path, capsys):
+    """`generate --max_new_tokens 1000000000` used to be reported as a `prompt` problem."""
+    rc = main(["generate", "--config", "recipes/tiny-llama/generate/samu-next-turns.yaml", "--model_name_or_path",
+               str(small_llama), "--max_new_tokens", "1000000000", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "key 'max_new_tokens': 1,000,000,000 tokens is beyond" in err, err
+
+
+def test_a_wrong_list_item_names_the_allowed_values(tmp_path, small_llama, capsys):
+    """`axes: [width]` used to say "expected list, got [...] (list)" without the allowed values."""
+    path = tmp_path / "prune.yaml"
+    path.write_text(f"model_name_or_path: {small_llama}\nratio: 0.2\naxes: [mlp, width]\n"
+                    f"output_dir: {tmp_path / 'out'}\ndatasets:\n  - path: tests/fixtures/text/old_train.jsonl\n")  # fmt: skip
+    assert main(["prune", "--config", str(path), "--dry_run", "true"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {path}:3: key 'axes': item 1: 'width' is not one of: mlp, heads, embedding, depth"
+    )

@@ -199,6 +199,9 @@ class TrainerArgs(MixtureArgs, RunArgs, HubArgs, SFTConfig):
         check_mixture(self, static)
 
     def check_length(self) -> None:
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise RecipeError(f"a positive number of optimizer steps, or -1 (the default) to train for "
+                              f"num_train_epochs; got {self.max_steps}", key="max_steps")  # fmt: skip
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise RecipeError(
                 f"nothing to train: max_steps is {self.max_steps} and num_train_epochs {self.num_train_epochs} (set one > 0)",
@@ -273,6 +276,7 @@ class TrainRecipe(ModelArgs, LoraArgs, TrainerArgs):
     def check(self, static: bool) -> None:
         """The checks of every training stage (sft, kd, cpt), before any model loads."""
         check_model(self.model_name_or_path, static, f"{self.MODEL_ROLE} (a Hub id or a local model folder)")
+        check_context(self.model_name_or_path, self.max_length, "max_length")
         super().check(static)
         self.check_training(static)
         if self.use_peft:
@@ -741,6 +745,7 @@ class GenerateRecipe(ModelArgs, StageArgs):
 
     def check(self, static: bool) -> None:
         check_model(self.model_name_or_path, static, "the teacher that writes the targets")
+        check_context(self.model_name_or_path, self.max_new_tokens, "max_new_tokens")
         if not self.dataset:
             raise RecipeError(
                 "required: the input dataset (a build-dataset output or a Hub id)", key="dataset"
@@ -859,6 +864,7 @@ class EvalRecipe(ModelArgs, StageArgs):
                 key="perplexity_datasets",
             )
         _positive(self, "max_generations", "max_new_tokens", "chunk_tokens", "perplexity_max_length")
+        check_context(self.model_name_or_path, self.max_new_tokens, "max_new_tokens")
         if self.lighteval_tasks and importlib.util.find_spec("lighteval") is None:
             raise RecipeError("lighteval is not installed: pip install 'llm4all-recipes[eval]' (or `make install`)",
                               key="lighteval_tasks")  # fmt: skip
@@ -1441,6 +1447,36 @@ def _positive(recipe: Any, *keys: str) -> None:
             raise RecipeError(f"must be > 0 (got {value})", key=key)
 
 
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_target_positions")
+
+
+def model_context(model: str | None) -> tuple[int, str] | None:
+    """(positions, config key) of a local model folder's context length; None for a Hub id or an unknown key."""
+    config = Path(model or "", "config.json")
+    if not model or not config.is_file():
+        return None
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # check_model / the loader name a broken config
+    for scope in (values, values.get("text_config") or {}):
+        for key in CONTEXT_KEYS:
+            if isinstance(scope.get(key), int):
+                return scope[key], key
+    return None
+
+
+def check_context(model: str | None, tokens: int | None, key: str, extra: int = 0) -> None:
+    """`tokens` (+ `extra` prompt tokens) must fit the model's positions: beyond them a model has no embedding
+    (learned positions) or was never trained (rotary), and every sequence would be cut or fail later."""
+    if not tokens or (found := model_context(model)) is None:
+        return
+    positions, name = found
+    if tokens + extra > positions:
+        raise RecipeError(f"{tokens:,} tokens is beyond the model's context: {name} is {positions:,} in "
+                          f"{Path(model, 'config.json')}", key=key)  # fmt: skip
+
+
 def check_model(
     value: str | None, static: bool, what: str, key: str = "model_name_or_path", weights: bool = True
 ) -> None:
@@ -1511,7 +1547,6 @@ def check_output_not_an_input(recipe: Any) -> None:
 
 
 def check_output_dir(recipe: Any, static: bool) -> None:
-    check_output_not_an_input(recipe)
     if static or recipe.dry_run or recipe.overwrite_output_dir:
         return
     if os.path.isdir(recipe.output_dir):

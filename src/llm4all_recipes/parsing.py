@@ -23,7 +23,7 @@ import yaml
 from trl import TrlParser
 
 from . import paths
-from .configs import RECIPES
+from .configs import RECIPES, check_output_not_an_input
 from .errors import RecipeError
 from .fields import _flat
 
@@ -66,7 +66,7 @@ class _Parser(TrlParser):
     a JSON list as well as space-separated values."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, allow_abbrev=False, **kwargs)  # `--rat 0.5` is not `--ratio 0.5`
         for action in self._actions:
             if action.type is dict or typing.get_origin(action.type) is dict:
                 action.type = _json_dict
@@ -193,15 +193,10 @@ def check_keys(cls: type, values: dict[str, Any], prefix: str = "") -> None:
         if key not in known:
             if not prefix and key == "env":
                 continue
-            close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.75)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RecipeError(f"unknown key{hint}", key=full)
+            raise unknown_key(key, known, full)
         tp = hints[key]
         if not check_value(value, tp):
-            raise RecipeError(
-                f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})",
-                key=full,
-            )
+            raise RecipeError(type_problem(value, tp), key=full)
         item_cls = _dataclass_item(tp)
         if item_cls is not None and isinstance(value, list):
             for i, item in enumerate(value):
@@ -210,6 +205,33 @@ def check_keys(cls: type, values: dict[str, Any], prefix: str = "") -> None:
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if prefix and required and f.name not in values:
             raise RecipeError("required key missing", key=f"{prefix}{f.name}")
+
+
+def type_problem(value: Any, tp: Any) -> str:
+    """Why `value` is not a `tp`, naming the allowed values of a Literal (also inside a list)."""
+    options = [a for a in typing.get_args(tp) if a is not type(None)] if _is_union(tp) else [tp]
+    for option in options:
+        if typing.get_origin(option) is Literal and not isinstance(value, list | dict):
+            return f"{value!r} is not one of: {', '.join(map(str, typing.get_args(option)))}"
+        item_tp = (
+            typing.get_args(option)[0]
+            if typing.get_origin(option) is list and typing.get_args(option)
+            else None
+        )
+        if item_tp is not None and isinstance(value, list):
+            i, bad = next((i, v) for i, v in enumerate(value) if not check_value(v, item_tp))
+            return f"item {i}: {type_problem(bad, item_tp)}"
+    return f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def unknown_key(key: str, known: typing.Iterable[str], full: str) -> RecipeError:
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.75)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return RecipeError(f"unknown key{hint}", key=full)
 
 
 def _dataclass_item(tp: Any) -> type | None:
@@ -279,6 +301,10 @@ def parse_recipe(stage: str, argv: Sequence[str], *, static: bool = False) -> An
     origin = RecipeFile(source, values, lines, cli, list(argv))
     try:
         check_keys(cls, values)
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        for key in cli:  # command-line typos (never abbreviations: the parser has allow_abbrev off)
+            if key not in known:
+                raise unknown_key(key, known, key)
         parser = _Parser(cls)
         _check_choices(parser, values)
     except RecipeError as err:
@@ -310,6 +336,7 @@ def parse_recipe(stage: str, argv: Sequence[str], *, static: bool = False) -> An
             from .outputs import check_output_path
 
             check_output_path(recipe.output_dir)
+            check_output_not_an_input(recipe)
         recipe.check(static)
     except RecipeError as err:
         raise origin.locate(err) from None
