@@ -303,3 +303,15 @@ def test_shipped_chat_templates_write_the_models_format_with_generation_markers(
     prompt, _ = render_jinja_template(conversations=[MESSAGES[:1]], chat_template=template, bos_token="<s>",
                                       eos_token="</s>", add_generation_prompt=True)  # fmt: skip
     assert "Tu es le SAMU." in prompt[0]
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_every_step_of_the_one_gpu_pipeline_fits_one_gpu(folder):
+    """The README's `llm4all pipeline` line runs every step on one GPU: each step's one-GPU estimate must fit
+    (the 8B cpt step was 82.7 GiB on an 80 GB card)."""
+    readme = (REPO / "recipes" / folder / "README.md").read_text()
+    one_gpu = re.search(r"<!-- estimate: --gpus 1 -->\n(.*?)\n<!-- end estimate -->", readme, re.S).group(1)
+    steps = yaml.safe_load((REPO / "recipes" / folder / "pipeline.yaml").read_text())["steps"]
+    for step in steps:
+        rows = [line for line in one_gpu.splitlines() if line.startswith(f"| `{step['recipe']}` |")]
+        assert all("over" not in row for row in rows), rows
