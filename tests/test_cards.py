@@ -3,6 +3,7 @@
 import datasets
 import yaml
 from huggingface_hub import DatasetCard, ModelCard
+from huggingface_hub.repocard_data import eval_results_to_model_index
 
 from llm4all_recipes.cards import dataset_repo_ids, render_model_card
 
@@ -135,3 +136,18 @@ def test_card_snippets_run_verbatim_without_the_package(compressed_model, hub, t
                              cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
         assert run.returncode == 0, run.stderr[-3000:]
         assert "Do you wish to run the custom code" not in run.stdout + run.stderr
+
+
+def test_two_local_sets_with_the_same_file_name_are_two_model_index_entries():
+    """benchmarks/data/smollm2/{en,fr}/validation.jsonl used to be one model-index dataset holding both
+    perplexities (huggingface_hub groups results by dataset type)."""
+    from llm4all_recipes.cards import eval_result, perplexity_results
+    from llm4all_recipes.fields import DatasetSource
+
+    sources = [DatasetSource(path="benchmarks/data/smollm2/en/validation.jsonl", label="old_en_validation"),
+               DatasetSource(path="benchmarks/data/smollm2/fr/validation.jsonl", label="new_fr_validation")]  # fmt: skip
+    rows = perplexity_results({"old_en_validation": {"perplexity": 36.9, "tokens": 10},
+                               "new_fr_validation": {"perplexity": 422.9, "tokens": 20}}, sources)  # fmt: skip
+    index = eval_results_to_model_index("m", [eval_result(r) for r in rows])
+    entries = [(e["dataset"]["type"], [m["value"] for m in e["metrics"]]) for e in index[0]["results"]]
+    assert entries == [("en/validation", [36.9]), ("fr/validation", [422.9])]

@@ -386,3 +386,34 @@ def test_a_wrong_list_item_names_the_allowed_values(tmp_path, small_llama, capsy
     assert capsys.readouterr().err.strip() == (
         f"error: {path}:3: key 'axes': item 1: 'width' is not one of: mlp, heads, embedding, depth"
     )
+
+
+@pytest.mark.parametrize("stage", ["sft", "kd", "cpt"])
+def test_a_speech_model_given_to_a_text_training_stage_is_named(stage, tiny_whisper, tmp_path, capsys):
+    """A Whisper model given to sft used to fail with an AttributeError deep in the forward (or be reported as a
+    chat-template problem)."""
+    recipe = {"sft": "recipes/tiny-llama/sft/chat.yaml", "kd": "recipes/tiny-llama/kd/heal.yaml",
+              "cpt": "recipes/tiny-llama/cpt/naive.yaml"}[stage]  # fmt: skip
+    extra = ["--teacher_model_name_or_path", str(tiny_whisper)] if stage == "kd" else []
+    rc = main([stage, "--config", recipe, "--model_name_or_path", str(tiny_whisper), *extra, "--output_dir",
+               str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and f"key 'model_name_or_path': {tiny_whisper} is a speech model (Whisper)" in err, err
+
+
+def test_a_speech_recipe_given_a_text_model_is_refused(small_llama, tmp_path, capsys):
+    """recipes/tiny-whisper/compress with a text model used to calibrate on the transcripts and write a model."""
+    rc = main(["compress", "--config", "recipes/tiny-whisper/compress/whitening-40.yaml", "--model_name_or_path",
+               str(small_llama), "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "key 'datasets[0]': tests/fixtures/speech/train.jsonl holds recordings" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_text_recipe_given_a_speech_model_is_refused(tiny_whisper, tmp_path, capsys):
+    rc = main(["compress", "--config", "recipes/tiny-llama/compress/whitening-60.yaml", "--model_name_or_path",
+               str(tiny_whisper), "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert (
+        rc == 2 and "is a speech model but tests/fixtures/text/old_train.jsonl has no `audio` column" in err
+    ), err

@@ -2,6 +2,7 @@
 healing a compressed student, LoRA students, and bad input."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -257,3 +258,18 @@ def test_chat_distillation_recipe_evaluates_on_held_out_text(svd80_compressed, t
         and train["kept"] in ("best", "start")
         and train["global_step"] == 2
     )
+
+
+def test_a_run_that_reads_its_cache_many_times_is_flagged(tiny_model, exact_cache, tmp_path, capsys):
+    """The 8-GPU KD read its teacher cache ~6 times: the run says how many times it reads it (3 rows here)."""
+    path = _recipe(tmp_path, f"model_name_or_path: {tiny_model}\nteacher_cache: {exact_cache}\n"
+                   f"output_dir: {tmp_path / 'o'}\nkd_temperature: 2.0\nmax_length: 64\n"
+                   "per_device_train_batch_size: 2\ngradient_accumulation_steps: 2\nmax_steps: 50\n")  # fmt: skip
+    assert main(["kd", "--config", path, "--dry_run", "true"]) == 0
+    rows = int(re.search(r"kd from cache .*: (\d+) rows", out := capsys.readouterr().out).group(1))
+    assert (
+        f"# WARNING: this run reads the teacher cache's {rows:,} rows {200 / rows:.1f} times (200 rows: 4 per step"
+        in out
+    )
+    assert main(["kd", "--config", path, "--dry_run", "true", "--max_steps", "1"]) == 0
+    assert "WARNING" not in capsys.readouterr().out

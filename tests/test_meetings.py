@@ -129,3 +129,26 @@ def test_corrupt_meetings_file_names_the_line(recipe_file, tmp_path, capsys):
     assert main(["build-dataset", "--config", path]) == 2
     assert f"{bad}:2: corrupt JSON" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def summre_with_audio(folder):
+    """The SUMM-RE layout as the Hub serves it (data/<split>-*.parquet), each track with its audio bytes."""
+    rows = [dict(r, audio={"bytes": bytes([i]) * 100_000, "path": f"{r['speaker_id']}.wav"}, audio_id=str(i))
+            for i, r in enumerate(read(SUMMRE))]  # fmt: skip
+    (folder / "data").mkdir(parents=True)
+    datasets.Dataset.from_list(rows).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    return folder
+
+
+def test_summre_from_the_hub_is_streamed_without_its_audio(tmp_path, monkeypatch):
+    """The Hub recipe used to load every column of linagora/SUMM-RE (~120 GB of audio) and convert it with
+    .to_list(): now the dataset is streamed and only the transcript columns are asked of the parquet reader."""
+    source = str(summre_with_audio(tmp_path / "summre-hub"))
+    calls = []
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    built, report = build_rows(source, layout="summre", task="transcript")
+    assert calls == [((source,), {"streaming": True, "columns": ["meeting_id", "speaker_id", "segments"]})]
+    assert report["layout"] == "summre" and len(built["train"]) == 2
+    expected, _ = build_rows(SUMMRE, layout="summre", task="transcript")  # the same tracks from a jsonl file
+    assert built == expected

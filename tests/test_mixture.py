@@ -2,6 +2,7 @@
 token-weighted shares, explicit eval sets and the per-stage column check."""
 
 import json
+import re
 
 import datasets
 import pytest
@@ -169,3 +170,37 @@ def test_streaming_and_max_rows(two_sources):
     with pytest.raises(RecipeError, match="needs max_rows") as exc:
         check_sources([DatasetSource(path=a, streaming=True)], "datasets", ["text"], static=False)
     assert exc.value.key == "datasets[0].max_rows"
+
+
+def test_text_rows_without_text_are_named(tmp_path):
+    """Used to be a TypeError in the token counter (tokenizer(None))."""
+    path = jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"title": "no text"}, {"text": None}, {"text": "b"}])
+    count = lambda ds: [len(t) for t in ds["text"]]  # noqa: E731  (never reached)
+    with pytest.raises(
+        RecipeError, match=r"row 2 of .*t\.jsonl has no text \(missing or null; 2 such rows\)"
+    ) as err:
+        build_mixture([DatasetSource(path=path)], needed=["text"], seed=0, count_tokens=count)
+    assert err.value.key == "datasets[0].path"
+
+
+@pytest.mark.parametrize(
+    ("message", "problem"),
+    [({"role": "bot", "content": "x"}, "message 2 has role 'bot', not one of system, user, assistant, tool"),
+     ({"role": "assistant"}, "message 2 (assistant) has no text content (content: None)"),
+     ({"content": "x"}, "message 2 has role None")],
+)  # fmt: skip
+def test_chat_rows_with_a_bad_message_are_named(tmp_path, message, problem):
+    """Used to be a jinja2 UndefinedError deep in tokenization."""
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    path = jsonl(tmp_path / "c.jsonl", [good, {"messages": [{"role": "user", "content": "q"}, message]}])
+    with pytest.raises(RecipeError, match="row 2 of .*c.jsonl: " + re.escape(problem)):
+        load_source(DatasetSource(path=path), "datasets[0]", ["messages"])
+
+
+def test_a_corrupt_saved_dataset_is_named(tmp_path):
+    """A saved dataset whose dataset_dict.json is corrupt: used to be a JSONDecodeError in peek_columns."""
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"text": "a"}])}).save_to_disk(tmp_path / "ds")
+    (tmp_path / "ds" / "dataset_dict.json").write_text('{"splits": ["tr')
+    with pytest.raises(RecipeError, match=r"dataset_dict.json is unreadable or not JSON .*rebuild") as err:
+        peek_columns(DatasetSource(path=str(tmp_path / "ds")), "datasets[0]")
+    assert err.value.key == "datasets[0].path"

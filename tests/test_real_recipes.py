@@ -208,9 +208,15 @@ def test_readme_launch_lines_run_on_a_tiny_model_of_the_family(folder, tiny_mode
     tiny = tmp_path / "tiny-base"
     AutoModelForCausalLM.from_config(shrink_config(config, tokenizer)).save_pretrained(tiny)
     tokenizer.save_pretrained(tiny)
-    hub_id = yaml.safe_load((REPO / "recipes" / folder / "compress" / "whitening-20.yaml").read_text())[
-        "model_name_or_path"
-    ]
+    # the base the folder starts from: compress's model, or what its convert step reads (pickle weights on the Hub)
+    converts = sorted((REPO / "recipes" / folder / "convert").glob("*.yaml"))
+    first = converts[0] if converts else REPO / "recipes" / folder / "compress" / "whitening-20.yaml"
+    hub_id = yaml.safe_load(first.read_text())["model_name_or_path"]
+    if converts:  # the tiny stand-in has pickle weights only, as the Hub's main branch
+        from safetensors.torch import load_file
+
+        torch.save(load_file(tiny / "model.safetensors"), tiny / "pytorch_model.bin")
+        (tiny / "model.safetensors").unlink()
     root = tmp_path / "repo"
     shutil.copytree(REPO / "recipes" / "accelerate_configs", root / "recipes" / "accelerate_configs")
     shutil.copy(REPO / "recipes" / "launch.slurm", root / "recipes" / "launch.slurm")
@@ -252,7 +258,8 @@ def test_readme_launch_lines_run_on_a_tiny_model_of_the_family(folder, tiny_mode
     evaluated = json.loads((out / "eval" / "simsamu" / "metrics.json").read_text())
     assert evaluated["simsamu"]["generations"] == 1
     lineage = json.loads((out / "sft" / "simsamu" / "lineage.json").read_text())["stages"]
-    assert [step["stage"] for step in lineage] == ["base", "compress", "feature-distill", "kd", "cpt", "sft"]
+    assert [step["stage"] for step in lineage] == ["base", *(["convert"] if converts else []), "compress",
+                                                   "feature-distill", "kd", "cpt", "sft"]  # fmt: skip
     student = json.loads(
         (out / "kd" / ("heal-cached-20" if cached else "heal-20") / "config.json").read_text()
     )
@@ -315,3 +322,21 @@ def test_every_step_of_the_one_gpu_pipeline_fits_one_gpu(folder):
     for step in steps:
         rows = [line for line in one_gpu.splitlines() if line.startswith(f"| `{step['recipe']}` |")]
         assert all("over" not in row for row in rows), rows
+
+
+def test_mistral_template_gives_every_answer_an_instruction_when_the_assistant_speaks_first():
+    """A SAMU call opens with the regulator (assistant): it used to be rendered as an answer right after <s>, an
+    order Mistral's own template refuses; now an [INST] block (with the system message) opens the conversation and
+    [INST] / answer alternate as Mistral expects."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from llm4all_recipes.configs import read_chat_template
+
+    call = [MESSAGES[0], {"role": "assistant", "content": "SAMU, j'écoute."},
+            {"role": "user", "content": "Mon père a fait un malaise."}, {"role": "assistant", "content": "Il respire ?"}]  # fmt: skip
+    out, spans = render_jinja_template(conversations=[call], chat_template=read_chat_template("mistral"),
+                                       bos_token="<s>", eos_token="</s>", return_assistant_tokens_mask=True)  # fmt: skip
+    assert out == ["<s>[INST] Tu es le SAMU.[/INST] SAMU, j'écoute.</s>[INST] Mon père a fait un malaise.[/INST] "
+                   "Il respire ?</s>"]  # fmt: skip
+    assert [out[0][a:b] for a, b in spans[0]] == ["SAMU, j'écoute.</s>", "Il respire ?</s>"]
+    assert all(out[0][:a].endswith("[/INST] ") for a, _ in spans[0])

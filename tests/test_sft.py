@@ -168,3 +168,107 @@ def test_max_length_that_cuts_every_answer_is_refused_before_the_model_loads(
     assert sft.rows_cut_before_the_answer(dataset, tokenizer, min(first) + 1) == sum(
         f > min(first) for f in first
     )
+
+
+def copy_of(model, folder):
+    import shutil
+
+    shutil.copytree(model, folder)
+    return folder
+
+
+def test_a_tokenizer_without_chat_template_is_named_before_the_model_loads(
+    tiny_model, recipe_file, tmp_path, capsys, monkeypatch
+):
+    """With assistant_only_loss false this used to be a traceback from apply_chat_template."""
+    import llm4all_recipes.stages.sft as sft
+
+    monkeypatch.setattr(sft, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    model = copy_of(tiny_model, tmp_path / "plain")
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    path = recipe_file(sft_text(model, tmp_path / "out", "assistant_only_loss: false\nmax_steps: 1\n"))
+    assert main(["sft", "--config", path]) == 2
+    err = capsys.readouterr().err
+    assert "key 'chat_template_path'" in err and f"the tokenizer of {model} has no chat template" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_tokenizer_file_is_named(tiny_model, recipe_file, tmp_path, capsys):
+    model = copy_of(tiny_model, tmp_path / "broken")
+    data = (model / "tokenizer.json").read_bytes()
+    (model / "tokenizer.json").write_bytes(data[: len(data) // 2])
+    assert main(["sft", "--config", recipe_file(sft_text(model, tmp_path / "out", "max_steps: 1\n"))]) == 2
+    err = capsys.readouterr().err
+    assert f"{model / 'tokenizer.json'} is truncated or not JSON" in err, err
+
+
+class ForceAt:
+    """A logits processor that makes `token` the only choice at new-token position `step`."""
+
+    def __init__(self, prompt_length: int, step: int, token: int):
+        self.at, self.token = prompt_length + step, token
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] == self.at:
+            scores = torch.full_like(scores, -float("inf"))
+            scores[:, self.token] = 0.0
+        return scores
+
+
+@pytest.mark.parametrize("template", ["chatml", "llama3", "mistral"])
+def test_generation_stops_at_the_end_of_turn_of_every_shipped_template(
+    template, tiny_model, recipe_file, tmp_path
+):
+    """The template's end-of-turn marker is one token of the saved tokenizer (added when the vocabulary lacks it:
+    llama3's <|eot_id|> here) and in the saved generation_config's eos_token_id, so generation stops there — it
+    used to run on (base models: the marker is not their EOS) and later turns leaked into ROUGE."""
+    from transformers import LogitsProcessorList
+
+    from llm4all_recipes.models import chat_markers
+
+    out = tmp_path / template
+    path = recipe_file(sft_text(tiny_model, out, f"max_steps: 1\nchat_template_path: {template}\n"))
+    assert main(["sft", "--config", path]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    markers, end = chat_markers(tokenizer)
+    eot = tokenizer.convert_tokens_to_ids(end)
+    assert tokenizer(end, add_special_tokens=False)["input_ids"] == [eot]
+    assert all(len(tokenizer(m, add_special_tokens=False)["input_ids"]) == 1 for m in markers)
+    stops = model.generation_config.eos_token_id
+    assert eot in ([stops] if isinstance(stops, int) else stops)
+    assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+    added = json.loads((out / "metrics.json").read_text())["added_tokens"]
+    assert added == (
+        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"] if template == "llama3" else []
+    )
+    messages = [{"role": "user", "content": "Bonjour"}]
+    prompt = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    n = prompt["input_ids"].shape[1]
+    force = LogitsProcessorList([ForceAt(n, 3, eot)])
+    new = model.generate(**prompt, max_new_tokens=20, do_sample=False, logits_processor=force)[0, n:].tolist()
+    assert len(new) == 4 and new[-1] == eot  # stopped right after the end of turn, not at max_new_tokens
+
+
+def test_a_run_of_few_optimizer_steps_is_flagged(tiny_model, recipe_file, tmp_path, capsys, caplog):
+    """48 conversations at 8 per step are 6 steps an epoch: the dry run says so (on 8 GPUs the same recipe would
+    make one step), and so does the real run's first log line; an explicit max_steps is the user's choice."""
+    from types import SimpleNamespace
+
+    from llm4all_recipes.training import few_steps_callback
+
+    path = recipe_file(sft_text(tiny_model, tmp_path / "dry", "num_train_epochs: 1\n"))
+    assert main(["sft", "--config", path, "--dry_run", "true"]) == 0
+    assert ("# WARNING: only 6 optimizer step(s) (8 sequences per step on 1 process(es)): lower "
+            "gradient_accumulation_steps") in capsys.readouterr().out  # fmt: skip
+    assert main(["sft", "--config", path, "--dry_run", "true", "--max_steps", "3"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+    args = SimpleNamespace(world_size=8, per_device_train_batch_size=1, gradient_accumulation_steps=2)
+    with caplog.at_level("WARNING"):
+        few_steps_callback().on_train_begin(args, SimpleNamespace(max_steps=3), None)
+    assert "only 3 optimizer step(s) (16 sequences per step on 8 process(es))" in caplog.text

@@ -66,9 +66,13 @@ def dataset_repo_ids(paths: list[str], extra: list[str] | None = None) -> list[s
 
 def dataset_id(path: str) -> str:
     """How a card names a dataset: its Hub id (a local folder: the repo it was published to), else the local
-    file or folder's name."""
+    file or folder's name with its folder's (en/validation and fr/validation stay two datasets of the
+    model-index; no machine path)."""
     ids = dataset_repo_ids([path])
-    return ids[0] if ids else Path(path).stem
+    if ids:
+        return ids[0]
+    local = Path(path)
+    return f"{local.parent.name}/{local.stem}" if local.parent.name else local.stem
 
 
 def result(

@@ -23,6 +23,7 @@ stages (recipes/<model>/<stage>/<variant>.yaml):
   compress         SVD-family low-rank initialisation of the linear layers (Whisper: both stacks), layer by layer
   feature-distill  Lillama: heal a low-rank model block by block against its original
   export-dense     multiply a low-rank checkpoint's factors out into a plain one
+  convert          a checkpoint with pickle weights only (pytorch_model*.bin) as safetensors, read safely, once
   prune            structured pruning (neurons, GQA groups, channels, blocks) to a smaller standard config
   merge            weighted average of checkpoints of one architecture (WiSE-FT with the base)
   cache-teacher    run a teacher once, store its top-k log-probs per token

@@ -276,6 +276,10 @@ class TrainRecipe(ModelArgs, LoraArgs, TrainerArgs):
     def check(self, static: bool) -> None:
         """The checks of every training stage (sft, kd, cpt), before any model loads."""
         check_model(self.model_name_or_path, static, f"{self.MODEL_ROLE} (a Hub id or a local model folder)")
+        if is_local_speech_model(self.model_name_or_path):
+            raise RecipeError(f"{self.model_name_or_path} is a speech model (Whisper): sft, kd and cpt train causal "
+                              "language models; speech models are compressed and distilled (compress, "
+                              "feature-distill)", key="model_name_or_path")  # fmt: skip
         check_context(self.model_name_or_path, self.max_length, "max_length")
         super().check(static)
         self.check_training(static)
@@ -1094,6 +1098,19 @@ class CalibrationArgs:
         if not self.datasets:
             raise RecipeError("required: calibration text (a `text` column)", key="datasets")
         check_mixture(self, static)
+        speech = is_local_speech_model(getattr(self, "model_name_or_path", None))
+        if (
+            speech is not None
+        ):  # a speech recipe given a text model, or the reverse, is refused before it runs
+            from .data.mixture import peek_columns
+
+            for i, src in enumerate(self.datasets):
+                columns = peek_columns(src, f"datasets[{i}]")
+                if columns is not None and ("audio" in columns) != speech:
+                    raise RecipeError(
+                        f"{src.path} holds recordings (an `audio` column) but {self.model_name_or_path} is a text "
+                        "model" if not speech else f"{self.model_name_or_path} is a speech model but {src.path} has "
+                        "no `audio` column (recordings with their transcripts)", key=f"datasets[{i}]")  # fmt: skip
         check_trackers(self.report_to)
 
 
@@ -1282,6 +1299,19 @@ class ExportDenseRecipe(ModelArgs, StageArgs):
 
 
 @dataclass
+class ConvertRecipe(ModelArgs, StageArgs):
+    """`llm4all convert`: a checkpoint published with pickle weights only (pytorch_model*.bin) as safetensors."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
+    hub_model_id: str | None = arg(None, help="<namespace>/<name> of the published checkpoint.")
+
+    def check(self, static: bool) -> None:
+        check_model(self.model_name_or_path, static, "the checkpoint to convert", weights=False)
+        check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")
+
+
+@dataclass
 class MergeRecipe(StageArgs):
     """`llm4all merge`: a weighted average of checkpoints of one architecture (WiSE-FT with the base: two models)."""
 
@@ -1425,6 +1455,7 @@ RECIPES: dict[str, type] = {
     "compress": CompressRecipe,
     "feature-distill": FeatureDistillRecipe,
     "export-dense": ExportDenseRecipe,
+    "convert": ConvertRecipe,
     "prune": PruneRecipe,
     "merge": MergeRecipe,
     "cache-teacher": CacheTeacherRecipe,
@@ -1450,8 +1481,8 @@ def _positive(recipe: Any, *keys: str) -> None:
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_target_positions")
 
 
-def model_context(model: str | None) -> tuple[int, str] | None:
-    """(positions, config key) of a local model folder's context length; None for a Hub id or an unknown key."""
+def local_config(model: str | None) -> dict | None:
+    """A local model folder's config.json (None for a Hub id, a missing or unreadable file)."""
     config = Path(model or "", "config.json")
     if not model or not config.is_file():
         return None
@@ -1459,6 +1490,22 @@ def model_context(model: str | None) -> tuple[int, str] | None:
         values = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # check_model / the loader name a broken config
+    return values if isinstance(values, dict) else None
+
+
+def is_local_speech_model(model: str | None) -> bool | None:
+    """models.is_speech_model for a local folder; None for a Hub id (nothing is fetched while checking)."""
+    if local_config(model) is None:
+        return None
+    from .models import is_speech_model
+
+    return is_speech_model(model)
+
+
+def model_context(model: str | None) -> tuple[int, str] | None:
+    """(positions, config key) of a local model folder's context length; None for a Hub id or an unknown key."""
+    if (values := local_config(model)) is None:
+        return None
     for scope in (values, values.get("text_config") or {}):
         for key in CONTEXT_KEYS:
             if isinstance(scope.get(key), int):

@@ -2,6 +2,8 @@
 
 import logging
 import os
+import pickle as pickle_module
+import re
 from pathlib import Path
 
 from .errors import RecipeError
@@ -30,7 +32,7 @@ def safetensors_problem(file: str | os.PathLike) -> str | None:
     return None
 
 
-def weights_problem(path: str) -> str | None:
+def weights_problem(path: str, pickle: bool = False) -> str | None:
     """Why a local model folder has no loadable weights: no safetensors (pickle-only checkpoints are not
     loaded: they can run code), or a truncated/corrupt file. None for a Hub id or a sound folder."""
     folder = Path(path)
@@ -39,9 +41,11 @@ def weights_problem(path: str) -> str | None:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         pickles = sorted(p.name for p in folder.glob("*.bin") if p.name != "training_args.bin")
+        if pickles and pickle:
+            return None  # read by transformers with torch.load(weights_only=True): `llm4all convert` only
         if pickles:
             return (f"{path} holds only pickle weights ({', '.join(pickles)}); llm4all loads safetensors only: convert "
-                    "them with `model.save_pretrained(folder)` from a trusted environment")  # fmt: skip
+                    "them once with `llm4all convert` (reads them with torch.load(weights_only=True): no code runs)")  # fmt: skip
         return f"{path} has no .safetensors weights"
     for file in files:
         if problem := safetensors_problem(file):
@@ -51,12 +55,29 @@ def weights_problem(path: str) -> str | None:
 
 def _explain(path: str, exc: Exception, key: str) -> RecipeError:
     if os.path.isdir(path):
+        if bad := _corrupt_json(path):
+            return RecipeError(
+                f"{bad[0]} is truncated or not JSON ({bad[1]}): copy or download it again", key=key
+            )
         return RecipeError(f"{path} is not a loadable checkpoint: {exc}", key=key)
     if is_hub_id(path):
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline else ""
         return RecipeError(f"cannot fetch Hub repo {path}{hint}: {exc}", key=key)
     return RecipeError(f"no such model folder: {path}", key=key)
+
+
+def _corrupt_json(folder: str) -> tuple[str, str] | None:
+    """(file, reason) of the first JSON file of a model folder that does not parse (a truncated tokenizer.json,
+    config.json ...), or None."""
+    import json
+
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return str(path), str(exc)
+    return None
 
 
 def load_tokenizer(path: str, revision: str | None = None, key: str = "model_name_or_path"):
@@ -85,9 +106,10 @@ def load_model(
     revision: str | None = None,
     attn_implementation: str | None = None,
     key: str = "model_name_or_path",
+    pickle: bool = False,
 ):
     """AutoModelForCausalLM (AutoModelForSpeechSeq2Seq for Whisper-like models) from a Hub id or a folder; errors
-    name the recipe key. Low-rank checkpoints
+    name the recipe key (`pickle`: the convert stage may read pickle weights, with weights_only). Low-rank checkpoints
     (`model_type: llm4all_lowrank`, with a `compression_config`) load through the package's own class, no
     remote code needed."""
     from safetensors import SafetensorError
@@ -96,14 +118,23 @@ def load_model(
     from . import compression  # noqa: F401  (registers the low-rank checkpoint format)
 
     path = local_hub_copy(path)
-    if problem := weights_problem(path):
+    if problem := weights_problem(path, pickle):
         raise RecipeError(problem, key=key)
-    kwargs = {"dtype": dtype, "revision": revision, "use_safetensors": True}
+    # pickle (the convert stage only): safetensors when there are, else the .bin files with weights_only=True
+    kwargs = {
+        "dtype": dtype,
+        "revision": revision,
+        "use_safetensors": None if pickle else True,
+        "weights_only": True,
+    }
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     auto = AutoModelForSpeechSeq2Seq if is_speech_model(path, revision, key) else AutoModelForCausalLM
     try:
         return auto.from_pretrained(path, **kwargs)
+    except pickle_module.UnpicklingError as exc:  # weights_only refused an object that is not a tensor
+        raise RecipeError(f"{path}: its pickle weights hold more than tensors (loading them would run code); "
+                          f"refused ({str(exc).splitlines()[0]})", key=key) from None  # fmt: skip
     except (OSError, ValueError, SafetensorError) as exc:
         raise _explain(path, exc, key) from None
 
@@ -162,3 +193,72 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+# ----------------------------------------------------------------------------- chat markers and stop tokens
+CHAT_MARKER = re.compile(r"<\|[^|<>\s]+\|>")  # <|im_start|>, <|eot_id|>, <|start_header_id|> ...
+
+
+def chat_markers(tokenizer) -> tuple[list[str], str | None]:
+    """(the <|…|> control markers the tokenizer's chat template writes, the marker that ends an assistant turn),
+    read from a rendered two-message probe conversation."""
+    if not tokenizer.chat_template:
+        return [], None
+    user, answer = "\x02", "\x03"  # never part of a template
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}, {"role": "assistant", "content": answer}], tokenize=False
+    )
+    tail = text.split(answer, 1)[1] if answer in text else ""
+    end = CHAT_MARKER.match(tail.lstrip()) or re.match(r"\S+", tail.lstrip())
+    markers = list(dict.fromkeys([*CHAT_MARKER.findall(text), *([end.group(0)] if end else [])]))
+    return markers, end.group(0) if end else None
+
+
+def _single_token(tokenizer, marker: str) -> int | None:
+    ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else None
+
+
+def add_chat_tokens(tokenizer) -> list[str]:
+    """Make every marker of the chat template one (special) token of the tokenizer: a marker cut into pieces can
+    neither be learnt as one unit nor stop generation. Returns the markers added (the model's embeddings must then
+    grow: `prepare_chat_model`)."""
+    markers, _ = chat_markers(tokenizer)
+    missing = [m for m in markers if _single_token(tokenizer, m) is None]
+    if missing:
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": missing}, replace_extra_special_tokens=False
+        )
+        logger.warning(
+            "chat template markers added to the tokenizer as special tokens: %s", ", ".join(missing)
+        )
+    return missing
+
+
+def prepare_chat_model(model, tokenizer) -> int | None:
+    """Embeddings grown to the tokenizer (new rows: the mean of the existing ones, deterministically, so a
+    reloaded starting model grows the same way), and the template's end-of-turn token added to the
+    `generation_config.eos_token_id` generation stops at. Returns that token's id (None: the template has none)."""
+    import torch
+
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            for layer in {
+                id(m): m
+                for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                if m is not None
+            }.values():
+                layer.weight[old:] = layer.weight[:old].mean(0)
+    _, end = chat_markers(tokenizer)
+    eot = _single_token(tokenizer, end) if end else None
+    config = getattr(model, "generation_config", None)
+    if eot is not None and config is not None:
+        current = config.eos_token_id
+        stops = [] if current is None else [current] if isinstance(current, int) else list(current)
+        if not stops and tokenizer.eos_token_id is not None:
+            stops = [tokenizer.eos_token_id]
+        if eot not in stops:
+            config.eos_token_id = [*stops, eot]
+    return eot

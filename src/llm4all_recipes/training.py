@@ -101,6 +101,33 @@ def plan(recipe: Any, dataset, tokenizer) -> dict[str, Any]:
     }
 
 
+FEW_STEPS = 10
+
+
+def few_steps_warning(steps: int, sequences_per_step: int, world: int) -> str | None:
+    """A run this short leaves the learning-rate schedule (warm-up, decay) no room: typically a small chat set on
+    many GPUs, whose effective batch is the one-GPU recipe's times the number of processes."""
+    if steps >= FEW_STEPS:
+        return None
+    return (f"only {steps} optimizer step(s) ({sequences_per_step} sequences per step on {world} process(es)): "
+            "lower gradient_accumulation_steps or per_device_train_batch_size (on several GPUs the effective batch "
+            "grows with their number), or train more epochs")  # fmt: skip
+
+
+def few_steps_callback():
+    """A TrainerCallback that warns at the start of training when the run has fewer than FEW_STEPS steps."""
+    from transformers import TrainerCallback
+
+    class FewSteps(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            world = args.world_size
+            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+            if warning := few_steps_warning(state.max_steps, per_step, world):
+                logger.warning(warning)
+
+    return FewSteps()
+
+
 def print_plan(recipe: Any, stage: str, dataset, tokenizer, report: list[dict]) -> dict[str, Any]:
     facts = plan(recipe, dataset, tokenizer)
     print(f"# llm4all {stage} --dry_run: resolved recipe ({recipe.origin.path})")
@@ -116,6 +143,10 @@ def print_plan(recipe: Any, stage: str, dataset, tokenizer, report: list[dict]) 
         f"# steps: {facts['steps']}  ({facts['steps_per_epoch']} per epoch, {facts['sequences_per_step']} sequences "
         f"per step on {facts['world_size']} process(es)); tokens trained ≈ {int(facts['tokens_trained'])}"
     )
+    if recipe.max_steps <= 0 and (
+        warning := few_steps_warning(facts["steps"], facts["sequences_per_step"], facts["world_size"])
+    ):
+        print(f"# WARNING: {warning}")
     return facts
 
 
@@ -292,7 +323,7 @@ def make_trainer(
         eval_dataset=eval_datasets or None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), *([] if recipe.max_steps > 0 else [few_steps_callback()])],
         **trainer_kwargs,
     )
 
@@ -422,12 +453,19 @@ def save_trained(trainer, tmp: Path, recipe: Any, metrics: dict, merge: bool = T
 
 
 def _save_trained(trainer, tmp: Path, recipe: Any, metrics: dict):
-    from .models import load_model
+    from .models import load_model, prepare_chat_model
 
     # trainers turn the KV cache off for training; the published model generates with it (as transformers' default)
     trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True
     if metrics["train"].get("kept") == "start":
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
+        if (
+            getattr(recipe, "chat_template_path", None)
+            or len(trainer.processing_class) > model.config.vocab_size
+        ):
+            prepare_chat_model(
+                model, trainer.processing_class
+            )  # as the trained copy was: same tokens, same stops
         if trainer.is_world_process_zero():
             model.save_pretrained(str(tmp))
             trainer.processing_class.save_pretrained(str(tmp))

@@ -14,17 +14,24 @@ possible, for map-reduce summarisation at inference time (prompts in data/prompt
 """
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError
 from .templates import render_prompt
 
+# The SUMM-RE columns a transcript is built from, streamed from the Hub: the corpus also embeds every track's audio
+# (~120 GB), never read.
+SUMMRE_COLUMNS = ("meeting_id", "speaker_id", "segments")
 
-def load_table(source: str, key: str = "source", what: str = "meetings") -> dict[str, list[dict[str, Any]]]:
-    """Rows of each split of a jsonl/json/parquet file, a saved or Hub-layout folder, or a Hub dataset (errors name
-    the recipe `key`)."""
+
+def load_table(
+    source: str, key: str = "source", what: str = "meetings", columns: Sequence[str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Rows of each split of a jsonl/json/parquet file, a saved folder, or a Hub dataset / Hub-layout folder (errors
+    name the recipe `key`). A Hub dataset (or Hub-layout folder) is streamed, and with `columns` only those are read
+    (a parquet dataset's other columns, audio included, are never downloaded)."""
     import datasets
 
     path = Path(source)
@@ -36,7 +43,7 @@ def load_table(source: str, key: str = "source", what: str = "meetings") -> dict
         elif path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
             loaded = datasets.load_from_disk(str(path))
         else:
-            loaded = datasets.load_dataset(source)
+            return _stream(source, columns)
     except RecipeError:
         raise
     except Exception as exc:
@@ -44,6 +51,21 @@ def load_table(source: str, key: str = "source", what: str = "meetings") -> dict
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     return {split: ds.to_list() for split, ds in loaded.items()}
+
+
+def _stream(source: str, columns: Sequence[str] | None) -> dict[str, list[dict[str, Any]]]:
+    import datasets
+
+    if columns:
+        try:  # parquet builders read only these columns
+            loaded = datasets.load_dataset(source, streaming=True, columns=list(columns))
+        except (TypeError, ValueError):  # a builder without column selection: drop them as rows stream by
+            loaded = datasets.load_dataset(source, streaming=True).select_columns(list(columns))
+    else:
+        loaded = datasets.load_dataset(source, streaming=True)
+    if isinstance(loaded, datasets.IterableDataset):
+        loaded = {"train": loaded}
+    return {split: list(ds) for split, ds in loaded.items()}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -180,7 +202,7 @@ def build_rows(
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """({split: rows}, report). `summary`: meetings without a summary are counted and left out; `transcript`:
     every meeting, its transcript also as `text` (no `messages`)."""
-    tables = load_table(source)
+    tables = load_table(source, columns=SUMMRE_COLUMNS if layout == "summre" else None)
     report: dict[str, Any] = {"meetings": 0, "without_summary": [], "source_splits": list(tables)}
     out: dict[str, list[dict[str, Any]]] = {}
     for split, rows in tables.items():

@@ -41,23 +41,36 @@ def peek_columns(src: DatasetSource, key: str) -> set[str] | None:
             )
         return _file_columns(path, key)
     if (path / "dataset_dict.json").exists():  # DatasetDict.save_to_disk
-        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        splits = _read_json(path / "dataset_dict.json", key).get("splits", [])
         if src.split not in splits:
             raise RecipeError(
                 f"{path} has no split '{src.split}' (splits: {', '.join(splits)})", key=f"{key}.split"
             )
-        return _saved_columns(path / src.split)
+        return _saved_columns(path / src.split, key)
     if (path / "state.json").exists():  # Dataset.save_to_disk: one split
-        return _saved_columns(path)
+        return _saved_columns(path, key)
     files = sorted(p for p in path.rglob("*.parquet") if src.split in p.name or src.split in p.parent.name)
     if files:
         return _file_columns(files[0], key)
     return None
 
 
-def _saved_columns(folder: Path) -> set[str]:
-    info = json.loads((folder / "dataset_info.json").read_text())
-    return set(info.get("features", {}))
+def _saved_columns(folder: Path, key: str) -> set[str]:
+    return set(_read_json(folder / "dataset_info.json", key).get("features") or {})
+
+
+def _read_json(path: Path, key: str) -> dict:
+    """A saved dataset's JSON metadata; unreadable or corrupt: one line naming the file."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecipeError(f"{path} is unreadable or not JSON ({exc}): rebuild or re-download the dataset",
+                          key=f"{key}.path") from None  # fmt: skip
+    if not isinstance(value, dict):
+        raise RecipeError(
+            f"{path} is not a JSON object: rebuild or re-download the dataset", key=f"{key}.path"
+        )
+    return value
 
 
 def _file_columns(path: Path, key: str) -> set[str]:
@@ -211,11 +224,40 @@ def check_column_types(ds, source: str, key: str) -> None:
         isinstance(feature, Value) and feature.dtype in ("string", "large_string")
     ):
         raise RecipeError(f"column 'text' of {source} holds {feature}, not strings", key=f"{key}.path")
+    if feature is not None and (nulls := ds.data.column("text").null_count):
+        first = _first_true(ds.data.column("text").is_null())
+        raise RecipeError(f"row {first + 1} of {source} has no text (missing or null; {nulls} such rows)",
+                          key=f"{key}.path")  # fmt: skip
     feature = ds.features.get("messages")
     if feature is not None and not isinstance(feature, List | LargeList | list):
         raise RecipeError(
             f"column 'messages' of {source} holds {feature}, not lists of messages", key=f"{key}.path"
         )
+    if feature is not None:
+        check_messages(ds, source, key)
+
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_messages(ds, source: str, key: str) -> None:
+    """Every message is a {role, content} mapping with a known role and text content (the chat templates read
+    both; a missing one used to surface as a jinja2 error deep in tokenization)."""
+    for row, conversation in enumerate(ds["messages"], 1):
+        for i, message in enumerate(conversation or [], 1):
+            role = message.get("role") if isinstance(message, dict) else None
+            if role not in ROLES:
+                raise RecipeError(f"row {row} of {source}: message {i} has role {role!r}, not one of "
+                                  f"{', '.join(ROLES)}", key=f"{key}.path")  # fmt: skip
+            if not isinstance(message.get("content"), str):
+                raise RecipeError(f"row {row} of {source}: message {i} ({role}) has no text content "
+                                  f"(content: {message.get('content')!r})", key=f"{key}.path")  # fmt: skip
+
+
+def _first_true(mask) -> int:
+    import pyarrow.compute as pc
+
+    return pc.index(mask, True).as_py()
 
 
 def build_mixture(

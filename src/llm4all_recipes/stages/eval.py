@@ -28,10 +28,13 @@ logger = logging.getLogger(__name__)
 def lineage_models(model_path: str) -> list[tuple[str, str]]:
     """(label, folder) of the model's ancestors that are local model folders, oldest first, then the model."""
     chain = []
-    for entry in read_lineage(model_path)[:-1]:
+    entries = read_lineage(model_path)[:-1]
+    for entry, after in zip(entries, [*entries[1:], {}]):
         folder = entry.get("output_dir") or entry.get("model")
+        if after.get("stage") == "convert":
+            continue  # pickle weights: the convert stage's safetensors copy stands for them (the same tensors)
         if folder and (Path(folder) / "config.json").is_file():
-            chain.append((entry["stage"], folder))
+            chain.append(("base" if entry["stage"] == "convert" else entry["stage"], folder))
     return [*chain, ("this model", model_path)]
 
 

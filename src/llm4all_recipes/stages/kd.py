@@ -35,9 +35,23 @@ from ..training import (
     save_trained,
     text_eval_rows,
     training_facts_md,
+    world_size,
 )
 
 logger = logging.getLogger(__name__)
+
+
+def cache_reads_warning(recipe: KDRecipe, rows: int) -> str | None:
+    """How many times a run reads its teacher cache, when it reads it more than 1.5 times: every repeat shows the
+    student the same targets (typically a one-GPU recipe's max_steps on 8 GPUs)."""
+    world = world_size()
+    per_step = recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps * world
+    consumed = recipe.max_steps * per_step if recipe.max_steps > 0 else recipe.num_train_epochs * rows
+    if consumed <= 1.5 * rows:
+        return None
+    return (f"this run reads the teacher cache's {rows:,} rows {consumed / rows:.1f} times ({consumed:,} rows: "
+            f"{per_step} per step on {world} process(es)): cache more rows (cache-teacher's max_rows) or train "
+            "fewer steps")  # fmt: skip
 
 
 def open_cache(recipe: KDRecipe, tokenizer):
@@ -92,10 +106,14 @@ def run(recipe: KDRecipe, callbacks=None):
             recipe, tokenizer, evals=False
         )  # eval_datasets: held-out text, read below
     perplexity_sets = load_eval_sets(recipe.eval_datasets, needed=("text",))
+    if recipe.teacher_cache and (warning := cache_reads_warning(recipe, len(train))):
+        logger.warning(warning)
     if recipe.dry_run and recipe.teacher_cache:
         print(
             f"# kd from cache {recipe.teacher_cache}: {len(train)} rows x {cache.meta['max_length']} tokens"
         )
+        if warning:
+            print(f"# WARNING: {warning}")
         return {"rows": len(train)}
     if recipe.dry_run:
         return print_plan(recipe, "kd", train, tokenizer, report)

@@ -11,7 +11,7 @@ from ..cards import CardInfo, perplexity_results
 from ..configs import SFTRecipe, has_generation_markers, read_chat_template
 from ..errors import RecipeError
 from ..hub import publish_stage_output
-from ..models import load_model, load_tokenizer
+from ..models import add_chat_tokens, load_model, load_tokenizer, prepare_chat_model
 from ..outputs import finish, staged_output
 from ..training import (
     fit,
@@ -31,12 +31,27 @@ def run(recipe: SFTRecipe, callbacks=None):
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     if recipe.chat_template_path:
         tokenizer.chat_template = read_chat_template(recipe.chat_template_path)
+    if not tokenizer.chat_template:
+        raise RecipeError(
+            f"the tokenizer of {recipe.model_name_or_path} has no chat template to render the conversations: set "
+            "chat_template_path (a shipped name such as 'chatml', or a .jinja file)",
+            key="chat_template_path",
+        )
     if recipe.assistant_only_loss and not has_generation_markers(tokenizer.chat_template):
         raise RecipeError(
             f"assistant_only_loss needs a chat template with {{% generation %}} markers; the tokenizer of "
             f"{recipe.model_name_or_path} has none: set chat_template_path (e.g. 'chatml')",
             key="chat_template_path",
         )
+    added = add_chat_tokens(tokenizer)
+    if added and recipe.use_peft:
+        raise RecipeError(f"the chat template's markers {', '.join(added)} are not tokens of {recipe.model_name_or_path}'s "
+                          "tokenizer: they must be added and their embeddings learnt, which LoRA adapters do not "
+                          "train; train every parameter (trainable: all) or pick a template whose markers exist",
+                          key="chat_template_path")  # fmt: skip
+    if added and recipe.merge_with_base != 1:
+        raise RecipeError(f"the chat template adds tokens ({', '.join(added)}): the starting model has a smaller "
+                          "vocabulary and cannot be merged back; drop merge_with_base", key="merge_with_base")  # fmt: skip
     train, evals, report = load_data(recipe)
     if recipe.assistant_only_loss and "messages" in train.column_names:
         cut = rows_cut_before_the_answer(train, tokenizer, recipe.max_length)
@@ -57,6 +72,9 @@ def run(recipe: SFTRecipe, callbacks=None):
             revision=recipe.model_revision,
             attn_implementation=recipe.attn_implementation,
         )
+        prepare_chat_model(
+            model, tokenizer
+        )  # added markers' embeddings; the end-of-turn token stops generation
         peft_config = lora_config(recipe) if recipe.use_peft else None
         trainer, metrics = fit(
             recipe,
@@ -69,6 +87,7 @@ def run(recipe: SFTRecipe, callbacks=None):
             callbacks=callbacks,
         )
         metrics["data"] = report
+        metrics["added_tokens"] = added
         save_trained(trainer, tmp, recipe, metrics)
         finish(
             tmp,
@@ -106,6 +125,9 @@ def _training_md(recipe: SFTRecipe, metrics: dict) -> str:
         f"- max length: {recipe.max_length} tokens; final train loss {train.get('train_loss', float('nan')):.4f}",
         *training_facts_md(metrics),
     ]
+    if metrics.get("added_tokens"):
+        lines.append(f"- tokens added for the chat template: {', '.join(f'`{t}`' for t in metrics['added_tokens'])} "
+                     "(embedding rows initialised to the mean of the existing ones, then trained)")  # fmt: skip
     for label, after in metrics["eval"].items():
         before = metrics["eval_before"].get(label, {})
         lines.append(
