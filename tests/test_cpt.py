@@ -114,7 +114,9 @@ def test_choose_alpha_keeps_the_gain_and_minimises_forgetting():
     assert choose_alpha(grid, before, trained, min_gain=0.95) == 0.8  # 0.7 keeps 92.5 % of the gain
     assert choose_alpha(grid, before, trained, min_gain=0.9) == 0.7
     assert choose_alpha({0.5: (41.0, 45.0)}, before, trained, min_gain=0.95) == 1.0  # none keeps it: unmerged
-    assert choose_alpha(grid, before, (60.0, 55.0), min_gain=0.95) == 1.0  # nothing learned: unmerged
+    # nothing learned, or worse (the pipeline's lr 1e-3 on the healed SmolLM2 student: French 423 -> 820, English
+    # 37 -> 6,589): the starting model, never worse
+    assert choose_alpha(grid, before, (60.0, 55.0), min_gain=0.95) == 0.0
     assert choose_alpha(grid, before, (42.0, 30.0), min_gain=0.95) == 1.0  # the trained model forgets least
 
 
@@ -179,3 +181,18 @@ def test_bad_merge_and_kl_keys_fail_before_loading(tiny_model, tmp_path, argv, k
     with pytest.raises(RecipeError) as exc:
         recipe_for(tiny_model, tmp_path, *argv)
     assert f"key '{key}'" in str(exc.value) and words in str(exc.value)
+
+
+def test_training_that_makes_the_new_domain_worse_returns_the_starting_model(tiny_model, tmp_path):
+    """The merge grid used to keep the trained model (α = 1) when training gained nothing on the new domain: with a
+    learning rate that wrecks the model, the stage now returns its start, exactly, and says so."""
+    out = tmp_path / "cpt"
+    argv = ["--config", REPLAY, "--model_name_or_path", str(tiny_model), "--output_dir", str(out), "--max_steps", "3",
+            "--warmup_steps", "0", "--learning_rate", "0.2", "--merge_grid", "[0.5, 0.9]"]  # fmt: skip
+    assert main(["cpt", *argv]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["merge_with_base"]["alpha"] == 0.0 and metrics["eval"] == metrics["eval_before"]
+    trained = metrics["forgetting"]["points"][1]
+    assert trained["new"] > metrics["forgetting"]["points"][0]["new"]  # training did make it worse
+    weights, start = _weights(out), _weights(tiny_model)
+    assert weights.keys() == start.keys() and all(torch.equal(weights[k], start[k]) for k in start)

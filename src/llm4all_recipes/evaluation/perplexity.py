@@ -84,7 +84,9 @@ def perplexity(
             bar.update(len(chunk))
     bar.close()
     model.train(was_training)
-    return {"perplexity": math.exp(nll / count), "loss": nll / count, "tokens": count}
+    loss = nll / count
+    # a diverged model's loss can exceed what exp() represents: its perplexity is then infinite, not a crash
+    return {"perplexity": math.exp(loss) if loss < 700 else math.inf, "loss": loss, "tokens": count}
 
 
 @torch.no_grad()

@@ -127,7 +127,7 @@ def run(recipe: CPTRecipe, callbacks=None):
             same = recipe.reference_model_name_or_path in (None, recipe.model_name_or_path)
             start = reference if reference is not None and same else None
             merged = merge_grid(
-                recipe, trained, start, alphas, evals, tokenizer, device, (old, new), points, after
+                recipe, trained, start, alphas, evals, tokenizer, device, (old, new), points, after, before
             )
             metrics["merge_with_base"] = merged
             metrics["eval"] = merged["eval"]
@@ -172,7 +172,7 @@ def run(recipe: CPTRecipe, callbacks=None):
 
 
 def merge_grid(
-    recipe: CPTRecipe, trained, start, alphas, evals, tokenizer, device, domains, points, after
+    recipe: CPTRecipe, trained, start, alphas, evals, tokenizer, device, domains, points, after, before_eval
 ) -> dict:
     """Interpolate `trained` with the starting model at each α (in place), measure each on the held-out sets, leave
     the chosen α in `trained`; add one forgetting-report point per α to `points`. Returns the report."""
@@ -193,6 +193,10 @@ def merge_grid(
             min_gain=recipe.merge_min_gain,
         )  # fmt: skip
     interpolation.apply(chosen)
+    if chosen == 0.0:
+        results[0.0] = before_eval
+        logger.warning("continued pretraining made the new domain worse (%s perplexity %.2f -> %.2f): the starting "
+                       "model is kept (α = 0); lower the learning rate", new, points[0]["new"], points[1]["new"])  # fmt: skip
     if old and new:
         points += [{"model": f"α={a:g}" + (" (kept)" if a == chosen else ""), "old": r[old]["perplexity"],
                     "new": r[new]["perplexity"]} for a, r in sorted(results.items(), reverse=True)]  # fmt: skip
@@ -205,10 +209,10 @@ def merge_grid(
 def choose_alpha(points: dict[float, tuple[float, float]], before, trained, min_gain: float) -> float:
     """The α whose (old, new) perplexity has the lowest old-domain perplexity among those keeping >= min_gain of the
     trained model's new-domain gain (before − trained, perplexity points), the trained model itself (α = 1) being
-    one of them; α = 1 when training gained nothing on the new domain."""
+    one of them; α = 0 (the starting model, never worse) when training gained nothing on the new domain."""
     gain = before[1] - trained[1]
     if gain <= 0:
-        return 1.0
+        return 0.0
     ok = {a: p for a, p in {**points, 1.0: trained}.items() if before[1] - p[1] >= min_gain * gain}
     return min(ok, key=lambda a: (ok[a][0], -a))
 
