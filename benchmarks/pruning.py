@@ -304,7 +304,14 @@ def report(results: dict) -> str:
         "",
         f"{results['machine']}. Model `{results['model']}` (dense held-out perplexity "
         f"{first['before'][old]['perplexity']:.2f} old / {first['before'][new]['perplexity']:.2f} new), "
-        f"data `{results['data']}`. Perplexity on {old} ({new} in brackets). Every arm is healed by the same "
+        f"data `{results['data']}`"
+        + (
+            " (their own output folders: a `llm4all pipeline` run's outputs are read, not rerun; the machine line is "
+            "this script's, which measures the latency)"
+            if results.get("recipes")
+            else ""
+        )
+        + f". Perplexity on {old} ({new} in brackets). Every arm is healed by the same "
         f"`kd` recipe and budget ({recipes['kd']}, the original as teacher); the SVD chain also runs "
         "feature distillation first (its tokens per block added); `width-tokens` gives pruning the same total. "
         "Latency: one thread, best of 30 (forward: one 256-token window, batch 1) and of 5 (decode: greedy, 128 "
@@ -335,7 +342,11 @@ def report(results: dict) -> str:
     lines += ["", "| arm | prune keys | kd keys |", "|---|---|---|"]
     for r in {r["arm"]: r for r in results["rows"]}.values():
         prune_over, kd_over = ARMS[r["arm"]]
-        prune_keys = "compress + feature-distill" if prune_over is None else " ".join(prune_over) or "-"
+        prune_keys = (
+            "compress + feature-distill"
+            if prune_over is None
+            else " ".join(prune_over) or "the recipe's axes"
+        )
         lines.append(f"| {r['arm']} | {prune_keys} | {r.get('kd_keys', ' '.join(kd_over)) or '-'} |")
     return "\n".join(lines)
 

@@ -446,7 +446,8 @@ class CPTRecipe(KDArgs, TrainRecipe):
         factory=list,
         help="Choose merge_with_base on the held-out old_*/new_* eval sets among these α (e.g. [0.5, 0.6, 0.7, "
         "0.8, 0.9]): the lowest old-domain perplexity among the α that keep >= merge_min_gain of the trained "
-        "model's new-domain gain. Every α is a point of the forgetting report. Chosen on the eval sets: report a "
+        "model's new-domain gain; the starting model (α = 0) when training made the new domain worse. Every α is a "
+        "point of the forgetting report. Chosen on the eval sets: report a "
         "held-out set of your own for an unbiased number.",
     )
     merge_min_gain: float = arg(
