@@ -17,7 +17,9 @@ SCRIPT = ROOT / "recipes" / "launch.slurm"
 STAND_INS = {
     # 8 GPUs on each node
     "nvidia-smi": 'for i in 0 1 2 3 4 5 6 7; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done\n',
-    "scontrol": 'test "$1 $2" = "show hostnames" && printf "node-a\\nnode-b\\n"\n',
+    # a long node list: a reader that stops at the first line (head -n 1) makes the writer die of SIGPIPE, which
+    # `set -o pipefail` turns into exit 141; the script must read it whole
+    "scontrol": 'test "$1 $2" = "show hostnames" && printf "node-a\\nnode-b\\n" && seq -f "node-%g" 100000\n',
     # srun runs its command once, as node 0 would (its options dropped)
     "srun": 'while [ "${1#--}" != "$1" ]; do shift; done\nSLURM_NODEID=0 exec "$@"\n',
     # accelerate records its argv, one JSON list per call
