@@ -17,7 +17,9 @@
    `french_corpus.py`). `test` is the corpus script's held-out whole source files; `validation` is every 20th
    training document; nothing of one split occurs in another (deduplicated before the split);
 4. measures the dense perplexity on each validation / test set (first 32 documents, window 256, stride 128: the
-   protocol of every SmolLM2 benchmark, ~15k scored tokens) and writes it into the model's README and into `benchmarks/results/smollm2.json`.
+   protocol of every SmolLM2 benchmark, ~15k scored tokens) and writes it into the model's README, its
+   metrics.json (which the stages reuse rather than measure the dense model again) and
+   `benchmarks/results/smollm2.json`.
 
 Every step is skipped when its output exists (`--force` redoes them). Nothing of it goes into git. What the
 model is: the Q4_1-dequantized instruct model, not the original bf16 weights. Say so wherever it is used.
@@ -274,6 +276,15 @@ def main(argv=None) -> dict:
                 dense[(language, name)] = {"documents": len(docs), **res}
                 log(f"dense perplexity {language}/{name}: {res['perplexity']:.3f} ({res['tokens']:,} tokens)")
         (args.out / "README.md").write_text(readme(facts, texts, dense), encoding="utf-8")
+        # the model's own measures, as a stage output keeps them: stages starting from this folder (compress,
+        # prune, kd's teacher, eval's lineage) reuse them instead of measuring the same text again
+        metrics = {
+            "eval": {f"{k[0]}_{k[1]}": v for k, v in dense.items()},
+            "written_by": "benchmarks/smollm2.py",
+        }
+        tmp = args.out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(args.out / "metrics.json")
     result = {
         "model": rel(args.out),
         "conversion": facts,

@@ -1,13 +1,22 @@
 """Strided perplexity against a brute-force reference on a small random Llama."""
 
+import copy
+import json
 import math
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from llm4all_recipes.evaluation.perplexity import _windows, corpus_ids, perplexity
+from llm4all_recipes.evaluation.perplexity import (
+    _windows,
+    corpus_ids,
+    held_out_perplexities,
+    perplexity,
+    recorded_perplexities,
+)
 
 
 class CharTokenizer:
@@ -76,3 +85,98 @@ def test_windows_cover_every_token_once():
         for _, end, new in _windows(n, max_length, stride):
             covered.extend(range(end - new, end))
         assert covered == list(range(n))
+
+
+# ------------------------------------------------------------------ reusing what a stage measured on its output
+def test_the_measure_key_names_text_window_stride_and_dtype(model):
+    tok = CharTokenizer()
+    got = perplexity(model, tok, TEXTS, max_length=16)
+    assert got["measure"] == perplexity(model, tok, TEXTS, max_length=16)["measure"]
+    others = [
+        perplexity(model, tok, TEXTS[:2], max_length=16),  # other text
+        perplexity(model, tok, TEXTS, max_length=32),  # other window
+        perplexity(model, tok, TEXTS, max_length=16, stride=4),  # other stride
+        perplexity(copy.deepcopy(model).to(torch.float64), tok, TEXTS, max_length=16),  # other dtype
+    ]
+    assert len({got["measure"], *(o["measure"] for o in others)}) == 5
+
+
+class Counting(torch.nn.Module):
+    """A model that counts its forward passes."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, input_ids):
+        self.calls += 1
+        return self.inner(input_ids=input_ids)
+
+
+def test_a_recorded_measure_is_returned_without_a_forward_pass(model, tmp_path):
+    tok, counting = CharTokenizer(), Counting(model)
+    sets = {"old": {"text": TEXTS}, "new": {"text": TEXTS[:2]}}
+    held_out_perplexities(counting, tok, {"new": sets["new"]}, max_length=16)
+    new_only = counting.calls  # forward passes of one measure of the new set
+    measured = held_out_perplexities(counting, tok, sets, max_length=16)
+    calls = counting.calls
+    assert 0 < new_only < calls - new_only
+    # the folder's metrics.json: the old set as measured (a sentinel value proves it is read, not recomputed)
+    recorded = {**measured["old"], "perplexity": 1234.5}
+    (tmp_path / "metrics.json").write_text(json.dumps({"eval": {"anything": recorded}}))
+    again = held_out_perplexities(counting, tok, sets, max_length=16, recorded_in=str(tmp_path))
+    assert again["old"] == recorded  # reused ...
+    assert again["new"] == measured["new"]  # ... and the set it lacks measured
+    assert counting.calls - calls == new_only  # the new set's windows only
+    # another window, a Hub id, a folder without metrics or with a broken file: measured
+    assert (
+        held_out_perplexities(counting, tok, sets, max_length=32, recorded_in=str(tmp_path))["old"][
+            "perplexity"
+        ]
+        != 1234.5
+    )
+    assert recorded_perplexities("HuggingFaceTB/SmolLM2-135M-Instruct") == {}
+    assert recorded_perplexities(None) == {}
+    (tmp_path / "metrics.json").write_text("{not json")
+    assert recorded_perplexities(str(tmp_path)) == {}
+
+
+def _sentinel_copy(folder, dest, value):
+    """A copy of a stage output whose recorded perplexities are all `value` (keys kept)."""
+    shutil.copytree(folder, dest)
+    metrics = json.loads((dest / "metrics.json").read_text())
+    for v in metrics["eval"].values():
+        v["perplexity"] = value
+    (dest / "metrics.json").write_text(json.dumps(metrics))
+    return dest
+
+
+def test_stages_reuse_what_their_input_folders_measured(compressed_model, tiny_model, tmp_path):
+    """compress (the dense input), kd (student and teacher) and feature-distill read their inputs' metrics.json
+    instead of measuring the same weights on the same text again."""
+    from llm4all_recipes.cli import main
+
+    student = _sentinel_copy(compressed_model, tmp_path / "student", 1111.0)
+    teacher = _sentinel_copy(tiny_model, tmp_path / "teacher", 2222.0)
+    out = tmp_path / "kd"
+    assert main(["kd", "--config", "recipes/tiny-llama/kd/heal.yaml", "--model_name_or_path", str(student),
+                 "--teacher_model_name_or_path", str(teacher), "--output_dir", str(out), "--max_steps", "1",
+                 "--save_steps", "1", "--push_to_hub", "false"]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {v["perplexity"] for v in metrics["eval_before"].values()} == {1111.0}
+    assert {v["perplexity"] for v in metrics["teacher_eval"].values()} == {2222.0}
+    assert all(v["perplexity"] != 1111.0 for v in metrics["eval"].values())  # the trained model is measured
+
+    out = tmp_path / "fd"
+    assert main(["feature-distill", "--config", "recipes/tiny-llama/feature-distill/whitening-60.yaml",
+                 "--model_name_or_path", str(student), "--teacher_model_name_or_path", str(teacher),
+                 "--output_dir", str(out), "--tokens_per_block", "2048"]) == 0  # fmt: skip
+    assert {
+        v["perplexity"] for v in json.loads((out / "metrics.json").read_text())["eval_before"].values()
+    } == {1111.0}
+
+    out = tmp_path / "compress"
+    assert main(["compress", "--config", "recipes/tiny-llama/compress/whitening-60.yaml",
+                 "--model_name_or_path", str(teacher), "--output_dir", str(out)]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {v["perplexity"] for v in metrics["eval_before"].values()} == {2222.0}

@@ -6,14 +6,25 @@ every token (but the very first) is scored once, with at least `max_length - str
 when available. The negative log-likelihood is computed in float32 and summed in float64:
 
     ppl = exp( sum_t -log p(x_t | x_<t) / N )
+
+Each result carries a `measure` key: a hash of the scored token ids, the window, the stride and the model's
+dtype. A stage output's `metrics.json` keeps the results it measured on the weights it saved (`eval`), so a
+later stage that starts from that folder reuses them instead of measuring the same model on the same text
+again (`recorded_perplexities`); any difference in the text, tokenizer, window or dtype changes the key.
 """
 
+import hashlib
+import json
+import logging
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
 
 
 def corpus_ids(tokenizer, texts: Iterable[str]) -> list[int]:
@@ -38,6 +49,20 @@ def _windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, int]]
         begin += stride
 
 
+def measure_key(ids: list[int], max_length: int, stride: int, dtype) -> str:
+    """What a perplexity depends on besides the weights: the scored ids, the window, the stride, the dtype."""
+    digest = hashlib.sha256(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
+    digest.update(f"|{max_length}|{stride}|{dtype}".encode())
+    return digest.hexdigest()[:20]
+
+
+def _stride(max_length: int, stride: int | None) -> int:
+    stride = stride or max(1, max_length // 2)
+    if not 0 < stride < max_length:
+        raise ValueError(f"stride must be in (0, max_length) so that every window has context; got {stride}")
+    return stride
+
+
 @torch.no_grad()
 def perplexity(
     model,
@@ -48,14 +73,17 @@ def perplexity(
     stride: int | None = None,
     batch_size: int = 8,
     desc: str = "perplexity",
+    recorded: dict[str, dict] | None = None,
 ) -> dict[str, float]:
-    """Returns {"perplexity", "loss" (mean NLL per token, in nats), "tokens" (scored)}."""
+    """Returns {"perplexity", "loss" (mean NLL per token, in nats), "tokens" (scored), "measure" (its key)}; a
+    result in `recorded` (measure key -> result, the model's own earlier measures) is returned without a pass."""
     ids = corpus_ids(tokenizer, texts)
     if len(ids) < 2:
         raise ValueError("perplexity needs at least 2 tokens of text")
-    stride = stride or max(1, max_length // 2)
-    if not 0 < stride < max_length:
-        raise ValueError(f"stride must be in (0, max_length) so that every window has context; got {stride}")
+    stride = _stride(max_length, stride)
+    key = measure_key(ids, max_length, stride, next(model.parameters()).dtype)
+    if recorded and key in recorded:
+        return dict(recorded[key])
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -86,7 +114,34 @@ def perplexity(
     model.train(was_training)
     loss = nll / count
     # a diverged model's loss can exceed what exp() represents: its perplexity is then infinite, not a crash
-    return {"perplexity": math.exp(loss) if loss < 700 else math.inf, "loss": loss, "tokens": count}
+    return {
+        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "loss": loss,
+        "tokens": count,
+        "measure": key,
+    }
+
+
+def recorded_perplexities(path: str | None) -> dict[str, dict]:
+    """{measure key: result} of what the stage that wrote the folder `path` measured on the weights it saved
+    (`eval` in its metrics.json); empty for a Hub id, a folder without metrics or results without a key. A stage
+    writes its folder whole (`<output_dir>.tmp`, then a rename), so a metrics.json there describes those weights."""
+    file = Path(path) / "metrics.json" if path else None
+    if file is None or not file.is_file():
+        return {}
+    try:
+        evals = json.loads(file.read_text(encoding="utf-8")).get("eval")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(evals, dict):
+        return {}
+    return {
+        v["measure"]: v
+        for v in evals.values()
+        if isinstance(v, dict)
+        and isinstance(v.get("measure"), str)
+        and isinstance(v.get("perplexity"), (int, float))
+    }
 
 
 @torch.no_grad()
@@ -119,17 +174,28 @@ def document_perplexities(model, tokenizer, texts: list[str], *, max_length: int
 
 
 def held_out_perplexities(
-    model, tokenizer, sets: dict, *, max_length: int, device: str = "cpu", tag: str = ""
+    model,
+    tokenizer,
+    sets: dict,
+    *,
+    max_length: int,
+    device: str = "cpu",
+    tag: str = "",
+    recorded_in: str | None = None,
 ) -> dict:
-    """{name: perplexity(...)} of each named text set; the model visits `device` for the measure, then goes back."""
+    """{name: perplexity(...)} of each named text set; the model visits `device` for the measure, then goes back.
+    `recorded_in`: the folder the model was loaded from, whose own measures are reused (`recorded_perplexities`)."""
+    recorded = recorded_perplexities(recorded_in)
     home = next(model.parameters()).device
     model.to(device)
     try:
-        return {
-            name: perplexity(
-                model, tokenizer, ds["text"], max_length=max_length, desc=f"{tag} {name}".strip()
-            )
-            for name, ds in sets.items()
-        }
+        out = {}
+        for name, ds in sets.items():
+            out[name] = perplexity(model, tokenizer, ds["text"], max_length=max_length,
+                                   desc=f"{tag} {name}".strip(), recorded=recorded)  # fmt: skip
+            if out[name]["measure"] in recorded:
+                logger.info("%s %s: perplexity %.2f, as measured by the stage that wrote %s", tag or "model", name,
+                            out[name]["perplexity"], recorded_in)  # fmt: skip
+        return out
     finally:
         model.to(home)

@@ -139,15 +139,22 @@ def speech_calibration_data(recipe):
 
 
 def held_out(recipe, speech: bool, preprocessor, evals, device: str):
-    """measure(model, tag) -> {label: {perplexity, loss, tokens}}: text perplexity, or (speech) the teacher-forced
-    perplexity of the reference transcripts given their audio."""
+    """measure(model, tag, source=None) -> {label: {perplexity, loss, tokens}}: text perplexity (reusing what the
+    stage that wrote the folder `source` measured on the same text), or (speech) the teacher-forced perplexity of
+    the reference transcripts given their audio."""
     if speech:
         from ..speech.calibration import transcript_perplexities
 
-        return lambda model, tag: transcript_perplexities(model, evals, device=device,
+        return lambda model, tag, source=None: transcript_perplexities(model, evals, device=device,
                                                           batch_size=recipe.calibration_batch_size)  # fmt: skip
-    return lambda model, tag: held_out_perplexities(
-        model, preprocessor, evals, max_length=recipe.perplexity_max_length, device=device, tag=tag
+    return lambda model, tag, source=None: held_out_perplexities(
+        model,
+        preprocessor,
+        evals,
+        max_length=recipe.perplexity_max_length,
+        device=device,
+        tag=tag,
+        recorded_in=source,
     )
 
 
@@ -175,7 +182,7 @@ def run(recipe: CompressRecipe, callbacks=None):
     measure = held_out(recipe, speech, tokenizer, evals, device)
     with staged_output(recipe, "compress") as tmp:
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
-        before = measure(model, "dense")
+        before = measure(model, "dense", recipe.model_name_or_path)
         dense_size = skeleton(recipe)  # parameter counts of the dense model, for the summary
 
         # 3. Layer by layer: statistics -> initialisation -> low-rank swap.

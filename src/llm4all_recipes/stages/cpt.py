@@ -99,7 +99,13 @@ def run(recipe: CPTRecipe, callbacks=None):
         device = resolve_device("auto")
 
         before = held_out_perplexities(
-            model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="before"
+            model,
+            tokenizer,
+            evals,
+            max_length=recipe.perplexity_max_length,
+            device=device,
+            tag="before",
+            recorded_in=recipe.model_name_or_path,
         )
 
         # 3. Train (TRL machinery, CE + KL loss), resumable from <output_dir>.tmp.

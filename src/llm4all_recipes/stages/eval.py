@@ -63,7 +63,13 @@ def run(recipe: EvalRecipe, callbacks=None):
         for label, path in compare:  # the evaluated model comes last and stays loaded
             model = load_model(path, dtype=recipe.dtype)
             values = held_out_perplexities(
-                model, tokenizer, ppl_sets, max_length=recipe.perplexity_max_length, device=device, tag=label
+                model,
+                tokenizer,
+                ppl_sets,
+                max_length=recipe.perplexity_max_length,
+                device=device,
+                tag=label,
+                recorded_in=path,
             )
             metrics["perplexity"][label] = {k: v["perplexity"] for k, v in values.items()}
         metrics["perplexity_tokens"] = {

@@ -132,7 +132,7 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
             )
         teacher = load_model(teacher_path, dtype=recipe.dtype, key="teacher_model_name_or_path")
 
-        before = measure(student, "before")
+        before = measure(student, "before", recipe.model_name_or_path)
 
         # 3. Block by block, resumable from <output_dir>.tmp/distill_state.
         state = tmp / "distill_state"

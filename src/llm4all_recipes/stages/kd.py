@@ -142,6 +142,7 @@ def run(recipe: KDRecipe, callbacks=None):
             max_length=recipe.perplexity_max_length,
             device=device,
             tag="student before",
+            recorded_in=recipe.model_name_or_path,
         )
         teacher_ppl = (
             held_out_perplexities(
@@ -151,6 +152,7 @@ def run(recipe: KDRecipe, callbacks=None):
                 max_length=recipe.perplexity_max_length,
                 device=device,
                 tag="teacher",
+                recorded_in=recipe.teacher_model_name_or_path,
             )
             if teacher is not None
             else {}

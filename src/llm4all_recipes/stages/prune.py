@@ -103,7 +103,13 @@ def run(recipe: PruneRecipe, callbacks=None):
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
         device = resolve_device(recipe.device)
         before = held_out_perplexities(
-            model, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="dense"
+            model,
+            tokenizer,
+            evals,
+            max_length=recipe.perplexity_max_length,
+            device=device,
+            tag="dense",
+            recorded_in=recipe.model_name_or_path,
         )
 
         # 3. Importance (one streamed pass; the perplexity of each block's removal only when depth is pruned
