@@ -16,8 +16,8 @@
    Reference, `french_corpus.py --language en`) and French (a new domain: the French Debian manuals of
    `french_corpus.py`). `test` is the corpus script's held-out whole source files; `validation` is every 20th
    training document; nothing of one split occurs in another (deduplicated before the split);
-4. measures the dense perplexity on each validation / test set (first 32 documents, window 256, stride 128: the
-   protocol of every SmolLM2 benchmark, ~15k scored tokens) and writes it into the model's README, its
+4. measures the dense perplexity on each validation / test set (the 32 documents a recipe's `max_rows: 32` takes:
+   a seeded shuffle; window 256, stride 128: the protocol of every SmolLM2 recipe, ~15k scored tokens) and writes it into the model's README, its
    metrics.json (which the stages reuse rather than measure the dense model again) and
    `benchmarks/results/smollm2.json`.
 
@@ -48,7 +48,9 @@ DATA = HERE / "data" / "smollm2"
 CORPORA = {"en": HERE / "data" / "english", "fr": HERE / "data" / "french"}
 VALIDATION_EVERY = 20  # every 20th training document is validation
 WINDOW = 256  # perplexity window of every SmolLM2 benchmark (stride WINDOW // 2) ...
-EVAL_DOCS = 32  # ... on the first 32 documents of a split (~15k tokens: ~40 s of a forward pass on 2 threads)
+EVAL_DOCS = (
+    32  # ... on 32 documents of a split (max_rows: 32) (~15k tokens: ~40 s of a forward pass on 2 threads)
+)
 
 
 def rel(path: Path) -> str:
@@ -208,7 +210,7 @@ def readme(facts: dict, texts: dict, dense: dict) -> str:
         "|" + "---|" * len(facts),
         "| " + " | ".join(_cell(v) for v in facts.values()) + " |",
         "",
-        f"## Dense perplexity (first documents of each split, window {WINDOW}, stride {WINDOW // 2}, float32, CPU)",
+        f"## Dense perplexity (the recipes' 32 documents of each split, window {WINDOW}, stride {WINDOW // 2}, float32, CPU)",
         "",
         "| text | split | documents | tokens | perplexity |",
         "|---|---|---:|---:|---:|",
@@ -256,7 +258,9 @@ def main(argv=None) -> dict:
 
     import torch
 
+    from llm4all_recipes.data.mixture import load_source
     from llm4all_recipes.evaluation.perplexity import corpus_ids, perplexity
+    from llm4all_recipes.fields import DatasetSource
     from llm4all_recipes.models import load_model, load_tokenizer
 
     dense: dict = {}
@@ -270,7 +274,10 @@ def main(argv=None) -> dict:
         model = load_model(str(args.out), dtype="float32")
         for language, files in texts.items():
             for name in ("validation", "test"):
-                docs = read_texts(files[name])[: args.eval_docs]
+                # the documents every SmolLM2 recipe measures (`max_rows: 32` of an eval set: a seeded shuffle)
+                docs = load_source(
+                    DatasetSource(path=str(files[name]), max_rows=args.eval_docs), name, ["text"]
+                )["text"]
                 with torch.inference_mode():
                     res = perplexity(model, tokenizer, docs, max_length=WINDOW, desc=f"{language}/{name}")
                 dense[(language, name)] = {"documents": len(docs), **res}
