@@ -2,6 +2,7 @@
 dry run, outputs as in the conventions."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,6 +78,32 @@ def test_only_assistant_tokens_carry_labels(tiny_model, recipe_file, tmp_path):
     user_text = next(m["content"] for m in train[0]["messages"] if m["role"] == "user")
     assert user_text not in labelled
     assert (labels != -100).sum() < (labels.numel() * 0.9)
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_fsdp_checkpoints_activations_instead_of_the_trainer(
+    tiny_model, recipe_file, tmp_path, monkeypatch, fsdp
+):
+    """Under recipes/accelerate_configs/fsdp.yaml (FSDP's activation checkpointing on), a recipe's
+    activation_checkpointing goes to FSDP: the Trainer's own would add an all-gather (and transformers refuses both)."""
+    import yaml
+
+    from llm4all_recipes.models import load_model, load_tokenizer
+    from llm4all_recipes.training import load_data, make_trainer
+
+    config = yaml.safe_load(Path("recipes/accelerate_configs/fsdp.yaml").read_text())
+    assert config["fsdp_config"]["fsdp_activation_checkpointing"] is True
+    if fsdp:  # what `accelerate launch --config_file recipes/accelerate_configs/fsdp.yaml` exports
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+        monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")
+    extra = "activation_checkpointing: true\n"
+    recipe = parse_recipe("sft", ["--config", recipe_file(sft_text(tiny_model, tmp_path / "o", extra))])
+    tokenizer = load_tokenizer(recipe.model_name_or_path)
+    train, evals, _ = load_data(recipe)
+    trainer = make_trainer(recipe, tmp_path / "o.tmp", model=load_model(str(tiny_model)), tokenizer=tokenizer,
+                           train_dataset=train, eval_datasets=evals)  # fmt: skip
+    assert trainer.args.activation_checkpointing is (not fsdp)
+    assert recipe.activation_checkpointing is True  # the recipe as written (recipe.yaml) is unchanged
 
 
 def test_lora_saves_adapter_and_merged_model(tiny_model, recipe_file, tmp_path):

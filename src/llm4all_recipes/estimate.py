@@ -11,8 +11,8 @@ What is counted, per GPU (a rough model, stated here so that it can be checked):
     training (kd, cpt, sft)  weights + gradients + AdamW's two moments of the trained parameters (in the weights'
                              dtype, as torch creates them), divided by the GPU count under FSDP / ZeRO-3
                              (`--shard false`: replicated, DDP); activations of one micro-batch: the layer
-                             inputs kept by activation checkpointing (or ~34 h + 5 i values per token and layer
-                             without it), one layer's recomputation, and float32 logits and their gradient; plus
+                             inputs kept by activation checkpointing (always on when sharded: fsdp.yaml turns
+                             FSDP's own on) or ~34 h + 5 i values per token and layer without it, one layer's recomputation, and float32 logits and their gradient; plus
                              a frozen teacher / KL reference (weights, sharded, and its logits).
     compress                 `compression.ranks.memory_estimate` (one layer on the device; measured at 8B shapes).
     feature-distill          one teacher block and one student block with AdamW states, and a batch of block
@@ -368,7 +368,10 @@ def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard) -> 
     config, wb = model.config, _bytes(recipe.dtype, model.config)
     trainable = _trainable(recipe, model)
     states = model.params * wb + trainable * 3 * wb
-    checkpointing = bool(recipe.activation_checkpointing or recipe.gradient_checkpointing)
+    # sharded over several GPUs: recipes/accelerate_configs/fsdp.yaml checkpoints activations (FSDP's own)
+    checkpointing = bool(
+        recipe.activation_checkpointing or recipe.gradient_checkpointing or (shard and gpus > 1)
+    )
     batch, seq = recipe.per_device_train_batch_size, recipe.max_length
     device = (states / gpus if shard else states) + _activations(config, batch, seq, checkpointing, wb)
     other = None
@@ -407,7 +410,11 @@ def _fmt_params(n: int | None) -> str:
 
 def table(estimates: list[Estimate], gpus: int, gpu: str, mfu: float, shard: bool) -> str:
     """Markdown: one row per recipe."""
-    layout = "FSDP / ZeRO-3" if shard and gpus > 1 else ("replicated" if gpus > 1 else "")
+    layout = (
+        "FSDP / ZeRO-3, activations checkpointed"
+        if shard and gpus > 1
+        else ("replicated" if gpus > 1 else "")
+    )
     head = (f"Computed by `llm4all estimate` for {gpus} × {gpu} ({GPUS[gpu][1]} GiB){', ' + layout if layout else ''}, "
             f"MFU {mfu:.0%} assumed for training stages"
             f"{'; compress, feature-distill, cache-teacher, generate and eval use one GPU' if gpus > 1 else ''}.")  # fmt: skip

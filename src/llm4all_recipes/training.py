@@ -274,6 +274,13 @@ def lora_config(recipe):
                       target_modules=recipe.lora_target_modules or "all-linear", task_type="CAUSAL_LM")  # fmt: skip
 
 
+def fsdp_checkpoints_activations() -> bool:
+    """Launched by accelerate with FSDP and its `fsdp_activation_checkpointing` on (recipes/accelerate_configs/fsdp.yaml)."""
+    on = ("1", "true", "yes")
+    return (os.environ.get("ACCELERATE_USE_FSDP", "").lower() in on
+            and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() in on)  # fmt: skip
+
+
 def make_trainer(
     recipe: Any,
     tmp: Path,
@@ -307,6 +314,13 @@ def make_trainer(
         args.include_num_input_tokens_seen = "non_padding"
     if not eval_datasets:
         args.eval_strategy = "no"
+    if fsdp_checkpoints_activations() and (args.activation_checkpointing or args.gradient_checkpointing):
+        # FSDP's own checkpointing wraps the sharded blocks; the Trainer's would add an all-gather per block in
+        # the backward pass (and transformers refuses the two together)
+        logger.info(
+            "activation checkpointing: FSDP's (fsdp_activation_checkpointing in the accelerate config)"
+        )
+        args.activation_checkpointing = args.gradient_checkpointing = False
     mode = set_trainable(model, getattr(recipe, "trainable", "all"), peft_config is not None)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
