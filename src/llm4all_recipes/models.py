@@ -214,6 +214,24 @@ def chat_markers(tokenizer) -> tuple[list[str], str | None]:
     return markers, end.group(0) if end else None
 
 
+END_OF_TEXT = re.compile(r"<\|end_?of_?text\|>|</s>|<eos>", re.I)  # pretraining document ends, by family
+
+
+def document_boundaries(tokenizer) -> tuple[list[int], int | None]:
+    """(the ids that open a document, the id that closes it) as in pretraining: the BOS the tokenizer adds on its
+    own (Llama, Mistral), none where it adds none (Qwen, SmolLM2); the tokenizer's EOS, unless that EOS is its chat
+    template's end of turn (instruct tokenizers: `<|eot_id|>`, `<|im_end|>`), then its end-of-text special token
+    (`<|end_of_text|>`, `<|endoftext|>`)."""
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    opening = [bos] if bos is not None and probe and probe[0] == bos else []
+    end = tokenizer.eos_token
+    if end is not None and end == chat_markers(tokenizer)[1]:
+        specials = [t for t in tokenizer.all_special_tokens if END_OF_TEXT.fullmatch(t) and t != end]
+        end = specials[0] if specials else end
+    return opening, (tokenizer.convert_tokens_to_ids(end) if end is not None else None)
+
+
 def _single_token(tokenizer, marker: str) -> int | None:
     ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
     return ids[0] if len(ids) == 1 else None

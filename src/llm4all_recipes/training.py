@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from .data.mixture import build_mixture, load_eval_sets, text_token_counter
+from .errors import RecipeError
 from .models import count_parameters
 from .outputs import write_json
 from .parsing import resolved_recipe
@@ -233,7 +234,6 @@ def _eval_summary(metrics: dict[str, float], labels: list[str]) -> dict[str, dic
 def set_trainable(model, mode: str, use_peft: bool = False) -> str:
     """Freeze what the recipe's `trainable` does not train; returns the mode applied (auto resolved)."""
     from .compression.lowrank import LowRankLinear
-    from .errors import RecipeError
 
     factors = [m for m in model.modules() if isinstance(m, LowRankLinear)]
     if use_peft or mode == "lora":
@@ -321,6 +321,31 @@ def make_trainer(
             "activation checkpointing: FSDP's (fsdp_activation_checkpointing in the accelerate config)"
         )
         args.activation_checkpointing = args.gradient_checkpointing = False
+    if (
+        train_dataset is not None
+        and "text" in train_dataset.column_names
+        and getattr(args, "packing", False)
+        and args.packing_strategy == "wrapped"
+    ):
+        # raw text is packed here, not by TRL: documents open and end as in pretraining (TRL would close each
+        # with the tokenizer's EOS, an instruct model's end of turn, and make it the model's EOS as well)
+        import datasets
+
+        from .data.packing import StackCollator, text_rows
+
+        rows, dropped = text_rows(list(train_dataset["text"]), tokenizer, recipe.max_length)
+        if not rows:
+            raise RecipeError(
+                f"not one block of {recipe.max_length} tokens in the training text", key="datasets"
+            )
+        train_dataset = datasets.Dataset.from_list(rows)
+        args.packing, args.remove_unused_columns = False, False
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        if trainer_kwargs.get("data_collator") is None:
+            trainer_kwargs["data_collator"] = StackCollator()
+        logger.info(
+            "packed %d blocks of %d tokens (%d tail tokens dropped)", len(rows), recipe.max_length, dropped
+        )
     mode = set_trainable(model, getattr(recipe, "trainable", "all"), peft_config is not None)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(

@@ -1,20 +1,25 @@
-"""Fixed-length rows for the stages that tokenise themselves (cache-teacher, cpt).
+"""Fixed-length rows of the training text of every stage (pretraining-style packing), and of chats.
 
-Text: one token stream (each document followed by EOS) cut into blocks of `max_length`, every token trained;
-the last incomplete block is dropped and counted. Messages: one chat per row (chat template), assistant
-tokens trained, padded to `max_length` (longer chats are truncated and counted).
+Text: one token stream cut into blocks of `max_length`, every token trained; each document opens and ends as
+in pretraining (`models.document_boundaries`: the tokenizer's own BOS if it adds one, and the end-of-text token,
+not an instruct tokenizer's end of turn); the last incomplete block is dropped and counted. Messages: one chat
+per row (chat template), assistant tokens trained, padded to `max_length` (longer chats are truncated and
+counted).
 """
 
 from typing import Any
 
 import torch
 
+from ..models import document_boundaries
+
 
 def pack_text(texts: list[str], tokenizer, max_length: int) -> tuple[list[list[int]], int]:
     """(blocks of max_length token ids, number of tail tokens dropped)."""
+    opening, end = document_boundaries(tokenizer)
     stream: list[int] = []
     for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
-        stream.extend([*ids, tokenizer.eos_token_id])
+        stream.extend([*opening, *ids, *([] if end is None else [end])])
     blocks = len(stream) // max_length
     return [stream[b * max_length : (b + 1) * max_length] for b in range(blocks)], len(
         stream
