@@ -172,6 +172,14 @@ class TrainerArgs(MixtureArgs, RunArgs, HubArgs, SFTConfig):
     activation_checkpointing: bool | None = arg(
         False, help="Recompute activations in the backward pass (saves memory on big models)."
     )
+    precision: Literal["auto", "fp32-master", "bf16-stochastic", "bf16"] = arg(
+        "auto",
+        help="How a model loaded in bf16 (dtype) trains (docs/PRECISION.md): fp32-master (float32 weights and AdamW "
+        "states, bf16 autocast, saved back in dtype), bf16-stochastic (bf16 weights, AdamW with stochastic rounding: "
+        "small updates are not rounded away), bf16 (plain AdamW on bf16 weights: most updates at lr 1e-5 are lost). "
+        "auto: fp32-master when its weights, gradients and AdamW states take at most 70%% of the device's memory, "
+        "else bf16-stochastic. A float32 dtype trains in float32 (with bf16 autocast where bf16 is on).",
+    )
     save_total_limit: int | None = arg(2, help="Number of checkpoint-N folders kept for resume.")
     use_cpu: bool | None = arg(
         None,

@@ -293,7 +293,7 @@ def estimate(recipe_path: Path, *, gpus: int = 1, gpu: str = "h100", mfu: float 
         return Estimate(name, stage, recipe.teacher_model_name_or_path, teacher.params, None, device, tokens, hours,
                         f"forward only, ≤ max_rows × max_length tokens{disk}")  # fmt: skip
     if stage in ("kd", "cpt", "sft"):
-        return _estimate_training(stage, recipe, name, base_config, gpus, speed, shard)
+        return _estimate_training(stage, recipe, name, base_config, gpus, speed, shard, GPUS[gpu][1] * GiB)
     if stage == "generate":
         return _estimate_generate(recipe, name, base_config, gpu, mfu)
     if stage == "eval":
@@ -363,11 +363,18 @@ def _trainable(recipe, model: ModelSize) -> int:
     return model.params
 
 
-def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard) -> Estimate:
+def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard, memory) -> Estimate:
+    from .training import choose_precision, state_bytes
+
     model = model_size(recipe.model_name_or_path, base_config)
     config, wb = model.config, _bytes(recipe.dtype, model.config)
     trainable = _trainable(recipe, model)
     states = model.params * wb + trainable * 3 * wb
+    precision = None
+    if wb == 2 and not getattr(recipe, "use_peft", False):  # bf16 weights: the precision policy decides
+        shards = gpus if shard else 1
+        precision = choose_precision(recipe.precision, trainable, model.params - trainable, memory, shards)
+        states = state_bytes(trainable, model.params - trainable, precision)
     # sharded over several GPUs: recipes/accelerate_configs/fsdp.yaml checkpoints activations (FSDP's own)
     checkpointing = bool(
         recipe.activation_checkpointing or recipe.gradient_checkpointing or (shard and gpus > 1)
@@ -389,6 +396,13 @@ def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard) -> 
     flops_per_token = (8 if checkpointing else 6) * model.params + 2 * extra
     hours = flops_per_token * tokens / speed / 3600 if tokens else None
     note = f"effective batch {batch * recipe.gradient_accumulation_steps * gpus} × {seq} tokens"
+    if precision:
+        master = (
+            state_bytes(trainable, model.params - trainable, "fp32-master") / (gpus if shard else 1) / GiB
+        )
+        note += f"; {precision}" + (
+            f" (fp32-master: {master:.1f} GiB of states)" if precision != "fp32-master" else ""
+        )
     if other:
         note += f"; + {'teacher' if stage == 'kd' else 'KL reference'} {model_ref(other)}"
     if not tokens:

@@ -274,6 +274,71 @@ def lora_config(recipe):
                       target_modules=recipe.lora_target_modules or "all-linear", task_type="CAUSAL_LM")  # fmt: skip
 
 
+# ------------------------------------------------------------------------------------------- precision
+MASTER_SHARE = (
+    0.7  # fp32-master when its training states fit in this share of the device (the rest: activations)
+)
+
+
+def state_bytes(trainable: int, frozen: int, precision: str) -> int:
+    """Bytes of weights + gradients + AdamW moments of a model loaded in bf16, trained under `precision`: fp32-master
+    4 + 4 + 8 per trained parameter (4 per frozen one), bf16 and bf16-stochastic 2 + 2 + 4 (2 per frozen one)."""
+    return trainable * 16 + frozen * 4 if precision == "fp32-master" else trainable * 8 + frozen * 2
+
+
+def choose_precision(
+    policy: str, trainable: int, frozen: int, device_bytes: int | None, processes: int = 1
+) -> str:
+    """The precision `auto` resolves to: fp32-master when its states (sharded over `processes`) take at most
+    MASTER_SHARE of the device's memory (`device_bytes`; None: host memory, not limiting), else bf16-stochastic."""
+    if policy != "auto":
+        return policy
+    need = state_bytes(trainable, frozen, "fp32-master") / processes
+    return "fp32-master" if device_bytes is None or need <= MASTER_SHARE * device_bytes else "bf16-stochastic"
+
+
+def _device_bytes() -> int | None:
+    import torch
+
+    return (
+        torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        if torch.cuda.is_available()
+        else None
+    )
+
+
+def apply_precision(recipe: Any, args: Any, model, trainer_kwargs: dict) -> str:
+    """Resolve the recipe's `precision` for a model loaded in bf16/fp16 and set it up: fp32-master upcasts the weights
+    (exact) and turns bf16 autocast on; bf16-stochastic gives the Trainer torchao's AdamW with stochastic rounding.
+    Returns what was applied ("float32": the model was loaded in float32, nothing to do)."""
+    import torch
+
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float32 or getattr(recipe, "precision", "bf16") == "bf16":
+        return "float32" if dtype == torch.float32 else "bf16"
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters()) - trainable
+    sharded = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+    chosen = choose_precision(
+        recipe.precision, trainable, frozen, _device_bytes(), world_size() if sharded else 1
+    )
+    if chosen == "fp32-master":
+        # the model is saved back in the dtype it was loaded in
+        args.saved_dtype = str(dtype).removeprefix("torch.")
+        model.float()
+        args.bf16, args.fp16 = True, False  # compute in bf16 (autocast), keep and update float32 weights
+    else:
+        from torchao.optim import _AdamW
+
+        trainer_kwargs["optimizer_cls_and_kwargs"] = (_AdamW, {
+            "lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon,
+            "weight_decay": args.weight_decay, "bf16_stochastic_round": True,
+        })  # fmt: skip
+    logger.info("precision: %s (%s weights loaded; %s of training states under fp32-master)", chosen,
+                str(dtype).removeprefix("torch."), f"{state_bytes(trainable, frozen, 'fp32-master') / 2**30:.1f} GiB")  # fmt: skip
+    return chosen
+
+
 def fsdp_checkpoints_activations() -> bool:
     """Launched by accelerate with FSDP and its `fsdp_activation_checkpointing` on (recipes/accelerate_configs/fsdp.yaml)."""
     on = ("1", "true", "yes")
@@ -347,6 +412,7 @@ def make_trainer(
             "packed %d blocks of %d tokens (%d tail tokens dropped)", len(rows), recipe.max_length, dropped
         )
     mode = set_trainable(model, getattr(recipe, "trainable", "all"), peft_config is not None)
+    args.precision = apply_precision(recipe, args, model, trainer_kwargs) if peft_config is None else "lora"
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
         "trainable: %s, %s of %s parameters",
@@ -409,6 +475,7 @@ def fit(recipe: Any, tmp: Path, *, eval_datasets: dict, **kwargs):
             "last_logged_loss": losses[-1] if losses else None,
             "num_tokens": trainer.state.num_input_tokens_seen,
             "trainable": trainer.args.trainable,
+            "precision": trainer.args.precision,
             **kept,
         },
         "eval_before": before,
@@ -448,6 +515,15 @@ def training_facts_md(metrics: dict) -> list[str]:
     train = metrics["train"]
     lines = [f"- trained: `{train.get('trainable', 'all')}`, {metrics['trainable_parameters']:,} of "
              f"{metrics['parameters']:,} parameters"]  # fmt: skip
+    precision = {
+        "fp32-master": "float32 master weights and AdamW states, bf16 autocast; saved in the dtype it was loaded in",
+        "bf16-stochastic": "bf16 weights, AdamW with stochastic rounding (torchao)",
+        "bf16": "bf16 weights, plain AdamW (small updates are rounded away)",
+        "float32": "float32",
+        "lora": "LoRA adapters (float32) on frozen weights",
+    }.get(train.get("precision"))
+    if precision:
+        lines.append(f"- precision: `{train['precision']}`: {precision}")
     if train.get("kept") == "start":
         best = (
             "none" if train["best_loss"] is None else f"{train['best_loss']:.4f} at step {train['best_step']}"
@@ -491,6 +567,24 @@ def save_trained(trainer, tmp: Path, recipe: Any, metrics: dict, merge: bool = T
     return model
 
 
+def _save_in_dtype(trainer, tmp: Path, recipe: Any):
+    """fp32-master training: the model is saved (and returned) in the recipe's dtype, as it was loaded."""
+    import torch
+
+    from .models import load_model
+
+    dtype = trainer.args.saved_dtype
+    if trainer.accelerator.num_processes == 1:
+        model = trainer.accelerator.unwrap_model(trainer.model).to(getattr(torch, dtype))
+        trainer.save_model(str(tmp))
+        return model
+    trainer.save_model(str(tmp))  # the gathered float32 state, rewritten in dtype by the main process
+    if trainer.is_world_process_zero():
+        load_model(str(tmp), dtype=dtype).save_pretrained(str(tmp))
+    trainer.accelerator.wait_for_everyone()
+    return load_model(str(tmp), dtype=dtype)
+
+
 def _save_trained(trainer, tmp: Path, recipe: Any, metrics: dict):
     from .models import load_model, prepare_chat_model
 
@@ -511,6 +605,8 @@ def _save_trained(trainer, tmp: Path, recipe: Any, metrics: dict):
         trainer.accelerator.wait_for_everyone()
         return model
     if not getattr(recipe, "use_peft", False):
+        if getattr(trainer.args, "precision", None) == "fp32-master":
+            return _save_in_dtype(trainer, tmp, recipe)
         trainer.save_model(str(tmp))
         return trainer.model
     adapter = tmp / "adapter"
