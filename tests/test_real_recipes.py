@@ -208,8 +208,9 @@ def test_readme_launch_lines_run_on_a_tiny_model_of_the_family(folder, tiny_mode
     config = json.loads((CONFIGS / folder / "config.json").read_text())
     tiny = tmp_path / "tiny-base"
     stand_in = AutoModelForCausalLM.from_config(shrink_config(config, tokenizer))
-    # a random model may end at once: the shared `generate` step (the teacher's summaries) needs some text
-    stand_in.generation_config.min_new_tokens = SMALL["max_new_tokens"]
+    # a random model may end at once or write only control tokens: the shared `generate` step (the teacher's
+    # summaries) needs some text, so the stand-in writes ordinary tokens up to max_new_tokens
+    stand_in.generation_config.suppress_tokens = tokenizer.all_special_ids
     stand_in.save_pretrained(tiny)
     tokenizer.save_pretrained(tiny)
     # the base the folder starts from: compress's model, or what its convert step reads (pickle weights on the Hub)
