@@ -57,7 +57,10 @@ def run_arm(arm: str, steps: int, root: Path) -> dict:
         else {"log_history": []}
     )
     history = state["log_history"]
-    checks = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    # the Trainer names a held-out set's loss eval_<label>_loss (eval_loss with a single unnamed set)
+    checks = [
+        (h["step"], v) for h in history for k, v in h.items() if k.startswith("eval_") and k.endswith("_loss")
+    ]
     losses = [h["loss"] for h in history if "loss" in h]
     return {
         "arm": arm,
