@@ -170,9 +170,10 @@ def shrink(recipe: dict, tiny: str, hub_id: str, teachers: tuple[str, ...] = ())
     ):  # offline recipes: fixtures
         recipe["source"] = str(REPO / recipe["source"])
     if "dataset" in recipe:  # generate: the toy writes no structured fiche, seldom ends, reads little
-        # (sampled: a random stand-in's greedy answer can be blank lines, which the `empty` filter drops)
+        # (sampled: a random stand-in's greedy answer can be blank lines; its words are no French)
         recipe.update(required_fields=[], min_words=1, drop_truncated=False, max_new_tokens=8, context_length=512,
-                      chunk_tokens=128, chunk_overlap=16, do_sample=True, temperature=1.0, top_p=1.0)  # fmt: skip
+                      chunk_tokens=128, chunk_overlap=16, do_sample=True, temperature=1.0, top_p=1.0,
+                      french_only=False)  # fmt: skip
     return recipe
 
 
