@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from llm4all_recipes.cli import main
 from llm4all_recipes.compression import ranks as R
 from llm4all_recipes.estimate import GiB, estimate, model_size, producer
+from llm4all_recipes.training import state_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 QWEN = REPO / "tests" / "fixtures" / "configs" / "qwen2.5-1.5b-instruct"
@@ -40,7 +41,10 @@ def test_training_memory_terms_and_sharding():
     one = estimate(kd, gpus=1, base_config=str(QWEN))
     eight = estimate(kd, gpus=8, base_config=str(QWEN))
     eight_ddp = estimate(kd, gpus=8, shard=False, base_config=str(QWEN))
-    states = one.params * 2 + one.trainable * 3 * 2  # bf16 weights, gradients, two AdamW moments
+    # bf16 weights, trained under the precision policy: 1.5B fits fp32-master (float32 weights, gradients, AdamW
+    # moments: 16 bytes per trained parameter) on one GPU as on eight
+    assert "fp32-master" in one.note and "fp32-master" in eight.note
+    states = state_bytes(one.trainable, one.params - one.trainable, "fp32-master")
     assert one.device_bytes - eight.device_bytes == pytest.approx(states * 7 / 8, abs=2)
     assert eight_ddp.device_bytes == one.device_bytes  # replicated: same per GPU
     assert (
