@@ -87,7 +87,9 @@ def test_generate_writes_targets_with_provenance_and_filter_counts(fiches, tiny_
 def test_seq_kd_sft_trains_on_the_generated_targets(fiches, tiny_model, tmp_path):
     out = tmp_path / "sft"
     # the toy teacher's answers decide which splits survive the filters (validation and test hold one call each)
-    held_out = [{"path": str(fiches), "split": s} for s in datasets.load_from_disk(str(fiches)) if s != "train"]
+    held_out = [
+        {"path": str(fiches), "split": s} for s in datasets.load_from_disk(str(fiches)) if s != "train"
+    ]
     assert main(["sft", "--config", "recipes/tiny-llama/sft/seq-kd.yaml", "--model_name_or_path", str(tiny_model),
                  "--datasets", json.dumps([{"path": str(fiches), "split": "train"}]),
                  "--eval_datasets", json.dumps(held_out[:1]),
