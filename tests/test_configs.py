@@ -8,12 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llm4all_recipes import configs, parsing
+from llm4all_recipes import configs
 from llm4all_recipes.cli import main
 from llm4all_recipes.configs import SFTRecipe
 from llm4all_recipes.errors import RecipeError
 from llm4all_recipes.fields import DatasetSource
 from llm4all_recipes.parsing import parse_recipe
+from llm4all_recipes.resolved import is_secret, resolved_recipe
 
 CHAT = "tests/fixtures/chat/train.jsonl"
 CHAT_EVAL = "tests/fixtures/chat/eval.jsonl"
@@ -78,7 +79,7 @@ def test_cli_overrides_beat_yaml(recipe_file, base):
     )
     assert recipe.learning_rate == pytest.approx(3e-3)
     assert recipe.per_device_train_batch_size == 5
-    resolved = parsing.resolved_recipe(recipe)
+    resolved = resolved_recipe(recipe)
     assert resolved["learning_rate"] == pytest.approx(3e-3)
     assert resolved["datasets"] == [{"path": CHAT}]  # entries keep what differs from the defaults
 
@@ -269,7 +270,7 @@ def test_list_keys_take_json_on_the_command_line(recipe_file, base, tmp_path):
     assert recipe.lora_target_modules == ["q_proj", "v_proj"]
     spaced = parse_recipe("sft", ["--config", path, "--lora_target_modules", "q_proj", "v_proj"])
     assert spaced.lora_target_modules == ["q_proj", "v_proj"]  # space-separated values still work
-    resolved = parsing.resolved_recipe(recipe)
+    resolved = resolved_recipe(recipe)
     assert resolved["datasets"] == [{"path": CHAT, "weight": 2}, {"path": str(more)}]
     with pytest.raises(RecipeError, match="invalid JSON list"):
         parse_recipe("sft", ["--config", path, "--datasets", '[{"path": '])
@@ -277,10 +278,10 @@ def test_list_keys_take_json_on_the_command_line(recipe_file, base, tmp_path):
 
 def test_secret_keys_are_filtered_by_name_not_by_substring(recipe_file, base):
     recipe = parse_recipe("sft", ["--config", recipe_file(base("hub_token: hf_x\n")), "--max_length", "64"])
-    resolved = parsing.resolved_recipe(recipe)
+    resolved = resolved_recipe(recipe)
     assert "hub_token" not in resolved and resolved["max_length"] == 64
-    assert parsing.is_secret("hub_token") and not parsing.is_secret("tokens_per_block")
-    assert not any(parsing.is_secret(k) for k in ("max_new_tokens", "chunk_tokens", "tokenizer_name_or_path",
+    assert is_secret("hub_token") and not is_secret("tokens_per_block")
+    assert not any(is_secret(k) for k in ("max_new_tokens", "chunk_tokens", "tokenizer_name_or_path",
                                                   "pad_token", "eos_token"))  # fmt: skip
 
 

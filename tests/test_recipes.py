@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from llm4all_recipes.cli import collect_recipes, main
+from llm4all_recipes.cli import main
+from llm4all_recipes.paths import collect_recipes
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = sorted((REPO / "recipes" / "accelerate_configs").glob("*.yaml"))

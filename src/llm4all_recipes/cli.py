@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from .errors import RecipeError
 
@@ -67,25 +66,11 @@ def _setup_logging() -> None:
         datasets.disable_progress_bars()
 
 
-def collect_recipes(targets: Sequence[str]) -> list[Path]:
-    """YAML files under the targets, recursively, skipping accelerate_configs/."""
-    files: list[Path] = []
-    for target in targets:
-        path = Path(target)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*.y*ml") if "accelerate_configs" not in p.parts)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise RecipeError("no such file or folder", source=str(path))
-    return files
-
-
 def validate(targets: Sequence[str]) -> int:
     """Check recipes (stage from the folder name) without running them."""
     from .configs import RECIPES
     from .parsing import parse_recipe
-    from .paths import stage_of
+    from .paths import collect_recipes, stage_of
 
     files = collect_recipes(targets or ["recipes"])
     failed = 0

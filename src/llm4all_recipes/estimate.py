@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RecipeError
-from .paths import RECIPES_DIR, default_output_dir, is_produced, local_hub_copy
+from .paths import RECIPES_DIR, collect_recipes, default_output_dir, is_produced, local_hub_copy
 
 # name -> (dense bf16 TFLOP/s, memory GiB, memory bandwidth TB/s)
 GPUS = {
@@ -460,7 +460,6 @@ def table(estimates: list[Estimate], gpus: int, gpu: str, mfu: float, shard: boo
 def main(argv: list[str]) -> int:
     import argparse
 
-    from .cli import collect_recipes
 
     parser = argparse.ArgumentParser(prog="llm4all estimate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import RecipeError
-from .parsing import is_secret, resolved_recipe
-from .paths import REPO_ROOT
+from .paths import check_output_path, tmp_dir
+from .resolved import is_secret, resolved_recipe
 
 if TYPE_CHECKING:
     from .cards import CardInfo
@@ -70,37 +70,6 @@ RUN_ONLY_KEYS = frozenset({
     "disable_tqdm", "log_level", "save_total_limit", "dataloader_num_workers", "eval_on_start",
 })  # fmt: skip
 _HELD_LOCKS: dict[str, int] = {}  # lock path -> open file descriptor (held for as long as the run writes)
-
-
-def tmp_dir(output_dir: str | os.PathLike) -> Path:
-    return Path(f"{os.fspath(output_dir).rstrip('/')}.tmp")
-
-
-# --------------------------------------------------------------------------- paths
-def check_output_path(output_dir: str | None, key: str = "output_dir") -> None:
-    """Refuse an output folder whose replacement could destroy what is not a run's output."""
-    if output_dir is None or not str(output_dir).strip():
-        raise RecipeError(
-            "empty: give the folder the stage writes (e.g. outputs/<model>/<stage>/<variant>)", key=key
-        )
-    path = Path(os.path.abspath(os.path.expanduser(str(output_dir))))
-    resolved = path.resolve()
-    for name, place in (("the working directory", Path.cwd()), ("the llm4all-recipes checkout", REPO_ROOT),
-                        ("your home folder", Path.home())):  # fmt: skip
-        place = place.resolve()
-        if resolved == place or resolved in place.parents:
-            what = name if resolved == place else f"a parent of {name}"
-            raise RecipeError(f"{output_dir!r} is {what}: a stage replaces its output_dir, choose a folder of its own", key=key)  # fmt: skip
-    if ".git" in resolved.parts:
-        raise RecipeError(f"{output_dir!r} is inside a .git folder", key=key)
-    for folder in (path, tmp_dir(path)):
-        if folder.exists() and not folder.is_dir():
-            raise RecipeError(f"{folder} is a file, not a folder", key=key)
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise RecipeError(f"cannot create {output_dir}: {parent} is a file, not a folder", key=key)
 
 
 def is_run_output(folder: Path) -> bool:

@@ -1,5 +1,5 @@
 """Reading recipes: YAML files and `--key value` overrides, through TRL's parser (`trl.TrlParser`), into the
-typed dataclasses of `configs.py`; and writing them back (`resolved_recipe`, secrets filtered by name).
+typed dataclasses of `configs`. (Writing them back is `resolved.py`.)
 
 `parse_recipe` checks everything before any model is loaded — unknown keys, types, choices, files, value
 ranges — and raises `RecipeError` naming the file, the key and its line.
@@ -11,7 +11,6 @@ import difflib
 import enum
 import json
 import os
-import re
 import types
 import typing
 from collections.abc import Sequence
@@ -333,50 +332,9 @@ def parse_recipe(stage: str, argv: Sequence[str], *, static: bool = False) -> An
     recipe.origin = origin
     try:
         if has_output:  # first: the one check that protects data (a stage replaces its output_dir)
-            from .outputs import check_output_path
-
-            check_output_path(recipe.output_dir)
+            paths.check_output_path(recipe.output_dir)
             check_output_not_an_input(recipe)
         recipe.check(static)
     except RecipeError as err:
         raise origin.locate(err) from None
     return recipe
-
-
-_SECRET = re.compile(r"(^|_)(token|secret|password|api_key)$")
-_NOT_SECRET = frozenset(
-    {"pad_token", "eos_token", "bos_token", "unk_token"}
-)  # special tokens, not credentials
-
-
-def is_secret(key: str) -> bool:
-    """Keys whose values are credentials (hub_token ...): never written to a file, a log or a card."""
-    return bool(_SECRET.search(key)) and key not in _NOT_SECRET
-
-
-def resolved_recipe(recipe: Any) -> dict[str, Any]:
-    """The recipe as run: the keys written in the YAML file, command-line overrides applied. Secrets and the
-    `env:` mapping (environment variables, often credentials) are left out."""
-    origin: RecipeFile = recipe.origin
-    keys = list(dict.fromkeys([*origin.values, *origin.cli_keys, "output_dir"]))
-    return {
-        k: _plain(getattr(recipe, k)) for k in keys if k != "env" and not is_secret(k) and hasattr(recipe, k)
-    }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(
-        value, type
-    ):  # nested entries: only what differs from defaults
-        return {
-            f.name: _plain(getattr(value, f.name))
-            for f in dataclasses.fields(value)
-            if f.default is dataclasses.MISSING or getattr(value, f.name) != f.default
-        }
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value

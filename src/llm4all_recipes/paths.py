@@ -2,6 +2,7 @@
 
 import os
 import re
+from collections.abc import Sequence
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -108,3 +109,47 @@ def check_path(value: str, key: str, static: bool, *, hub_ok: bool = False) -> N
             )
             hint = f" (produced by {built_by}: run it first)"
         raise RecipeError(f"{what}: {value}{hint}", key=key)
+
+
+def tmp_dir(output_dir: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(output_dir).rstrip('/')}.tmp")
+
+
+def check_output_path(output_dir: str | None, key: str = "output_dir") -> None:
+    """Refuse an output folder whose replacement could destroy what is not a run's output."""
+    if output_dir is None or not str(output_dir).strip():
+        raise RecipeError(
+            "empty: give the folder the stage writes (e.g. outputs/<model>/<stage>/<variant>)", key=key
+        )
+    path = Path(os.path.abspath(os.path.expanduser(str(output_dir))))
+    resolved = path.resolve()
+    for name, place in (("the working directory", Path.cwd()), ("the llm4all-recipes checkout", REPO_ROOT),
+                        ("your home folder", Path.home())):  # fmt: skip
+        place = place.resolve()
+        if resolved == place or resolved in place.parents:
+            what = name if resolved == place else f"a parent of {name}"
+            raise RecipeError(f"{output_dir!r} is {what}: a stage replaces its output_dir, choose a folder of its own", key=key)  # fmt: skip
+    if ".git" in resolved.parts:
+        raise RecipeError(f"{output_dir!r} is inside a .git folder", key=key)
+    for folder in (path, tmp_dir(path)):
+        if folder.exists() and not folder.is_dir():
+            raise RecipeError(f"{folder} is a file, not a folder", key=key)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RecipeError(f"cannot create {output_dir}: {parent} is a file, not a folder", key=key)
+
+
+def collect_recipes(targets: Sequence[str]) -> list[Path]:
+    """YAML files under the targets, recursively, skipping accelerate_configs/."""
+    files: list[Path] = []
+    for target in targets:
+        path = Path(target)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.y*ml") if "accelerate_configs" not in p.parts)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise RecipeError("no such file or folder", source=str(path))
+    return files

@@ -22,7 +22,7 @@ class Trackers:
     Runs go under `<folder>/runs` for the file-based trackers (tensorboard)."""
 
     def __init__(self, recipe: Any, stage: str, folder: Path):
-        from .parsing import resolved_recipe
+        from .resolved import resolved_recipe
 
         names = tracker_names(getattr(recipe, "report_to", None))
         self.accelerator = _accelerator(names, Path(folder) / "runs") if names else None

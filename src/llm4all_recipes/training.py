@@ -28,7 +28,7 @@ from .data.mixture import build_mixture, load_eval_sets, text_token_counter
 from .errors import RecipeError
 from .models import count_parameters
 from .outputs import write_json
-from .parsing import resolved_recipe
+from .resolved import resolved_recipe
 
 logger = logging.getLogger(__name__)
 
