@@ -22,7 +22,8 @@ from llm4all_recipes.compression import ranks as R
 from llm4all_recipes.compression.calibration import calibration_ids
 from llm4all_recipes.compression.compressor import compress_model
 from llm4all_recipes.compression.feature_distill import DistillConfig, distill
-from llm4all_recipes.evaluation.perplexity import corpus_ids, perplexity
+from llm4all_recipes.data.packing import corpus_ids
+from llm4all_recipes.evaluation.perplexity import perplexity
 from llm4all_recipes.models import load_model, load_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -259,7 +259,8 @@ def main(argv=None) -> dict:
     import torch
 
     from llm4all_recipes.data.mixture import load_source
-    from llm4all_recipes.evaluation.perplexity import corpus_ids, perplexity
+    from llm4all_recipes.data.packing import corpus_ids
+    from llm4all_recipes.evaluation.perplexity import perplexity
     from llm4all_recipes.fields import DatasetSource
     from llm4all_recipes.models import load_model, load_tokenizer
 

@@ -13,9 +13,9 @@ from llm4all_recipes.cli import main
 from llm4all_recipes.compression import ranks as R
 from llm4all_recipes.compression.calibration import calibration_ids, decoder_layers
 from llm4all_recipes.compression.compressor import compress_model
-from llm4all_recipes.evaluation.perplexity import corpus_ids
+from llm4all_recipes.data.packing import corpus_ids
 from llm4all_recipes.models import load_model, load_tokenizer
-from llm4all_recipes.outputs import write_json
+from llm4all_recipes.paths import write_json
 
 RECIPE = "recipes/tiny-llama/feature-distill/whitening-60.yaml"
 

@@ -66,9 +66,10 @@ def test_text_stages_pack_with_the_end_of_text_and_keep_the_models_eos(tiny_mode
     from transformers import AutoConfig, AutoTokenizer
 
     from llm4all_recipes.cli import main
+    from llm4all_recipes.data.mixture import load_data
     from llm4all_recipes.models import load_model, load_tokenizer
     from llm4all_recipes.parsing import parse_recipe
-    from llm4all_recipes.training import load_data, make_trainer
+    from llm4all_recipes.training import make_trainer
 
     args = ["--config", "recipes/tiny-llama/kd/heal.yaml", "--model_name_or_path", str(tiny_model),
             "--teacher_model_name_or_path", str(tiny_model), "--max_steps", "1", "--save_steps", "1",

@@ -85,7 +85,7 @@ def test_unknown_from_step(pipeline, capsys):
 def test_the_summary_flags_a_stage_that_changed_nothing(tmp_path, metrics, unchanged):
     from types import SimpleNamespace
 
-    from llm4all_recipes.stages.pipeline import _row
+    from llm4all_recipes.pipeline import _row
 
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     row = _row(SimpleNamespace(name="kd:heal"), SimpleNamespace(output_dir=str(tmp_path)), "ran", 1.0)

@@ -61,8 +61,9 @@ def test_outputs_follow_the_conventions(sft_run, tiny_model):
 
 
 def test_only_assistant_tokens_carry_labels(tiny_model, recipe_file, tmp_path):
+    from llm4all_recipes.data.mixture import load_data
     from llm4all_recipes.models import load_model, load_tokenizer
-    from llm4all_recipes.training import load_data, make_trainer
+    from llm4all_recipes.training import make_trainer
 
     recipe = parse_recipe("sft", ["--config", recipe_file(sft_text(tiny_model, tmp_path / "o"))])
     tokenizer = load_tokenizer(recipe.model_name_or_path)
@@ -88,8 +89,9 @@ def test_fsdp_checkpoints_activations_instead_of_the_trainer(
     activation_checkpointing goes to FSDP: the Trainer's own would add an all-gather (and transformers refuses both)."""
     import yaml
 
+    from llm4all_recipes.data.mixture import load_data
     from llm4all_recipes.models import load_model, load_tokenizer
-    from llm4all_recipes.training import load_data, make_trainer
+    from llm4all_recipes.training import make_trainer
 
     config = yaml.safe_load(Path("recipes/accelerate_configs/fsdp.yaml").read_text())
     assert config["fsdp_config"]["fsdp_activation_checkpointing"] is True

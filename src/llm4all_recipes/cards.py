@@ -227,126 +227,6 @@ def size_category(n: int) -> str:
     return "n>1M"
 
 
-def simsamu_columns(task: str, per_turn: bool) -> dict[str, str]:
-    """The columns of simsamu rows (build-dataset from transcripts, transcribe from recordings)."""
-    columns = {
-        "id": "call folder name" + (" + `#` + turn index" if per_turn else ""),
-        "situation": "simulated situation (grouping key of the splits)",
-        "communication_mode": "caller's communication mode (Angry, Shy, Cooperative, ...)",
-        "regulator_actor / caller_actor": "actor ids of the roles",
-        "duration": "seconds", "num_turns": "turns after merging",
-        "summary": "fiche de régulation, when `summaries.jsonl` has one",
-    }  # fmt: skip
-    if task == "transcript":
-        columns.update(
-            transcript="`Régulateur : …` / `Appelant : …` lines", text="the same (for text stages)"
-        )
-    else:
-        columns["messages"] = "chat: system prompt, then the call (regulator = assistant)"
-    if per_turn:
-        columns["prompt / completion"] = "history / the regulator turn to predict"
-    return columns
-
-
-def _dataset_facts(recipe: Any, report: dict[str, Any]) -> dict[str, Any]:
-    """Builder-specific text of a dataset card: summary, processing steps, columns."""
-    if recipe.builder == "text":
-        return {
-            "summary": "French text, one document per row, one split per source file.",
-            "steps": [
-                f"Read {', '.join(f'`{f}`' for f in report['files'])}: each file is a split named after it."
-            ],
-            "columns": {"text": "a document", "id": "its id in the source file"},
-            "license": recipe.license,
-            "task_categories": ["text-generation"],
-            "note": "",
-        }
-    if recipe.builder == "simsamu":
-        task = {
-            "dialogue": "one row per regulator turn with its history"
-            if recipe.per_turn
-            else "one row per call",
-            "summary": "transcript → fiche de régulation, one row per call that has a summary",
-            "transcript": "one row per call, its transcript (`Régulateur : …` / `Appelant : …` lines) as `text`",
-        }[recipe.task]
-        steps = [
-            "Read each call's Rev-like JSON transcript (`monologues[].terms[]`), keeping WORD terms"
-            + (" and punctuation" if recipe.punctuation else "")
-            + ".",
-            "Speakers: `medecin` → regulator (`assistant`); `patient`, `patient_<n>`, `appelant` → caller "
-            f"(`user`); skipped labels: {', '.join(recipe.skip_speakers) or 'none'}; any other label is an error.",
-            "Monologues without words (the `<NA>` items) are left out and counted; consecutive monologues of one "
-            "role are merged into one turn.",
-            "The RTTM file of each call is checked against the JSON (same speakers in the same order): "
-            f"{len(report['rttm_mismatches'])} call(s) disagree"
-            + (f" ({', '.join(report['rttm_mismatches'])})" if report["rttm_mismatches"] else "")
-            + ".",
-            "Labels: situation (the folder name without `dj_` and its year/month token), communication mode "
-            "(`simsamu_communication_modes.csv`), actor ids (`metadata.csv`).",
-            f"Task: {task}; the French system prompt is `data/prompts/simsamu_system.jinja`.",
-        ]
-        columns = simsamu_columns(recipe.task, recipe.per_turn)
-        return {
-            "summary": f"Simulated French emergency calls to the SAMU (centre 15), as "
-            f"{'transcripts' if recipe.task == 'transcript' else 'chat data'} ({task}).",
-            "steps": steps,
-            "columns": columns,
-            "license": recipe.license or "mit",
-            "task_categories": ["summarization", "text-generation"]
-            if recipe.task == "summary"
-            else ["text-generation"],
-            "note": "the source calls were played by actors; no real patient data",
-        }
-    steps = [
-        f"Input layout: {report.get('layout')}"
-        + (
-            " (one row per speaker track, merged into one time-ordered transcript per meeting)"
-            if report.get("layout") == "summre"
-            else ""
-        )
-        + ".",
-        "Transcript lines `speaker : text`; "
-        + (
-            "every meeting is kept (those without a summary are counted); the transcript is also the `text` column."
-            if recipe.task == "transcript"
-            else "meetings without a summary are counted and left out."
-        ),
-    ]
-    if recipe.task != "transcript":
-        steps.append(
-            "Chat rows: French system prompt and instruction (`data/prompts/meeting_*.jinja`) → summary."
-        )
-    if recipe.tokenizer_name_or_path:
-        steps.append(
-            f"`chunks`: the transcript cut at turn boundaries into pieces of at most {recipe.chunk_tokens} tokens "
-            f"of `{recipe.tokenizer_name_or_path}`, overlapping by up to {recipe.chunk_overlap} tokens (map-reduce)."
-        )
-    columns = {
-        "id": "meeting id", "turns": "[{speaker, text}] in time order", "transcript": "`speaker : text` lines",
-        "summary": "reference summary" + (" (when the source has one)" if recipe.task == "transcript" else ""),
-        "num_speakers / num_words": "sizes",
-    }  # fmt: skip
-    if recipe.task == "transcript":
-        columns["text"] = "the transcript (for text stages: continued pretraining, `generate`)"
-    else:
-        columns["messages"] = "chat: system, instruction + transcript, summary (assistant)"
-    if recipe.tokenizer_name_or_path:
-        columns["chunks"] = "token-bounded overlapping transcript pieces"
-    return {
-        "summary": "French meeting transcripts"
-        + (
-            " (continued-pretraining text, input of `generate`)."
-            if recipe.task == "transcript"
-            else " with reference summaries, for summarisation."
-        ),
-        "steps": steps,
-        "columns": columns,
-        "license": recipe.license,
-        "task_categories": ["summarization", "text-generation"],
-        "note": "",
-    }
-
-
 def dataset_info(dataset: Any) -> dict[str, Any]:
     """The `dataset_info` front matter `DatasetDict.push_to_hub` writes: features, and per split the bytes and
     rows (without num_bytes, `datasets` warns that the YAML's splits are malformed on every load)."""
@@ -359,13 +239,12 @@ def dataset_info(dataset: Any) -> dict[str, Any]:
 
 
 def render_dataset_card(*, recipe: Any, dataset: Any, report: dict[str, Any], lineage: list[dict[str, Any]],
-                        facts: dict[str, Any] | None = None, source: str | None = None) -> str:  # fmt: skip
+                        facts: dict[str, Any], source: str | None = None) -> str:  # fmt: skip
     """Dataset card: front matter (licence, configs in the Hub parquet layout, per-split num_examples) + sections.
-    `facts` (summary, steps, columns, license, task_categories, note, optional `evaluation` markdown) default to
-    the builder's."""
+    `facts` (summary, steps, columns, license, task_categories, note, optional `evaluation` markdown): what the
+    stage or the dataset builder (data/<builder>.py `card_facts`) says of its rows."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    facts = facts or _dataset_facts(recipe, report)
     source = source or recipe.source
     repo_id = recipe.hub_dataset_id or recipe.output_dir
     splits = {name: len(dataset[name]) if name in dataset else 0 for name in report["splits"]}

@@ -94,16 +94,18 @@ def validate(targets: Sequence[str]) -> int:
 
 def run_stage(stage: str, argv: Sequence[str], callbacks=None):
     """Parse and check a stage's recipe, then run it; returns the stage's result (metrics)."""
+    from . import pipeline
     from .parsing import parse_recipe
     from .paths import resolve_in_repo
-    from .stages import runner
+    from .stages import STAGES
 
     argv = ["--from_step" if a == "--from" else a for a in argv] if stage == "pipeline" else list(argv)
     if stage in DEFAULT_RECIPES and not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", resolve_in_repo(DEFAULT_RECIPES[stage]), *argv]
     recipe = parse_recipe(stage, argv)
     try:
-        return runner(stage)(recipe, callbacks=callbacks)
+        command = pipeline if stage == "pipeline" else STAGES[stage]
+        return command.run(recipe, callbacks=callbacks)
     except RecipeError as err:  # raised while running: name the recipe file (and line) or the command line
         raise recipe.origin.locate(err) from None
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RecipeError
+from .models import empty_model
 from .paths import RECIPES_DIR, collect_recipes, default_output_dir, is_produced, local_hub_copy
 
 # name -> (dense bf16 TFLOP/s, memory GiB, memory bandwidth TB/s)
@@ -75,14 +76,6 @@ class ModelSize:
     low_rank: bool = False
 
 
-def _skeleton(config):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
 def _base_size(path: str, base_config: str | None) -> ModelSize:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
@@ -102,7 +95,7 @@ def _base_size(path: str, base_config: str | None) -> ModelSize:
         with torch.device("meta"):
             model = compression.lowrank.low_rank_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])(config)
     else:
-        model = _skeleton(config)
+        model = empty_model(config)
     return _measured(path, config, model, low_rank)
 
 
@@ -178,11 +171,10 @@ def model_size(path: str, base_config: str | None = None, _seen: tuple = ()) -> 
 
 def _pruned(recipe, dense: ModelSize, path: str) -> ModelSize:
     """A prune recipe's output: the same architecture with the sizes it solves for (from the config alone)."""
-    from .compression import pruning as P
-    from .stages.prune import target_sizes
+    from .compression.pruning import pruned_config, target_sizes
 
-    config = P.pruned_config(dense.config, target_sizes(recipe, dense.config))
-    return _measured(path, config, _skeleton(config))
+    config = pruned_config(dense.config, target_sizes(recipe, dense.config))
+    return _measured(path, config, empty_model(config))
 
 
 def _estimate_prune(recipe, name, base_config, speed) -> "Estimate":
@@ -205,18 +197,17 @@ def _estimate_prune(recipe, name, base_config, speed) -> "Estimate":
 
 
 def _compressed(recipe, dense: ModelSize, path: str) -> ModelSize:
-    from .compression import ranks as R
     from .compression.calibration import decoder_layers
-    from .stages.compress import allocation
+    from .compression.ranks import allocate, budget, find_targets, kept
 
-    model = _skeleton(dense.config)
-    targets = R.find_targets(model, recipe.targets)
-    ranks = allocation(recipe, targets)
+    model = empty_model(dense.config)
+    targets = find_targets(model, recipe.targets)
+    ranks = allocate(recipe, targets)
     if callable(ranks):  # loss allocation: decided on the spectra; the budget is what is kept
-        kept, per_layer = R.budget(targets, recipe.ratio), None
+        kept_params, per_layer = budget(targets, recipe.ratio), None
     else:
-        kept, per_layer = R.kept(targets, ranks), ranks
-    removed = sum(t.params for t in targets) - kept
+        kept_params, per_layer = kept(targets, ranks), ranks
+    removed = sum(t.params for t in targets) - kept_params
     _, layers = decoder_layers(model)
     layer_removed = max(
         sum(t.params - t.cost(per_layer.get(t.name) if per_layer else None) for t in targets if t.layer == i)
@@ -225,7 +216,7 @@ def _compressed(recipe, dense: ModelSize, path: str) -> ModelSize:
         for i in range(len(layers))
     )
     return ModelSize(
-        path, dense.config, dense.params - removed, dense.layer_params - layer_removed // 2, kept, True
+        path, dense.config, dense.params - removed, dense.layer_params - layer_removed // 2, kept_params, True
     )
 
 
@@ -304,16 +295,16 @@ def estimate(recipe_path: Path, *, gpus: int = 1, gpu: str = "h100", mfu: float 
 
 
 def _estimate_compress(recipe, name, base_config, tflops) -> Estimate:
-    from .compression import ranks as R
+    from .compression.ranks import find_targets, memory_estimate
 
     dense = model_size(recipe.model_name_or_path, base_config)
-    model = _skeleton(dense.config)
+    model = empty_model(dense.config)
     if recipe.dtype in DTYPE_BYTES:
         import torch
 
         model = model.to(getattr(torch, recipe.dtype))
-    targets = R.find_targets(model, recipe.targets)
-    memory = R.memory_estimate(model, targets, recipe.num_calibration_samples, recipe.calibration_seq_len,
+    targets = find_targets(model, recipe.targets)
+    memory = memory_estimate(model, targets, recipe.num_calibration_samples, recipe.calibration_seq_len,
                                recipe.calibration_batch_size)  # fmt: skip
     after = _compressed(recipe, dense, name)
     tokens = recipe.num_calibration_samples * recipe.calibration_seq_len
@@ -404,7 +395,7 @@ def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard, mem
             f" (fp32-master: {master:.1f} GiB of states)" if precision != "fp32-master" else ""
         )
     if other:
-        note += f"; + {'teacher' if stage == 'kd' else 'KL reference'} {model_ref(other)}"
+        note += f"; + {'teacher' if stage == 'kd' else 'KL reference'} {short_model_name(other)}"
     if not tokens:
         note += "; steps from the data (max_steps unset): see --dry_run"
     return Estimate(
@@ -412,7 +403,8 @@ def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard, mem
     )
 
 
-def model_ref(path: str) -> str:
+def short_model_name(path: str) -> str:
+    """A model in an estimate table: a produced folder by its last name, a Hub id as it is."""
     return Path(path).name if is_produced(path) else path
 
 

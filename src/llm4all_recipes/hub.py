@@ -56,6 +56,20 @@ def is_dataset_folder(folder: str | os.PathLike) -> bool:
     return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
 
 
+AUDIO_FILES = ["*.m4a", "*.wav", "*.mp3", "*.flac"]
+
+
+def download_dataset(repo_id: str, *, audio: bool = True, key: str = "source") -> str:
+    """The local copy of a Hub dataset repo's files (snapshot_download; its audio files only if `audio`). Offline,
+    an unknown repo or no access: a RecipeError on `key`."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, repo_type="dataset", ignore_patterns=None if audio else AUDIO_FILES)
+    except Exception as exc:  # offline, unknown repo, no access: say which and stop
+        raise RecipeError(f"cannot download the Hub dataset {repo_id}: {exc}", key=key) from None
+
+
 def resolve_target(target: str) -> str:
     """`auto` means the Hub when a token is available and the network is not disabled, else the local folder."""
     if target != "auto":

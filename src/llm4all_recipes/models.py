@@ -160,6 +160,36 @@ def is_speech_model(path: str, revision: str | None = None, key: str = "model_na
     return base_model_type(path, revision, key) in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
 
 
+def empty_model(config):
+    """The model of `config` on the meta device (no weights): enough for shapes, targets and parameter counts."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSpeechSeq2Seq
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+
+    speech = config.model_type in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+    with torch.device("meta"):
+        return (AutoModelForSpeechSeq2Seq if speech else AutoModelForCausalLM).from_config(config)
+
+
+def dense_skeleton(path: str, revision: str | None = None):
+    """The dense model at `path` on the meta device, from its config alone; a low-rank checkpoint is refused
+    (compress and prune start from the base model)."""
+    from transformers import AutoConfig
+
+    from .compression import MODEL_TYPE
+
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"cannot read the config of {path}: {exc}", key="model_name_or_path") from None
+    if config.model_type == MODEL_TYPE:
+        raise RecipeError(
+            "this model is already low-rank: start from its base model (or export-dense it first)",
+            key="model_name_or_path",
+        )
+    return empty_model(config)
+
+
 def load_processor(path: str, revision: str | None = None, key: str = "model_name_or_path"):
     """AutoProcessor of a speech model (feature extractor + tokenizer)."""
     from transformers import AutoProcessor

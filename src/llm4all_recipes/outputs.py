@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import RecipeError
-from .paths import check_output_path, tmp_dir
+from .paths import check_output_path, tmp_dir, write_json
 from .resolved import is_secret, resolved_recipe
 
 if TYPE_CHECKING:
@@ -69,36 +69,15 @@ RUN_ONLY_KEYS = frozenset({
     "report_to", "run_name", "logging_steps", "logging_strategy", "logging_first_step", "logging_dir",
     "disable_tqdm", "log_level", "save_total_limit", "dataloader_num_workers", "eval_on_start",
 })  # fmt: skip
+# <output_dir>.tmp -> (recipe, repo type, the dict the stage returns): what `finish` asks `staged_output` to publish
+# once the folder is in place (the repo lands in that dict's "published")
+_TO_PUBLISH: dict[str, tuple[Any, str, dict]] = {}
 _HELD_LOCKS: dict[str, int] = {}  # lock path -> open file descriptor (held for as long as the run writes)
 
 
 def is_run_output(folder: Path) -> bool:
     """A finished llm4all output (every stage writes lineage.json)."""
     return (folder / "lineage.json").is_file()
-
-
-# --------------------------------------------------------------------------- atomic writes
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write a file completely or not at all (a kill leaves the previous version, never half a file)."""
-    path = Path(path)
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with open(part, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(part, path)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """A JSON state file, or a one-line error naming it."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RecipeError(f"unreadable {what}: {exc}", source=str(path)) from None
 
 
 # --------------------------------------------------------------------------- fingerprint and lock
@@ -284,7 +263,8 @@ def _everyone(state, error: Exception | None) -> None:
 
 @contextlib.contextmanager
 def staged_output(recipe: Any, stage: str, *, resume: bool = False):
-    """Yield `<output_dir>.tmp`, claimed for this run; on success rename it to `output_dir` (main process only).
+    """Yield `<output_dir>.tmp`, claimed for this run; on success rename it to `output_dir` (main process only),
+    then publish it if `finish` / `finish_dataset` asked (the recipe's `push_to_hub`).
 
     `resume`: the stage continues an interrupted run of the same recipe from what it saved in the folder
     (checkpoint-N/, per-block states), and keeps that on error; otherwise the folder starts empty and is
@@ -305,6 +285,7 @@ def staged_output(recipe: Any, stage: str, *, resume: bool = False):
     try:
         yield tmp
     except BaseException:
+        _TO_PUBLISH.pop(str(tmp), None)
         if state.is_main_process:
             if resume and _has_work(tmp):
                 logger.error("run interrupted: %s kept; rerun the same command to resume from it", tmp)
@@ -324,6 +305,11 @@ def staged_output(recipe: Any, stage: str, *, resume: bool = False):
             logger.info("output written to %s", final)
     _everyone(state, error)
     state.wait_for_everyone()
+    if (pending := _TO_PUBLISH.pop(str(tmp), None)) is not None:
+        from .hub import publish_stage_output
+
+        asked, repo_type, result = pending
+        result["published"] = publish_stage_output(asked, repo_type)
 
 
 def library_versions() -> dict[str, str]:
@@ -390,13 +376,15 @@ def write_run_files(
 def finish(
     tmp: Path, *, stage: str, recipe: Any, metrics: dict, parent: str | None, card: "CardInfo"
 ) -> None:
-    """Write recipe.yaml, metrics.json, lineage.json and the README.md card (main process only)."""
+    """Write recipe.yaml, metrics.json, lineage.json and the README.md card (main process only); once the folder
+    is in place, `staged_output` publishes it and records where in `metrics["published"]`."""
     import dataclasses
 
     from accelerate import PartialState
 
     from .cards import dataset_repo_ids, render_model_card
 
+    _TO_PUBLISH[str(tmp)] = (recipe, "model", metrics)
     if not PartialState().is_main_process:
         return
     card = dataclasses.replace(card)
@@ -420,3 +408,29 @@ def finish(
         card.speech = model_type in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
     text = render_model_card(stage=stage, lineage=lineage, parent=parent, **vars(card))
     (tmp / "README.md").write_text(text, encoding="utf-8")
+
+
+def finish_dataset(
+    tmp: Path,
+    *,
+    stage: str,
+    recipe: Any,
+    dataset: Any,
+    report: dict,
+    facts: dict,
+    metrics: dict | None = None,
+    card_report: dict | None = None,
+    parent: str | None = None,
+    source: str | None = None,
+) -> None:
+    """A dataset stage's run files: recipe.yaml, metrics.json (`metrics`, default the stage's `report`), lineage.json
+    and the dataset card (README.md: `facts` + the splits and skipped rows of `card_report`, default `report`).
+    Once the folder is in place, `staged_output` publishes it and records where in `report["published"]`."""
+    from .cards import render_dataset_card
+
+    _TO_PUBLISH[str(tmp)] = (recipe, "dataset", report)
+    lineage = write_run_files(tmp, stage=stage, recipe=recipe, metrics=report if metrics is None else metrics,
+                              parent=parent)  # fmt: skip
+    card = render_dataset_card(recipe=recipe, dataset=dataset, report=report if card_report is None else card_report,
+                               lineage=lineage, facts=facts, source=source)  # fmt: skip
+    (tmp / "README.md").write_text(card, encoding="utf-8")

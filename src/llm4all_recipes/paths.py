@@ -1,10 +1,12 @@
 """Where things live: the repository, recipes, outputs, and how a path is told from a Hub id."""
 
+import json
 import os
 import re
 from collections.abc import Sequence
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 from .errors import RecipeError
 
@@ -153,3 +155,18 @@ def collect_recipes(targets: Sequence[str]) -> list[Path]:
         else:
             raise RecipeError("no such file or folder", source=str(path))
     return files
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write a file completely or not at all (a kill leaves the previous version, never half a file)."""
+    path = Path(path)
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    with open(part, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")

@@ -24,10 +24,9 @@ from typing import Any
 
 import yaml
 
-from .data.mixture import build_mixture, load_eval_sets, text_token_counter
 from .errors import RecipeError
 from .models import count_parameters
-from .outputs import write_json
+from .paths import write_json
 from .resolved import resolved_recipe
 
 logger = logging.getLogger(__name__)
@@ -35,24 +34,6 @@ logger = logging.getLogger(__name__)
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def load_data(recipe: Any, tokenizer=None, *, evals: bool = True):
-    """(train dataset, {label: eval dataset}, mixture report) of a recipe's `datasets` / `eval_datasets`
-    (`evals=False`: the stage reads its eval sets itself, e.g. kd's held-out text for chat distillation).
-
-    Text stages weight sources by tokens (counted with `tokenizer`), chat stages by rows.
-    """
-    text = "text" in recipe.COLUMNS
-    train, report = build_mixture(
-        recipe.datasets,
-        needed=recipe.COLUMNS,
-        seed=recipe.seed if getattr(recipe, "data_seed", None) is None else recipe.data_seed,
-        size=recipe.mixture_size,
-        count_tokens=text_token_counter(tokenizer) if text else None,
-    )
-    held_out = load_eval_sets(recipe.eval_datasets, needed=recipe.COLUMNS) if evals else {}
-    return train, held_out, report
 
 
 def sequence_lengths(dataset, tokenizer, max_length: int | None) -> list[int]:

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import RecipeError
+
 
 class InputStats:
     """Σ x xᵀ and Σ |x| of one layer input, accumulated in float64 (`add_batch`, as GPTQ's objects)."""
@@ -54,6 +56,20 @@ def calibration_ids(token_ids: list[int], n_samples: int, seq_len: int, seed: in
     rng = random.Random(seed)
     starts = [rng.randrange(0, len(token_ids) - seq_len + 1) for _ in range(n_samples)]
     return torch.tensor([token_ids[s : s + seq_len] for s in starts], dtype=torch.long)
+
+
+def calibration_windows(recipe, tokenizer, texts: list[str]) -> torch.Tensor:
+    """A calibrated stage's windows (compress, prune): `num_calibration_samples` × `calibration_seq_len` tokens
+    drawn with `seed` from its calibration text; a RecipeError naming the key when the text cannot give them."""
+    from ..data.packing import corpus_ids
+
+    if not any(text.strip() for text in texts):
+        raise RecipeError("the calibration set is empty (no text)", key="datasets")
+    stream = corpus_ids(tokenizer, texts)
+    try:
+        return calibration_ids(stream, recipe.num_calibration_samples, recipe.calibration_seq_len, recipe.seed)
+    except ValueError as exc:
+        raise RecipeError(str(exc), key="calibration_seq_len") from None
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -261,7 +261,7 @@ def _finished(state_dir: Path | None) -> dict[int, dict]:
 
 
 def _save_block(state_dir: Path | None, layer: int, block: nn.Module, report: BlockReport) -> None:
-    from ..outputs import atomic_write, write_json
+    from ..paths import atomic_write, write_json
 
     if state_dir is None:
         return

@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import RecipeError
 from .calibration import LayerStream, decoder_layers
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
-AXES = ("mlp", "heads", "embedding", "depth")
 
 
 def check_supported(config) -> None:
@@ -408,3 +408,43 @@ def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
     module, _, leaf = name.rpartition(".")
     owner = model.get_submodule(module) if module else model
     owner._buffers[leaf] = value
+
+
+def target_sizes(recipe, config) -> dict[str, int]:
+    """A prune recipe's sizes: explicit ones checked against the model, or solved from `ratio` on `axes`."""
+    before = sizes_of(config)
+    rep = config.num_attention_heads // config.num_key_value_heads
+    if recipe.ratio is not None:
+        try:
+            return sizes_for_ratio(config, recipe.ratio, list(recipe.axes), recipe.size_multiple)
+        except ValueError as exc:
+            raise RecipeError(str(exc), key="ratio") from None
+    sizes = dict(before)
+    for key in recipe.SIZES:
+        value = getattr(recipe, key)
+        if value is None:
+            continue
+        if value > before[key]:
+            raise RecipeError(f"{value} is more than the model's {before[key]}", key=key)
+        if key == "num_attention_heads" and value % rep:
+            raise RecipeError(
+                f"must be a multiple of {rep} (the query heads per key/value head: GQA groups are kept whole)",
+                key=key,
+            )
+        sizes[key] = value
+    if problem := config_problem(pruned_config(config, sizes)):
+        key = "hidden_size" if recipe.hidden_size is not None else "num_attention_heads"
+        raise RecipeError(problem, key=key)
+    return sizes
+
+
+def pruning_facts(config, sizes: dict[str, int]) -> dict:
+    before = parameter_count(config)
+    after = parameter_count(pruned_config(config, sizes))
+    return {
+        "sizes_before": sizes_of(config),
+        "sizes_after": dict(sizes),
+        "model_params_before": before,
+        "model_params_after": after,
+        "model_fraction_removed": round(1 - after / before, 4),
+    }

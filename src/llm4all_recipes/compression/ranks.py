@@ -46,7 +46,6 @@ PROJECTIONS = [
 SPEECH_PROJECTIONS = ["out_proj", "fc1", "fc2"]
 AUTO = "auto"
 DEFAULT_TARGETS = [AUTO]
-ALLOCATIONS = ("uniform", "bottom_first", "loss", "explicit")
 
 
 @dataclass(frozen=True)
@@ -329,3 +328,16 @@ def memory_estimate(model: nn.Module, targets: list[Target], n_samples: int, seq
         out["statistics_bytes_per_layer_max"] + out["layer_weights_bytes_max"] + max(batch, factorisation)
     )
     return out
+
+
+def allocate(recipe, targets):
+    """A compress recipe's rank map, or (rank_allocation: loss) a function of the spectra measured during calibration."""
+    if recipe.rank_allocation == "uniform":
+        return uniform(targets, recipe.ratio, recipe.rank_multiple)
+    if recipe.rank_allocation == "bottom_first":
+        return bottom_first(
+            targets, recipe.ratio, recipe.rank_multiple, recipe.min_rank_fraction, recipe.skip_first_layers
+        )
+    if recipe.rank_allocation == "explicit":
+        return explicit(targets, recipe.ranks)
+    return lambda spectra: loss_based(targets, recipe.ratio, spectra, recipe.rank_multiple)

@@ -13,13 +13,14 @@ Long transcripts are cut into token-bounded chunks that overlap (`chunk_lines`),
 possible, for map-reduce summarisation at inference time (prompts in data/prompts/meeting_*.jinja).
 """
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError
+from .splits import grouped_splits
 from .templates import render_prompt
+from .text import read_jsonl
 
 # The SUMM-RE columns a transcript is built from, streamed from the Hub: the corpus also embeds every track's audio
 # (~120 GB), never read.
@@ -37,7 +38,7 @@ def load_table(
     path = Path(source)
     try:
         if path.is_file() and path.suffix in (".jsonl", ".json"):
-            return {"train": _read_jsonl(path)}
+            return {"train": read_jsonl(path)}
         if path.is_file() and path.suffix == ".parquet":
             loaded = datasets.load_dataset("parquet", data_files=str(path))
         elif path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
@@ -66,17 +67,6 @@ def _stream(source: str, columns: Sequence[str] | None) -> dict[str, list[dict[s
     if isinstance(loaded, datasets.IterableDataset):
         loaded = {"train": loaded}
     return {split: list(ds) for split, ds in loaded.items()}
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise RecipeError(f"corrupt JSON ({exc.msg})", source=str(path), line=lineno) from None
-    return rows
 
 
 def detect_layout(rows: list[dict[str, Any]], source: str) -> str:
@@ -126,7 +116,7 @@ def merge_tracks(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]
 
 def read_summaries(path: Path, ids: set[str]) -> dict[str, str]:
     out = {}
-    for lineno, row in enumerate(_read_jsonl(path), 1):
+    for lineno, row in enumerate(read_jsonl(path), 1):
         meeting = row.get("meeting_id", row.get("id"))
         if meeting is None or "summary" not in row:
             raise RecipeError('expected {"meeting_id" (or "id"), "summary"}', source=str(path), line=lineno)
@@ -246,3 +236,84 @@ def build_rows(
                 row["chunks"] = chunk_lines(lines, count_tokens, chunk_tokens, chunk_overlap)
             built[split].append(row)
     return built, report
+
+
+def build(recipe, source: str) -> tuple[dict[str, list[dict]], dict]:
+    """The `meetings` dataset builder (build-dataset): ({split: rows}, report); a source's own splits are kept,
+    else meetings are split by id."""
+    count = None
+    if recipe.tokenizer_name_or_path:
+        from ..models import load_tokenizer
+
+        tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, key="tokenizer_name_or_path")
+        count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    by_split, report = build_rows(
+        source,
+        layout=recipe.layout,
+        task=recipe.task,
+        summaries=Path(recipe.summaries) if recipe.summaries else None,
+        count_tokens=count,
+        chunk_tokens=recipe.chunk_tokens,
+        chunk_overlap=recipe.chunk_overlap,
+    )
+    report["group"] = "meeting"
+    if len(by_split) > 1:  # official splits are kept as they are
+        report["splits_from"] = "source"
+        return by_split, report
+    rows = next(iter(by_split.values()))
+    groups = [r["id"] for r in rows]
+    parts = grouped_splits(groups, recipe.splits, recipe.seed, recipe.folds, recipe.fold)
+    report["splits_from"] = f"{recipe.folds}-fold, fold {recipe.fold}" if recipe.folds else "shares"
+    return {name: [rows[i] for i in idx] for name, idx in parts.items()}, report
+
+
+def card_facts(recipe, report: dict[str, Any]) -> dict[str, Any]:
+    """What the dataset card says of these rows: summary, processing steps, columns."""
+    steps = [
+        f"Input layout: {report.get('layout')}"
+        + (
+            " (one row per speaker track, merged into one time-ordered transcript per meeting)"
+            if report.get("layout") == "summre"
+            else ""
+        )
+        + ".",
+        "Transcript lines `speaker : text`; "
+        + (
+            "every meeting is kept (those without a summary are counted); the transcript is also the `text` column."
+            if recipe.task == "transcript"
+            else "meetings without a summary are counted and left out."
+        ),
+    ]
+    if recipe.task != "transcript":
+        steps.append(
+            "Chat rows: French system prompt and instruction (`data/prompts/meeting_*.jinja`) → summary."
+        )
+    if recipe.tokenizer_name_or_path:
+        steps.append(
+            f"`chunks`: the transcript cut at turn boundaries into pieces of at most {recipe.chunk_tokens} tokens "
+            f"of `{recipe.tokenizer_name_or_path}`, overlapping by up to {recipe.chunk_overlap} tokens (map-reduce)."
+        )
+    columns = {
+        "id": "meeting id", "turns": "[{speaker, text}] in time order", "transcript": "`speaker : text` lines",
+        "summary": "reference summary" + (" (when the source has one)" if recipe.task == "transcript" else ""),
+        "num_speakers / num_words": "sizes",
+    }  # fmt: skip
+    if recipe.task == "transcript":
+        columns["text"] = "the transcript (for text stages: continued pretraining, `generate`)"
+    else:
+        columns["messages"] = "chat: system, instruction + transcript, summary (assistant)"
+    if recipe.tokenizer_name_or_path:
+        columns["chunks"] = "token-bounded overlapping transcript pieces"
+    return {
+        "summary": "French meeting transcripts"
+        + (
+            " (continued-pretraining text, input of `generate`)."
+            if recipe.task == "transcript"
+            else " with reference summaries, for summarisation."
+        ),
+        "steps": steps,
+        "columns": columns,
+        "license": recipe.license,
+        "task_categories": ["summarization", "text-generation"],
+        "note": "",
+    }

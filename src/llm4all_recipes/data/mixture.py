@@ -357,3 +357,21 @@ def text_token_counter(tokenizer, column: str = "text") -> Callable[[Any], list[
         return counted["_n"]
 
     return count
+
+
+def load_data(recipe: Any, tokenizer=None, *, evals: bool = True):
+    """(train dataset, {label: eval dataset}, mixture report) of a recipe's `datasets` / `eval_datasets`
+    (`evals=False`: the stage reads its eval sets itself, e.g. kd's held-out text for chat distillation).
+
+    Text stages weight sources by tokens (counted with `tokenizer`), chat stages by rows.
+    """
+    text = "text" in recipe.COLUMNS
+    train, report = build_mixture(
+        recipe.datasets,
+        needed=recipe.COLUMNS,
+        seed=recipe.seed if getattr(recipe, "data_seed", None) is None else recipe.data_seed,
+        size=recipe.mixture_size,
+        count_tokens=text_token_counter(tokenizer) if text else None,
+    )
+    held_out = load_eval_sets(recipe.eval_datasets, needed=recipe.COLUMNS) if evals else {}
+    return train, held_out, report

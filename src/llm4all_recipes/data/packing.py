@@ -7,6 +7,7 @@ per row (chat template), assistant tokens trained, padded to `max_length` (longe
 counted).
 """
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -62,3 +63,14 @@ class StackCollator:
             width = int(batch["attention_mask"].sum(1).max())
             batch = {k: v[:, :width] for k, v in batch.items()}
         return batch
+
+
+def corpus_ids(tokenizer, texts: Iterable[str]) -> list[int]:
+    """One token stream of documents, each followed by EOS (perplexity and calibration windows)."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(eos)
+    return ids

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError
+from .splits import grouped_splits
 from .templates import render_prompt
 
 logger = logging.getLogger(__name__)
@@ -319,3 +320,90 @@ def build_rows(
             report["rttm_mismatches"],
         )
     return rows, report
+
+
+def split_calls(recipe, rows: list[dict], report: dict) -> tuple[dict[str, list[dict]], dict]:
+    """simsamu rows into splits by situation. Splits are drawn over *all* calls (`report["situations"]`), so that
+    every task variant (per call, per turn, summaries; references or ASR transcripts) puts a call in the same
+    split: no situation leaks from one variant's train into another's test."""
+    calls = list(report.pop("situations").items())
+    parts = grouped_splits([s for _, s in calls], recipe.splits, recipe.seed, recipe.folds, recipe.fold)
+    split_of = {calls[i][0]: name for name, idx in parts.items() for i in idx}
+    report["group"] = "situation"
+    report["splits_from"] = f"{recipe.folds}-fold, fold {recipe.fold}" if recipe.folds else "shares"
+    return {name: [r for r in rows if split_of[r["id"].split("#")[0]] == name] for name in parts}, report
+
+
+def build(recipe, source: str) -> tuple[dict[str, list[dict]], dict]:
+    """The `simsamu` dataset builder (build-dataset): ({split: rows}, report), calls split by situation."""
+    root = Path(source)
+    summaries = Path(recipe.summaries) if recipe.summaries else root / "summaries.jsonl"
+    rows, report = build_rows(
+        root,
+        task=recipe.task,
+        per_turn=recipe.per_turn,
+        summaries=summaries if summaries.is_file() else None,
+        skip_speakers=tuple(recipe.skip_speakers),
+        punctuation=recipe.punctuation,
+    )
+    return split_calls(recipe, rows, report)
+
+
+def row_columns(task: str, per_turn: bool) -> dict[str, str]:
+    """The columns of simsamu rows (build-dataset from transcripts, transcribe from recordings)."""
+    columns = {
+        "id": "call folder name" + (" + `#` + turn index" if per_turn else ""),
+        "situation": "simulated situation (grouping key of the splits)",
+        "communication_mode": "caller's communication mode (Angry, Shy, Cooperative, ...)",
+        "regulator_actor / caller_actor": "actor ids of the roles",
+        "duration": "seconds", "num_turns": "turns after merging",
+        "summary": "fiche de régulation, when `summaries.jsonl` has one",
+    }  # fmt: skip
+    if task == "transcript":
+        columns.update(
+            transcript="`Régulateur : …` / `Appelant : …` lines", text="the same (for text stages)"
+        )
+    else:
+        columns["messages"] = "chat: system prompt, then the call (regulator = assistant)"
+    if per_turn:
+        columns["prompt / completion"] = "history / the regulator turn to predict"
+    return columns
+
+
+def card_facts(recipe, report: dict[str, Any]) -> dict[str, Any]:
+    """What the dataset card says of these rows: summary, processing steps, columns."""
+    task = {
+        "dialogue": "one row per regulator turn with its history"
+        if recipe.per_turn
+        else "one row per call",
+        "summary": "transcript → fiche de régulation, one row per call that has a summary",
+        "transcript": "one row per call, its transcript (`Régulateur : …` / `Appelant : …` lines) as `text`",
+    }[recipe.task]
+    steps = [
+        "Read each call's Rev-like JSON transcript (`monologues[].terms[]`), keeping WORD terms"
+        + (" and punctuation" if recipe.punctuation else "")
+        + ".",
+        "Speakers: `medecin` → regulator (`assistant`); `patient`, `patient_<n>`, `appelant` → caller "
+        f"(`user`); skipped labels: {', '.join(recipe.skip_speakers) or 'none'}; any other label is an error.",
+        "Monologues without words (the `<NA>` items) are left out and counted; consecutive monologues of one "
+        "role are merged into one turn.",
+        "The RTTM file of each call is checked against the JSON (same speakers in the same order): "
+        f"{len(report['rttm_mismatches'])} call(s) disagree"
+        + (f" ({', '.join(report['rttm_mismatches'])})" if report["rttm_mismatches"] else "")
+        + ".",
+        "Labels: situation (the folder name without `dj_` and its year/month token), communication mode "
+        "(`simsamu_communication_modes.csv`), actor ids (`metadata.csv`).",
+        f"Task: {task}; the French system prompt is `data/prompts/simsamu_system.jinja`.",
+    ]
+    columns = row_columns(recipe.task, recipe.per_turn)
+    return {
+        "summary": f"Simulated French emergency calls to the SAMU (centre 15), as "
+        f"{'transcripts' if recipe.task == 'transcript' else 'chat data'} ({task}).",
+        "steps": steps,
+        "columns": columns,
+        "license": recipe.license or "mit",
+        "task_categories": ["summarization", "text-generation"]
+        if recipe.task == "summary"
+        else ["text-generation"],
+        "note": "the source calls were played by actors; no real patient data",
+    }

@@ -76,7 +76,6 @@ logger = logging.getLogger(__name__)
 
 SIMSAMU_TASK = "llm4all_simsamu_next_turn"
 MEETING_TASK = "llm4all_meeting_summary"
-CUSTOM_TASKS = (SIMSAMU_TASK, MEETING_TASK)
 MESSAGES = "messages"  # key of the conversation in Doc.specific
 _LABELS = {"user": "Utilisateur", "assistant": "Assistant"}
 

@@ -24,17 +24,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..data.packing import corpus_ids
+
 logger = logging.getLogger(__name__)
-
-
-def corpus_ids(tokenizer, texts: Iterable[str]) -> list[int]:
-    eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if eos is not None:
-            ids.append(eos)
-    return ids
 
 
 def _windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -199,3 +191,22 @@ def held_out_perplexities(
         return out
     finally:
         model.to(home)
+
+
+def held_out_meter(recipe, preprocessor, sets: dict, device: str, *, speech: bool = False):
+    """`measure(model, tag, recorded_in=None) -> {label: {perplexity, loss, tokens, measure}}`: the held-out
+    perplexities a stage reports, on its recipe's window (`perplexity_max_length`). `recorded_in`: the folder the
+    model was loaded from, whose own measures are reused. A speech model (Whisper): the teacher-forced perplexity
+    of the reference transcripts given their audio."""
+    if speech:
+        from ..speech.calibration import transcript_perplexities
+
+        return lambda model, tag, recorded_in=None: transcript_perplexities(
+            model, sets, device=device, batch_size=recipe.calibration_batch_size
+        )
+
+    def measure(model, tag: str, recorded_in: str | None = None) -> dict:
+        return held_out_perplexities(model, preprocessor, sets, max_length=recipe.perplexity_max_length,
+                                     device=device, tag=tag, recorded_in=recorded_in)  # fmt: skip
+
+    return measure

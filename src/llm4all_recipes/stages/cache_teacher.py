@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..configs import CacheTeacherRecipe, read_chat_template
+from ..data.mixture import load_data
 from ..data.packing import chat_rows, text_rows
 from ..errors import RecipeError
 from ..models import load_model, load_tokenizer, resolve_device
-from ..outputs import staged_output, write_json, write_run_files
+from ..outputs import staged_output, write_run_files
+from ..paths import write_json
 from ..trainers.kd import TeacherCache, data_hash, model_identity, tokenizer_hash
-from ..training import load_data
 
 logger = logging.getLogger(__name__)
 

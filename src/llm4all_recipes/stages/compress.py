@@ -9,17 +9,14 @@ with `load_model()` or with plain transformers and `trust_remote_code=True`.
 
 import logging
 
-import torch
-
 from ..cards import CardInfo, model_ref, perplexity_results
+from ..compression.calibration import calibration_windows
 from ..configs import CompressRecipe
-from ..errors import RecipeError
-from ..evaluation.perplexity import corpus_ids, held_out_perplexities
-from ..hub import publish_stage_output
-from ..models import is_speech_model, load_model, load_tokenizer, resolve_device
+from ..data.mixture import load_data
+from ..evaluation.perplexity import held_out_meter
+from ..models import dense_skeleton, is_speech_model, load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
 from ..tracking import Trackers
-from ..training import load_data
 
 logger = logging.getLogger(__name__)
 
@@ -31,52 +28,14 @@ NOTE = (
 )
 
 
-def skeleton(recipe):
-    """The model's structure on the meta device (no weights): enough for targets, ranks and sizes."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSpeechSeq2Seq
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
-
-    from ..compression import MODEL_TYPE
-
-    try:
-        config = AutoConfig.from_pretrained(recipe.model_name_or_path, revision=recipe.model_revision)
-    except (OSError, ValueError) as exc:
-        raise RecipeError(
-            f"cannot read the config of {recipe.model_name_or_path}: {exc}", key="model_name_or_path"
-        ) from None
-    if config.model_type == MODEL_TYPE:
-        raise RecipeError(
-            "this model is already low-rank: start from its base model (or export-dense it first)",
-            key="model_name_or_path",
-        )
-    speech = config.model_type in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
-    with torch.device("meta"):
-        return (AutoModelForSpeechSeq2Seq if speech else AutoModelForCausalLM).from_config(config)
-
-
-def allocation(recipe: CompressRecipe, targets):
-    """The rank map, or (rank_allocation: loss) a function of the spectra measured during calibration."""
-    from ..compression import ranks as R
-
-    if recipe.rank_allocation == "uniform":
-        return R.uniform(targets, recipe.ratio, recipe.rank_multiple)
-    if recipe.rank_allocation == "bottom_first":
-        return R.bottom_first(
-            targets, recipe.ratio, recipe.rank_multiple, recipe.min_rank_fraction, recipe.skip_first_layers
-        )
-    if recipe.rank_allocation == "explicit":
-        return R.explicit(targets, recipe.ranks)
-    return lambda spectra: R.loss_based(targets, recipe.ratio, spectra, recipe.rank_multiple)
-
-
 def _gb(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**26 else f"{n / 2**20:.2f} MiB"
 
 
 def print_plan(recipe: CompressRecipe, model, targets, ranks) -> dict:
-    from ..compression import ranks as R
+    from ..compression.ranks import budget, memory_estimate, summary
 
-    memory = R.memory_estimate(model, targets, recipe.num_calibration_samples, recipe.calibration_seq_len,
+    memory = memory_estimate(model, targets, recipe.num_calibration_samples, recipe.calibration_seq_len,
                                recipe.calibration_batch_size)  # fmt: skip
     print(
         f"# llm4all compress --dry_run: {recipe.model_name_or_path}, {recipe.method}, {recipe.rank_allocation}"
@@ -84,14 +43,14 @@ def print_plan(recipe: CompressRecipe, model, targets, ranks) -> dict:
     if callable(ranks):
         print(
             "# ranks: decided after calibration (rank_allocation: loss); budget",
-            R.budget(targets, recipe.ratio),
+            budget(targets, recipe.ratio),
             "parameters",
         )
         return {"memory": memory}
     for t in targets:
         r = ranks[t.name]
         print(f"{t.name:<48} {t.out_features:>6}x{t.in_features:<6} {'dense' if r is None else f'rank {r}'}")
-    facts = R.summary(model, targets, ranks, recipe.ratio)
+    facts = summary(model, targets, ranks, recipe.ratio)
     print(f"# targeted parameters: {facts['targeted_params_before']:,} -> {facts['targeted_params_after']:,} "
           f"(ratio {facts['achieved_ratio']:.4f}, target {recipe.ratio})")  # fmt: skip
     print(f"# model: {facts['model_params_before']:,} -> {facts['model_params_after']:,} parameters "
@@ -104,70 +63,33 @@ def print_plan(recipe: CompressRecipe, model, targets, ranks) -> dict:
     return {**facts, "memory": memory}
 
 
-def calibration_data(recipe):
-    """(tokenizer, calibration windows, held-out sets, mixture report) of a calibrated stage (compress, prune): every
-    data error before any model loads."""
-    from ..compression.calibration import calibration_ids
-
-    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
-    calib, evals, data_report = load_data(recipe, tokenizer)
-    if not any(text.strip() for text in calib["text"]):
-        raise RecipeError("the calibration set is empty (no text)", key="datasets")
-    stream = corpus_ids(tokenizer, calib["text"])
-    try:
-        ids = calibration_ids(stream, recipe.num_calibration_samples, recipe.calibration_seq_len, recipe.seed)
-    except ValueError as exc:
-        raise RecipeError(str(exc), key="calibration_seq_len") from None
-    return tokenizer, ids, evals, data_report
-
-
 def speech_calibration_data(recipe):
     """(processor, calibration inputs, held-out inputs, data report) of a speech model (Whisper): recordings with
     their reference transcripts; every data error before any model loads."""
     from ..models import load_processor
-    from ..speech import calibration as S
+    from ..speech.calibration import calibration_inputs, eval_inputs, read_pairs
 
     processor = load_processor(recipe.model_name_or_path, recipe.model_revision)
-    pairs = S.read_pairs(recipe.datasets, "datasets")
+    pairs = read_pairs(recipe.datasets, "datasets")
     everything = [p for ps in pairs.values() for p in ps]
-    inputs = S.calibration_inputs(recipe, processor, recipe.num_calibration_samples, recipe.seed, everything)
-    evals = S.eval_inputs(recipe, processor)
+    inputs = calibration_inputs(recipe, processor, recipe.num_calibration_samples, recipe.seed, everything)
+    evals = eval_inputs(recipe, processor)
     used = len(inputs["labels"])
     report = [{"source": label, "split": "train", "used_rows": round(used * len(ps) / len(everything)),
                "available_rows": len(ps), "share": len(ps) / len(everything)} for label, ps in pairs.items()]  # fmt: skip
     return processor, inputs, evals, report
 
 
-def held_out(recipe, speech: bool, preprocessor, evals, device: str):
-    """measure(model, tag, source=None) -> {label: {perplexity, loss, tokens}}: text perplexity (reusing what the
-    stage that wrote the folder `source` measured on the same text), or (speech) the teacher-forced perplexity of
-    the reference transcripts given their audio."""
-    if speech:
-        from ..speech.calibration import transcript_perplexities
-
-        return lambda model, tag, source=None: transcript_perplexities(model, evals, device=device,
-                                                          batch_size=recipe.calibration_batch_size)  # fmt: skip
-    return lambda model, tag, source=None: held_out_perplexities(
-        model,
-        preprocessor,
-        evals,
-        max_length=recipe.perplexity_max_length,
-        device=device,
-        tag=tag,
-        recorded_in=source,
-    )
-
-
 def run(recipe: CompressRecipe, callbacks=None):
     from ..compression import LowRankForCausalLM
-    from ..compression import ranks as R
     from ..compression.compressor import compress_model
+    from ..compression.ranks import allocate, find_targets, summary
 
     # 1. Targets and ranks from the model's shapes alone (no weights, no data).
-    targets = R.find_targets(skeleton(recipe), recipe.targets)
-    ranks = allocation(recipe, targets)
+    targets = find_targets(dense_skeleton(recipe.model_name_or_path, recipe.model_revision), recipe.targets)
+    ranks = allocate(recipe, targets)
     if recipe.dry_run:
-        return print_plan(recipe, skeleton(recipe), targets, ranks)
+        return print_plan(recipe, dense_skeleton(recipe.model_name_or_path, recipe.model_revision), targets, ranks)
 
     # 2. Calibration windows and held-out text (speech: recordings and their transcripts), then the model.
     speech = is_speech_model(recipe.model_name_or_path, recipe.model_revision)
@@ -177,20 +99,22 @@ def run(recipe: CompressRecipe, callbacks=None):
         tokenizer, inputs, evals, data_report = speech_calibration_data(recipe)
         ids = model_inputs(inputs)
     else:
-        tokenizer, ids, evals, data_report = calibration_data(recipe)
+        tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
+        calib, evals, data_report = load_data(recipe, tokenizer)
+        ids = calibration_windows(recipe, tokenizer, calib["text"])
     device = resolve_device(recipe.device)
-    measure = held_out(recipe, speech, tokenizer, evals, device)
+    measure = held_out_meter(recipe, tokenizer, evals, device, speech=speech)
     with staged_output(recipe, "compress") as tmp:
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
         before = measure(model, "dense", recipe.model_name_or_path)
-        dense_size = skeleton(recipe)  # parameter counts of the dense model, for the summary
+        dense_size = dense_skeleton(recipe.model_name_or_path, recipe.model_revision)  # parameter counts of the dense model, for the summary
 
         # 3. Layer by layer: statistics -> initialisation -> low-rank swap.
         ranks, report = compress_model(
             model, ids, targets, ranks, method=recipe.method, alpha=recipe.asvd_alpha, jitter=recipe.jitter,
             device=device, batch_size=recipe.calibration_batch_size, propagate=recipe.propagate,
         )  # fmt: skip
-        facts = R.summary(dense_size, targets, ranks, recipe.ratio)
+        facts = summary(dense_size, targets, ranks, recipe.ratio)
         LowRankForCausalLM.from_base(model, {
             "method": recipe.method, "ratio": recipe.ratio, "achieved_ratio": facts["achieved_ratio"],
             "model_fraction_removed": facts["model_fraction_removed"], "rank_allocation": recipe.rank_allocation,
@@ -227,7 +151,6 @@ def run(recipe: CompressRecipe, callbacks=None):
                 limitations=NOTE,
             ),
         )
-    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 
 

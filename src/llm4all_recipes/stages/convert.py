@@ -10,7 +10,6 @@ is what every later step of the folder loads.
 
 from ..cards import CardInfo, model_ref
 from ..configs import ConvertRecipe
-from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer
 from ..outputs import finish, staged_output
 
@@ -43,5 +42,4 @@ def run(recipe: ConvertRecipe, callbacks=None):
                 "written as safetensors.",
             ),
         )
-    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics

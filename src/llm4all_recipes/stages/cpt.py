@@ -21,8 +21,7 @@ from ..data.mixture import build_mixture, load_eval_sets, text_token_counter
 from ..data.packing import StackCollator, text_rows
 from ..errors import RecipeError
 from ..evaluation import forgetting
-from ..evaluation.perplexity import held_out_perplexities
-from ..hub import publish_stage_output
+from ..evaluation.perplexity import held_out_meter
 from ..merging import BaseInterpolation
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
@@ -98,15 +97,8 @@ def run(recipe: CPTRecipe, callbacks=None):
             reference = load_model(ref_path, dtype=recipe.reference_dtype, key="reference_model_name_or_path")
         device = resolve_device("auto")
 
-        before = held_out_perplexities(
-            model,
-            tokenizer,
-            evals,
-            max_length=recipe.perplexity_max_length,
-            device=device,
-            tag="before",
-            recorded_in=recipe.model_name_or_path,
-        )
+        measure = held_out_meter(recipe, tokenizer, evals, device)
+        before = measure(model, "before", recipe.model_name_or_path)
 
         # 3. Train (TRL machinery, CE + KL loss), resumable from <output_dir>.tmp.
         recipe.packing, recipe.remove_unused_columns = False, False
@@ -119,9 +111,7 @@ def run(recipe: CPTRecipe, callbacks=None):
             kl_coef=recipe.kl_coef, kl_coef_end=recipe.kl_coef_end, kd_loss=recipe.kd_loss, kd_beta=recipe.kd_beta, kd_temperature=recipe.kd_temperature,
         )  # fmt: skip
         trained = save_trained(trainer, tmp, recipe, metrics, merge=False)
-        after = held_out_perplexities(
-            trained, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="after"
-        )
+        after = measure(trained, "after")
         metrics.update(eval_before=before, eval=after, data=data)
         old, new = _domains(evals)
         points = []
@@ -132,9 +122,7 @@ def run(recipe: CPTRecipe, callbacks=None):
         if alphas and metrics["train"].get("kept") != "start":
             same = recipe.reference_model_name_or_path in (None, recipe.model_name_or_path)
             start = reference if reference is not None and same else None
-            merged = merge_grid(
-                recipe, trained, start, alphas, evals, tokenizer, device, (old, new), points, after, before
-            )
+            merged = merge_grid(recipe, trained, start, alphas, measure, (old, new), points, after, before)
             metrics["merge_with_base"] = merged
             metrics["eval"] = merged["eval"]
             if trainer.is_world_process_zero():
@@ -173,13 +161,10 @@ def run(recipe: CPTRecipe, callbacks=None):
                 tags=["continued-pretraining"],
             ),
         )
-    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 
 
-def merge_grid(
-    recipe: CPTRecipe, trained, start, alphas, evals, tokenizer, device, domains, points, after, before_eval
-) -> dict:
+def merge_grid(recipe: CPTRecipe, trained, start, alphas, measure, domains, points, after, before_eval) -> dict:
     """Interpolate `trained` with the starting model at each α (in place), measure each on the held-out sets, leave
     the chosen α in `trained`; add one forgetting-report point per α to `points`. Returns the report."""
     if start is None:
@@ -188,8 +173,7 @@ def merge_grid(
     results = {}
     for alpha in sorted(set(alphas), reverse=True):
         interpolation.apply(alpha)
-        results[alpha] = held_out_perplexities(trained, tokenizer, evals, max_length=recipe.perplexity_max_length,
-                                               device=device, tag=f"α={alpha:g}")  # fmt: skip
+        results[alpha] = measure(trained, f"α={alpha:g}")
     old, new = domains
     chosen = alphas[0]
     if len(alphas) > 1:

@@ -17,7 +17,7 @@ from ..configs import EvalRecipe
 from ..data.mixture import load_eval_sets, load_source
 from ..evaluation import forgetting
 from ..evaluation.generation import Budget, meeting_summaries, simsamu_next_turn
-from ..evaluation.perplexity import held_out_perplexities
+from ..evaluation.perplexity import held_out_meter
 from ..fields import DatasetSource
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import read_lineage, staged_output, write_run_files
@@ -59,18 +59,11 @@ def run(recipe: EvalRecipe, callbacks=None):
     with staged_output(recipe, "eval") as tmp:
         # 2. Perplexity of the model (and of its lineage: the forgetting report).
         device = resolve_device(recipe.device)
+        measure = held_out_meter(recipe, tokenizer, ppl_sets, device)
         metrics: dict = {"perplexity": {}, "models": [c[0] for c in compare]}
         for label, path in compare:  # the evaluated model comes last and stays loaded
             model = load_model(path, dtype=recipe.dtype)
-            values = held_out_perplexities(
-                model,
-                tokenizer,
-                ppl_sets,
-                max_length=recipe.perplexity_max_length,
-                device=device,
-                tag=label,
-                recorded_in=path,
-            )
+            values = measure(model, label, path)
             metrics["perplexity"][label] = {k: v["perplexity"] for k, v in values.items()}
         metrics["perplexity_tokens"] = {
             k: v.get("tokens") for k, v in values.items()

@@ -9,7 +9,6 @@ from ..cards import CardInfo, model_ref
 from ..compression import to_dense
 from ..configs import ExportDenseRecipe
 from ..errors import RecipeError
-from ..hub import publish_stage_output
 from ..models import compression_config, is_speech_model, load_model, load_processor, load_tokenizer
 from ..outputs import finish, staged_output
 
@@ -50,5 +49,4 @@ def run(recipe: ExportDenseRecipe, callbacks=None):
                 tags=["compression"],
             ),
         )
-    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics

@@ -11,14 +11,13 @@ import shutil
 
 from ..cards import CardInfo, model_ref, perplexity_results
 from ..configs import FeatureDistillRecipe
+from ..data.mixture import load_data
+from ..data.packing import corpus_ids
 from ..errors import RecipeError
-from ..evaluation.perplexity import corpus_ids
-from ..hub import publish_stage_output
+from ..evaluation.perplexity import held_out_meter
 from ..models import compression_config, is_speech_model, load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
 from ..tracking import Trackers
-from ..training import load_data
-from .compress import held_out
 
 logger = logging.getLogger(__name__)
 HOLDOUT_SHARE = 0.1  # the last 10 % of the calibration token stream provides the held-out windows
@@ -82,20 +81,20 @@ def speech_windows(recipe: FeatureDistillRecipe):
     import random
 
     from ..models import load_processor
-    from ..speech import calibration as S
+    from ..speech.calibration import calibration_inputs, eval_inputs, model_inputs, read_pairs
 
     processor = load_processor(recipe.model_name_or_path, recipe.model_revision)
-    pairs = [p for ps in S.read_pairs(recipe.datasets, "datasets").values() for p in ps]
+    pairs = [p for ps in read_pairs(recipe.datasets, "datasets").values() for p in ps]
     n_train, n_hold = recipe.num_calibration_samples, recipe.num_holdout_samples
     if len(pairs) < n_train + n_hold:
         raise RecipeError(f"{len(pairs)} recordings, fewer than num_calibration_samples + num_holdout_samples = "
                           f"{n_train + n_hold} (training and held-out recordings are distinct)", key="datasets")  # fmt: skip
     drawn = random.Random(recipe.seed).sample(pairs, n_train + n_hold)
-    train = S.model_inputs(S.calibration_inputs(recipe, processor, n_train, recipe.seed, drawn[:n_train]))
-    hold = S.model_inputs(S.calibration_inputs(recipe, processor, n_hold, recipe.seed, drawn[n_train:]))
+    train = model_inputs(calibration_inputs(recipe, processor, n_train, recipe.seed, drawn[:n_train]))
+    hold = model_inputs(calibration_inputs(recipe, processor, n_hold, recipe.seed, drawn[n_train:]))
     report = [{"source": s.tag, "split": s.split, "used_rows": n_train + n_hold, "available_rows": len(pairs),
                "share": 1.0 / len(recipe.datasets)} for s in recipe.datasets]  # fmt: skip
-    return processor, train, hold, S.eval_inputs(recipe, processor), report
+    return processor, train, hold, eval_inputs(recipe, processor), report
 
 
 def run(recipe: FeatureDistillRecipe, callbacks=None):
@@ -112,7 +111,7 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
         calib, evals, data_report = load_data(recipe, tokenizer)
         train_ids, hold_ids = split_windows(recipe, corpus_ids(tokenizer, calib["text"]))
     device = resolve_device(recipe.device)
-    measure = held_out(recipe, speech, tokenizer, evals, device)
+    measure = held_out_meter(recipe, tokenizer, evals, device, speech=speech)
     cfg = DistillConfig(recipe.schedule, recipe.joint_inputs, recipe.learning_rate, recipe.weight_decay,
                         recipe.tokens_per_block, recipe.calibration_batch_size, recipe.eval_every, device,
                         recipe.lr_scheduler_type, recipe.warmup_ratio, recipe.early_stopping_patience,
@@ -179,7 +178,6 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
                 tags=["compression", "low-rank", "lillama"],
             ),
         )
-    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 
 

@@ -16,129 +16,19 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from collections import Counter
 from pathlib import Path
 
-from ..cards import render_dataset_card
 from ..configs import GenerateRecipe
+from ..data.language import looks_french
 from ..data.meetings import chunk_lines, load_table
 from ..data.templates import prompt_source, render_prompt_source
 from ..errors import RecipeError
-from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer, resolve_device
-from ..outputs import staged_output, write_run_files
+from ..outputs import finish_dataset, staged_output
 
 logger = logging.getLogger(__name__)
-
-# Frequent French and English function words: an answer is French when it has at least as many of the French ones.
-FRENCH = set(
-    [
-        "le",
-        "la",
-        "les",
-        "un",
-        "une",
-        "des",
-        "du",
-        "de",
-        "au",
-        "aux",
-        "et",
-        "ou",
-        "mais",
-        "donc",
-        "car",
-        "est",
-        "sont",
-        "a",
-        "ont",
-        "pas",
-        "ne",
-        "que",
-        "qui",
-        "dans",
-        "sur",
-        "pour",
-        "par",
-        "avec",
-        "il",
-        "elle",
-        "ils",
-        "elles",
-        "nous",
-        "vous",
-        "je",
-        "on",
-        "ce",
-        "cette",
-        "ces",
-        "son",
-        "sa",
-        "ses",
-        "leur",
-        "leurs",
-        "se",
-        "en",
-        "y",
-        "été",
-        "être",
-        "avoir",
-        "fait",
-        "plus",
-    ]
-)
-ENGLISH = set(
-    [
-        "the",
-        "a",
-        "an",
-        "and",
-        "or",
-        "but",
-        "is",
-        "are",
-        "was",
-        "were",
-        "has",
-        "have",
-        "not",
-        "that",
-        "which",
-        "who",
-        "in",
-        "on",
-        "for",
-        "by",
-        "with",
-        "he",
-        "she",
-        "they",
-        "we",
-        "you",
-        "it",
-        "this",
-        "these",
-        "his",
-        "her",
-        "their",
-        "be",
-        "been",
-        "to",
-        "of",
-        "at",
-        "from",
-        "as",
-    ]
-)
-
-
-def looks_french(text: str) -> bool:
-    words = re.findall(r"[^\W\d_]+", text.lower())
-    fr, en = sum(w in FRENCH for w in words), sum(w in ENGLISH for w in words)
-    return fr > 0 and fr >= en
-
 
 def teacher_context(recipe: GenerateRecipe) -> int:
     """The teacher's context from its config (no weights loaded)."""
@@ -490,11 +380,8 @@ def run(recipe: GenerateRecipe, callbacks=None):
         ):  # this run's work files: the dataset now holds the rows
             shard.unlink()
         (tmp / "shards").rmdir()
-        lineage = write_run_files(tmp, stage="generate", recipe=recipe, metrics=facts, parent=None)
-        card = render_dataset_card(recipe=recipe, dataset=table, report={**facts, "skipped": dict(dropped)},
-                                   lineage=lineage, source=recipe.dataset, facts=card_facts(recipe, facts))  # fmt: skip
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-    facts["published"] = publish_stage_output(recipe, "dataset")
+        finish_dataset(tmp, stage="generate", recipe=recipe, dataset=table, report=facts, facts=card_facts(recipe, facts),
+                       card_report={**facts, "skipped": dict(dropped)}, source=recipe.dataset)  # fmt: skip
     return facts
 
 

@@ -13,10 +13,9 @@ from datasets import load_from_disk
 
 from ..cards import CardInfo, model_ref, perplexity_results
 from ..configs import KDRecipe, read_chat_template
-from ..data.mixture import load_eval_sets
+from ..data.mixture import load_data, load_eval_sets
 from ..errors import RecipeError
-from ..evaluation.perplexity import held_out_perplexities
-from ..hub import publish_stage_output
+from ..evaluation.perplexity import held_out_meter
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
 from ..trainers.kd import (
@@ -29,7 +28,6 @@ from ..trainers.kd import (
 )
 from ..training import (
     fit,
-    load_data,
     lora_config,
     print_plan,
     save_trained,
@@ -102,9 +100,7 @@ def run(recipe: KDRecipe, callbacks=None):
             }
         ]
     else:
-        train, _, report = load_data(
-            recipe, tokenizer, evals=False
-        )  # eval_datasets: held-out text, read below
+        train, _, report = load_data(recipe, tokenizer, evals=False)  # eval_datasets: held-out text, read below
     perplexity_sets = load_eval_sets(recipe.eval_datasets, needed=("text",))
     if recipe.teacher_cache and (warning := cache_reads_warning(recipe, len(train))):
         logger.warning(warning)
@@ -135,28 +131,9 @@ def run(recipe: KDRecipe, callbacks=None):
                 )
         device = resolve_device("auto")
 
-        before = held_out_perplexities(
-            student,
-            tokenizer,
-            perplexity_sets,
-            max_length=recipe.perplexity_max_length,
-            device=device,
-            tag="student before",
-            recorded_in=recipe.model_name_or_path,
-        )
-        teacher_ppl = (
-            held_out_perplexities(
-                teacher,
-                tokenizer,
-                perplexity_sets,
-                max_length=recipe.perplexity_max_length,
-                device=device,
-                tag="teacher",
-                recorded_in=recipe.teacher_model_name_or_path,
-            )
-            if teacher is not None
-            else {}
-        )
+        measure = held_out_meter(recipe, tokenizer, perplexity_sets, device)
+        before = measure(student, "student before", recipe.model_name_or_path)
+        teacher_ppl = {} if teacher is None else measure(teacher, "teacher", recipe.teacher_model_name_or_path)
 
         # 3. Train: TRL's SFT machinery, KD loss (resume from <output_dir>.tmp).
         trainer, metrics = fit(
@@ -167,14 +144,7 @@ def run(recipe: KDRecipe, callbacks=None):
             kd_temperature=recipe.kd_temperature, kd_alpha=recipe.kd_alpha, kd_hidden_coef=recipe.kd_hidden_coef,
         )  # fmt: skip
         healed = save_trained(trainer, tmp, recipe, metrics)
-        after = held_out_perplexities(
-            healed,
-            tokenizer,
-            perplexity_sets,
-            max_length=recipe.perplexity_max_length,
-            device=device,
-            tag="student after",
-        )
+        after = measure(healed, "student after")
         metrics.update(eval_before=before, eval=after, teacher_eval=teacher_ppl, data=report)
         finish(
             tmp,
@@ -193,7 +163,6 @@ def run(recipe: KDRecipe, callbacks=None):
                 chat=recipe.data_format == "messages",
             ),
         )
-    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 
 

@@ -10,7 +10,6 @@ exact at the end points, tied weights once). The first model's config, tokenizer
 
 from ..cards import CardInfo, model_ref
 from ..configs import MergeRecipe
-from ..hub import publish_stage_output
 from ..merging import merge_into, same_architecture
 from ..models import load_model, load_tokenizer
 from ..outputs import finish, staged_output
@@ -43,7 +42,6 @@ def run(recipe: MergeRecipe, callbacks=None):
                 tags=["merge"],
             ),
         )
-    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 
 

@@ -11,14 +11,14 @@ llama.cpp serve it) with a `pruning_config` in its config.json; heal it with `ll
 import logging
 
 from ..cards import CardInfo, model_ref, perplexity_results
+from ..compression.calibration import calibration_windows
 from ..configs import PruneRecipe
+from ..data.mixture import load_data
 from ..errors import RecipeError
-from ..evaluation.perplexity import held_out_perplexities
-from ..hub import publish_stage_output
-from ..models import load_model, resolve_device
+from ..evaluation.perplexity import held_out_meter
+from ..models import dense_skeleton, load_model, load_tokenizer, resolve_device
 from ..outputs import finish, staged_output
 from ..tracking import Trackers
-from .compress import calibration_data, skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -27,50 +27,6 @@ NOTE = (
     "was pruned from (`llm4all kd`, the original as teacher) before using it. It is a standard checkpoint of "
     "the base architecture: plain transformers, vLLM and TGI load it as they are."
 )
-
-
-def target_sizes(recipe: PruneRecipe, config) -> dict[str, int]:
-    """The pruned sizes: explicit ones checked against the model, or solved from `ratio` on `axes`."""
-    from ..compression import pruning as P
-
-    before = P.sizes_of(config)
-    rep = config.num_attention_heads // config.num_key_value_heads
-    if recipe.ratio is not None:
-        try:
-            return P.sizes_for_ratio(config, recipe.ratio, list(recipe.axes), recipe.size_multiple)
-        except ValueError as exc:
-            raise RecipeError(str(exc), key="ratio") from None
-    sizes = dict(before)
-    for key in recipe.SIZES:
-        value = getattr(recipe, key)
-        if value is None:
-            continue
-        if value > before[key]:
-            raise RecipeError(f"{value} is more than the model's {before[key]}", key=key)
-        if key == "num_attention_heads" and value % rep:
-            raise RecipeError(
-                f"must be a multiple of {rep} (the query heads per key/value head: GQA groups are kept whole)",
-                key=key,
-            )
-        sizes[key] = value
-    if problem := P.config_problem(P.pruned_config(config, sizes)):
-        key = "hidden_size" if recipe.hidden_size is not None else "num_attention_heads"
-        raise RecipeError(problem, key=key)
-    return sizes
-
-
-def facts_of(config, sizes: dict[str, int]) -> dict:
-    from ..compression import pruning as P
-
-    before = P.parameter_count(config)
-    after = P.parameter_count(P.pruned_config(config, sizes))
-    return {
-        "sizes_before": P.sizes_of(config),
-        "sizes_after": dict(sizes),
-        "model_params_before": before,
-        "model_params_after": after,
-        "model_fraction_removed": round(1 - after / before, 4),
-    }
 
 
 def print_plan(recipe: PruneRecipe, facts: dict) -> None:
@@ -83,50 +39,43 @@ def print_plan(recipe: PruneRecipe, facts: dict) -> None:
 
 
 def run(recipe: PruneRecipe, callbacks=None):
-    from ..compression import pruning as P
+    from ..compression import pruning
 
     # 1. Sizes from the config alone (no weights, no data).
-    config = skeleton(recipe).config
+    config = dense_skeleton(recipe.model_name_or_path, recipe.model_revision).config
     try:
-        P.check_supported(config)
+        pruning.check_supported(config)
     except ValueError as exc:
         raise RecipeError(str(exc), key="model_name_or_path") from None
-    sizes = target_sizes(recipe, config)
-    facts = facts_of(config, sizes)
+    sizes = pruning.target_sizes(recipe, config)
+    facts = pruning.pruning_facts(config, sizes)
     if recipe.dry_run:
         print_plan(recipe, facts)
         return facts
 
     # 2. Calibration windows and held-out text, then the model.
-    tokenizer, ids, evals, data_report = calibration_data(recipe)
+    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
+    calib, evals, data_report = load_data(recipe, tokenizer)
+    ids = calibration_windows(recipe, tokenizer, calib["text"])
+    device = resolve_device(recipe.device)
+    measure = held_out_meter(recipe, tokenizer, evals, device)
     with staged_output(recipe, "prune") as tmp:
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
-        device = resolve_device(recipe.device)
-        before = held_out_perplexities(
-            model,
-            tokenizer,
-            evals,
-            max_length=recipe.perplexity_max_length,
-            device=device,
-            tag="dense",
-            recorded_in=recipe.model_name_or_path,
-        )
+        before = measure(model, "dense", recipe.model_name_or_path)
 
         # 3. Importance (one streamed pass; the perplexity of each block's removal only when depth is pruned
         # by it), then the kept indices and the sliced model.
-        importance = P.measure(model, ids, device=device, batch_size=recipe.calibration_batch_size)
+        importance = pruning.measure(model, ids, device=device, batch_size=recipe.calibration_batch_size)
         depth_scores = importance.block_influence
         deeper = sizes["num_hidden_layers"] < config.num_hidden_layers
         if deeper and recipe.depth_importance == "perplexity":
-            _, importance.perplexity_drop = P.perplexity_drop(model, ids, device=device)
+            _, importance.perplexity_drop = pruning.perplexity_drop(model, ids, device=device)
             depth_scores = importance.perplexity_drop
-        plan = P.Plan.choose(importance, config, sizes, depth_scores)
-        pruned = P.build_pruned(model, plan, sizes)
+        plan = pruning.Plan.choose(importance, config, sizes, depth_scores)
+        pruned = pruning.build_pruned(model, plan, sizes)
         del model
         pruned.config.pruning_config = pruning_record(recipe, config, facts, plan, deeper)
-        after = held_out_perplexities(
-            pruned, tokenizer, evals, max_length=recipe.perplexity_max_length, device=device, tag="pruned"
-        )
+        after = measure(pruned, "pruned")
         trackers = Trackers(recipe, "prune", tmp)
         trackers.log({"model_fraction_removed": facts["model_fraction_removed"],
                       "parameters": facts["model_params_after"]})  # fmt: skip
@@ -157,7 +106,6 @@ def run(recipe: PruneRecipe, callbacks=None):
                 limitations=NOTE,
             ),
         )
-    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 
 

@@ -16,15 +16,12 @@ import math
 
 import datasets
 
-from ..cards import render_dataset_card
 from ..configs import SelectRecipe
-from ..data.mixture import load_source
+from ..data.mixture import load_data, load_source
 from ..data.selection import contaminated, duplicates
 from ..evaluation.perplexity import document_perplexities
-from ..hub import publish_stage_output
 from ..models import load_model, load_tokenizer, resolve_device
-from ..outputs import staged_output, write_run_files
-from ..training import load_data
+from ..outputs import finish_dataset, staged_output
 
 logger = logging.getLogger(__name__)
 
@@ -117,13 +114,9 @@ def run(recipe: SelectRecipe, callbacks=None):
             for i in sorted(dropped):
                 row = {"index": i, "reason": dropped[i], "perplexity": ppl.get(i), "text": texts[i][:200]}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        lineage = write_run_files(
-            tmp, stage="select", recipe=recipe, metrics={**report, "data": mixture}, parent=None
-        )
-        card = render_dataset_card(recipe=recipe, dataset=table, report={**report, "skipped": dict(reasons)}, lineage=lineage,
-                                   source=", ".join(s.path for s in recipe.datasets), facts=_facts(recipe, report))  # fmt: skip
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-    report["published"] = publish_stage_output(recipe, "dataset")
+        finish_dataset(tmp, stage="select", recipe=recipe, dataset=table, report=report, facts=_facts(recipe, report),
+                       metrics={**report, "data": mixture}, card_report={**report, "skipped": dict(reasons)},
+                       source=", ".join(s.path for s in recipe.datasets))  # fmt: skip
     return report
 
 

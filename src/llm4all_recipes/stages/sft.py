@@ -9,13 +9,12 @@ import logging
 
 from ..cards import CardInfo, perplexity_results
 from ..configs import SFTRecipe, has_generation_markers, read_chat_template
+from ..data.mixture import load_data
 from ..errors import RecipeError
-from ..hub import publish_stage_output
 from ..models import add_chat_tokens, load_model, load_tokenizer, prepare_chat_model
 from ..outputs import finish, staged_output
 from ..training import (
     fit,
-    load_data,
     lora_config,
     print_plan,
     rows_cut_before_the_answer,
@@ -103,7 +102,6 @@ def run(recipe: SFTRecipe, callbacks=None):
                 chat=True,
             ),
         )
-    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 
 

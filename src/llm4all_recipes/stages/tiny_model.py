@@ -8,15 +8,13 @@ import logging
 
 from ..cards import CardInfo, perplexity_results
 from ..configs import TinyModelRecipe, read_chat_template
+from ..data.mixture import load_data
 from ..evaluation.perplexity import held_out_perplexities
-from ..hub import publish_stage_output
 from ..outputs import finish, staged_output
 from ..tiny import build_model, build_tokenizer
-from ..training import fit, load_data, print_plan, save_trained
+from ..training import fit, print_plan, save_trained
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_RECIPE = "recipes/tiny-llama/tiny-model/base.yaml"
 
 
 def run(recipe: TinyModelRecipe, callbacks=None):
@@ -71,7 +69,6 @@ def run(recipe: TinyModelRecipe, callbacks=None):
                 chat=False,
             ),
         )
-    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics
 
 
@@ -129,5 +126,4 @@ def run_whisper(recipe: TinyModelRecipe):
                 tags=["automatic-speech-recognition", "whisper"],
             ),
         )
-    metrics["published"] = publish_stage_output(recipe, "model")
     return metrics

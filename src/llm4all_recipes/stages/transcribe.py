@@ -20,14 +20,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..cards import render_dataset_card
 from ..configs import TranscribeRecipe
 from ..data import simsamu
 from ..errors import RecipeError
-from ..hub import publish_stage_output
+from ..hub import download_dataset
 from ..models import is_speech_model, load_model, load_processor, resolve_device
-from ..outputs import atomic_write, staged_output, write_run_files
-from ..paths import is_hub_id
+from ..outputs import finish_dataset, staged_output
+from ..paths import atomic_write, is_hub_id
 from ..speech.audio import SAMPLING_RATE, AudioError, cut, decode
 from ..speech.sources import Recording, Segment, call_recording, manifest_recordings
 from ..speech.wer import error_rates
@@ -40,12 +39,7 @@ def fetch_source(recipe: TranscribeRecipe) -> Path:
     """A local path as is; a Hub dataset id through snapshot_download (audio included)."""
     if Path(recipe.source).exists() or not is_hub_id(recipe.source):
         return Path(recipe.source)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(recipe.source, repo_type="dataset"))
-    except Exception as exc:  # offline, unknown repo, no access: say which and stop
-        raise RecipeError(f"cannot download the Hub dataset {recipe.source}: {exc}", key="source") from None
+    return Path(download_dataset(recipe.source))
 
 
 def is_call_layout(root: Path) -> bool:
@@ -201,8 +195,6 @@ def asr_metrics(recordings: list[Recording], results: dict) -> dict:
 # --------------------------------------------------------------------------- 4. rows in build-dataset's layout
 def call_rows(recipe: TranscribeRecipe, root: Path, recordings, results, report) -> tuple[dict, dict]:
     """({split: rows}, report) of a simsamu-layout source, as build-dataset makes them from the references."""
-    from .build_dataset import split_calls
-
     calls, segments_of = [], {}
     for rec in recordings:
         res = results.get(rec.id, {})
@@ -232,7 +224,7 @@ def call_rows(recipe: TranscribeRecipe, root: Path, recordings, results, report)
         if not recipe.per_turn:
             row["segments"] = segments_of[row["id"]]
     report["without_summary"] = built["without_summary"]
-    return split_calls(recipe, rows, report)
+    return simsamu.split_calls(recipe, rows, report)
 
 
 def manifest_rows(recordings, results, report) -> tuple[dict, dict]:
@@ -320,13 +312,9 @@ def run(recipe: TranscribeRecipe, callbacks=None):
         )
         shards = tmp / "shards"
         dataset.save_to_disk(str(tmp))
-        lineage = write_run_files(tmp, stage="transcribe", recipe=recipe, metrics=report,
-                                  parent=recipe.model_name_or_path)  # fmt: skip
-        card = render_dataset_card(recipe=recipe, dataset=dataset, report=report, lineage=lineage,
-                                   facts=card_facts(recipe, report), source=recipe.source)  # fmt: skip
-        (tmp / "README.md").write_text(card, encoding="utf-8")
+        finish_dataset(tmp, stage="transcribe", recipe=recipe, dataset=dataset, report=report,
+                       facts=card_facts(recipe, report), parent=recipe.model_name_or_path, source=recipe.source)  # fmt: skip
         shutil.rmtree(shards, ignore_errors=True)  # resume-only
-    report["published"] = publish_stage_output(recipe, "dataset")
     return report
 
 
@@ -353,7 +341,7 @@ def evaluation_md(report: dict) -> str:
 
 
 def card_facts(recipe: TranscribeRecipe, report: dict) -> dict:
-    from ..cards import model_ref, simsamu_columns
+    from ..cards import model_ref
 
     asr = (
         f"Transcribed by {model_ref(recipe.model_name_or_path)} (language `{recipe.language}`, "
@@ -362,7 +350,7 @@ def card_facts(recipe: TranscribeRecipe, report: dict) -> dict:
         f"(real-time factor {report['real_time_factor']}); {report['failed_count']} failed."
     )
     if report["layout"] == "simsamu":
-        facts = {"columns": simsamu_columns(recipe.task, recipe.per_turn), "license": recipe.license or "mit",
+        facts = {"columns": simsamu.row_columns(recipe.task, recipe.per_turn), "license": recipe.license or "mit",
                  "task_categories": ["automatic-speech-recognition", "text-generation"],
                  "note": "the source calls were played by actors; no real patient data"}  # fmt: skip
         facts["steps"] = [

@@ -16,12 +16,12 @@ import os
 import time
 from pathlib import Path
 
-from ..configs import PipelineRecipe
-from ..errors import RecipeError
-from ..hub import local_repo_dir, resolve_target
-from ..parsing import parse_recipe
-from ..paths import PLANNED_OUTPUTS
-from . import runner
+from .configs import PipelineRecipe
+from .errors import RecipeError
+from .hub import local_repo_dir, resolve_target
+from .parsing import parse_recipe
+from .paths import PLANNED_OUTPUTS
+from .stages import STAGES
 
 
 def destination(recipe) -> str | None:
@@ -101,7 +101,7 @@ def run(recipe: PipelineRecipe, callbacks=None):
         stage_recipe = parse_recipe(step.stage, argv)
         start = time.perf_counter()
         try:
-            runner(step.stage)(stage_recipe)
+            STAGES[step.stage].run(stage_recipe)
         except RecipeError as err:
             raise stage_recipe.origin.locate(err) from None
         rows.append(_row(step, stage_recipe, "ran", time.perf_counter() - start))
