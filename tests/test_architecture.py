@@ -37,7 +37,11 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     out = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            targets = [a.name.removeprefix("llm4all_recipes.") for a in node.names if a.name.startswith("llm4all_recipes.")]
+            targets = [
+                a.name.removeprefix("llm4all_recipes.")
+                for a in node.names
+                if a.name.startswith("llm4all_recipes.")
+            ]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[: len(package) - node.level + 1] if node.level > 1 else package
@@ -69,7 +73,7 @@ def test_no_import_cycle():
         state[node] = 1
         for dep in sorted(GRAPH[node]):
             if state.get(dep) == 1:
-                cycles.append(path[path.index(dep) :] + [dep])
+                cycles.append([*path[path.index(dep) :], dep])
             elif dep not in state:
                 visit(dep, [*path, dep])
         state[node] = 2
@@ -87,11 +91,16 @@ def test_no_stage_imports_a_stage():
 
 def test_imports_go_down_or_sideways():
     upward = sorted(
-        f"{n} -> {d}" for n, deps in GRAPH.items() for d in deps if FLOOR[d.split(".")[0]] > FLOOR[n.split(".")[0]]
+        f"{n} -> {d}"
+        for n, deps in GRAPH.items()
+        for d in deps
+        if FLOOR[d.split(".")[0]] > FLOOR[n.split(".")[0]]
     )
     assert upward == []
 
 
 def test_the_graph_is_read():  # the parser itself: known edges are found, relative and absolute, at any depth
-    assert "stages" in GRAPH["pipeline"] and "compression" in GRAPH["models"]  # `from . import compression` in a function
+    assert (
+        "stages" in GRAPH["pipeline"] and "compression" in GRAPH["models"]
+    )  # `from . import compression` in a function
     assert "evaluation.perplexity" in GRAPH["stages.kd"] and "data.packing" in GRAPH["evaluation.perplexity"]
