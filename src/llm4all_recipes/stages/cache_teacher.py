@@ -63,43 +63,12 @@ def run(recipe: CacheTeacherRecipe, callbacks=None):
 
     with staged_output(recipe, "cache-teacher") as tmp:
         # 2. One teacher pass, shard by shard, straight into memory-mapped files.
-        teacher = load_model(
-            recipe.teacher_model_name_or_path, dtype=recipe.teacher_dtype, key="teacher_model_name_or_path"
-        )
+        teacher = load_model(recipe.teacher_model_name_or_path, dtype=recipe.teacher_dtype, key="teacher_model_name_or_path")
         device = resolve_device(recipe.device)
         teacher.to(device).eval()
         vocab = len(tokenizer)
-        dtype = np.float16 if recipe.cache_dtype == "float16" else np.float32
-        mass, counted = 0.0, 0
         rows.save_to_disk(str(tmp / TeacherCache.DATA))
-        (tmp / TeacherCache.TOPK).mkdir()
-        for shard in range(math.ceil(len(rows) / recipe.shard_rows)):
-            start, stop = shard * recipe.shard_rows, min(len(rows), (shard + 1) * recipe.shard_rows)
-            shape = (stop - start, recipe.max_length, recipe.top_k)
-            lp = np.lib.format.open_memmap(
-                TeacherCache.shard_files(tmp, shard)[0], mode="w+", dtype=dtype, shape=shape
-            )
-            ix = np.lib.format.open_memmap(
-                TeacherCache.shard_files(tmp, shard)[1], mode="w+", dtype=np.int32, shape=shape
-            )
-            for b in tqdm(range(start, stop, recipe.batch_size), desc=f"teacher shard {shard}"):
-                batch = rows[b : min(b + recipe.batch_size, stop)]
-                ids = torch.tensor(batch["input_ids"], device=device)
-                attention = torch.tensor(batch["attention_mask"], device=device)
-                with torch.no_grad():
-                    logits = teacher(input_ids=ids, attention_mask=attention, use_cache=False).logits[
-                        ..., :vocab
-                    ]
-                top = F.log_softmax(logits.float() / recipe.kd_temperature, dim=-1).topk(recipe.top_k, dim=-1)
-                lp[b - start : b - start + len(ids)] = top.values.cpu().numpy().astype(dtype)
-                ix[b - start : b - start + len(ids)] = top.indices.cpu().numpy().astype(np.int32)
-                keep = attention.bool()
-                mass += float(top.values.exp().sum(-1)[keep].sum())
-                counted += int(keep.sum())
-            lp.flush()
-            ix.flush()
-            del lp, ix
-        report["mean_topk_mass"] = mass / max(counted, 1)
+        report["mean_topk_mass"] = write_top_k(recipe, teacher, rows, vocab, device, tmp)
         fingerprint = {
             "data": data_hash(rows), "teacher": recipe.teacher_model_name_or_path, "teacher_identity": model_identity(teacher),
             "tokenizer": tokenizer_hash(tokenizer), "top_k": recipe.top_k, "temperature": recipe.kd_temperature,
@@ -112,12 +81,43 @@ def run(recipe: CacheTeacherRecipe, callbacks=None):
         )
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "README.md").write_text(readme(recipe, report, fingerprint), encoding="utf-8")
-    logger.info(
-        "top-%d holds %.4f of the teacher's probability mass on average",
-        recipe.top_k,
-        report["mean_topk_mass"],
-    )
+    logger.info("top-%d holds %.4f of the teacher's probability mass on average", recipe.top_k, report["mean_topk_mass"])
     return report
+
+
+def write_top_k(recipe: CacheTeacherRecipe, teacher, rows, vocab: int, device: str, tmp) -> float:
+    """The teacher's top-k log-probs and token ids of every row, shard by shard into memory-mapped files; returns
+    the mean probability mass the top-k hold."""
+    dtype = np.float16 if recipe.cache_dtype == "float16" else np.float32
+    mass, counted = 0.0, 0
+    (tmp / TeacherCache.TOPK).mkdir()
+    for shard in range(math.ceil(len(rows) / recipe.shard_rows)):
+        start, stop = shard * recipe.shard_rows, min(len(rows), (shard + 1) * recipe.shard_rows)
+        shape = (stop - start, recipe.max_length, recipe.top_k)
+        lp = np.lib.format.open_memmap(
+            TeacherCache.shard_files(tmp, shard)[0], mode="w+", dtype=dtype, shape=shape
+        )
+        ix = np.lib.format.open_memmap(
+            TeacherCache.shard_files(tmp, shard)[1], mode="w+", dtype=np.int32, shape=shape
+        )
+        for b in tqdm(range(start, stop, recipe.batch_size), desc=f"teacher shard {shard}"):
+            batch = rows[b : min(b + recipe.batch_size, stop)]
+            ids = torch.tensor(batch["input_ids"], device=device)
+            attention = torch.tensor(batch["attention_mask"], device=device)
+            with torch.no_grad():
+                logits = teacher(input_ids=ids, attention_mask=attention, use_cache=False).logits[
+                    ..., :vocab
+                ]
+            top = F.log_softmax(logits.float() / recipe.kd_temperature, dim=-1).topk(recipe.top_k, dim=-1)
+            lp[b - start : b - start + len(ids)] = top.values.cpu().numpy().astype(dtype)
+            ix[b - start : b - start + len(ids)] = top.indices.cpu().numpy().astype(np.int32)
+            keep = attention.bool()
+            mass += float(top.values.exp().sum(-1)[keep].sum())
+            counted += int(keep.sum())
+        lp.flush()
+        ix.flush()
+        del lp, ix
+    return mass / max(counted, 1)
 
 
 def readme(recipe: CacheTeacherRecipe, report: dict, fingerprint: dict) -> str:

@@ -67,7 +67,7 @@ def speech_calibration_data(recipe):
     """(processor, calibration inputs, held-out inputs, data report) of a speech model (Whisper): recordings with
     their reference transcripts; every data error before any model loads."""
     from ..models import load_processor
-    from ..speech.calibration import calibration_inputs, eval_inputs, read_pairs
+    from ..speech.calibration import calibration_inputs, eval_inputs, model_inputs, read_pairs
 
     processor = load_processor(recipe.model_name_or_path, recipe.model_revision)
     pairs = read_pairs(recipe.datasets, "datasets")
@@ -77,7 +77,7 @@ def speech_calibration_data(recipe):
     used = len(inputs["labels"])
     report = [{"source": label, "split": "train", "used_rows": round(used * len(ps) / len(everything)),
                "available_rows": len(ps), "share": len(ps) / len(everything)} for label, ps in pairs.items()]  # fmt: skip
-    return processor, inputs, evals, report
+    return processor, model_inputs(inputs), evals, report
 
 
 def run(recipe: CompressRecipe, callbacks=None):
@@ -93,36 +93,21 @@ def run(recipe: CompressRecipe, callbacks=None):
 
     # 2. Calibration windows and held-out text (speech: recordings and their transcripts), then the model.
     speech = is_speech_model(recipe.model_name_or_path, recipe.model_revision)
-    if speech:
-        from ..speech.calibration import model_inputs
-
-        tokenizer, inputs, evals, data_report = speech_calibration_data(recipe)
-        ids = model_inputs(inputs)
-    else:
-        tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
-        calib, evals, data_report = load_data(recipe, tokenizer)
-        ids = calibration_windows(recipe, tokenizer, calib["text"])
+    tokenizer, ids, evals, data_report = (speech_calibration_data if speech else calibration_data)(recipe)
     device = resolve_device(recipe.device)
     measure = held_out_meter(recipe, tokenizer, evals, device, speech=speech)
     with staged_output(recipe, "compress") as tmp:
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
         before = measure(model, "dense", recipe.model_name_or_path)
-        dense_size = dense_skeleton(recipe.model_name_or_path, recipe.model_revision)  # parameter counts of the dense model, for the summary
 
         # 3. Layer by layer: statistics -> initialisation -> low-rank swap.
         ranks, report = compress_model(
             model, ids, targets, ranks, method=recipe.method, alpha=recipe.asvd_alpha, jitter=recipe.jitter,
             device=device, batch_size=recipe.calibration_batch_size, propagate=recipe.propagate,
         )  # fmt: skip
+        dense_size = dense_skeleton(recipe.model_name_or_path, recipe.model_revision)  # the dense parameter counts
         facts = summary(dense_size, targets, ranks, recipe.ratio)
-        LowRankForCausalLM.from_base(model, {
-            "method": recipe.method, "ratio": recipe.ratio, "achieved_ratio": facts["achieved_ratio"],
-            "model_fraction_removed": facts["model_fraction_removed"], "rank_allocation": recipe.rank_allocation,
-            "targets": target_names(targets), "ranks": {k: v for k, v in ranks.items() if v is not None},
-            "base_model": recipe.model_name_or_path,
-            "calibration": {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
-                            "seq_len": recipe.calibration_seq_len, "seed": recipe.seed, "propagate": recipe.propagate},
-        })  # fmt: skip
+        LowRankForCausalLM.from_base(model, compression_record(recipe, facts, targets, ranks))
         after = measure(model, "compressed")
         trackers = Trackers(recipe, "compress", tmp)
         trackers.log({"achieved_ratio": facts["achieved_ratio"], "parameters": facts["model_params_after"]})
@@ -134,24 +119,43 @@ def run(recipe: CompressRecipe, callbacks=None):
         # 4. Checkpoint (low-rank format) + card, then publish.
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        finish(
-            tmp,
-            stage="compress",
-            recipe=recipe,
-            metrics=metrics,
-            parent=recipe.model_name_or_path,
-            card=CardInfo(
-                summary=f"{model_ref(recipe.model_name_or_path)} with {facts['achieved_ratio']:.0%} of the linear parameters of its {'encoder and decoder blocks' if speech else 'decoder'} removed by {recipe.method} low-rank factorisation.",
-                training=compression_md(recipe, facts, before, after, target_names(targets), speech),
-                results=perplexity_results(
-                    after, recipe.eval_datasets, None if speech else recipe.perplexity_max_length
-                ),
-                data_report=data_report,
-                tags=["compression", "low-rank", recipe.method],
-                limitations=NOTE,
-            ),
-        )
+        finish(tmp, stage="compress", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path,
+               card=card_info(recipe, facts, before, after, target_names(targets), speech, data_report))  # fmt: skip
     return metrics
+
+
+def calibration_data(recipe: CompressRecipe):
+    """(tokenizer, calibration windows, held-out sets, mixture report) of a text model: every data error before any
+    model loads."""
+    tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
+    calib, evals, data_report = load_data(recipe, tokenizer)
+    return tokenizer, calibration_windows(recipe, tokenizer, calib["text"]), evals, data_report
+
+
+def compression_record(recipe: CompressRecipe, facts: dict, targets, ranks: dict) -> dict:
+    """The checkpoint's `compression_config`: method, ratios, ranks, calibration."""
+    calibration = {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
+                   "seq_len": recipe.calibration_seq_len, "seed": recipe.seed, "propagate": recipe.propagate}  # fmt: skip
+    return {
+        "method": recipe.method, "ratio": recipe.ratio, "achieved_ratio": facts["achieved_ratio"],
+        "model_fraction_removed": facts["model_fraction_removed"], "rank_allocation": recipe.rank_allocation,
+        "targets": target_names(targets), "ranks": {k: v for k, v in ranks.items() if v is not None},
+        "base_model": recipe.model_name_or_path, "calibration": calibration,
+    }  # fmt: skip
+
+
+def card_info(recipe: CompressRecipe, facts: dict, before: dict, after: dict, names: list[str], speech: bool,
+              data_report: list) -> CardInfo:  # fmt: skip
+    blocks = "encoder and decoder blocks" if speech else "decoder"
+    return CardInfo(
+        summary=f"{model_ref(recipe.model_name_or_path)} with {facts['achieved_ratio']:.0%} of the linear parameters "
+        f"of its {blocks} removed by {recipe.method} low-rank factorisation.",
+        training=compression_md(recipe, facts, before, after, names, speech),
+        results=perplexity_results(after, recipe.eval_datasets, None if speech else recipe.perplexity_max_length),
+        data_report=data_report,
+        tags=["compression", "low-rank", recipe.method],
+        limitations=NOTE,
+    )
 
 
 def target_names(targets) -> list[str]:

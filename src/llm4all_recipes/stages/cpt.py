@@ -84,20 +84,8 @@ def run(recipe: CPTRecipe, callbacks=None):
     with staged_output(recipe, "cpt", resume=True) as tmp:
         # 2. Model, and the reference model of the KL (the model before this stage, by default).
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
-        reference = None
-        if recipe.kl_active:
-            ref_path = recipe.reference_model_name_or_path or recipe.model_name_or_path
-            if (
-                load_tokenizer(ref_path, key="reference_model_name_or_path").get_vocab()
-                != tokenizer.get_vocab()
-            ):
-                raise RecipeError(
-                    "the reference model has a different tokenizer", key="reference_model_name_or_path"
-                )
-            reference = load_model(ref_path, dtype=recipe.reference_dtype, key="reference_model_name_or_path")
-        device = resolve_device("auto")
-
-        measure = held_out_meter(recipe, tokenizer, evals, device)
+        reference = load_reference(recipe, tokenizer)
+        measure = held_out_meter(recipe, tokenizer, evals, resolve_device("auto"))
         before = measure(model, "before", recipe.model_name_or_path)
 
         # 3. Train (TRL machinery, CE + KL loss), resumable from <output_dir>.tmp.
@@ -108,60 +96,68 @@ def run(recipe: CPTRecipe, callbacks=None):
             eval_datasets=text_eval_rows(evals, tokenizer, recipe.max_length) if recipe.keep_best else {},
             peft_config=lora_config(recipe) if recipe.use_peft else None, callbacks=callbacks,
             data_collator=StackCollator(("input_ids", "attention_mask", "labels", "kl_mask")), teacher_model=reference,
-            kl_coef=recipe.kl_coef, kl_coef_end=recipe.kl_coef_end, kd_loss=recipe.kd_loss, kd_beta=recipe.kd_beta, kd_temperature=recipe.kd_temperature,
+            kl_coef=recipe.kl_coef, kl_coef_end=recipe.kl_coef_end, kd_loss=recipe.kd_loss, kd_beta=recipe.kd_beta,
+            kd_temperature=recipe.kd_temperature,
         )  # fmt: skip
         trained = save_trained(trainer, tmp, recipe, metrics, merge=False)
-        after = measure(trained, "after")
-        metrics.update(eval_before=before, eval=after, data=data)
-        old, new = _domains(evals)
-        points = []
-        if old and new:
-            points = [{"model": "before", "old": before[old]["perplexity"], "new": before[new]["perplexity"]},
-                      {"model": "after", "old": after[old]["perplexity"], "new": after[new]["perplexity"]}]  # fmt: skip
-        alphas = recipe.merge_grid or ([recipe.merge_with_base] if recipe.merge_with_base != 1 else [])
-        if alphas and metrics["train"].get("kept") != "start":
-            same = recipe.reference_model_name_or_path in (None, recipe.model_name_or_path)
-            start = reference if reference is not None and same else None
-            merged = merge_grid(recipe, trained, start, alphas, measure, (old, new), points, after, before)
-            metrics["merge_with_base"] = merged
-            metrics["eval"] = merged["eval"]
-            if trainer.is_world_process_zero():
-                trained.save_pretrained(str(tmp))
-            trainer.accelerator.wait_for_everyone()
-        if points:
-            forgetting.plot(points, tmp / "forgetting.png", old, new)
-            metrics["forgetting"] = {"old": old, "new": new, "points": points}
-        finish(
-            tmp,
-            stage="cpt",
-            recipe=recipe,
-            metrics=metrics,
-            parent=recipe.model_name_or_path,
-            card=CardInfo(
-                summary=f"{model_ref(recipe.model_name_or_path)} after continued pretraining on new text"
-                + (f" with {recipe.replay_share:.0%} replay" if recipe.replay_share else "")
-                + (
-                    f" and a KL to the model before training (×{recipe.kl_coef}"
-                    + (f" → {recipe.kl_coef_end}" if recipe.kl_coef_end is not None else "")
-                    + f", {recipe.kl_on} tokens)"
-                    if recipe.kl_active
-                    else ""
-                )
-                + (
-                    f", merged with it at α = {metrics['merge_with_base']['alpha']:g}"
-                    if "merge_with_base" in metrics
-                    else ""
-                )
-                + ".",
-                training=cpt_md(recipe, metrics),
-                results=perplexity_results(
-                    metrics["eval"], recipe.eval_datasets, recipe.perplexity_max_length
-                ),
-                data_report=data["mixture"] + data["replay_mixture"],
-                tags=["continued-pretraining"],
-            ),
-        )
+        metrics.update(eval_before=before, eval=measure(trained, "after"), data=data)
+
+        # 4. Merged back with the start at the α its grid chooses; the forgetting report (old vs new domain).
+        merge_back(recipe, trainer, trained, reference, measure, _domains(evals), metrics, tmp)
+        finish(tmp, stage="cpt", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path,
+               card=card_info(recipe, metrics, data))  # fmt: skip
     return metrics
+
+
+def load_reference(recipe: CPTRecipe, tokenizer):
+    """The KL's reference model (the model before this stage by default), or None without a KL."""
+    if not recipe.kl_active:
+        return None
+    ref_path = recipe.reference_model_name_or_path or recipe.model_name_or_path
+    if load_tokenizer(ref_path, key="reference_model_name_or_path").get_vocab() != tokenizer.get_vocab():
+        raise RecipeError("the reference model has a different tokenizer", key="reference_model_name_or_path")
+    return load_model(ref_path, dtype=recipe.reference_dtype, key="reference_model_name_or_path")
+
+
+def merge_back(recipe: CPTRecipe, trainer, trained, reference, measure, domains, metrics: dict, tmp) -> None:
+    """Merge `trained` with the starting model (merge_grid / merge_with_base; saved again in `tmp`) unless training
+    kept the start, and plot the forgetting report; both recorded in `metrics`."""
+    (old, new), before, after = domains, metrics["eval_before"], metrics["eval"]
+    points = []
+    if old and new:
+        points = [{"model": "before", "old": before[old]["perplexity"], "new": before[new]["perplexity"]},
+                  {"model": "after", "old": after[old]["perplexity"], "new": after[new]["perplexity"]}]  # fmt: skip
+    alphas = recipe.merge_grid or ([recipe.merge_with_base] if recipe.merge_with_base != 1 else [])
+    if alphas and metrics["train"].get("kept") != "start":
+        same = recipe.reference_model_name_or_path in (None, recipe.model_name_or_path)
+        start = reference if reference is not None and same else None
+        merged = merge_grid(recipe, trained, start, alphas, measure, (old, new), points, after, before)
+        metrics["merge_with_base"] = merged
+        metrics["eval"] = merged["eval"]
+        if trainer.is_world_process_zero():
+            trained.save_pretrained(str(tmp))
+        trainer.accelerator.wait_for_everyone()
+    if points:
+        forgetting.plot(points, tmp / "forgetting.png", old, new)
+        metrics["forgetting"] = {"old": old, "new": new, "points": points}
+
+
+def card_info(recipe: CPTRecipe, metrics: dict, data: dict) -> CardInfo:
+    summary = f"{model_ref(recipe.model_name_or_path)} after continued pretraining on new text"
+    if recipe.replay_share:
+        summary += f" with {recipe.replay_share:.0%} replay"
+    if recipe.kl_active:
+        end = f" → {recipe.kl_coef_end}" if recipe.kl_coef_end is not None else ""
+        summary += f" and a KL to the model before training (×{recipe.kl_coef}{end}, {recipe.kl_on} tokens)"
+    if "merge_with_base" in metrics:
+        summary += f", merged with it at α = {metrics['merge_with_base']['alpha']:g}"
+    return CardInfo(
+        summary=summary + ".",
+        training=cpt_md(recipe, metrics),
+        results=perplexity_results(metrics["eval"], recipe.eval_datasets, recipe.perplexity_max_length),
+        data_report=data["mixture"] + data["replay_mixture"],
+        tags=["continued-pretraining"],
+    )
 
 
 def merge_grid(recipe: CPTRecipe, trained, start, alphas, measure, domains, points, after, before_eval) -> dict:

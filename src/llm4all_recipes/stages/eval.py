@@ -42,10 +42,7 @@ def run(recipe: EvalRecipe, callbacks=None):
     # 1. Data first (errors before any model loads).
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     ppl_sets = load_eval_sets(recipe.perplexity_datasets, needed=("text",), key="perplexity_datasets")
-    simsamu = (load_source(DatasetSource(path=recipe.simsamu_dataset, split=recipe.simsamu_split), "simsamu_dataset",
-                           ("id", "prompt", "completion")) if recipe.simsamu_dataset else None)  # fmt: skip
-    meetings = (load_source(DatasetSource(path=recipe.meetings_dataset, split=recipe.meetings_split), "meetings_dataset",
-                            ["id", "turns", "summary", *(["chunks"] if _has_chunks(recipe) else [])]) if recipe.meetings_dataset else None)  # fmt: skip
+    simsamu, meetings = task_sets(recipe)
     if recipe.compare_to is None:
         compare = lineage_models(recipe.model_name_or_path)
     else:
@@ -65,45 +62,58 @@ def run(recipe: EvalRecipe, callbacks=None):
             model = load_model(path, dtype=recipe.dtype)
             values = measure(model, label, path)
             metrics["perplexity"][label] = {k: v["perplexity"] for k, v in values.items()}
-        metrics["perplexity_tokens"] = {
-            k: v.get("tokens") for k, v in values.items()
-        }  # of the evaluated model
-        model.to(device)
-        budget = Budget(recipe.max_generations)
-        if simsamu is not None:
-            metrics["simsamu"] = simsamu_next_turn(model, tokenizer, simsamu, budget, recipe.max_new_tokens)
-        if meetings is not None:
-            context = getattr(model.config, "max_position_embeddings", 2048)
-            metrics["meetings"] = meeting_summaries(model, tokenizer, meetings, budget, context=context, chunk_tokens=recipe.chunk_tokens,
-                                                    overlap=recipe.chunk_overlap, max_new_tokens=recipe.max_new_tokens)  # fmt: skip
-        metrics["generations_left"] = budget.left
-        model.to("cpu")
+        metrics["perplexity_tokens"] = {k: v.get("tokens") for k, v in values.items()}  # of the evaluated model
 
-        # 3. lighteval (imported only here).
+        # 3. Generations (simsamu next turns, meeting summaries) within one budget; lighteval (imported only here).
+        model.to(device)
+        metrics.update(generations(recipe, model, tokenizer, simsamu, meetings))
+        model.to("cpu")
         if recipe.lighteval_tasks:
             from ..evaluation.lighteval_tasks import run_lighteval
 
             metrics["lighteval"] = run_lighteval(recipe.model_name_or_path, recipe.lighteval_tasks, str(tmp / "lighteval"),
                                                  simsamu=recipe.simsamu_dataset, meetings=recipe.meetings_dataset,
                                                  max_samples=recipe.lighteval_max_samples)  # fmt: skip
+
+        # 4. The forgetting report, the run files and the report card (and the model's card, when asked).
         old, new = recipe.old_domain or _first(ppl_sets, "old"), recipe.new_domain or _first(ppl_sets, "new")
-        points = []
         if old and new:
-            points = [
-                {"model": label, "old": v[old], "new": v[new]} for label, v in metrics["perplexity"].items()
-            ]
-            forgetting.plot(
-                points, tmp / "forgetting.png", old, new, arrows=[(i, i + 1) for i in range(len(points) - 1)]
-            )
+            points = [{"model": label, "old": v[old], "new": v[new]} for label, v in metrics["perplexity"].items()]
+            forgetting.plot(points, tmp / "forgetting.png", old, new, arrows=[(i, i + 1) for i in range(len(points) - 1)])
             metrics["forgetting"] = {"old": old, "new": new, "points": points}
         results = results_of(metrics, recipe)
         write_run_files(tmp, stage="eval", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path)
         (tmp / "README.md").write_text(report_card(recipe, metrics, results), encoding="utf-8")
         if recipe.update_model_card and Path(recipe.model_name_or_path, "README.md").is_file():
-            add_to_model_card(
-                Path(recipe.model_name_or_path), recipe, metrics, results, tmp / "forgetting.png"
-            )
+            add_to_model_card(Path(recipe.model_name_or_path), recipe, metrics, results, tmp / "forgetting.png")
     return metrics
+
+
+def task_sets(recipe: EvalRecipe):
+    """(simsamu rows or None, meeting rows or None) the recipe asks to generate on."""
+    simsamu = meetings = None
+    if recipe.simsamu_dataset:
+        source = DatasetSource(path=recipe.simsamu_dataset, split=recipe.simsamu_split)
+        simsamu = load_source(source, "simsamu_dataset", ("id", "prompt", "completion"))
+    if recipe.meetings_dataset:
+        source = DatasetSource(path=recipe.meetings_dataset, split=recipe.meetings_split)
+        columns = ["id", "turns", "summary", *(["chunks"] if _has_chunks(recipe) else [])]
+        meetings = load_source(source, "meetings_dataset", columns)
+    return simsamu, meetings
+
+
+def generations(recipe: EvalRecipe, model, tokenizer, simsamu, meetings) -> dict:
+    """The next-turn and meeting-summary scores, within `max_generations` generations in all."""
+    out: dict = {}
+    budget = Budget(recipe.max_generations)
+    if simsamu is not None:
+        out["simsamu"] = simsamu_next_turn(model, tokenizer, simsamu, budget, recipe.max_new_tokens)
+    if meetings is not None:
+        context = getattr(model.config, "max_position_embeddings", 2048)
+        out["meetings"] = meeting_summaries(model, tokenizer, meetings, budget, context=context, chunk_tokens=recipe.chunk_tokens,
+                                            overlap=recipe.chunk_overlap, max_new_tokens=recipe.max_new_tokens)  # fmt: skip
+    out["generations_left"] = budget.left
+    return out
 
 
 def _has_chunks(recipe: EvalRecipe) -> bool:

@@ -98,7 +98,7 @@ def speech_windows(recipe: FeatureDistillRecipe):
 
 
 def run(recipe: FeatureDistillRecipe, callbacks=None):
-    from ..compression.feature_distill import DistillConfig, distill
+    from ..compression.feature_distill import distill
 
     # 1. Who teaches whom, and on which windows (speech: recordings): all checked before any model loads.
     teacher_path = teacher_of(recipe)
@@ -112,10 +112,6 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
         train_ids, hold_ids = split_windows(recipe, corpus_ids(tokenizer, calib["text"]))
     device = resolve_device(recipe.device)
     measure = held_out_meter(recipe, tokenizer, evals, device, speech=speech)
-    cfg = DistillConfig(recipe.schedule, recipe.joint_inputs, recipe.learning_rate, recipe.weight_decay,
-                        recipe.tokens_per_block, recipe.calibration_batch_size, recipe.eval_every, device,
-                        recipe.lr_scheduler_type, recipe.warmup_ratio, recipe.early_stopping_patience,
-                        _tokens(train_ids) // len(_first(train_ids)) * recipe.calibration_batch_size if speech else None)  # fmt: skip
     if recipe.dry_run:
         tokens = recipe.tokens_per_block or _tokens(train_ids)
         print(f"# feature-distill {recipe.model_name_or_path} <- {teacher_path} ({recipe.schedule}); {_tokens(train_ids)} "
@@ -126,59 +122,65 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
         # 2. Models (on the CPU; one block at a time goes to the device).
         student = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
         if compression_config(student) is None:
-            raise RecipeError(
-                "not a low-rank checkpoint (run `llm4all compress` first)", key="model_name_or_path"
-            )
+            raise RecipeError("not a low-rank checkpoint (run `llm4all compress` first)", key="model_name_or_path")
         teacher = load_model(teacher_path, dtype=recipe.dtype, key="teacher_model_name_or_path")
-
         before = measure(student, "before", recipe.model_name_or_path)
 
         # 3. Block by block, resumable from <output_dir>.tmp/distill_state.
         state = tmp / "distill_state"
         trackers = Trackers(recipe, "feature-distill", tmp)
-        reports = distill(
-            teacher, student, train_ids, hold_ids, cfg, state_dir=state, on_block=trackers.log_block
-        )
+        cfg = distill_config(recipe, train_ids, device, speech)
+        reports = distill(teacher, student, train_ids, hold_ids, cfg, state_dir=state, on_block=trackers.log_block)
         after = measure(student, "after")
         trackers.log_perplexities(before, after)
         trackers.close()
-        tokens_per_step = _tokens(train_ids) // len(_first(train_ids)) * recipe.calibration_batch_size
-        unchanged = [r.layer for r in reports if r.best_step == 0]
-        if unchanged:
-            logger.warning("blocks %s kept their compressed state: no step improved their held-out loss%s", unchanged,
-                           " (NO block improved: lower the learning rate?)" if len(unchanged) == len(reports) else "")  # fmt: skip
+        metrics = {**block_facts(recipe, reports, train_ids), "eval_before": before, "eval": after,
+                   "data": data_report, "parameters": sum(p.numel() for p in student.parameters())}  # fmt: skip
         student.config.compression_config["feature_distill"] = {
             "teacher": teacher_path, "schedule": recipe.schedule, "joint_inputs": recipe.joint_inputs,
             "learning_rate": recipe.learning_rate, "lr_scheduler_type": recipe.lr_scheduler_type,
             "tokens_per_block": recipe.tokens_per_block or _tokens(train_ids),
         }  # fmt: skip
-        metrics = {
-            "blocks": [{k: v for k, v in r.__dict__.items() if k != "history"} for r in reports],
-            "tokens_trained": sum(r.steps for r in reports) * tokens_per_step,  # over all blocks
-            "text_tokens": max((r.steps for r in reports), default=0) * tokens_per_step,  # the text they learnt on
-            "eval_before": before, "eval": after, "data": data_report,
-            "parameters": sum(p.numel() for p in student.parameters()),
-        }  # fmt: skip
         student.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(state, ignore_errors=True)  # resume-only
-        finish(
-            tmp,
-            stage="feature-distill",
-            recipe=recipe,
-            metrics=metrics,
-            parent=recipe.model_name_or_path,
-            card=CardInfo(
-                summary=f"{model_ref(recipe.model_name_or_path)} healed by Lillama feature distillation against {model_ref(teacher_path)}.",
-                training=distill_md(recipe, teacher_path, metrics),
-                results=perplexity_results(
-                    after, recipe.eval_datasets, None if speech else recipe.perplexity_max_length
-                ),
-                data_report=data_report,
-                tags=["compression", "low-rank", "lillama"],
-            ),
-        )
+        finish(tmp, stage="feature-distill", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path,
+               card=card_info(recipe, teacher_path, metrics, speech))  # fmt: skip
     return metrics
+
+
+def distill_config(recipe: FeatureDistillRecipe, train_ids, device: str, speech: bool):
+    from ..compression.feature_distill import DistillConfig
+
+    speech_tokens = _tokens(train_ids) // len(_first(train_ids)) * recipe.calibration_batch_size if speech else None
+    return DistillConfig(recipe.schedule, recipe.joint_inputs, recipe.learning_rate, recipe.weight_decay,
+                         recipe.tokens_per_block, recipe.calibration_batch_size, recipe.eval_every, device,
+                         recipe.lr_scheduler_type, recipe.warmup_ratio, recipe.early_stopping_patience, speech_tokens)  # fmt: skip
+
+
+def block_facts(recipe: FeatureDistillRecipe, reports: list, train_ids) -> dict:
+    """Each block's held-out losses and steps, and the tokens trained (a warning for blocks no step improved)."""
+    unchanged = [r.layer for r in reports if r.best_step == 0]
+    if unchanged:
+        logger.warning("blocks %s kept their compressed state: no step improved their held-out loss%s", unchanged,
+                       " (NO block improved: lower the learning rate?)" if len(unchanged) == len(reports) else "")  # fmt: skip
+    tokens_per_step = _tokens(train_ids) // len(_first(train_ids)) * recipe.calibration_batch_size
+    return {
+        "blocks": [{k: v for k, v in r.__dict__.items() if k != "history"} for r in reports],
+        "tokens_trained": sum(r.steps for r in reports) * tokens_per_step,  # over all blocks
+        "text_tokens": max((r.steps for r in reports), default=0) * tokens_per_step,  # the text they learnt on
+    }
+
+
+def card_info(recipe: FeatureDistillRecipe, teacher_path: str, metrics: dict, speech: bool) -> CardInfo:
+    return CardInfo(
+        summary=f"{model_ref(recipe.model_name_or_path)} healed by Lillama feature distillation against "
+        f"{model_ref(teacher_path)}.",
+        training=distill_md(recipe, teacher_path, metrics),
+        results=perplexity_results(metrics["eval"], recipe.eval_datasets, None if speech else recipe.perplexity_max_length),
+        data_report=metrics["data"],
+        tags=["compression", "low-rank", "lillama"],
+    )
 
 
 def distill_md(recipe: FeatureDistillRecipe, teacher: str, metrics: dict) -> str:

@@ -325,18 +325,12 @@ def run(recipe: GenerateRecipe, callbacks=None):
     items = [(split, row) for split, rows in splits.items() for row in rows]
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     if not tokenizer.chat_template:
-        raise RecipeError(
-            f"{recipe.model_name_or_path} has no chat template: the prompts are chat messages (use an instruct "
-            "teacher, or one whose tokenizer_config.json has a chat_template)",
-            key="model_name_or_path",
-        )
+        raise RecipeError(f"{recipe.model_name_or_path} has no chat template: the prompts are chat messages (use an "
+                          "instruct teacher, or one whose tokenizer_config.json has a chat_template)",
+                          key="model_name_or_path")  # fmt: skip
     tokenizer.padding_side = "left"
     context = recipe.context_length or teacher_context(recipe)
-    facts = {
-        "rows": len(items),
-        "splits": {s: len(r) for s, r in splits.items()},
-        "provenance": provenance(recipe),
-    }
+    facts = {"rows": len(items), "splits": {s: len(r) for s, r in splits.items()}, "provenance": provenance(recipe)}
     if recipe.dry_run:
         print(json.dumps(facts, indent=2, ensure_ascii=False))
         return facts
@@ -352,20 +346,7 @@ def run(recipe: GenerateRecipe, callbacks=None):
                      from_source=sum(e["how"] == "source" for e in entries),
                      map_reduce=sum(e["how"] == "map-reduce" for e in entries),
                      truncated=sum(bool(e["truncated"]) for e in entries), dropped=dict(dropped), kept=len(kept))  # fmt: skip
-        system = (
-            [{"role": "system", "content": render_prompt_source(recipe.system_prompt)}]
-            if recipe.system_prompt
-            else []
-        )
-        origin = json.dumps(facts["provenance"], ensure_ascii=False, sort_keys=True)
-        by_split: dict[str, list[dict]] = {s: [] for s in splits}
-        for e in kept:
-            text = e.get("instruction") or instruction(recipe, e["row"])
-            by_split[e["split"]].append({
-                **e["row"], recipe.output_column: e["answer"],
-                "messages": [*chat(system, text), {"role": "assistant", "content": e["answer"]}],
-                "provenance": origin if e["how"] != "source" else json.dumps({"machine_generated": False}),
-            })  # fmt: skip
+        by_split = answer_rows(recipe, kept, splits, facts["provenance"])
         facts["splits"] = {s: len(rows) for s, rows in by_split.items()}
         if not kept:
             raise RecipeError(
@@ -375,14 +356,27 @@ def run(recipe: GenerateRecipe, callbacks=None):
             {s: datasets.Dataset.from_list(rows) for s, rows in by_split.items() if rows}
         )
         table.save_to_disk(str(tmp))
-        for shard in (tmp / "shards").glob(
-            "*.jsonl"
-        ):  # this run's work files: the dataset now holds the rows
+        for shard in (tmp / "shards").glob("*.jsonl"):  # this run's work files: the dataset now holds the rows
             shard.unlink()
         (tmp / "shards").rmdir()
         finish_dataset(tmp, stage="generate", recipe=recipe, dataset=table, report=facts, facts=card_facts(recipe, facts),
                        card_report={**facts, "skipped": dict(dropped)}, source=recipe.dataset)  # fmt: skip
     return facts
+
+
+def answer_rows(recipe: GenerateRecipe, kept: list[dict], splits: dict, provenance: dict) -> dict[str, list[dict]]:
+    """{split: rows}: each kept row's input columns + the answer + the chat it makes + its provenance."""
+    system = [{"role": "system", "content": render_prompt_source(recipe.system_prompt)}] if recipe.system_prompt else []
+    origin = json.dumps(provenance, ensure_ascii=False, sort_keys=True)
+    by_split: dict[str, list[dict]] = {s: [] for s in splits}
+    for e in kept:
+        text = e.get("instruction") or instruction(recipe, e["row"])
+        by_split[e["split"]].append({
+            **e["row"], recipe.output_column: e["answer"],
+            "messages": [*chat(system, text), {"role": "assistant", "content": e["answer"]}],
+            "provenance": origin if e["how"] != "source" else json.dumps({"machine_generated": False}),
+        })  # fmt: skip
+    return by_split
 
 
 def card_facts(recipe: GenerateRecipe, facts: dict) -> dict:

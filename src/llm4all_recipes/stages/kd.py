@@ -77,61 +77,17 @@ def run(recipe: KDRecipe, callbacks=None):
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     if recipe.chat_template_path:
         tokenizer.chat_template = read_chat_template(recipe.chat_template_path)
-    if recipe.teacher_model_name_or_path:
-        teacher_tok = load_tokenizer(recipe.teacher_model_name_or_path, key="teacher_model_name_or_path")
-        if teacher_tok.get_vocab() != tokenizer.get_vocab():
-            raise RecipeError("the teacher and the student have different tokenizers (logit distillation needs the same "
-                              "vocabulary)", key="teacher_model_name_or_path")  # fmt: skip
-    if recipe.kd_hidden_coef:
-        check_hidden_pairs(recipe)
-    collator, report = None, []
-    if recipe.teacher_cache:
-        cache, train, collator = open_cache(recipe, tokenizer)
-        recipe.packing, recipe.remove_unused_columns = False, False
-        recipe.assistant_only_loss = False  # the cache's labels already carry the assistant-token mask
-        recipe.dataset_kwargs = {"skip_prepare_dataset": True}  # the cache's rows are used unchanged
-        report = [
-            {
-                "source": recipe.teacher_cache,
-                "split": "data",
-                "used_rows": len(train),
-                "available_rows": len(train),
-                "share": 1.0,
-            }
-        ]
-    else:
-        train, _, report = load_data(recipe, tokenizer, evals=False)  # eval_datasets: held-out text, read below
+    check_teacher(recipe, tokenizer)
+    cache, train, collator, report = training_rows(recipe, tokenizer)
     perplexity_sets = load_eval_sets(recipe.eval_datasets, needed=("text",))
-    if recipe.teacher_cache and (warning := cache_reads_warning(recipe, len(train))):
-        logger.warning(warning)
-    if recipe.dry_run and recipe.teacher_cache:
-        print(
-            f"# kd from cache {recipe.teacher_cache}: {len(train)} rows x {cache.meta['max_length']} tokens"
-        )
-        if warning:
-            print(f"# WARNING: {warning}")
-        return {"rows": len(train)}
     if recipe.dry_run:
-        return print_plan(recipe, "kd", train, tokenizer, report)
+        return dry_run(recipe, train, tokenizer, report, cache)
 
     with staged_output(recipe, "kd", resume=True) as tmp:
         # 2. Student (maybe low-rank, maybe + LoRA) and teacher (once, eval mode, its own dtype).
         student = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
-        teacher = None
-        if recipe.teacher_model_name_or_path:
-            teacher = load_model(
-                recipe.teacher_model_name_or_path,
-                dtype=recipe.teacher_dtype,
-                key="teacher_model_name_or_path",
-            )
-            if recipe.teacher_cache and model_identity(teacher) != cache.meta["teacher_identity"]:
-                raise RecipeError(
-                    "fingerprint mismatch: this teacher is not the one the cache was made with",
-                    key="teacher_model_name_or_path",
-                )
-        device = resolve_device("auto")
-
-        measure = held_out_meter(recipe, tokenizer, perplexity_sets, device)
+        teacher = load_teacher(recipe, cache)
+        measure = held_out_meter(recipe, tokenizer, perplexity_sets, resolve_device("auto"))
         before = measure(student, "student before", recipe.model_name_or_path)
         teacher_ppl = {} if teacher is None else measure(teacher, "teacher", recipe.teacher_model_name_or_path)
 
@@ -140,30 +96,81 @@ def run(recipe: KDRecipe, callbacks=None):
             recipe, tmp, model=student, tokenizer=tokenizer, train_dataset=train, trainer_cls=KDTrainer,
             eval_datasets=text_eval_rows(perplexity_sets, tokenizer, recipe.max_length) if recipe.keep_best else {},
             peft_config=lora_config(recipe) if recipe.use_peft else None, callbacks=callbacks, data_collator=collator,
-            teacher_model=None if recipe.teacher_cache else teacher, kd_loss=recipe.kd_loss, kd_beta=recipe.kd_beta,
-            kd_temperature=recipe.kd_temperature, kd_alpha=recipe.kd_alpha, kd_hidden_coef=recipe.kd_hidden_coef,
+            teacher_model=None if recipe.teacher_cache else teacher, **kd_loss_args(recipe),
         )  # fmt: skip
         healed = save_trained(trainer, tmp, recipe, metrics)
         after = measure(healed, "student after")
         metrics.update(eval_before=before, eval=after, teacher_eval=teacher_ppl, data=report)
-        finish(
-            tmp,
-            stage="kd",
-            recipe=recipe,
-            metrics=metrics,
-            parent=recipe.model_name_or_path,
-            card=CardInfo(
-                summary=f"{model_ref(recipe.model_name_or_path)} distilled from {model_ref(recipe.teacher_model_name_or_path) if recipe.teacher_model_name_or_path else 'a cached teacher'} (logit distillation).",
-                training=distillation_md(recipe, metrics),
-                results=perplexity_results(
-                    metrics["eval"], recipe.eval_datasets, recipe.perplexity_max_length
-                ),
-                data_report=report,
-                tags=["distillation"],
-                chat=recipe.data_format == "messages",
-            ),
-        )
+        finish(tmp, stage="kd", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path,
+               card=card_info(recipe, metrics, report))  # fmt: skip
     return metrics
+
+
+def check_teacher(recipe: KDRecipe, tokenizer) -> None:
+    """The teacher's vocabulary is the student's (logit distillation), and its hidden-state pairs exist."""
+    if recipe.teacher_model_name_or_path:
+        teacher_tok = load_tokenizer(recipe.teacher_model_name_or_path, key="teacher_model_name_or_path")
+        if teacher_tok.get_vocab() != tokenizer.get_vocab():
+            raise RecipeError("the teacher and the student have different tokenizers (logit distillation needs the same "
+                              "vocabulary)", key="teacher_model_name_or_path")  # fmt: skip
+    if recipe.kd_hidden_coef:
+        check_hidden_pairs(recipe)
+
+
+def training_rows(recipe: KDRecipe, tokenizer):
+    """(teacher cache or None, training rows, their collator or None, mixture report): the cache's rows as they are,
+    or the recipe's datasets (its eval_datasets are held-out text, read by the caller)."""
+    if not recipe.teacher_cache:
+        train, _, report = load_data(recipe, tokenizer, evals=False)
+        return None, train, None, report
+    cache, train, collator = open_cache(recipe, tokenizer)
+    recipe.packing, recipe.remove_unused_columns = False, False
+    recipe.assistant_only_loss = False  # the cache's labels already carry the assistant-token mask
+    recipe.dataset_kwargs = {"skip_prepare_dataset": True}  # the cache's rows are used unchanged
+    report = [{"source": recipe.teacher_cache, "split": "data", "used_rows": len(train),
+               "available_rows": len(train), "share": 1.0}]  # fmt: skip
+    if warning := cache_reads_warning(recipe, len(train)):
+        logger.warning(warning)
+    return cache, train, collator, report
+
+
+def dry_run(recipe: KDRecipe, train, tokenizer, report, cache) -> dict:
+    if cache is None:
+        return print_plan(recipe, "kd", train, tokenizer, report)
+    print(f"# kd from cache {recipe.teacher_cache}: {len(train)} rows x {cache.meta['max_length']} tokens")
+    if warning := cache_reads_warning(recipe, len(train)):
+        print(f"# WARNING: {warning}")
+    return {"rows": len(train)}
+
+
+def load_teacher(recipe: KDRecipe, cache):
+    """The teacher model (None when distilling from a cache alone), checked against the cache it made."""
+    if not recipe.teacher_model_name_or_path:
+        return None
+    teacher = load_model(recipe.teacher_model_name_or_path, dtype=recipe.teacher_dtype, key="teacher_model_name_or_path")
+    if cache is not None and model_identity(teacher) != cache.meta["teacher_identity"]:
+        raise RecipeError("fingerprint mismatch: this teacher is not the one the cache was made with",
+                          key="teacher_model_name_or_path")  # fmt: skip
+    return teacher
+
+
+def kd_loss_args(recipe: KDRecipe) -> dict:
+    """The KD trainer's loss keys, from the recipe."""
+    return {"kd_loss": recipe.kd_loss, "kd_beta": recipe.kd_beta, "kd_temperature": recipe.kd_temperature,
+            "kd_alpha": recipe.kd_alpha, "kd_hidden_coef": recipe.kd_hidden_coef}  # fmt: skip
+
+
+def card_info(recipe: KDRecipe, metrics: dict, report: list) -> CardInfo:
+    teacher = (model_ref(recipe.teacher_model_name_or_path) if recipe.teacher_model_name_or_path
+               else "a cached teacher")  # fmt: skip
+    return CardInfo(
+        summary=f"{model_ref(recipe.model_name_or_path)} distilled from {teacher} (logit distillation).",
+        training=distillation_md(recipe, metrics),
+        results=perplexity_results(metrics["eval"], recipe.eval_datasets, recipe.perplexity_max_length),
+        data_report=report,
+        tags=["distillation"],
+        chat=recipe.data_format == "messages",
+    )
 
 
 def check_hidden_pairs(recipe: KDRecipe) -> None:

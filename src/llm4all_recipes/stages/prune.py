@@ -89,24 +89,21 @@ def run(recipe: PruneRecipe, callbacks=None):
         # 4. A plain checkpoint of the base class + card, then publish.
         pruned.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        finish(
-            tmp,
-            stage="prune",
-            recipe=recipe,
-            metrics=metrics,
-            parent=recipe.model_name_or_path,
-            card=CardInfo(
-                summary=f"{model_ref(recipe.model_name_or_path)} structurally pruned to a smaller "
-                f"{config.model_type} config: {facts['model_fraction_removed']:.0%} of its parameters removed "
-                f"({sizes_md(facts)}).",
-                training=pruning_md(recipe, facts, plan, before, after),
-                results=perplexity_results(after, recipe.eval_datasets, recipe.perplexity_max_length),
-                data_report=data_report,
-                tags=["pruning", "structured-pruning"],
-                limitations=NOTE,
-            ),
-        )
+        finish(tmp, stage="prune", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path,
+               card=card_info(recipe, config, facts, plan, before, after, data_report))  # fmt: skip
     return metrics
+
+
+def card_info(recipe: PruneRecipe, config, facts: dict, plan, before: dict, after: dict, data_report: list) -> CardInfo:
+    return CardInfo(
+        summary=f"{model_ref(recipe.model_name_or_path)} structurally pruned to a smaller {config.model_type} config: "
+        f"{facts['model_fraction_removed']:.0%} of its parameters removed ({sizes_md(facts)}).",
+        training=pruning_md(recipe, facts, plan, before, after),
+        results=perplexity_results(after, recipe.eval_datasets, recipe.perplexity_max_length),
+        data_report=data_report,
+        tags=["pruning", "structured-pruning"],
+        limitations=NOTE,
+    )
 
 
 def pruning_record(recipe: PruneRecipe, config, facts: dict, plan, deeper: bool) -> dict:

@@ -63,17 +63,7 @@ def run(recipe: SelectRecipe, callbacks=None):
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     docs, _, mixture = load_data(recipe, tokenizer)
     texts = list(docs["text"])
-    protected = [
-        t
-        for i, src in enumerate(recipe.decontaminate)
-        for t in load_source(src, f"decontaminate[{i}]", ("text",))["text"]
-    ]
-    dropped = duplicates(texts, threshold=recipe.near_duplicate_threshold, seed=recipe.seed)
-    dropped |= {
-        i: r
-        for i, r in contaminated(texts, protected, recipe.decontamination_ngram).items()
-        if i not in dropped
-    }
+    dropped = screen(recipe, texts)
     survivors = [i for i in range(len(texts)) if i not in dropped]
     if recipe.dry_run:
         print(
@@ -91,24 +81,15 @@ def run(recipe: SelectRecipe, callbacks=None):
         by_ppl, thresholds = by_perplexity(recipe, ppl)
         dropped |= by_ppl
         kept = [i for i in survivors if i not in dropped]
-        reasons = {"exact duplicate": 0, "near duplicate": 0, "eval overlap": 0, "perplexity": 0}
-        for reason in dropped.values():
-            kind = ("exact duplicate" if reason.startswith("exact") else "near duplicate" if reason.startswith("near")
-                    else "eval overlap" if reason.startswith("shares") else "perplexity")  # fmt: skip
-            reasons[kind] += 1
+        reasons = count_reasons(dropped)
         report = {"documents": len(texts), "kept": len(kept), "dropped": reasons, "keep": recipe.keep, "thresholds": thresholds,
                   "perplexity_quantiles": {q: quantile(scores, q) for q in (0.0, 0.1, 0.5, 0.9, 1.0)} if scores else {},
                   "splits": {"train": len(kept)}}  # fmt: skip
         logger.info("select: kept %d of %d documents (%s)", len(kept), len(texts), reasons)
 
         # 3. Kept dataset + the list of what was removed and why.
-        table = datasets.DatasetDict(
-            {
-                "train": datasets.Dataset.from_list(
-                    [{"text": texts[i], "perplexity": ppl[i], "index": i} for i in kept]
-                )
-            }
-        )
+        rows = [{"text": texts[i], "perplexity": ppl[i], "index": i} for i in kept]
+        table = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
         table.save_to_disk(str(tmp))
         with open(tmp / "dropped.jsonl", "w", encoding="utf-8") as f:
             for i in sorted(dropped):
@@ -118,6 +99,25 @@ def run(recipe: SelectRecipe, callbacks=None):
                        metrics={**report, "data": mixture}, card_report={**report, "skipped": dict(reasons)},
                        source=", ".join(s.path for s in recipe.datasets))  # fmt: skip
     return report
+
+
+def screen(recipe: SelectRecipe, texts: list[str]) -> dict[int, str]:
+    """{index: reason} of the exact and near duplicates, and of the documents that share n-grams with a protected
+    (evaluation) set."""
+    protected = [t for i, src in enumerate(recipe.decontaminate)
+                 for t in load_source(src, f"decontaminate[{i}]", ("text",))["text"]]  # fmt: skip
+    dropped = duplicates(texts, threshold=recipe.near_duplicate_threshold, seed=recipe.seed)
+    contamination = contaminated(texts, protected, recipe.decontamination_ngram)
+    return dropped | {i: r for i, r in contamination.items() if i not in dropped}
+
+
+def count_reasons(dropped: dict[int, str]) -> dict[str, int]:
+    reasons = {"exact duplicate": 0, "near duplicate": 0, "eval overlap": 0, "perplexity": 0}
+    for reason in dropped.values():
+        kind = ("exact duplicate" if reason.startswith("exact") else "near duplicate" if reason.startswith("near")
+                else "eval overlap" if reason.startswith("shares") else "perplexity")  # fmt: skip
+        reasons[kind] += 1
+    return reasons
 
 
 def _facts(recipe: SelectRecipe, report: dict) -> dict:

@@ -30,6 +30,36 @@ def run(recipe: SFTRecipe, callbacks=None):
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     if recipe.chat_template_path:
         tokenizer.chat_template = read_chat_template(recipe.chat_template_path)
+    added = check_chat_template(recipe, tokenizer)
+    train, evals, report = load_data(recipe)
+    check_answers_fit(recipe, train, tokenizer)
+    if recipe.dry_run:
+        return print_plan(recipe, "sft", train, tokenizer, report)
+
+    # 2. Claim <output_dir>.tmp (resume from its last checkpoint), then the model (+ LoRA); rename when done.
+    with staged_output(recipe, "sft", resume=True) as tmp:
+        model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision,
+                           attn_implementation=recipe.attn_implementation)  # fmt: skip
+        prepare_chat_model(model, tokenizer)  # added markers' embeddings; the end-of-turn token stops generation
+        peft_config = lora_config(recipe) if recipe.use_peft else None
+        trainer, metrics = fit(recipe, tmp, model=model, tokenizer=tokenizer, train_dataset=train, eval_datasets=evals,
+                               peft_config=peft_config, callbacks=callbacks)  # fmt: skip
+        metrics["data"] = report
+        metrics["added_tokens"] = added
+        save_trained(trainer, tmp, recipe, metrics)
+        card = CardInfo(
+            summary="A chat model fine-tuned on French conversations (assistant-only loss).",
+            training=_training_md(recipe, metrics),
+            results=perplexity_results(metrics.get("eval", {}), recipe.eval_datasets),
+            data_report=report,
+            chat=True,
+        )
+        finish(tmp, stage="sft", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path, card=card)
+    return metrics
+
+
+def check_chat_template(recipe: SFTRecipe, tokenizer) -> list[str]:
+    """The tokenizer has a chat template fit for the recipe; returns the template's markers added as tokens."""
     if not tokenizer.chat_template:
         raise RecipeError(
             f"the tokenizer of {recipe.model_name_or_path} has no chat template to render the conversations: set "
@@ -51,58 +81,20 @@ def run(recipe: SFTRecipe, callbacks=None):
     if added and recipe.merge_with_base != 1:
         raise RecipeError(f"the chat template adds tokens ({', '.join(added)}): the starting model has a smaller "
                           "vocabulary and cannot be merged back; drop merge_with_base", key="merge_with_base")  # fmt: skip
-    train, evals, report = load_data(recipe)
-    if recipe.assistant_only_loss and "messages" in train.column_names:
-        cut = rows_cut_before_the_answer(train, tokenizer, recipe.max_length)
-        if cut == len(train):
-            raise RecipeError(f"every training conversation ({cut}) is longer than max_length before its first "
-                              "assistant token: nothing would be trained; raise max_length", key="max_length")  # fmt: skip
-        if cut:
-            logger.warning("%d of %d training conversations are cut before their first assistant token at "
-                           "max_length %d: they train nothing", cut, len(train), recipe.max_length)  # fmt: skip
-    if recipe.dry_run:
-        return print_plan(recipe, "sft", train, tokenizer, report)
+    return added
 
-    # 2. Claim <output_dir>.tmp (resume from its last checkpoint), then the model (+ LoRA); rename when done.
-    with staged_output(recipe, "sft", resume=True) as tmp:
-        model = load_model(
-            recipe.model_name_or_path,
-            dtype=recipe.dtype,
-            revision=recipe.model_revision,
-            attn_implementation=recipe.attn_implementation,
-        )
-        prepare_chat_model(
-            model, tokenizer
-        )  # added markers' embeddings; the end-of-turn token stops generation
-        peft_config = lora_config(recipe) if recipe.use_peft else None
-        trainer, metrics = fit(
-            recipe,
-            tmp,
-            model=model,
-            tokenizer=tokenizer,
-            train_dataset=train,
-            eval_datasets=evals,
-            peft_config=peft_config,
-            callbacks=callbacks,
-        )
-        metrics["data"] = report
-        metrics["added_tokens"] = added
-        save_trained(trainer, tmp, recipe, metrics)
-        finish(
-            tmp,
-            stage="sft",
-            recipe=recipe,
-            metrics=metrics,
-            parent=recipe.model_name_or_path,
-            card=CardInfo(
-                summary="A chat model fine-tuned on French conversations (assistant-only loss).",
-                training=_training_md(recipe, metrics),
-                results=perplexity_results(metrics.get("eval", {}), recipe.eval_datasets),
-                data_report=report,
-                chat=True,
-            ),
-        )
-    return metrics
+
+def check_answers_fit(recipe: SFTRecipe, train, tokenizer) -> None:
+    """With an assistant-only loss, conversations cut by max_length before their first answer train nothing."""
+    if not recipe.assistant_only_loss or "messages" not in train.column_names:
+        return
+    cut = rows_cut_before_the_answer(train, tokenizer, recipe.max_length)
+    if cut == len(train):
+        raise RecipeError(f"every training conversation ({cut}) is longer than max_length before its first "
+                          "assistant token: nothing would be trained; raise max_length", key="max_length")  # fmt: skip
+    if cut:
+        logger.warning("%d of %d training conversations are cut before their first assistant token at "
+                       "max_length %d: they train nothing", cut, len(train), recipe.max_length)  # fmt: skip
 
 
 def _training_md(recipe: SFTRecipe, metrics: dict) -> str:

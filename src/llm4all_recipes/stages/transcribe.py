@@ -248,31 +248,15 @@ def run(recipe: TranscribeRecipe, callbacks=None):
     # 1. The recordings, their turns and references; the checkpoint's kind: all before any model loads.
     root = fetch_source(recipe)
     recordings, report = read_source(recipe, root)
-    if not is_speech_model(recipe.model_name_or_path, recipe.model_revision):
-        raise RecipeError("not a speech-to-text model (Whisper)", key="model_name_or_path")
-    for why in report["failed"].values():
-        logger.error("%s", why)
-    if not recordings:
-        raise RecipeError(f"no usable recording ({len(report['failed'])} failed, see above)", key="source")
-    segments = sum(len(r.segments) for r in recordings if r.segments is not None)
-    long_form = sum(r.segments is None for r in recordings)
-    plan = {"recordings": len(recordings), "segments": segments, "long_form": long_form,
-            "failed_before_decoding": len(report["failed"])}  # fmt: skip
+    plan = check_recordings(recipe, recordings, report)
     if recipe.dry_run:
         print(json.dumps(plan, indent=2))
         return plan
 
     with staged_output(recipe, "transcribe", resume=True) as tmp:
         # 2. Model, then shard by shard (resumable).
-        from ..speech.asr import Transcriber
-
-        model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision,
-                           attn_implementation=recipe.attn_implementation)  # fmt: skip
-        processor = load_processor(recipe.model_name_or_path, recipe.model_revision)
-        transcriber = Transcriber(model, processor, language=recipe.language, device=resolve_device(recipe.device),
-                                  num_beams=recipe.num_beams, max_new_tokens=recipe.max_new_tokens)  # fmt: skip
         started = time.perf_counter()
-        results = run_shards(recipe, tmp, recordings, transcriber)
+        results = run_shards(recipe, tmp, recordings, load_transcriber(recipe))
         elapsed = time.perf_counter() - started
         for rid, res in results.items():
             if "error" in res:
@@ -282,40 +266,58 @@ def run(recipe: TranscribeRecipe, callbacks=None):
         report["failed"] = {k: v.replace(str(root), recipe.source) for k, v in report["failed"].items()}
 
         # 3. Error rates; 4. rows, splits, dataset.
-        metrics = asr_metrics(recordings, results)
+        asr = asr_metrics(recordings, results)
         if report["layout"] == "simsamu":
             splits, report = call_rows(recipe, root, recordings, results, report)
         else:
             splits, report = manifest_rows(recordings, results, report)
-        audio_seconds = sum(r.get("seconds", 0) for r in results.values())
-        report.update(
-            plan,
-            transcribed=sum("segments" in r for r in results.values()),
-            failed_count=len(report["failed"]),
-            audio_seconds=round(audio_seconds, 1),
-            real_time_factor=round(elapsed / audio_seconds, 4) if audio_seconds else None,
-            model=recipe.model_name_or_path,
-            splits={name: len(rows) for name, rows in splits.items()},
-            skipped=dict(report["skipped"]),
-            asr=metrics,
-        )
+        report.update(plan, **run_facts(recipe, results, elapsed, splits, report), asr=asr)
         if report["failed"]:
-            logger.warning(
-                "%d recording(s) failed and were left out (metrics.json lists them)", len(report["failed"])
-            )
+            logger.warning("%d recording(s) failed and were left out (metrics.json lists them)", len(report["failed"]))
         if not any(splits.values()):
-            raise RecipeError(
-                f"no row was built (skipped: {dict(report['skipped'])}, task {recipe.task!r})", key="task"
-            )
-        dataset = datasets.DatasetDict(
-            {name: datasets.Dataset.from_list(rows) for name, rows in splits.items() if rows}
-        )
-        shards = tmp / "shards"
+            raise RecipeError(f"no row was built (skipped: {dict(report['skipped'])}, task {recipe.task!r})", key="task")
+        dataset = datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items() if rows})
         dataset.save_to_disk(str(tmp))
         finish_dataset(tmp, stage="transcribe", recipe=recipe, dataset=dataset, report=report,
                        facts=card_facts(recipe, report), parent=recipe.model_name_or_path, source=recipe.source)  # fmt: skip
-        shutil.rmtree(shards, ignore_errors=True)  # resume-only
+        shutil.rmtree(tmp / "shards", ignore_errors=True)  # resume-only
     return report
+
+
+def check_recordings(recipe: TranscribeRecipe, recordings: list[Recording], report: dict) -> dict:
+    """The model is a speech model and some recording is usable; the plan (what --dry_run prints)."""
+    if not is_speech_model(recipe.model_name_or_path, recipe.model_revision):
+        raise RecipeError("not a speech-to-text model (Whisper)", key="model_name_or_path")
+    for why in report["failed"].values():
+        logger.error("%s", why)
+    if not recordings:
+        raise RecipeError(f"no usable recording ({len(report['failed'])} failed, see above)", key="source")
+    return {"recordings": len(recordings), "segments": sum(len(r.segments) for r in recordings if r.segments is not None),
+            "long_form": sum(r.segments is None for r in recordings), "failed_before_decoding": len(report["failed"])}  # fmt: skip
+
+
+def load_transcriber(recipe: TranscribeRecipe):
+    from ..speech.asr import Transcriber
+
+    model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision,
+                       attn_implementation=recipe.attn_implementation)  # fmt: skip
+    processor = load_processor(recipe.model_name_or_path, recipe.model_revision)
+    return Transcriber(model, processor, language=recipe.language, device=resolve_device(recipe.device),
+                       num_beams=recipe.num_beams, max_new_tokens=recipe.max_new_tokens)  # fmt: skip
+
+
+def run_facts(recipe: TranscribeRecipe, results: dict, elapsed: float, splits: dict, report: dict) -> dict:
+    """The report's counts and speed: recordings transcribed and failed, audio seconds, real-time factor, rows."""
+    audio_seconds = sum(r.get("seconds", 0) for r in results.values())
+    return {
+        "transcribed": sum("segments" in r for r in results.values()),
+        "failed_count": len(report["failed"]),
+        "audio_seconds": round(audio_seconds, 1),
+        "real_time_factor": round(elapsed / audio_seconds, 4) if audio_seconds else None,
+        "model": recipe.model_name_or_path,
+        "splits": {name: len(rows) for name, rows in splits.items()},
+        "skipped": dict(report["skipped"]),
+    }
 
 
 # --------------------------------------------------------------------------- the card
