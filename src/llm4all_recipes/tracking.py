@@ -1,14 +1,43 @@
-"""Experiment trackers (`report_to`) for the stages that do not train with a Trainer (compress,
-feature-distill): the same names as transformers' `report_to` (tensorboard, wandb, mlflow, trackio, ...), sent
-through accelerate's tracker API. The training stages log through the Trainer itself."""
+"""Experiment trackers (`report_to`): the same names as transformers' `report_to` (tensorboard, wandb, mlflow,
+trackio, ...). Every stage with a `report_to` refuses a tracker that is not installed before any model loads
+(`check_trackers`); the stages that do not train with a Trainer (compress, feature-distill) log through
+accelerate's tracker API (`Trackers`). The training stages log through the Trainer itself."""
 
 from pathlib import Path
 from typing import Any
+
+from .errors import RecipeError
 
 
 def tracker_names(report_to: Any) -> list[str]:
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     return [n for n in names if n not in ("none", "")]
+
+
+# report_to name -> (transformers' availability check, the package to install)
+TRACKERS = {
+    "tensorboard": ("is_tensorboard_available", "tensorboard"),
+    "wandb": ("is_wandb_available", "wandb"),
+    "mlflow": ("is_mlflow_available", "mlflow"),
+    "trackio": ("is_trackio_available", "trackio"),
+    "comet_ml": ("is_comet_available", "comet_ml"),
+    "neptune": ("is_neptune_available", "neptune"),
+    "clearml": ("is_clearml_available", "clearml"),
+    "dvclive": ("is_dvclive_available", "dvclive"),
+    "swanlab": ("is_swanlab_available", "swanlab"),
+    "codecarbon": ("is_codecarbon_available", "codecarbon"),
+    "azure_ml": ("is_azureml_available", "azureml-core"),
+}
+
+
+def check_trackers(report_to) -> None:
+    """A tracker named in report_to must be installed: say which package, before any model loads."""
+    from transformers import integrations
+
+    for name in tracker_names(report_to):
+        if name in TRACKERS and not getattr(integrations, TRACKERS[name][0])():
+            raise RecipeError(f"{name} is not installed: pip install {TRACKERS[name][1]} (or drop it from report_to)",
+                              key="report_to")  # fmt: skip
 
 
 def _accelerator(names: list[str], folder: Path):
