@@ -82,13 +82,23 @@ def main() -> None:
     parser.add_argument("--fd-tokens", type=int, default=131072, help="feature-distillation tokens per block")
     parser.add_argument("--fd-lr", type=float, default=1e-4)
     parser.add_argument("--eval-docs", type=int, default=None)
-    parser.add_argument("--latency-seq-len", type=int, default=256,
-                        help="0: no latency measured or reported (when other jobs share the machine)")  # fmt: skip
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where layers are compressed / distilled and perplexity and latency are measured")  # fmt: skip
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the rows already in benchmarks/results/compression-<name>.json (same ratio, method, "
-                        "ranks and seed are not measured again)")  # fmt: skip
+    parser.add_argument(
+        "--latency-seq-len",
+        type=int,
+        default=256,
+        help="0: no latency measured or reported (when other jobs share the machine)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where layers are compressed / distilled and perplexity and latency are measured",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows already in benchmarks/results/compression-<name>.json (same ratio, method, "
+        "ranks and seed are not measured again)",
+    )
     add_docs_flag(parser)
     args = parser.parse_args()
 
@@ -105,8 +115,16 @@ def main() -> None:
     rows = json.loads(out.read_text())["rows"] if args.resume and out.is_file() else []
     done = {(r["ratio"], r["method"], r["allocation"], r["seed"]) for r in rows}
     RESULTS.mkdir(exist_ok=True)
-    result = {"model": args.model, "device": args.device, "dense_perplexity": base_ppl, "dense_latency_ms": base_latency,
-              "dense_bytes": base_bytes, "rows": rows, "command": command_line(), "machine": machine()}  # fmt: skip
+    result = {
+        "model": args.model,
+        "device": args.device,
+        "dense_perplexity": base_ppl,
+        "dense_latency_ms": base_latency,
+        "dense_bytes": base_bytes,
+        "rows": rows,
+        "command": command_line(),
+        "machine": machine(),
+    }
     for ratio in args.ratios:
         for method in args.methods:
             for allocation in args.allocations:
@@ -126,9 +144,16 @@ def main() -> None:
                     ranks, _ = compress_model(model, ids, targets, plan, method=method, device=args.device)
                     seconds = time.perf_counter() - start
                     ppl = device_perplexity(model, tokenizer, evals, args.seq_len, args.device)
-                    row = {"ratio": ratio, "method": method, "allocation": allocation, "seed": seed,
-                           "achieved_ratio": R.achieved_ratio(targets, ranks), "compress_seconds": seconds,
-                           "perplexity": ppl, "bytes": weight_bytes(model)}  # fmt: skip
+                    row = {
+                        "ratio": ratio,
+                        "method": method,
+                        "allocation": allocation,
+                        "seed": seed,
+                        "achieved_ratio": R.achieved_ratio(targets, ranks),
+                        "compress_seconds": seconds,
+                        "perplexity": ppl,
+                        "bytes": weight_bytes(model),
+                    }
                     if args.fd_tokens:
                         cfg = DistillConfig(
                             learning_rate=args.fd_lr,
@@ -197,14 +222,20 @@ def markdown(args, result: dict) -> str:
 
         lines.append(
             f"| {ratio:.0%} | {method} | {allocation} | {cell('perplexity')} | {cell('perplexity_distilled')} | "
-            f"{statistics.mean(r['achieved_ratio'] for r in group):.3f} | {statistics.mean(r['compress_seconds'] for r in group):.1f} |"
+            f"{statistics.mean(r['achieved_ratio'] for r in group):.3f} | "
+            f"{statistics.mean(r['compress_seconds'] for r in group):.1f} |"
         )
     if not args.latency_seq_len:
         return "\n".join(lines) + "\n"
-    lines += ["", f"Size and forward latency on {result.get('device', 'cpu')} (batch 1 × "
-              f"{args.latency_seq_len} tokens, median of 20; whitening, uniform ranks):", "",
-              "| model | weight bytes | latency ms |", "|---|---:|---:|",
-              f"| dense | {result['dense_bytes']:,} | {result['dense_latency_ms']:.2f} |"]  # fmt: skip
+    lines += [
+        "",
+        f"Size and forward latency on {result.get('device', 'cpu')} (batch 1 × "
+        f"{args.latency_seq_len} tokens, median of 20; whitening, uniform ranks):",
+        "",
+        "| model | weight bytes | latency ms |",
+        "|---|---:|---:|",
+        f"| dense | {result['dense_bytes']:,} | {result['dense_latency_ms']:.2f} |",
+    ]
     for r in rows:
         if "latency_ms" in r:
             lines.append(f"| {r['ratio']:.0%} removed | {r['bytes']:,} | {r['latency_ms']:.2f} |")

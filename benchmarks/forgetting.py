@@ -121,8 +121,19 @@ def out_dir() -> Path:
 
 
 def command(arm: str, seed: int, model: str) -> list[str]:
-    return ["llm4all", "cpt", "--config", BENCH.recipe, "--model_name_or_path", model, "--seed", str(seed),
-            "--output_dir", str(out_dir() / f"{arm}-s{seed}"), *overrides(arm)]  # fmt: skip
+    return [
+        "llm4all",
+        "cpt",
+        "--config",
+        BENCH.recipe,
+        "--model_name_or_path",
+        model,
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(out_dir() / f"{arm}-s{seed}"),
+        *overrides(arm),
+    ]
 
 
 def run(arm: str, seed: int, model: str) -> dict:
@@ -139,9 +150,15 @@ def run(arm: str, seed: int, model: str) -> dict:
             raise SystemExit(f"{arm} seed {seed} failed (rc {rc}): see {log}")
     metrics = json.loads((out / "metrics.json").read_text())
     points = metrics["forgetting"]["points"]
-    return {"arm": arm, "seed": seed, "command": shlex.join(command(arm, seed, model)), "points": points,
-            "merge": metrics.get("merge_with_base"), "seconds": metrics["train"]["train_runtime"],
-            "trainable": metrics["trainable_parameters"]}  # fmt: skip
+    return {
+        "arm": arm,
+        "seed": seed,
+        "command": shlex.join(command(arm, seed, model)),
+        "points": points,
+        "merge": metrics.get("merge_with_base"),
+        "seconds": metrics["train"]["train_runtime"],
+        "trainable": metrics["trainable_parameters"],
+    }
 
 
 def place(rows: list[dict]) -> list[dict]:
@@ -161,12 +178,28 @@ def place(rows: list[dict]) -> list[dict]:
     points = []
     for (arm, merge), ps in grouped.items():
         old, new = statistics.mean(p["old"] for p in ps), statistics.mean(p["new"] for p in ps)
-        points.append({"arm": arm, "merge": merge, "name": arm + (f" {merge}" if merge else ""), "old": old,
-                       "new": new, "seeds": len(ps), "rise": old - before["old"], "gain": before["new"] - new,
-                       "rise_ratio": (old - before["old"]) / naive_rise, "gain_share": (before["new"] - new) / naive_gain})  # fmt: skip
+        points.append(
+            {
+                "arm": arm,
+                "merge": merge,
+                "name": arm + (f" {merge}" if merge else ""),
+                "old": old,
+                "new": new,
+                "seeds": len(ps),
+                "rise": old - before["old"],
+                "gain": before["new"] - new,
+                "rise_ratio": (old - before["old"]) / naive_rise,
+                "gain_share": (before["new"] - new) / naive_gain,
+            }
+        )
     for p in points:
-        p["pareto"] = not any(q["rise"] <= p["rise"] and q["gain"] >= p["gain"] and q is not p
-                              and (q["rise"], q["gain"]) != (p["rise"], p["gain"]) for q in points)  # fmt: skip
+        p["pareto"] = not any(
+            q["rise"] <= p["rise"]
+            and q["gain"] >= p["gain"]
+            and q is not p
+            and (q["rise"], q["gain"]) != (p["rise"], p["gain"])
+            for q in points
+        )
         p["goal"] = p["rise_ratio"] <= BENCH.max_rise and p["gain_share"] >= BENCH.min_gain
     return points
 
@@ -183,12 +216,20 @@ def confirmations(rows: list[dict], arms: list[str]) -> list[dict]:
             before, after = naive["points"][0], naive["points"][1]
             kept = next((p for p in r["points"] if p["model"].endswith("(kept)")), r["points"][1])
             rise, gain = kept["old"] - before["old"], before["new"] - kept["new"]
-            out.append({"arm": arm, "seed": seed, "kept": kept["model"].replace(" (kept)", ""), "old": kept["old"],
-                        "new": kept["new"], "naive_old": after["old"], "naive_new": after["new"],
-                        "rise_ratio": rise / (after["old"] - before["old"]), "gain_share": gain / (before["new"] - after["new"])})  # fmt: skip
-            out[-1]["goal"] = (
-                out[-1]["rise_ratio"] <= BENCH.max_rise and out[-1]["gain_share"] >= BENCH.min_gain
+            out.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "kept": kept["model"].replace(" (kept)", ""),
+                    "old": kept["old"],
+                    "new": kept["new"],
+                    "naive_old": after["old"],
+                    "naive_new": after["new"],
+                    "rise_ratio": rise / (after["old"] - before["old"]),
+                    "gain_share": gain / (before["new"] - after["new"]),
+                }
             )
+            out[-1]["goal"] = out[-1]["rise_ratio"] <= BENCH.max_rise and out[-1]["gain_share"] >= BENCH.min_gain
     return out
 
 
@@ -212,8 +253,13 @@ def plot(points: list[dict], before: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
     for p in points:
-        ax.scatter(p["gain_share"], p["rise_ratio"], s=36 if p["pareto"] else 14,
-                   color="C3" if p["pareto"] else "0.6", zorder=3)  # fmt: skip
+        ax.scatter(
+            p["gain_share"],
+            p["rise_ratio"],
+            s=36 if p["pareto"] else 14,
+            color="C3" if p["pareto"] else "0.6",
+            zorder=3,
+        )
         if not p["merge"] or p["goal"]:
             ax.annotate(
                 p["name"],
@@ -231,13 +277,22 @@ def plot(points: list[dict], before: dict, path: Path) -> None:
         label="Pareto front",
     )
     low, right = ax.get_ylim()[0], max(1.05, max(p["gain_share"] for p in points) + 0.02)
-    ax.fill_between([BENCH.min_gain, right], low, BENCH.max_rise, color="C2", alpha=0.12,
-                    label=f"goal: rise ≤ {BENCH.max_rise}× naive, gain ≥ {BENCH.min_gain:.0%}")  # fmt: skip
+    ax.fill_between(
+        [BENCH.min_gain, right],
+        low,
+        BENCH.max_rise,
+        color="C2",
+        alpha=0.12,
+        label=f"goal: rise ≤ {BENCH.max_rise}× naive, gain ≥ {BENCH.min_gain:.0%}",
+    )
     ax.set_ylim(bottom=low)
     ax.set_xlabel("new-domain gain, share of naive's  (→ learns more)")
     ax.set_ylabel("old-domain perplexity rise, × naive's  (↑ forgets more)")
-    ax.set_title(f"Learning vs forgetting, {BENCH.model} (old {before['old']:.2f}, new {before['new']:.2f} before); "
-                 "unlabelled: merge α points", fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"Learning vs forgetting, {BENCH.model} (old {before['old']:.2f}, new {before['new']:.2f} before); "
+        "unlabelled: merge α points",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
@@ -248,14 +303,16 @@ def plot(points: list[dict], before: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bench", choices=list(BENCHES), default="french-bench",
-                        help="start model, naive recipe, replay text and goal (BENCHES)")  # fmt: skip
+    parser.add_argument(
+        "--bench",
+        choices=list(BENCHES),
+        default="french-bench",
+        help="start model, naive recipe, replay text and goal (BENCHES)",
+    )
     parser.add_argument("--model", default=None, help="the start model (default: the bench's)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument(
-        "--confirm", nargs="*", default=[], choices=list(ARMS), help="arms rerun at --confirm-seeds"
-    )
+    parser.add_argument("--confirm", nargs="*", default=[], choices=list(ARMS), help="arms rerun at --confirm-seeds")
     parser.add_argument("--confirm-seeds", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     add_docs_flag(parser)
@@ -274,12 +331,16 @@ def main() -> None:
         print(json.dumps({"arm": r["arm"], "seed": r["seed"], "points": r["points"]}))
     points = distinct(place([r for r in rows if r["seed"] in args.seeds]))
     checks = confirmations(rows, args.confirm)
-    result = {"rows": rows, "points": points, "confirm": checks, "command": command_line(), "machine": machine(),
-              "model": args.model}  # fmt: skip
+    result = {
+        "rows": rows,
+        "points": points,
+        "confirm": checks,
+        "command": command_line(),
+        "machine": machine(),
+        "model": args.model,
+    }
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / f"forgetting{BENCH.suffix}.json").write_text(
-        json.dumps(result, indent=1)
-    )
+    (ROOT / "benchmarks" / "results" / f"forgetting{BENCH.suffix}.json").write_text(json.dumps(result, indent=1))
     if args.write_docs:
         plot(points, rows[0]["points"][0], ROOT / png())
         write_section(f"forgetting{BENCH.suffix}", markdown(args, result))
@@ -293,13 +354,15 @@ def markdown(args, result: dict) -> str:
     rows, points = result["rows"], result["points"]
     before = rows[0]["points"][0]
     lines = [
-        f"## Forgetting: the learning–forgetting trade-off of continued pretraining{f' ({args.bench})' if BENCH.suffix else ''}",
+        "## Forgetting: the learning–forgetting trade-off of continued "
+        f"pretraining{f' ({args.bench})' if BENCH.suffix else ''}",
         "",
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']}. Start: `{args.model}` ({BENCH.describe}; held-out perplexity "
         f"{before['old']:.2f} old / {before['new']:.2f} new). Every arm is `{BENCH.recipe}` plus its overrides; "
         "replay = 25 % (replay10: 10 %) of the tokens from the old domain; "
-        f"seeds {args.seeds} (mean). Rise = old-domain perplexity after − before; gain = new-domain perplexity before − "
+        f"seeds {args.seeds} (mean). Rise = old-domain perplexity after − before; gain = new-domain perplexity "
+        "before − "
         "after; both relative to naive's. `α=x`: the trained model merged with the starting one x of the way "
         "(WiSE-FT), measured on the same held-out pages the grid chooses on.",
         "",
@@ -311,20 +374,33 @@ def markdown(args, result: dict) -> str:
     for p in sorted(points, key=lambda p: (p["arm"] != "naive", p["rise_ratio"])):
         if p["merge"] and not p["pareto"] and not p["goal"]:
             continue
-        lines.append(f"| {p['name']} | {p['old']:.2f} ({p['rise']:+.2f}) | {p['new']:.2f} ({p['gain']:+.2f}) | "
-                     f"{p['rise_ratio']:.2f} | {p['gain_share']:.0%} | {'★' if p['pareto'] else ''} | "
-                     f"{'✓' if p['goal'] else ''} |")  # fmt: skip
+        lines.append(
+            f"| {p['name']} | {p['old']:.2f} ({p['rise']:+.2f}) | {p['new']:.2f} ({p['gain']:+.2f}) | "
+            f"{p['rise_ratio']:.2f} | {p['gain_share']:.0%} | {'★' if p['pareto'] else ''} | "
+            f"{'✓' if p['goal'] else ''} |"
+        )
     if result["confirm"]:
-        lines += ["", "Seed by seed (each run's kept model: the α its own grid chose on the held-out pages, against the "
-                  "same seed's naive run):", "", "| arm | seed | kept | old ppl | new ppl | naive old / new | rise × naive "
-                  "| gain share | goal |", "|---|---:|---|---:|---:|---:|---:|---:|:---:|"]  # fmt: skip
+        lines += [
+            "",
+            "Seed by seed (each run's kept model: the α its own grid chose on the held-out pages, against the "
+            "same seed's naive run):",
+            "",
+            "| arm | seed | kept | old ppl | new ppl | naive old / new | rise × naive | gain share | goal |",
+            "|---|---:|---|---:|---:|---:|---:|---:|:---:|",
+        ]
         for c in result["confirm"]:
-            lines.append(f"| {c['arm']} | {c['seed']} | {c['kept']} | {c['old']:.2f} | {c['new']:.2f} | "
-                         f"{c['naive_old']:.2f} / {c['naive_new']:.2f} | {c['rise_ratio']:.2f} | {c['gain_share']:.0%} | "
-                         f"{'✓' if c['goal'] else '✗'} |")  # fmt: skip
-    lines += ["", f"Goal: rise ≤ {BENCH.max_rise}× naive's at ≥ {BENCH.min_gain:.0%} of its gain. Merge points off "
-              f"the front and outside the goal are in `benchmarks/results/forgetting{BENCH.suffix}.json`. "
-              "Each arm's command (seed 0):", ""]  # fmt: skip
+            lines.append(
+                f"| {c['arm']} | {c['seed']} | {c['kept']} | {c['old']:.2f} | {c['new']:.2f} | "
+                f"{c['naive_old']:.2f} / {c['naive_new']:.2f} | {c['rise_ratio']:.2f} | {c['gain_share']:.0%} | "
+                f"{'✓' if c['goal'] else '✗'} |"
+            )
+    lines += [
+        "",
+        f"Goal: rise ≤ {BENCH.max_rise}× naive's at ≥ {BENCH.min_gain:.0%} of its gain. Merge points off "
+        f"the front and outside the goal are in `benchmarks/results/forgetting{BENCH.suffix}.json`. "
+        "Each arm's command (seed 0):",
+        "",
+    ]
     for r in rows:
         if r["seed"] == args.seeds[0]:
             lines.append(f"- {r['arm']}: `{r['command']}`")

@@ -33,7 +33,8 @@ unpacked with `dpkg-deb -x` under benchmarks/data/debs/ (no root, no dependencie
 
 Cleaning: markup is stripped (code blocks, menus, navigation, "how to get there" boxes, related-topic
 lists and scripts are skipped); a paragraph is kept only if it looks like running French text: long
-enough, starts like a sentence and ends with . ! ? … (or : ; , for list items), no URL or e-mail address, little inline code,
+enough, starts like a sentence and ends with . ! ? … (or : ; , for list items), no URL or e-mail address, little
+inline code,
 few menu paths and symbols, and clearly more French than English function words (the reverse with
 `--language en`) (untranslated strings
 are common in these manuals). Whitespace (non-breaking spaces included) is collapsed to single spaces.
@@ -160,9 +161,7 @@ PACKAGES = {
             exclude="bullseye",  # the previous release's manual, nearly the same text
             licence_files="documentation/debian-edu-bookworm/debian-edu-bookworm-manual.*.po",
         ),
-        Package(
-            "aptitude-doc-fr", "/usr/share/doc/aptitude/html/fr/", ".html", "html", "aptitude user manual"
-        ),
+        Package("aptitude-doc-fr", "/usr/share/doc/aptitude/html/fr/", ".html", "html", "aptitude user manual"),
         Package("kicad-doc-fr", "/usr/share/doc/kicad/help/fr/", ".html", "html", "KiCad manuals"),
     )
 }
@@ -598,9 +597,7 @@ def norm_key(text: str) -> str:
 
 
 def dpkg_version(pkg: str) -> str | None:
-    out = subprocess.run(
-        ["dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Version}", pkg], capture_output=True, text=True
-    )
+    out = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Version}", pkg], capture_output=True, text=True)
     if out.returncode != 0 or not out.stdout.startswith("ii"):
         return None
     return out.stdout.split("|", 1)[1]
@@ -656,9 +653,7 @@ def package_files(pkg: Package, where: Unpacked) -> list[Path]:
     files = [
         f
         for f in files
-        if f.name.endswith(pkg.suffix)
-        and f.is_file()
-        and not (pkg.exclude and re.search(pkg.exclude, str(f)))
+        if f.name.endswith(pkg.suffix) and f.is_file() and not (pkg.exclude and re.search(pkg.exclude, str(f)))
     ]
     return sorted(set(files))
 
@@ -831,16 +826,24 @@ def add_common_arguments(ap: argparse.ArgumentParser, out_dir: Path, tokenizer_e
     where = repo_relative(out_dir) if out_dir else "benchmarks/data/<language>"
     ap.add_argument("--out-dir", type=Path, default=out_dir, help=f"Output folder (default: {where}).")
     debs = HERE / "data" / "debs"
-    ap.add_argument("--deb-cache", type=Path, default=debs,
-                    help=f"Where packages that are not installed are downloaded and unpacked (default: {repo_relative(debs)}).")  # fmt: skip
-    ap.add_argument("--no-download", action="store_true",
-                    help="Read installed packages only (default: `apt-get download` the others, no root needed).")  # fmt: skip
     ap.add_argument(
-        "--doc-target", type=int, default=2000, help="Document size reached before a cut (bytes)."
+        "--deb-cache",
+        type=Path,
+        default=debs,
+        help=f"Where packages that are not installed are downloaded and unpacked (default: {repo_relative(debs)}).",
     )
+    ap.add_argument(
+        "--no-download",
+        action="store_true",
+        help="Read installed packages only (default: `apt-get download` the others, no root needed).",
+    )
+    ap.add_argument("--doc-target", type=int, default=2000, help="Document size reached before a cut (bytes).")
     ap.add_argument("--doc-max", type=int, default=3000, help="Largest document (bytes).")
-    ap.add_argument("--tokenizer", default=None,
-                    help=f"Optional: a tokenizer folder (e.g. {tokenizer_example}) to count the tokens with.")  # fmt: skip
+    ap.add_argument(
+        "--tokenizer",
+        default=None,
+        help=f"Optional: a tokenizer folder (e.g. {tokenizer_example}) to count the tokens with.",
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -859,9 +862,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=[*PACKAGES, *ENGLISH_PACKAGES],
         help="Debian packages to read (default: all of the language's).",
     )
-    ap.add_argument(
-        "--eval-fraction", type=float, default=0.04, help="Held-out share of each package's text."
-    )
+    ap.add_argument("--eval-fraction", type=float, default=0.04, help="Held-out share of each package's text.")
     ap.add_argument("--seed", type=int, default=42, help="Seed of the held-out file draw.")
     ap.add_argument("--min-chars", type=int, default=40, help="Shortest paragraph kept, in characters.")
     ap.add_argument("--min-words", type=int, default=6, help="Fewest words in a kept paragraph.")
@@ -984,8 +985,7 @@ def readme(stats: dict) -> str:
     ]
     for name, p in stats["packages"].items():
         lines.append(
-            f"| `{name}` | {p['version']} ({p['origin']}) | {p['licence']} | {p['description']} "
-            f"| {p['source_files']} |"
+            f"| `{name}` | {p['version']} ({p['origin']}) | {p['licence']} | {p['description']} | {p['source_files']} |"
         )
     lines += [
         "",
@@ -995,8 +995,7 @@ def readme(stats: dict) -> str:
         "",
         "## Sizes",
         "",
-        "| split | documents | size (UTF-8) |"
-        + (" tokens |" if "tokens" in stats["splits"]["train"] else ""),
+        "| split | documents | size (UTF-8) |" + (" tokens |" if "tokens" in stats["splits"]["train"] else ""),
         "|---|---|---|" + ("---|" if "tokens" in stats["splits"]["train"] else ""),
     ]
     for split, s in stats["splits"].items():

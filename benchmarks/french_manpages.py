@@ -126,9 +126,11 @@ DROP_SECTIONS = re.compile(
     r"|PAGE D.ACCUEIL|COLOPHON)$"
 )
 # Preformatted blocks of the roff source: examples, no-fill blocks, tables.
-_BLOCKS = [(re.compile(r"^\.\s*EX\b"), re.compile(r"^\.\s*EE\b")),
-           (re.compile(r"^\.\s*nf\b"), re.compile(r"^\.\s*fi\b")),
-           (re.compile(r"^\.\s*TS\b"), re.compile(r"^\.\s*TE\b"))]  # fmt: skip
+_BLOCKS = [
+    (re.compile(r"^\.\s*EX\b"), re.compile(r"^\.\s*EE\b")),
+    (re.compile(r"^\.\s*nf\b"), re.compile(r"^\.\s*fi\b")),
+    (re.compile(r"^\.\s*TS\b"), re.compile(r"^\.\s*TE\b")),
+]
 _TAG = re.compile(r"^(\S.{0,28}?\S|\S) {2,}(\S.*)$")  # "-c     avec -lt, ..." (tag and text on one line)
 _BULLETS = {"•", "·", "*", "-", "–", "—", "o"}
 _SPACES = re.compile(r"[ \t\u00a0\u202f]+")
@@ -269,9 +271,7 @@ def groff_version() -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(ap, DEFAULT_OUT, "outputs/bench/french-bench")
-    ap.add_argument(
-        "--eval-fraction", type=float, default=0.08, help="Held-out share of each domain's text (pages)."
-    )
+    ap.add_argument("--eval-fraction", type=float, default=0.08, help="Held-out share of each domain's text (pages).")
     ap.add_argument("--seed", type=int, default=42, help="Seed of the held-out page draw.")
     ap.add_argument("--min-words", type=int, default=4, help="Fewest words in a kept paragraph.")
     ap.add_argument(

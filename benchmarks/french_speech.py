@@ -438,9 +438,7 @@ def spread_terms(terms: list[dict], start: float, end: float) -> list[dict]:
             out.append({"start": round(t0, 2), "end": round(last, 2), "text": term["text"], "type": "WORD"})
         else:
             at = round(last, 2)
-            out.append(
-                {"start": at, "end": at, "text": term["text"], "type": term.get("type", "PUNCTUATION")}
-            )
+            out.append({"start": at, "end": at, "text": term["text"], "type": term.get("type", "PUNCTUATION")})
     return out
 
 
@@ -476,12 +474,8 @@ def assemble_call(job: dict, result: dict, out: Path, args) -> dict:
             terms = spread_terms(mono["terms"], start, end)
         else:
             terms = [{"start": start, "end": end, "text": "", "type": "WORD"}]
-        monologues.append(
-            {"speaker": {"id": mono["speaker"], "name": ""}, "start": start, "end": end, "terms": terms}
-        )
-        rttm.append(
-            f"SPEAKER {file_id} {channel} {start:.2f} {end - start:.2f} <NA> <NA> {mono['speaker']} <NA> <NA>"
-        )
+        monologues.append({"speaker": {"id": mono["speaker"], "name": ""}, "start": start, "end": end, "terms": terms})
+        rttm.append(f"SPEAKER {file_id} {channel} {start:.2f} {end - start:.2f} <NA> <NA> {mono['speaker']} <NA> <NA>")
         srt.append(f"{k}\n{srt_time(start)} --> {srt_time(end)}\n{mono['text'] or NA}\n")
     transcript = {"schemaVersion": job["schema"], "monologues": monologues}
     (folder / f"{name}.json").write_text(json.dumps(transcript, ensure_ascii=False), encoding="utf-8")
@@ -528,9 +522,7 @@ def espeak_version() -> str:
     return match.group(1) if match else text.strip()
 
 
-COMMAND = (
-    "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/french_speech.py --out {out} --seed {seed}"
-)
+COMMAND = "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/french_speech.py --out {out} --seed {seed}"
 CAVEAT = (
     "This is **synthetic, robotic speech** (formant synthesis, a handful of voice variants, no noise, no "
     "disfluencies): useful to exercise the machinery (data loading, decoding and resampling, training and "
@@ -592,7 +584,8 @@ def corpus_readme(args, stats: dict, version: str, seconds: float) -> str:
         "## Licence",
         "",
         "The fixture text (`tests/fixtures/`) was written for this project: **Apache-2.0**, like the project. "
-        "The sentences from `benchmarks/data/manpages-fr/` are from the Debian package manpages-fr (French translations of the "
+        "The sentences from `benchmarks/data/manpages-fr/` are from the Debian package manpages-fr (French "
+        "translations of the "
         "manpages-l10n project, **GPL-3+**, see benchmarks/data/manpages-fr/README.md): use them only to "
         "train and measure the benchmark models, do not redistribute.",
         "",
@@ -637,8 +630,7 @@ def simsamu_readme(args, info: dict, version: str) -> str:
     for name, i in info.items():
         voices = ", ".join(f"{s}: {v} {i['speeds'][s]} wpm" for s, v in i["voices"].items())
         lines.append(
-            f"| {name} | {voices} | {i['monologues']} ({i['synthesised']}) | {i['seconds']:.2f} | "
-            f"{i['decoded']:.2f} |"
+            f"| {name} | {voices} | {i['monologues']} ({i['synthesised']}) | {i['seconds']:.2f} | {i['decoded']:.2f} |"
         )
     total = sum(i["seconds"] for i in info.values())
     lines += [
@@ -662,9 +654,7 @@ def simsamu_readme(args, info: dict, version: str) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--out", default="benchmarks/data", help="Folder that receives french-speech/, simsamu-tts/."
-    )
+    ap.add_argument("--out", default="benchmarks/data", help="Folder that receives french-speech/, simsamu-tts/.")
     ap.add_argument("--seed", type=int, default=0, help="Seed of every draw (sentences, voices, silences).")
     ap.add_argument("--workers", type=int, default=2, help="Processes running espeak-ng.")
     ap.add_argument("--train-sentences", type=int, default=5000, help="About this many train sentences.")
@@ -673,12 +663,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-words", type=int, default=25, help="Most words in a sentence.")
     ap.add_argument("--min-speed", type=int, default=140, help="Slowest espeak-ng speed (words per minute).")
     ap.add_argument("--max-speed", type=int, default=185, help="Fastest espeak-ng speed (words per minute).")
-    ap.add_argument(
-        "--m4a-fraction", type=float, default=0.2, help="Share of utterances stored as 8 kHz AAC."
-    )
-    ap.add_argument(
-        "--max-seconds", type=float, default=28.0, help="Utterances longer than this are dropped."
-    )
+    ap.add_argument("--m4a-fraction", type=float, default=0.2, help="Share of utterances stored as 8 kHz AAC.")
+    ap.add_argument("--max-seconds", type=float, default=28.0, help="Utterances longer than this are dropped.")
     ap.add_argument(
         "--rttm-file-ids",
         action="store_true",
@@ -720,9 +706,7 @@ def main(argv=None) -> None:
         if not args.skip_simsamu:
             t0 = time.perf_counter()
             info = build_simsamu(args, pool)
-            (out / "simsamu-tts" / "README.md").write_text(
-                simsamu_readme(args, info, version), encoding="utf-8"
-            )
+            (out / "simsamu-tts" / "README.md").write_text(simsamu_readme(args, info, version), encoding="utf-8")
             for name, i in info.items():
                 print(
                     f"simsamu-tts {name}: {i['monologues']} monologues ({i['synthesised']} spoken), "

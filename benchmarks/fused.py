@@ -32,22 +32,31 @@ def to_phi3(src: Path, dst: Path) -> None:
     llama = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     c = llama.config
     config = Phi3Config(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, hidden_act=c.hidden_act,
-        max_position_embeddings=c.max_position_embeddings, original_max_position_embeddings=c.max_position_embeddings,
-        rms_norm_eps=c.rms_norm_eps, rope_parameters=c.rope_parameters, tie_word_embeddings=c.tie_word_embeddings,
-        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
-        attention_dropout=0.0, resid_pdrop=0.0, embd_pdrop=0.0,
-    )  # fmt: skip
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        hidden_act=c.hidden_act,
+        max_position_embeddings=c.max_position_embeddings,
+        original_max_position_embeddings=c.max_position_embeddings,
+        rms_norm_eps=c.rms_norm_eps,
+        rope_parameters=c.rope_parameters,
+        tie_word_embeddings=c.tie_word_embeddings,
+        bos_token_id=c.bos_token_id,
+        eos_token_id=c.eos_token_id,
+        pad_token_id=c.pad_token_id,
+        attention_dropout=0.0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+    )
     phi = AutoModelForCausalLM.from_config(config)
     state = llama.state_dict()
     fused = {}
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."
-        fused[p + "self_attn.qkv_proj.weight"] = torch.cat(
-            [state.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"]
-        )
+        fused[p + "self_attn.qkv_proj.weight"] = torch.cat([state.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
         fused[p + "mlp.gate_up_proj.weight"] = torch.cat(
             [state.pop(p + f"mlp.{n}_proj.weight") for n in ("gate", "up")]
         )
@@ -69,9 +78,7 @@ def stage(name: str, argv: list[str], out: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a trained Llama checkpoint (benchmarks/README.md)")
     parser.add_argument("--data", required=True, help="folder with old_train.jsonl and old_eval.jsonl")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.4, 0.6])
@@ -83,14 +90,21 @@ def main() -> None:
     phi = root / "phi3-layout"
     if not (phi / "config.json").is_file():
         to_phi3(model, phi)
-    data_args = ["--datasets", json.dumps([{"path": str(data / "old_train.jsonl")}]),
-                 "--eval_datasets", json.dumps([{"path": str(data / "old_eval.jsonl")}])]  # fmt: skip
+    data_args = [
+        "--datasets",
+        json.dumps([{"path": str(data / "old_train.jsonl")}]),
+        "--eval_datasets",
+        json.dumps([{"path": str(data / "old_eval.jsonl")}]),
+    ]
     rows = []
     for ratio in args.ratios:
         for layout, base in (("split (Llama layout)", model), ("fused (Phi-3 layout)", phi)):
             tag = f"{'split' if base == model else 'fused'}-{ratio:g}"
-            c = stage("compress", ["--config", COMPRESS, "--model_name_or_path", str(base), "--ratio", str(ratio),
-                                   *data_args], root / tag)  # fmt: skip
+            c = stage(
+                "compress",
+                ["--config", COMPRESS, "--model_name_or_path", str(base), "--ratio", str(ratio), *data_args],
+                root / tag,
+            )
             row = {
                 "ratio": ratio,
                 "layout": layout,
@@ -100,8 +114,11 @@ def main() -> None:
                 "achieved": c["compression"]["achieved_ratio"],
             }
             if args.heal:
-                f = stage("feature-distill", ["--config", FD, "--model_name_or_path", str(root / tag), *data_args],
-                          root / f"{tag}-fd")  # fmt: skip
+                f = stage(
+                    "feature-distill",
+                    ["--config", FD, "--model_name_or_path", str(root / tag), *data_args],
+                    root / f"{tag}-fd",
+                )
                 row["healed"] = f["eval"]["old_eval"]["perplexity"]
             rows.append(row)
             print(json.dumps(row))

@@ -94,15 +94,14 @@ def stage(name: str, argv: list[str], out: Path) -> tuple[dict, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="the dense model (a folder)")
+    parser.add_argument("--data", help="folder with old_train/old_eval/new_eval.jsonl (default: the recipes' own data)")
     parser.add_argument(
-        "--data", help="folder with old_train/old_eval/new_eval.jsonl (default: the recipes' own data)"
+        "--recipes",
+        help="a recipe folder with compress/whitening-20.yaml, feature-distill/"
+        "whitening-20.yaml, kd/heal-20.yaml (default: the tiny-llama recipes)",
     )
-    parser.add_argument("--recipes", help="a recipe folder with compress/whitening-20.yaml, feature-distill/"
-                        "whitening-20.yaml, kd/heal-20.yaml (default: the tiny-llama recipes)")  # fmt: skip
     parser.add_argument("--name", required=True, help="results name: healing-<name>")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.4, 0.6, 0.8])
     parser.add_argument("--arms", nargs="+", default=["default"], choices=sorted(ARMS))
@@ -111,14 +110,23 @@ def main() -> None:
 
     if args.data:
         data = Path(args.data)
-        sources = ["--datasets", json.dumps([str(data / "old_train.jsonl")]),
-                   "--eval_datasets", json.dumps([str(data / "old_eval.jsonl"), str(data / "new_eval.jsonl")])]  # fmt: skip
+        sources = [
+            "--datasets",
+            json.dumps([str(data / "old_train.jsonl")]),
+            "--eval_datasets",
+            json.dumps([str(data / "old_eval.jsonl"), str(data / "new_eval.jsonl")]),
+        ]
     else:
         sources = []
     compress_recipe, fd_recipe, kd_recipe = (
-        (f"{args.recipes}/compress/whitening-20.yaml", f"{args.recipes}/feature-distill/whitening-20.yaml",
-         f"{args.recipes}/kd/heal-20.yaml") if args.recipes else (COMPRESS, FD, KD)
-    )  # fmt: skip
+        (
+            f"{args.recipes}/compress/whitening-20.yaml",
+            f"{args.recipes}/feature-distill/whitening-20.yaml",
+            f"{args.recipes}/kd/heal-20.yaml",
+        )
+        if args.recipes
+        else (COMPRESS, FD, KD)
+    )
     root = Path("outputs/bench") / f"healing-{args.name}"
     results_file = RESULTS / f"healing-{args.name}.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {"rows": []}
@@ -127,43 +135,79 @@ def main() -> None:
     rows = {(r["ratio"], r["arm"]): r for r in results["rows"]}
     for ratio in args.ratios:
         tag = f"w{round(ratio * 100)}"
-        compressed, seconds = stage("compress", ["--config", compress_recipe, "--model_name_or_path", args.model,
-                                                 "--ratio", str(ratio), *sources], root / tag / "compress")  # fmt: skip
+        compressed, seconds = stage(
+            "compress",
+            ["--config", compress_recipe, "--model_name_or_path", args.model, "--ratio", str(ratio), *sources],
+            root / tag / "compress",
+        )
         old, new = (next(k for k in compressed["eval"] if k.startswith(d)) for d in ("old", "new"))
         dense = compressed["eval_before"][old]["perplexity"]
         start = compressed["eval"][old]["perplexity"]
         for arm in args.arms:
             fd_over, kd_over = ARMS[arm]
-            row = {"ratio": ratio, "arm": arm, "dense": dense, "compressed": start,
-                   "dense_new": compressed["eval_before"][new]["perplexity"],
-                   "compressed_new": compressed["eval"][new]["perplexity"],
-                   "parameters": compressed["parameters"], "compress_seconds": seconds}  # fmt: skip
+            row = {
+                "ratio": ratio,
+                "arm": arm,
+                "dense": dense,
+                "compressed": start,
+                "dense_new": compressed["eval_before"][new]["perplexity"],
+                "compressed_new": compressed["eval"][new]["perplexity"],
+                "parameters": compressed["parameters"],
+                "compress_seconds": seconds,
+            }
             student = root / tag / "compress"
             if fd_over is not None:
                 fd_name = "fd" if not fd_over else "fd-" + "-".join(a.lstrip("-") for a in fd_over)
-                fd, secs = stage("feature-distill", ["--config", fd_recipe, "--model_name_or_path", str(student),
-                                                     *sources, *fd_over], root / tag / fd_name)  # fmt: skip
-                row.update(fd=fd["eval"][old]["perplexity"], fd_new=fd["eval"][new]["perplexity"],
-                           fd_tokens=fd["text_tokens"], fd_seconds=secs)  # fmt: skip
+                fd, secs = stage(
+                    "feature-distill",
+                    ["--config", fd_recipe, "--model_name_or_path", str(student), *sources, *fd_over],
+                    root / tag / fd_name,
+                )
+                row.update(
+                    fd=fd["eval"][old]["perplexity"],
+                    fd_new=fd["eval"][new]["perplexity"],
+                    fd_tokens=fd["text_tokens"],
+                    fd_seconds=secs,
+                )
                 student = root / tag / fd_name
             if kd_over is not None:
-                kd_name = f"{student.name}+kd" + (
-                    "" if not kd_over else "-" + "-".join(a.lstrip("-") for a in kd_over)
+                kd_name = f"{student.name}+kd" + ("" if not kd_over else "-" + "-".join(a.lstrip("-") for a in kd_over))
+                kd, secs = stage(
+                    "kd",
+                    [
+                        "--config",
+                        kd_recipe,
+                        "--model_name_or_path",
+                        str(student),
+                        "--teacher_model_name_or_path",
+                        args.model,
+                        *sources,
+                        *kd_over,
+                    ],
+                    root / tag / kd_name,
                 )
-                kd, secs = stage("kd", ["--config", kd_recipe, "--model_name_or_path", str(student), "--teacher_model_name_or_path",
-                                        args.model, *sources, *kd_over], root / tag / kd_name)  # fmt: skip
-                row.update(kd=kd["eval"][old]["perplexity"], kd_new=kd["eval"][new]["perplexity"],
-                           kd_tokens=kd["train"]["num_tokens"], kd_seconds=secs, kd_kept=kd["train"].get("kept"),
-                           kd_trainable=kd["train"].get("trainable"))  # fmt: skip
+                row.update(
+                    kd=kd["eval"][old]["perplexity"],
+                    kd_new=kd["eval"][new]["perplexity"],
+                    kd_tokens=kd["train"]["num_tokens"],
+                    kd_seconds=secs,
+                    kd_kept=kd["train"].get("kept"),
+                    kd_trainable=kd["train"].get("trainable"),
+                )
             final = row.get("kd", row.get("fd", start))
             row["recovered"] = (start - final) / (start - dense) if start > dense else None
             row["tokens"] = row.get("fd_tokens", 0) + row.get("kd_tokens", 0)
             row["command"] = command_line()
             rows[(ratio, arm)] = row
             ordered = sorted(rows.values(), key=lambda r: (r["ratio"], r["arm"]))
-            results = {"commands": list(dict.fromkeys(r["command"] for r in ordered)), "machine": machine(),
-                       "model": args.model, "data": args.data or f"the recipes of {args.recipes}", "labels": [old, new],
-                       "rows": ordered}  # fmt: skip
+            results = {
+                "commands": list(dict.fromkeys(r["command"] for r in ordered)),
+                "machine": machine(),
+                "model": args.model,
+                "data": args.data or f"the recipes of {args.recipes}",
+                "labels": [old, new],
+                "rows": ordered,
+            }
             results_file.write_text(json.dumps(results, indent=2) + "\n")
             print(json.dumps(row))
     if args.write_docs:

@@ -21,13 +21,33 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
 from llm4all_recipes.compression import ranks as R
 
 CONFIGS = {
-    "Llama-3.1-8B": LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
-    "Mistral-7B-v0.3": MistralConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                                     num_key_value_heads=8, vocab_size=32768),
-    "Llama-3.2-1B": LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
-}  # fmt: skip
+    "Llama-3.1-8B": LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+    ),
+    "Mistral-7B-v0.3": MistralConfig(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32768,
+    ),
+    "Llama-3.2-1B": LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+    ),
+}
 SAMPLES, SEQ_LEN, BATCH = 256, 2048, 8
 GIB = 2**30
 
@@ -50,7 +70,8 @@ def main() -> None:
         f"Command: `{command_line()}`. Calibration {SAMPLES} windows × {SEQ_LEN} tokens, batches of {BATCH}; "
         "weights and hidden states in bf16, statistics in float64.",
         "",
-        "| model | parameters | device: layer weights | device: statistics | device: batch activations | device: factorisation | device: peak | CPU: model (bf16) | CPU: hidden states in + out |",
+        "| model | parameters | device: layer weights | device: statistics | device: batch activations | device: "
+        "factorisation | device: peak | CPU: model (bf16) | CPU: hidden states in + out |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     totals = {}

@@ -47,8 +47,21 @@ def run_arm(arm: str, steps: int, root: Path) -> dict:
     out = root / arm
     if not (out / "metrics.json").is_file():
         start = time.perf_counter()
-        run_stage("sft", ["--config", RECIPE, "--precision", arm, "--max_steps", str(steps), "--output_dir", str(out),
-                          "--push_to_hub", "false"])  # fmt: skip
+        run_stage(
+            "sft",
+            [
+                "--config",
+                RECIPE,
+                "--precision",
+                arm,
+                "--max_steps",
+                str(steps),
+                "--output_dir",
+                str(out),
+                "--push_to_hub",
+                "false",
+            ],
+        )
         (out / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
     metrics = json.loads((out / "metrics.json").read_text())
     state = (
@@ -58,9 +71,7 @@ def run_arm(arm: str, steps: int, root: Path) -> dict:
     )
     history = state["log_history"]
     # the Trainer names a held-out set's loss eval_<label>_loss (eval_loss with a single unnamed set)
-    checks = [
-        (h["step"], v) for h in history for k, v in h.items() if k.startswith("eval_") and k.endswith("_loss")
-    ]
+    checks = [(h["step"], v) for h in history for k, v in h.items() if k.startswith("eval_") and k.endswith("_loss")]
     losses = [h["loss"] for h in history if "loss" in h]
     return {
         "arm": arm,
@@ -95,16 +106,12 @@ def report(results: dict) -> str:
     for r in results["rows"]:
         path = " → ".join([f"{r['eval_before']:.4f}", *(f"{loss:.4f}" for _, loss in r["checks"])])
         secs = f"{r['seconds'] / 60:.1f} min" if r["seconds"] else ""
-        lines.append(
-            f"| `{r['arm']}` | {path} | {r['mean_last_train_loss']:.4f} | {r['changed_share']:.1%} | {secs} |"
-        )
+        lines.append(f"| `{r['arm']}` | {path} | {r['mean_last_train_loss']:.4f} | {r['changed_share']:.1%} | {secs} |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
     parser.add_argument("--steps", type=int, default=36)
     add_docs_flag(parser)
@@ -116,8 +123,11 @@ def main() -> None:
     for arm in args.arms:
         rows[arm] = run_arm(arm, args.steps, root)
         print(json.dumps(rows[arm]), flush=True)
-    results = {"commands": list(dict.fromkeys([*old["commands"], command_line()])), "machine": machine(),
-               "rows": [rows[a] for a in ARMS if a in rows]}  # fmt: skip
+    results = {
+        "commands": list(dict.fromkeys([*old["commands"], command_line()])),
+        "machine": machine(),
+        "rows": [rows[a] for a in ARMS if a in rows],
+    }
     file.parent.mkdir(exist_ok=True)
     file.write_text(json.dumps(results, indent=1) + "\n")
     if args.write_docs:

@@ -98,10 +98,17 @@ def folder_plan(recipes: str, name: str, threads: int) -> tuple[Plan, float]:
     folder = Path(recipes)
     (prune,) = sorted(folder.glob("prune/*.yaml"))  # one pruning recipe per folder
     spec = yaml.safe_load(prune.read_text())
-    plan = Plan(model=spec["model_name_or_path"], prune=str(prune), compress=str(folder / "compress/whitening-20.yaml"),
-                fd=str(folder / "feature-distill/whitening-20.yaml"), kd=str(folder / "kd/heal-20.yaml"),
-                kd_pruned=str(folder / "kd/heal-pruned.yaml"), out=Path("outputs/bench") / f"pruning-{name}",
-                shipped=True, threads=threads)  # fmt: skip
+    plan = Plan(
+        model=spec["model_name_or_path"],
+        prune=str(prune),
+        compress=str(folder / "compress/whitening-20.yaml"),
+        fd=str(folder / "feature-distill/whitening-20.yaml"),
+        kd=str(folder / "kd/heal-20.yaml"),
+        kd_pruned=str(folder / "kd/heal-pruned.yaml"),
+        out=Path("outputs/bench") / f"pruning-{name}",
+        shipped=True,
+        threads=threads,
+    )
     return plan, float(spec["ratio"])
 
 
@@ -130,8 +137,9 @@ def svd_ratio(model: str, share: float) -> float:
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model))
     total = sum(p.numel() for p in m.parameters())
-    linear = sum(mod.weight.numel() for name, mod in m.named_modules()
-                 if isinstance(mod, torch.nn.Linear) and ".layers." in name)  # fmt: skip
+    linear = sum(
+        mod.weight.numel() for name, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and ".layers." in name
+    )
     return round(share * total / linear, 4)
 
 
@@ -149,30 +157,48 @@ def run_arm(arm: str, share: float, plan: Plan, ratio: float, equal_steps: int |
         return cli(stage, ["--config", recipe, *over, *plan.sources], out, plan.threads), out
 
     if prune_over is None:
-        c, shapes = run(
-            "compress", plan.compress, [] if plan.shipped else [*given, "--ratio", str(ratio)], "compress"
+        c, shapes = run("compress", plan.compress, [] if plan.shipped else [*given, "--ratio", str(ratio)], "compress")
+        fd, student = run(
+            "feature-distill", plan.fd, [] if plan.shipped else ["--model_name_or_path", str(shapes)], "fd"
         )
-        fd, student = run("feature-distill", plan.fd, [] if plan.shipped else ["--model_name_or_path", str(shapes)],
-                          "fd")  # fmt: skip
-        row.update(removed=c["compression"]["model_fraction_removed"], parameters=c["parameters"],
-                   before=c["eval_before"], pruned=c["eval"], fd=fd["eval"], fd_tokens=fd["text_tokens"],
-                   compress_ratio=c["compression"]["target_ratio"], student=str(student), shapes=str(shapes))  # fmt: skip
+        row.update(
+            removed=c["compression"]["model_fraction_removed"],
+            parameters=c["parameters"],
+            before=c["eval_before"],
+            pruned=c["eval"],
+            fd=fd["eval"],
+            fd_tokens=fd["text_tokens"],
+            compress_ratio=c["compression"]["target_ratio"],
+            student=str(student),
+            shapes=str(shapes),
+        )
         kd_recipe = plan.kd
     else:
-        p, student = run("prune", plan.prune, [] if plan.shipped else [*given, "--ratio", str(share), *prune_over],
-                         "prune")  # fmt: skip
-        row.update(removed=p["pruning"]["model_fraction_removed"], parameters=p["parameters"],
-                   before=p["eval_before"], pruned=p["eval"], sizes=p["pruning"]["sizes_after"],
-                   kept_layers=p["kept_layers"], student=str(student), shapes=str(student))  # fmt: skip
+        p, student = run(
+            "prune", plan.prune, [] if plan.shipped else [*given, "--ratio", str(share), *prune_over], "prune"
+        )
+        row.update(
+            removed=p["pruning"]["model_fraction_removed"],
+            parameters=p["parameters"],
+            before=p["eval_before"],
+            pruned=p["eval"],
+            sizes=p["pruning"]["sizes_after"],
+            kept_layers=p["kept_layers"],
+            student=str(student),
+            shapes=str(student),
+        )
         kd_recipe = plan.kd_pruned
     teacher = (
-        []
-        if plan.shipped
-        else ["--model_name_or_path", row["student"], "--teacher_model_name_or_path", plan.model]
+        [] if plan.shipped else ["--model_name_or_path", row["student"], "--teacher_model_name_or_path", plan.model]
     )
     kd, _ = run("kd", kd_recipe, [*teacher, *kd_over], "kd")
-    row.update(healed=kd["eval"], kd_tokens=kd["train"]["num_tokens"], kd_kept=kd["train"].get("kept"),
-               kd_seconds=kd["train"].get("train_runtime"), kd_keys=shlex.join(kd_over))  # fmt: skip
+    row.update(
+        healed=kd["eval"],
+        kd_tokens=kd["train"]["num_tokens"],
+        kd_kept=kd["train"].get("kept"),
+        kd_seconds=kd["train"].get("train_runtime"),
+        kd_keys=shlex.join(kd_over),
+    )
     return row
 
 
@@ -199,26 +225,32 @@ def speed(path: str) -> dict:
         rates = []
         for _ in range(6):
             start = time.perf_counter()
-            out = model.generate(input_ids=prompt, max_new_tokens=128, min_new_tokens=128, do_sample=False,
-                                 use_cache=True, pad_token_id=0)  # fmt: skip
+            out = model.generate(
+                input_ids=prompt,
+                max_new_tokens=128,
+                min_new_tokens=128,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=0,
+            )
             rates.append((out.shape[1] - 16) / (time.perf_counter() - start))
     return {"forward_ms": 1000 * min(times), "decode_tok_s": max(rates[1:])}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="outputs/bench/french-bench", help="the dense model (a folder)")
-    parser.add_argument(
-        "--data", default="benchmarks/data/manpages-fr", help="old_train/old_eval/new_eval.jsonl"
-    )
+    parser.add_argument("--data", default="benchmarks/data/manpages-fr", help="old_train/old_eval/new_eval.jsonl")
     parser.add_argument("--removed", type=float, nargs="+", default=[0.2, 0.4], help="shares of the model")
-    parser.add_argument("--recipes", help="a real-model recipe folder, run as shipped (its model, data and share; "
-                        "--model, --data and --removed are then unused)")  # fmt: skip
+    parser.add_argument(
+        "--recipes",
+        help="a real-model recipe folder, run as shipped (its model, data and share; "
+        "--model, --data and --removed are then unused)",
+    )
     parser.add_argument("--name", help="with --recipes: results name, pruning-<name>")
-    parser.add_argument("--arms", nargs="+", default=["width", "mlp", "depth-bi", "depth-ppl", "svd"],
-                        choices=sorted(ARMS))  # fmt: skip
+    parser.add_argument(
+        "--arms", nargs="+", default=["width", "mlp", "depth-bi", "depth-ppl", "svd"], choices=sorted(ARMS)
+    )
     parser.add_argument("--jobs", type=int, default=2, help="arms run in parallel (tiny mode)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per stage")
     parser.add_argument("--no-speed", action="store_true", help="skip the latency measures")
@@ -235,8 +267,12 @@ def main() -> None:
         shares, data, section = [share], f"the recipes of {args.recipes}", f"pruning-{args.name}"
     else:
         data = args.data
-        sources = ["--datasets", json.dumps([str(Path(data) / "old_train.jsonl")]), "--eval_datasets",
-                   json.dumps([str(Path(data) / "old_eval.jsonl"), str(Path(data) / "new_eval.jsonl")])]  # fmt: skip
+        sources = [
+            "--datasets",
+            json.dumps([str(Path(data) / "old_train.jsonl")]),
+            "--eval_datasets",
+            json.dumps([str(Path(data) / "old_eval.jsonl"), str(Path(data) / "new_eval.jsonl")]),
+        ]
         plan, shares, section = (
             Plan(model=args.model, sources=sources, threads=args.threads),
             args.removed,
@@ -274,9 +310,15 @@ def main() -> None:
             speeds[path] = speed(path)
             print(path, speeds[path], flush=True)
     ordered = sorted(rows.values(), key=lambda r: (r["removed_target"], list(ARMS).index(r["arm"])))
-    results = {"commands": list(dict.fromkeys(r["command"] for r in ordered)), "machine": machine(),
-               "model": plan.model, "data": data, "rows": ordered, "speed": speeds,
-               "recipes": {"prune": plan.prune, "kd": plan.kd_pruned if args.recipes else plan.kd}}  # fmt: skip
+    results = {
+        "commands": list(dict.fromkeys(r["command"] for r in ordered)),
+        "machine": machine(),
+        "model": plan.model,
+        "data": data,
+        "rows": ordered,
+        "speed": speeds,
+        "recipes": {"prune": plan.prune, "kd": plan.kd_pruned if args.recipes else plan.kd},
+    }
     results_file.write_text(json.dumps(results, indent=2) + "\n")
     if args.write_docs:
         write_section(section, report(results))
@@ -321,18 +363,27 @@ def report(results: dict) -> str:
         "|---:|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     if dense:
-        lines.append(f"| 0 % | dense | - | {first['before'][old]['perplexity']:.2f} | - | - | - | - | "
-                     f"{dense['forward_ms']:.1f} | {dense['decode_tok_s']:.0f} |")  # fmt: skip
+        lines.append(
+            f"| 0 % | dense | - | {first['before'][old]['perplexity']:.2f} | - | - | - | - | "
+            f"{dense['forward_ms']:.1f} | {dense['decode_tok_s']:.0f} |"
+        )
 
     def ppl(v):
         return f"{v[old]['perplexity']:.2f} ({v[new]['perplexity']:.1f})"
 
     for r in results["rows"]:
         s = speeds.get(r["shapes"], {})
-        names = {"hidden_size": "hidden", "intermediate_size": "mlp", "num_hidden_layers": "layers",
-                 "num_attention_heads": "heads"}  # fmt: skip
-        sizes = (f"low-rank, compress ratio {r['compress_ratio']}" if r["arm"] == "svd" else
-                 ", ".join(f"{names[k]} {v}" for k, v in r["sizes"].items()))  # fmt: skip
+        names = {
+            "hidden_size": "hidden",
+            "intermediate_size": "mlp",
+            "num_hidden_layers": "layers",
+            "num_attention_heads": "heads",
+        }
+        sizes = (
+            f"low-rank, compress ratio {r['compress_ratio']}"
+            if r["arm"] == "svd"
+            else ", ".join(f"{names[k]} {v}" for k, v in r["sizes"].items())
+        )
         tokens = r["kd_tokens"] + r.get("fd_tokens", 0)
         lines.append(
             f"| {r['removed']:.1%} | {r['arm']} | {sizes} | {ppl(r['pruned'])} | {ppl(r['fd']) if 'fd' in r else '-'} "
@@ -342,11 +393,7 @@ def report(results: dict) -> str:
     lines += ["", "| arm | prune keys | kd keys |", "|---|---|---|"]
     for r in {r["arm"]: r for r in results["rows"]}.values():
         prune_over, kd_over = ARMS[r["arm"]]
-        prune_keys = (
-            "compress + feature-distill"
-            if prune_over is None
-            else " ".join(prune_over) or "the recipe's axes"
-        )
+        prune_keys = "compress + feature-distill" if prune_over is None else " ".join(prune_over) or "the recipe's axes"
         lines.append(f"| {r['arm']} | {prune_keys} | {r.get('kd_keys', ' '.join(kd_over)) or '-'} |")
     return "\n".join(lines)
 

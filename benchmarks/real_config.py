@@ -65,15 +65,9 @@ def run(stage: str, argv: list[str], out: Path) -> tuple[dict, float, float | No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--folder", default="qwen2.5-1.5b-instruct", help="recipes/<folder>, with a config fixture"
-    )
-    parser.add_argument(
-        "--tokenizer", default="outputs/tiny-llama/tiny-model/base", help="a tiny-model output"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folder", default="qwen2.5-1.5b-instruct", help="recipes/<folder>, with a config fixture")
+    parser.add_argument("--tokenizer", default="outputs/tiny-llama/tiny-model/base", help="a tiny-model output")
     parser.add_argument("--layers", type=int, help="fewer decoder layers")
     parser.add_argument(
         "--tiny", action="store_true", help="tiny sizes, real vocabulary: a CPU smoke test of this script"
@@ -90,11 +84,13 @@ def main() -> None:
     base = root / "base"
     if not (base / "config.json").is_file():
         build(args.folder, Path(args.tokenizer), base, args.layers, args.tiny)
-    n_base = sum(
-        p.numel() for p in AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).parameters()
-    )
-    text = ["--datasets", json.dumps([{"path": str(TEXT / "new_train.jsonl")}]),
-            "--eval_datasets", json.dumps([{"path": str(TEXT / "new_eval.jsonl"), "max_rows": 4}])]  # fmt: skip
+    n_base = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).parameters())
+    text = [
+        "--datasets",
+        json.dumps([{"path": str(TEXT / "new_train.jsonl")}]),
+        "--eval_datasets",
+        json.dumps([{"path": str(TEXT / "new_eval.jsonl"), "max_rows": 4}]),
+    ]
     seq = ["--perplexity_max_length", str(args.seq_len)]
     rows, peak_flops = [], GPUS[args.gpu][0] * 1e12
 
@@ -102,41 +98,109 @@ def main() -> None:
         e = estimate(recipe, gpu=args.gpu, base_config=str(base))
         tokens_s = tokens / seconds if tokens else None
         mfu = (8 if checkpointing else 6) * n * tokens_s / peak_flops if tokens_s and n else None
-        rows.append({"stage": stage, "recipe": str(recipe.relative_to(REPO)), "seconds": round(seconds, 1),
-                     "tokens_per_s": tokens_s, "mfu": mfu, "peak_gib": peak,
-                     "estimate_gib": e.device_bytes / GIB if e else None})  # fmt: skip
+        rows.append(
+            {
+                "stage": stage,
+                "recipe": str(recipe.relative_to(REPO)),
+                "seconds": round(seconds, 1),
+                "tokens_per_s": tokens_s,
+                "mfu": mfu,
+                "peak_gib": peak,
+                "estimate_gib": e.device_bytes / GIB if e else None,
+            }
+        )
         print(json.dumps(rows[-1]))
 
     recipe = recipes / "compress" / "whitening-40.yaml"
-    m, s, p = run("compress", ["--config", str(recipe), "--model_name_or_path", str(base), *text, *seq,
-                              "--num_calibration_samples", "64", "--calibration_seq_len", str(args.seq_len),
-                              *(["--rank_multiple", "4"] if args.tiny else [])], root / "c40")  # fmt: skip
+    m, s, p = run(
+        "compress",
+        [
+            "--config",
+            str(recipe),
+            "--model_name_or_path",
+            str(base),
+            *text,
+            *seq,
+            "--num_calibration_samples",
+            "64",
+            "--calibration_seq_len",
+            str(args.seq_len),
+            *(["--rank_multiple", "4"] if args.tiny else []),
+        ],
+        root / "c40",
+    )
     row("compress", recipe, m, s, p)
     recipe = recipes / "feature-distill" / "whitening-40.yaml"
-    m, s, p = run("feature-distill", ["--config", str(recipe), "--model_name_or_path", str(root / "c40"), *text, *seq,
-                                      "--num_calibration_samples", "64", "--calibration_seq_len", str(args.seq_len),
-                                      "--calibration_batch_size", "4", "--tokens_per_block", str(args.fd_tokens),
-                                      ], root / "fd40")  # fmt: skip
+    m, s, p = run(
+        "feature-distill",
+        [
+            "--config",
+            str(recipe),
+            "--model_name_or_path",
+            str(root / "c40"),
+            *text,
+            *seq,
+            "--num_calibration_samples",
+            "64",
+            "--calibration_seq_len",
+            str(args.seq_len),
+            "--calibration_batch_size",
+            "4",
+            "--tokens_per_block",
+            str(args.fd_tokens),
+        ],
+        root / "fd40",
+    )
     row("feature-distill", recipe, m, s, p)
     student = sum(
-        p.numel()
-        for p in AutoModelForCausalLM.from_pretrained(root / "fd40", trust_remote_code=True).parameters()
+        p.numel() for p in AutoModelForCausalLM.from_pretrained(root / "fd40", trust_remote_code=True).parameters()
     )
     recipe = next((recipes / "kd").glob("*.yaml"))
-    m, s, p = run("kd", ["--config", str(recipe), "--model_name_or_path", str(root / "fd40"), "--teacher_cache", "",
-                         "--teacher_model_name_or_path", str(base), *text, "--max_steps", str(args.kd_steps),
-                         "--max_length", str(args.seq_len), "--keep_best", "false", *seq], root / "kd")  # fmt: skip
+    m, s, p = run(
+        "kd",
+        [
+            "--config",
+            str(recipe),
+            "--model_name_or_path",
+            str(root / "fd40"),
+            "--teacher_cache",
+            "",
+            "--teacher_model_name_or_path",
+            str(base),
+            *text,
+            "--max_steps",
+            str(args.kd_steps),
+            "--max_length",
+            str(args.seq_len),
+            "--keep_best",
+            "false",
+            *seq,
+        ],
+        root / "kd",
+    )
     tokens = m["train"]["global_step"] * 16 * args.seq_len
-    row(
-        "kd (online teacher)", recipe, m, s, p, tokens, student + n_base / 3, True
-    )  # teacher forward: 2N of 6N
+    row("kd (online teacher)", recipe, m, s, p, tokens, student + n_base / 3, True)  # teacher forward: 2N of 6N
     recipe = recipes / "sft" / "simsamu.yaml"
-    run_stage("build-dataset", ["--config", "recipes/datasets/simsamu.yaml", "--output_dir", str(root / "simsamu"),
-                                "--push_to_hub", "false"]) if not (root / "simsamu").is_dir() else None  # fmt: skip
-    m, s, p = run("sft", ["--config", str(recipe), "--model_name_or_path", str(root / "kd"), "--max_steps",
-                          str(args.sft_steps), "--datasets", json.dumps([{"path": str(root / "simsamu"), "split": "train"}]),
-                          "--eval_datasets", json.dumps([{"path": str(root / "simsamu"), "split": "validation"}])],
-                  root / "sft")  # fmt: skip
+    run_stage(
+        "build-dataset",
+        ["--config", "recipes/datasets/simsamu.yaml", "--output_dir", str(root / "simsamu"), "--push_to_hub", "false"],
+    ) if not (root / "simsamu").is_dir() else None
+    m, s, p = run(
+        "sft",
+        [
+            "--config",
+            str(recipe),
+            "--model_name_or_path",
+            str(root / "kd"),
+            "--max_steps",
+            str(args.sft_steps),
+            "--datasets",
+            json.dumps([{"path": str(root / "simsamu"), "split": "train"}]),
+            "--eval_datasets",
+            json.dumps([{"path": str(root / "simsamu"), "split": "validation"}]),
+        ],
+        root / "sft",
+    )
     row("sft", recipe, m, s, p, m["train"].get("num_tokens"), student, True)
     (REPO / "benchmarks" / "results").mkdir(exist_ok=True)
     (REPO / "benchmarks" / "results" / f"{name}.json").write_text(json.dumps(rows, indent=1))
@@ -148,13 +212,20 @@ def report(rows: list[dict], args, n: int) -> str:
     def f(v, fmt):
         return "" if v is None else format(v, fmt)
 
-    lines = [f"## A real config on a GPU: {args.folder} (random weights, bf16)", "",
-             f"Command: `{command_line()}`  ", f"Machine: {machine()}. {n / 1e9:.2f} B parameters.", "",
-             "| stage | recipe | seconds | tokens/s | MFU | peak memory | `llm4all estimate` |",
-             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"## A real config on a GPU: {args.folder} (random weights, bf16)",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Machine: {machine()}. {n / 1e9:.2f} B parameters.",
+        "",
+        "| stage | recipe | seconds | tokens/s | MFU | peak memory | `llm4all estimate` |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['stage']} | `{r['recipe']}` | {r['seconds']} | {f(r['tokens_per_s'], ',.0f')} | "
-                     f"{f(r['mfu'], '.0%')} | {f(r['peak_gib'], '.1f')} GiB | {f(r['estimate_gib'], '.1f')} GiB |")  # fmt: skip
+        lines.append(
+            f"| {r['stage']} | `{r['recipe']}` | {r['seconds']} | {f(r['tokens_per_s'], ',.0f')} | "
+            f"{f(r['mfu'], '.0%')} | {f(r['peak_gib'], '.1f')} GiB | {f(r['estimate_gib'], '.1f')} GiB |"
+        )
     return "\n".join(lines)
 
 

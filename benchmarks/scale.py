@@ -31,9 +31,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def llama_8b_shapes(layers: int, vocab: int, hidden: int = 4096, intermediate: int = 14336) -> LlamaConfig:
-    return LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=32,
-                       num_key_value_heads=8, vocab_size=vocab, tie_word_embeddings=False,
-                       max_position_embeddings=8192)  # fmt: skip
+    return LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=vocab,
+        tie_word_embeddings=False,
+        max_position_embeddings=8192,
+    )
 
 
 def peak_device_gib(device: torch.device) -> float | None:
@@ -77,16 +84,25 @@ def main() -> None:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.to("cpu").eval()
     teacher = copy.deepcopy(model)
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, built in "
-          f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, built in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
     ids = torch.randint(0, args.vocab, (args.samples, args.seq_len))
     targets = R.find_targets(model, R.DEFAULT_TARGETS)
     result = {"args": vars(args), "command": command_line(), "machine": machine()}
 
     reset_peak(device)
     start = time.perf_counter()
-    ranks, _ = compress_model(model, ids, targets, R.uniform(targets, args.ratio), method=args.method,
-                              device=str(device), batch_size=args.batch)  # fmt: skip
+    ranks, _ = compress_model(
+        model,
+        ids,
+        targets,
+        R.uniform(targets, args.ratio),
+        method=args.method,
+        device=str(device),
+        batch_size=args.batch,
+    )
     seconds = time.perf_counter() - start
     e = estimate(config, args.samples, args.seq_len, args.batch)
     result["compress"] = {
@@ -101,8 +117,13 @@ def main() -> None:
 
     fd_ids = ids[: args.fd_samples]
     hold = torch.randint(0, args.vocab, (max(args.fd_batch, args.fd_samples // 8), args.seq_len))
-    cfg = DistillConfig(learning_rate=1e-4, tokens_per_block=args.fd_tokens, batch_size=args.fd_batch,
-                        eval_every=max(1, args.fd_tokens // (args.fd_batch * args.seq_len) // 4), device=str(device))  # fmt: skip
+    cfg = DistillConfig(
+        learning_rate=1e-4,
+        tokens_per_block=args.fd_tokens,
+        batch_size=args.fd_batch,
+        eval_every=max(1, args.fd_tokens // (args.fd_batch * args.seq_len) // 4),
+        device=str(device),
+    )
     reset_peak(device)
     start = time.perf_counter()
     reports = distill(teacher, model, fd_ids, hold, cfg)
@@ -135,11 +156,13 @@ def markdown(args, result: dict) -> str:
             [
                 f"## Real shapes: {args.layers} decoder layers of Llama-3.1-8B (random weights, bf16)"
                 if (args.hidden_size, args.intermediate_size) == (4096, 14336)
-                else f"## Scale smoke test: {args.layers} layers, hidden {args.hidden_size}, MLP {args.intermediate_size}",
+                else f"## Scale smoke test: {args.layers} layers, hidden {args.hidden_size}, "
+                f"MLP {args.intermediate_size}",
                 "",
                 f"Command: `{result['command']}`  ",
                 f"Machine: {result['machine']}. Calibration {args.samples} windows × {args.seq_len} tokens, batches of "
-                f"{args.batch}; {args.method} at {args.ratio:.0%} removed (achieved {c['achieved_ratio']:.3f}); feature "
+                f"{args.batch}; {args.method} at {args.ratio:.0%} removed (achieved {c['achieved_ratio']:.3f}); "
+                "feature "
                 f"distillation {args.fd_tokens} tokens per block from {args.fd_samples} windows, batches of "
                 f"{args.fd_batch}, {f['steps_per_block']} steps per block.",
                 "",

@@ -17,7 +17,8 @@
    `french_corpus.py`). `test` is the corpus script's held-out whole source files; `validation` is every 20th
    training document; nothing of one split occurs in another (deduplicated before the split);
 4. measures the dense perplexity on each validation / test set (the 32 documents a recipe's `max_rows: 32` takes:
-   a seeded shuffle; window 256, stride 128: the protocol of every SmolLM2 recipe, ~15k scored tokens) and writes it into the model's README, its
+   a seeded shuffle; window 256, stride 128: the protocol of every SmolLM2 recipe, ~15k scored tokens) and writes it
+   into the model's README, its
    metrics.json (which the stages reuse rather than measure the dense model again) and
    `benchmarks/results/smollm2.json`.
 
@@ -48,9 +49,7 @@ DATA = HERE / "data" / "smollm2"
 CORPORA = {"en": HERE / "data" / "english", "fr": HERE / "data" / "french"}
 VALIDATION_EVERY = 20  # every 20th training document is validation
 WINDOW = 256  # perplexity window of every SmolLM2 benchmark (stride WINDOW // 2) ...
-EVAL_DOCS = (
-    32  # ... on 32 documents of a split (max_rows: 32) (~15k tokens: ~40 s of a forward pass on 2 threads)
-)
+EVAL_DOCS = 32  # ... on 32 documents of a split (max_rows: 32) (~15k tokens: ~40 s of a forward pass on 2 threads)
 
 
 def rel(path: Path) -> str:
@@ -133,9 +132,7 @@ def corpus(language: str, force: bool) -> Path:
     folder = CORPORA[language]
     if force or not (folder / "eval.jsonl").is_file():
         log(f"building the {language} corpus (benchmarks/french_corpus.py --language {language})")
-        subprocess.run(
-            [sys.executable, str(HERE / "french_corpus.py"), "--language", language], check=True, cwd=ROOT
-        )
+        subprocess.run([sys.executable, str(HERE / "french_corpus.py"), "--language", language], check=True, cwd=ROOT)
     return folder
 
 
@@ -210,7 +207,8 @@ def readme(facts: dict, texts: dict, dense: dict) -> str:
         "|" + "---|" * len(facts),
         "| " + " | ".join(_cell(v) for v in facts.values()) + " |",
         "",
-        f"## Dense perplexity (the recipes' 32 documents of each split, window {WINDOW}, stride {WINDOW // 2}, float32, CPU)",
+        f"## Dense perplexity (the recipes' 32 documents of each split, window {WINDOW}, stride {WINDOW // 2}, "
+        "float32, CPU)",
         "",
         "| text | split | documents | tokens | perplexity |",
         "|---|---|---:|---:|---:|",
@@ -239,9 +237,7 @@ def main(argv=None) -> dict:
         action="store_true",
         help="Only build the model and the texts (no dense numbers).",
     )
-    ap.add_argument(
-        "--eval-docs", type=int, default=EVAL_DOCS, help="Documents of each split scored (default: 32)."
-    )
+    ap.add_argument("--eval-docs", type=int, default=EVAL_DOCS, help="Documents of each split scored (default: 32).")
     args = ap.parse_args(argv)
     try:
         import gguf  # noqa: F401
@@ -276,9 +272,9 @@ def main(argv=None) -> dict:
         for language, files in texts.items():
             for name in ("validation", "test"):
                 # the documents every SmolLM2 recipe measures (`max_rows: 32` of an eval set: a seeded shuffle)
-                docs = load_source(
-                    DatasetSource(path=str(files[name]), max_rows=args.eval_docs), name, ["text"]
-                )["text"]
+                docs = load_source(DatasetSource(path=str(files[name]), max_rows=args.eval_docs), name, ["text"])[
+                    "text"
+                ]
                 with torch.inference_mode():
                     res = perplexity(model, tokenizer, docs, max_length=WINDOW, desc=f"{language}/{name}")
                 dense[(language, name)] = {"documents": len(docs), **res}

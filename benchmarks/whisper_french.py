@@ -51,9 +51,7 @@ DATA = Path("benchmarks/data/french-speech")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA, help="folder of train.jsonl / eval.jsonl")
     p.add_argument("--cache", type=Path, default=Path("outputs/bench/whisper-fr-data"), help="feature cache")
     p.add_argument("--out", type=Path, default=Path("outputs/bench/whisper-fr"), help="saved model folder")
@@ -74,9 +72,7 @@ def parse_args(argv=None):
     p.add_argument("--min-lr-ratio", type=float, default=0.05, help="final lr / peak lr")
     p.add_argument("--warmup", type=int, default=300, help="warm-up steps")
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument(
-        "--steps", type=int, default=100_000, help="step limit (the time budget usually ends first)"
-    )
+    p.add_argument("--steps", type=int, default=100_000, help="step limit (the time budget usually ends first)")
     p.add_argument("--max-minutes", type=float, default=70.0, help="training wall-time budget")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--eval-every-minutes", type=float, default=20.0, help="mid-run eval period (0: none)")
@@ -195,9 +191,7 @@ def evaluate(model, processor, split, limit, args) -> dict:
     t0 = time.time()
     limit = min(limit or len(split["rows"]), len(split["rows"]))
     refs = [r["text"] for r in split["rows"][:limit]]
-    hyps = transcribe(
-        model, processor, split["features"], limit, args.eval_batch, args.max_target_positions - 8
-    )
+    hyps = transcribe(model, processor, split["features"], limit, args.eval_batch, args.max_target_positions - 8)
     rates = error_rates(refs, hyps)
     rates["seconds"] = round(time.time() - t0, 1)
     rates["examples"] = [{"reference": r, "hypothesis": h} for r, h in list(zip(refs, hyps))[:8]]
@@ -268,8 +262,7 @@ def main(argv=None) -> None:
     ctc_head = torch.nn.Linear(args.d_model, tokenizer.vocab_size) if args.ctc_weight > 0 else None
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"[model] {n_params / 1e6:.2f} M parameters, vocabulary {len(tokenizer)} ({args.vocab} BPE), "
-        f"config {config}",
+        f"[model] {n_params / 1e6:.2f} M parameters, vocabulary {len(tokenizer)} ({args.vocab} BPE), config {config}",
         flush=True,
     )
     print(
@@ -413,9 +406,7 @@ def main(argv=None) -> None:
 
     metrics.update(progress)
     metrics["train_seconds"] = round(train_seconds, 1)
-    print(
-        f"[train] done: {step} steps, {progress['epochs']} epochs, {train_seconds / 60:.1f} min", flush=True
-    )
+    print(f"[train] done: {step} steps, {progress['epochs']} epochs, {train_seconds / 60:.1f} min", flush=True)
     rates = evaluate(model, processor, evals, args.eval_limit, args)
     metrics["eval"] = rates
     metrics["status"] = "final"

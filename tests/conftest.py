@@ -116,8 +116,16 @@ def svd80_distilled(svd80_compressed, session_tmp) -> Path:
     from llm4all_recipes.cli import main
 
     out = session_tmp / "feature-distill-svd80"
-    argv = ["--config", "recipes/tiny-llama/feature-distill/svd-80.yaml", "--model_name_or_path", str(svd80_compressed),
-            "--output_dir", str(out), "--tokens_per_block", "131072"]  # fmt: skip
+    argv = [
+        "--config",
+        "recipes/tiny-llama/feature-distill/svd-80.yaml",
+        "--model_name_or_path",
+        str(svd80_compressed),
+        "--output_dir",
+        str(out),
+        "--tokens_per_block",
+        "131072",
+    ]
     assert main(["feature-distill", *argv]) == 0
     return out
 
@@ -165,10 +173,5 @@ def tiny_whisper(session_tmp) -> Path:
     from llm4all_recipes.cli import main
 
     out = session_tmp / "tiny-whisper"
-    assert (
-        main(
-            ["tiny-model", "--config", "recipes/tiny-whisper/tiny-model/base.yaml", "--output_dir", str(out)]
-        )
-        == 0
-    )
+    assert main(["tiny-model", "--config", "recipes/tiny-whisper/tiny-model/base.yaml", "--output_dir", str(out)]) == 0
     return out

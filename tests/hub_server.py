@@ -56,9 +56,7 @@ def git_blob_sha(data: bytes) -> str:
 
 
 def read_folder(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-    }
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 class HubError(Exception):
@@ -200,9 +198,7 @@ class HubServer:
         key = (body.get("type") or "model", f"{body.get('organization') or self.user}/{body['name']}")
         if action == "create" and method == "POST":
             if key in self._repos:
-                raise HubError(
-                    409, f"You already created this {key[0]} repo", extra={"url": self._repo_url(key)}
-                )
+                raise HubError(409, f"You already created this {key[0]} repo", extra={"url": self._repo_url(key)})
             self._create(key, private=body.get("private") is True or body.get("visibility") == "private")
             return 200, {}, {"url": self._repo_url(key), "name": key[1]}
         if action == "delete" and method == "DELETE":
@@ -234,9 +230,7 @@ class HubServer:
             raise HubError(401, NO_CREDENTIALS, "RepoNotFound")
         if method == "PUT" and action == "settings":
             if "visibility" in body or "private" in body:
-                meta["private"] = (
-                    body.get("visibility", "private" if body.get("private") else "public") == "private"
-                )
+                meta["private"] = body.get("visibility", "private" if body.get("private") else "public") == "private"
             return 200, {}, {}
         if query.get("create_pr"):
             raise HubError(400, "Pull requests are not supported by the test hub")
@@ -281,9 +275,7 @@ class HubServer:
                 raise HubError(400, f"Invalid path: {path!r}")
             if op == "file":
                 content = value["content"]
-                files[path] = (
-                    base64.b64decode(content) if value.get("encoding") == "base64" else content.encode()
-                )
+                files[path] = base64.b64decode(content) if value.get("encoding") == "base64" else content.encode()
             elif op == "deletedFile":
                 if files.pop(path, None) is None:
                     raise HubError(404, "A file with this name doesn't exist", "EntryNotFound")

@@ -38,9 +38,7 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             targets = [
-                a.name.removeprefix("llm4all_recipes.")
-                for a in node.names
-                if a.name.startswith("llm4all_recipes.")
+                a.name.removeprefix("llm4all_recipes.") for a in node.names if a.name.startswith("llm4all_recipes.")
             ]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -91,10 +89,7 @@ def test_no_stage_imports_a_stage():
 
 def test_imports_go_down_or_sideways():
     upward = sorted(
-        f"{n} -> {d}"
-        for n, deps in GRAPH.items()
-        for d in deps
-        if FLOOR[d.split(".")[0]] > FLOOR[n.split(".")[0]]
+        f"{n} -> {d}" for n, deps in GRAPH.items() for d in deps if FLOOR[d.split(".")[0]] > FLOOR[n.split(".")[0]]
     )
     assert upward == []
 

@@ -26,8 +26,9 @@ def tree_digest() -> str:
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_writes_nothing(script):
     before = tree_digest()
-    run = subprocess.run([sys.executable, f"benchmarks/{script}", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "usage:" in run.stdout
     assert tree_digest() == before
@@ -49,16 +50,20 @@ def test_forgetting_pareto_front_and_goal():
         sys.path.remove(str(ROOT / "benchmarks"))
     before = {"model": "before", "old": 40.0, "new": 50.0}
     rows = [
-        {"arm": "naive", "seed": 0, "points": [before, {"model": "after", "old": 50.0, "new": 30.0},
-                                               {"model": "α=0.6 (kept)", "old": 41.0, "new": 31.0}]},
+        {
+            "arm": "naive",
+            "seed": 0,
+            "points": [
+                before,
+                {"model": "after", "old": 50.0, "new": 30.0},
+                {"model": "α=0.6 (kept)", "old": 41.0, "new": 31.0},
+            ],
+        },
         {"arm": "kl", "seed": 0, "points": [before, {"model": "after", "old": 45.0, "new": 32.0}]},
-    ]  # fmt: skip
+    ]
     points = {p["name"]: p for p in forgetting.place(rows)}
     assert points["naive"]["rise_ratio"] == 1.0 and points["naive"]["gain_share"] == 1.0
-    assert (
-        points["naive α=0.6"]["rise_ratio"] == pytest.approx(0.1)
-        and points["naive α=0.6"]["gain_share"] == 0.95
-    )
+    assert points["naive α=0.6"]["rise_ratio"] == pytest.approx(0.1) and points["naive α=0.6"]["gain_share"] == 0.95
     assert points["naive α=0.6"]["goal"] and not points["kl"]["goal"]
     # kl (rise 5, gain 18) is dominated by naive α=0.6 (rise 1, gain 19); naive (the most gain) is on the front
     assert points["naive α=0.6"]["pareto"] and points["naive"]["pareto"] and not points["kl"]["pareto"]
@@ -82,9 +87,7 @@ def test_pruning_table_is_in_the_docs_with_every_arm_at_both_budgets():
     arms = {(r["removed_target"], r["arm"]) for r in results["rows"]}
     assert {(s, a) for s in (0.2, 0.4) for a in ("width", "depth-bi", "svd")} <= arms
     assert all(r["healed"]["old_eval"]["perplexity"] > 0 for r in results["rows"])
-    assert results["model"] in results["speed"] and all(
-        r["shapes"] in results["speed"] for r in results["rows"]
-    )
+    assert results["model"] in results["speed"] and all(r["shapes"] in results["speed"] for r in results["rows"])
 
 
 def test_speech_table_is_in_the_docs_with_both_ratios_with_and_without_distillation():

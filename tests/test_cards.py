@@ -88,9 +88,7 @@ def test_dataset_card_counts_match_the_data(tmp_path, recipe_file):
 def test_dataset_ids_of_published_local_folders(tmp_path):
     folder = tmp_path / "built"
     folder.mkdir()
-    (folder / "lineage.json").write_text(
-        '{"stages": [{"stage": "build-dataset", "hub_repo_id": "me/calls"}]}'
-    )
+    (folder / "lineage.json").write_text('{"stages": [{"stage": "build-dataset", "hub_repo_id": "me/calls"}]}')
     unpublished = tmp_path / "other"
     unpublished.mkdir()
     (unpublished / "lineage.json").write_text('{"stages": [{"stage": "build-dataset", "hub_repo_id": null}]}')
@@ -121,19 +119,56 @@ def test_card_snippets_run_verbatim_without_the_package(compressed_model, hub, t
 
     hub_args = ["--push_to_hub", "true", "--hub_target", "hub"]
     compressed = tmp_path / "compress"
-    assert main(["compress", "--config", "recipes/tiny-llama/compress/whitening-60.yaml", "--model_name_or_path",
-                 str(compressed_model.parent / "tiny-model"), "--output_dir", str(compressed),
-                 "--hub_model_id", "someone/tiny-w60", *hub_args]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compress",
+                "--config",
+                "recipes/tiny-llama/compress/whitening-60.yaml",
+                "--model_name_or_path",
+                str(compressed_model.parent / "tiny-model"),
+                "--output_dir",
+                str(compressed),
+                "--hub_model_id",
+                "someone/tiny-w60",
+                *hub_args,
+            ]
+        )
+        == 0
+    )
     sft = tmp_path / "sft"
-    assert main(["sft", "--config", "recipes/tiny-llama/sft/chat.yaml", "--model_name_or_path", str(compressed),
-                 "--output_dir", str(sft), "--max_steps", "2", "--hub_model_id", "someone/tiny-w60-chat",
-                 *hub_args]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sft",
+                "--config",
+                "recipes/tiny-llama/sft/chat.yaml",
+                "--model_name_or_path",
+                str(compressed),
+                "--output_dir",
+                str(sft),
+                "--max_steps",
+                "2",
+                "--hub_model_id",
+                "someone/tiny-w60-chat",
+                *hub_args,
+            ]
+        )
+        == 0
+    )
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "OMP_NUM_THREADS": "1"}
     for folder, repo in ((compressed, "someone/tiny-w60"), (sft, "someone/tiny-w60-chat")):
         card = (folder / "README.md").read_text()
         assert f'from_pretrained("{repo}", trust_remote_code=True)' in card
-        run = subprocess.run([sys.executable, "-c", SNIPPET_CHILD, str(folder / "README.md")], env=env,
-                             cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", SNIPPET_CHILD, str(folder / "README.md")],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         assert run.returncode == 0, run.stderr[-3000:]
         assert "Do you wish to run the custom code" not in run.stdout + run.stderr
 
@@ -144,10 +179,17 @@ def test_two_local_sets_with_the_same_file_name_are_two_model_index_entries():
     from llm4all_recipes.cards import eval_result, perplexity_results
     from llm4all_recipes.fields import DatasetSource
 
-    sources = [DatasetSource(path="benchmarks/data/smollm2/en/validation.jsonl", label="old_en_validation"),
-               DatasetSource(path="benchmarks/data/smollm2/fr/validation.jsonl", label="new_fr_validation")]  # fmt: skip
-    rows = perplexity_results({"old_en_validation": {"perplexity": 36.9, "tokens": 10},
-                               "new_fr_validation": {"perplexity": 422.9, "tokens": 20}}, sources)  # fmt: skip
+    sources = [
+        DatasetSource(path="benchmarks/data/smollm2/en/validation.jsonl", label="old_en_validation"),
+        DatasetSource(path="benchmarks/data/smollm2/fr/validation.jsonl", label="new_fr_validation"),
+    ]
+    rows = perplexity_results(
+        {
+            "old_en_validation": {"perplexity": 36.9, "tokens": 10},
+            "new_fr_validation": {"perplexity": 422.9, "tokens": 20},
+        },
+        sources,
+    )
     index = eval_results_to_model_index("m", [eval_result(r) for r in rows])
     entries = [(e["dataset"]["type"], [m["value"] for m in e["metrics"]]) for e in index[0]["results"]]
     assert entries == [("en/validation", [36.9]), ("fr/validation", [422.9])]

@@ -27,10 +27,11 @@ def test_usage_and_exit_codes(capsys):
 
 def test_lighteval_is_imported_lazily():
     # the CLI and the training stages must not pull lighteval (slow, and it reaches the network at import)
-    code = "import sys, llm4all_recipes.cli, llm4all_recipes.stages.sft, llm4all_recipes.stages.tiny_model; print('lighteval' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    code = (
+        "import sys, llm4all_recipes.cli, llm4all_recipes.stages.sft, llm4all_recipes.stages.tiny_model; "
+        "print('lighteval' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
 
 

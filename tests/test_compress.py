@@ -20,9 +20,7 @@ RECIPE = "recipes/tiny-llama/compress/whitening-60.yaml"
 
 def compress(model, out, *extra) -> int:
     """`llm4all compress` with RECIPE on `model`, writing `out`; returns the exit code."""
-    return main(
-        ["compress", "--config", RECIPE, "--model_name_or_path", str(model), "--output_dir", str(out), *extra]
-    )
+    return main(["compress", "--config", RECIPE, "--model_name_or_path", str(model), "--output_dir", str(out), *extra])
 
 
 PROMPT = "La Bretagne est une région"
@@ -60,17 +58,13 @@ def test_to_dense_gives_the_same_function(compressed_model):
     ids = torch.arange(20)[None]
     reference = model(input_ids=ids).logits
     dense = to_dense(model)
-    assert type(dense).__name__ == "LlamaForCausalLM" and not any(
-        isinstance(m, LowRankLinear) for m in dense.modules()
-    )
+    assert type(dense).__name__ == "LlamaForCausalLM" and not any(isinstance(m, LowRankLinear) for m in dense.modules())
     assert torch.allclose(dense(input_ids=ids).logits, reference, atol=1e-5)
 
 
 def test_export_dense_stage(compressed_model, tmp_path):
     out = tmp_path / "dense"
-    assert (
-        main(["export-dense", "--model_name_or_path", str(compressed_model), "--output_dir", str(out)]) == 0
-    )
+    assert main(["export-dense", "--model_name_or_path", str(compressed_model), "--output_dir", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
     plain = AutoModelForCausalLM.from_pretrained(out)  # no remote code, no package class
     low = load_model(str(compressed_model))
@@ -122,9 +116,7 @@ def test_empty_calibration_set(tiny_model, tmp_path, capsys):
     empty.write_text('{"text": ""}\n{"text": "  "}\n')
     recipe = tmp_path / "recipes" / "m" / "compress" / "c.yaml"
     recipe.parent.mkdir(parents=True)
-    recipe.write_text(
-        f"model_name_or_path: {tiny_model}\noutput_dir: {tmp_path / 'o'}\ndatasets:\n  - path: {empty}\n"
-    )
+    recipe.write_text(f"model_name_or_path: {tiny_model}\noutput_dir: {tmp_path / 'o'}\ndatasets:\n  - path: {empty}\n")
     assert main(["compress", "--config", str(recipe)]) == 2
     assert "key 'datasets': the calibration set is empty" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -161,30 +153,42 @@ print("RESULT " + json.dumps(out))
 def test_chain_compress_distil_sft_reloads_both_ways(compressed_model, distilled_model, tmp_path):
     """compress -> feature-distill -> 3 SFT steps, then every checkpoint through both loaders."""
     sft = tmp_path / "sft"
-    argv = ["--config", "recipes/tiny-llama/sft/chat.yaml", "--model_name_or_path", str(distilled_model),
-            "--output_dir", str(sft), "--max_steps", "3", "--push_to_hub", "false"]  # fmt: skip
+    argv = [
+        "--config",
+        "recipes/tiny-llama/sft/chat.yaml",
+        "--model_name_or_path",
+        str(distilled_model),
+        "--output_dir",
+        str(sft),
+        "--max_steps",
+        "3",
+        "--push_to_hub",
+        "false",
+    ]
     assert main(["sft", *argv]) == 0
     sft_config = json.loads((sft / "config.json").read_text())
     assert sft_config["model_type"] == "llm4all_lowrank"  # a compressed input is written back compressed
     assert sft_config["compression_config"]["feature_distill"]["schedule"] == "parallel"
     paths = [str(compressed_model), str(distilled_model), str(sft)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", CHILD, *paths], capture_output=True, text=True, env=env, timeout=300,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, *paths],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     child = json.loads(proc.stdout.split("RESULT ", 1)[1])
     for path in paths:
-        assert (
-            child[path + "#plain"].startswith("ValueError") and "custom code" in child[path + "#plain"]
-        )  # loud
+        assert child[path + "#plain"].startswith("ValueError") and "custom code" in child[path + "#plain"]  # loud
         model = load_model(path)
         tok = AutoTokenizer.from_pretrained(path)
         ids = tok(PROMPT, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0]
-        greedy = model.generate(ids, max_new_tokens=20, min_new_tokens=20, do_sample=False)[
-            0, ids.shape[1] :
-        ].tolist()
+        greedy = model.generate(ids, max_new_tokens=20, min_new_tokens=20, do_sample=False)[0, ids.shape[1] :].tolist()
         assert torch.allclose(logits, torch.tensor(child[path]["logits"]), atol=1e-5)
         assert greedy == child[path]["greedy"]
         assert child[path]["class"] == "LowRankLlamaForCausalLM"

@@ -51,21 +51,30 @@ def test_distinct_inputs_are_not_merged_by_a_reused_address():
 
 
 def test_llama_layers_share_exactly_the_qkv_and_gate_up_inputs():
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=100)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+    )
     model = LlamaForCausalLM(config).eval()
     stream = LayerStream(model, torch.randint(0, 100, (4, 32)), device="cpu", batch_size=2)
     names = [f"self_attn.{p}_proj" for p in "qkvo"] + [f"mlp.{p}_proj" for p in ("gate", "up", "down")]
     for layer in stream.layers:
         with torch.no_grad():
-            leaders = distinct_inputs(
-                layer, names, lambda layer=layer: stream.forward(layer, stream.inputs[:1])
-            )
+            leaders = distinct_inputs(layer, names, lambda layer=layer: stream.forward(layer, stream.inputs[:1]))
             stream.inputs = stream.forward(layer)
-        assert leaders == {"self_attn.q_proj": "self_attn.q_proj", "self_attn.k_proj": "self_attn.q_proj",
-                           "self_attn.v_proj": "self_attn.q_proj", "self_attn.o_proj": "self_attn.o_proj",
-                           "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.gate_proj",
-                           "mlp.down_proj": "mlp.down_proj"}  # fmt: skip
+        assert leaders == {
+            "self_attn.q_proj": "self_attn.q_proj",
+            "self_attn.k_proj": "self_attn.q_proj",
+            "self_attn.v_proj": "self_attn.q_proj",
+            "self_attn.o_proj": "self_attn.o_proj",
+            "mlp.gate_proj": "mlp.gate_proj",
+            "mlp.up_proj": "mlp.gate_proj",
+            "mlp.down_proj": "mlp.down_proj",
+        }
 
 
 def problem(seed=0, m=24, n=32, samples=400, low_rank_inputs=False):
@@ -114,8 +123,7 @@ def test_whitening_minimises_the_output_error(seed, rank):
     w, x = problem(seed=seed)
     s = stats_of(x)
     errors = {
-        m: output_error(w, torch.matmul(*factorize(w, s, m, rank)), x)
-        for m in ("svd", "asvd", "whitening", "outcov")
+        m: output_error(w, torch.matmul(*factorize(w, s, m, rank)), x) for m in ("svd", "asvd", "whitening", "outcov")
     }
     assert errors["whitening"] <= errors["svd"] + 1e-9
     assert errors["whitening"] <= errors["asvd"] + 1e-9
@@ -140,24 +148,26 @@ def test_singular_gram_falls_back_to_jitter():
     s = stats_of(x)
     with pytest.raises(torch.linalg.LinAlgError):
         torch.linalg.cholesky(s.gram - 1e-3 * torch.eye(32, dtype=torch.float64) * s.gram.diagonal().mean())
-    lower, lam = cholesky_with_jitter(
-        s.gram - 1e-9 * torch.eye(32, dtype=torch.float64) * s.gram.diagonal().mean()
-    )
+    lower, lam = cholesky_with_jitter(s.gram - 1e-9 * torch.eye(32, dtype=torch.float64) * s.gram.diagonal().mean())
     assert lam > 0 and torch.isfinite(lower).all()
     up, down = factorize(w, s, "whitening", 4)
     assert torch.isfinite(up @ down).all()
     # only the input subspace matters: the error of rank 6 on these inputs is ~0
-    assert output_error(w, torch.matmul(*factorize(w, s, "whitening", 6)), x) < 1e-4 * float(
-        torch.linalg.norm(w @ x.T)
-    )
+    assert output_error(w, torch.matmul(*factorize(w, s, "whitening", 6)), x) < 1e-4 * float(torch.linalg.norm(w @ x.T))
 
 
 # ----------------------------------------------------------------------------- rank allocation
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=100, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return LlamaForCausalLM(config)
 
 

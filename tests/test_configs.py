@@ -74,9 +74,7 @@ def test_yaml_values_are_typed(recipe_file, base):
 
 def test_cli_overrides_beat_yaml(recipe_file, base):
     path = recipe_file(base())
-    recipe = parse_recipe(
-        "sft", ["--config", path, "--learning_rate", "3e-3", "--per_device_train_batch_size=5"]
-    )
+    recipe = parse_recipe("sft", ["--config", path, "--learning_rate", "3e-3", "--per_device_train_batch_size=5"])
     assert recipe.learning_rate == pytest.approx(3e-3)
     assert recipe.per_device_train_batch_size == 5
     resolved = resolved_recipe(recipe)
@@ -155,9 +153,7 @@ def _bad_text(stage: str, what: str, extra, base, model_dir) -> str:
     elif what == "unknown key in a dataset entry":
         text = text.replace(f"  - path: {train}\n", f"  - path: {train}\n    wieght: 2\n", 1)
     elif what == "missing model":
-        text = (
-            "\n".join(line for line in text.splitlines() if not line.startswith("model_name_or_path")) + "\n"
-        )
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("model_name_or_path")) + "\n"
     return text
 
 
@@ -281,8 +277,9 @@ def test_secret_keys_are_filtered_by_name_not_by_substring(recipe_file, base):
     resolved = resolved_recipe(recipe)
     assert "hub_token" not in resolved and resolved["max_length"] == 64
     assert is_secret("hub_token") and not is_secret("tokens_per_block")
-    assert not any(is_secret(k) for k in ("max_new_tokens", "chunk_tokens", "tokenizer_name_or_path",
-                                                  "pad_token", "eos_token"))  # fmt: skip
+    assert not any(
+        is_secret(k) for k in ("max_new_tokens", "chunk_tokens", "tokenizer_name_or_path", "pad_token", "eos_token")
+    )
 
 
 def test_texts_a_benchmark_script_builds_are_produced_paths(tmp_path):
@@ -306,8 +303,21 @@ def test_merge_refuses_to_write_over_its_input_model(tmp_path, capsys):
         folder.mkdir()
         (folder / "config.json").write_text("{}")
         save_file({"w": torch.ones(2)}, folder / "model.safetensors")
-    rc = main(["merge", "--config", "recipes/tiny-llama/merge/wise-ft.yaml", "--models", json.dumps([str(a), str(b)]),
-               "--weights", "[0.5, 0.5]", "--output_dir", str(a), "--overwrite_output_dir", "true"])  # fmt: skip
+    rc = main(
+        [
+            "merge",
+            "--config",
+            "recipes/tiny-llama/merge/wise-ft.yaml",
+            "--models",
+            json.dumps([str(a), str(b)]),
+            "--weights",
+            "[0.5, 0.5]",
+            "--output_dir",
+            str(a),
+            "--overwrite_output_dir",
+            "true",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "output_dir" in err and "is the input `models`" in err, err
     assert (a / "config.json").read_text() == "{}" and load_file(a / "model.safetensors")["w"].tolist() == [
@@ -321,8 +331,10 @@ def test_output_dir_may_not_hold_an_input(recipe_file, base, model_dir, tmp_path
     data = tmp_path / "out" / "data.jsonl"
     data.parent.mkdir()
     data.write_text(Path(CHAT).read_text())
-    args = {"model_name_or_path": ["--output_dir", str(model_dir)],
-            "datasets": ["--datasets", json.dumps([str(data)])]}[key]  # fmt: skip
+    args = {
+        "model_name_or_path": ["--output_dir", str(model_dir)],
+        "datasets": ["--datasets", json.dumps([str(data)])],
+    }[key]
     with pytest.raises(RecipeError, match=f"the input `{key}`") as err:
         parse_recipe("sft", ["--config", recipe_file(base()), *args, "--overwrite_output_dir", "true"])
     assert err.value.key == "output_dir"
@@ -331,8 +343,9 @@ def test_output_dir_may_not_hold_an_input(recipe_file, base, model_dir, tmp_path
 
 def test_a_command_line_key_is_never_abbreviated(capsys):
     """argparse's prefix matching used to take `--rat 0.5` as `--ratio 0.5`."""
-    rc = main(["compress", "--config", "recipes/tiny-llama/compress/whitening-60.yaml", "--rat", "0.5",
-               "--dry_run", "true"])  # fmt: skip
+    rc = main(
+        ["compress", "--config", "recipes/tiny-llama/compress/whitening-60.yaml", "--rat", "0.5", "--dry_run", "true"]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.strip() == "error: command line: key 'rat': unknown key (did you mean 'ratio'?)"
 
@@ -342,8 +355,15 @@ def small_llama(tmp_path):
     """A real checkpoint (random weights) whose config says 1,024 positions: only its config is read here."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+    )
     LlamaForCausalLM(config).save_pretrained(tmp_path / "small")
     return tmp_path / "small"
 
@@ -351,11 +371,26 @@ def small_llama(tmp_path):
 @pytest.mark.parametrize("stage", ["sft", "kd", "cpt"])
 def test_max_length_beyond_the_model_context_is_refused(stage, small_llama, tmp_path, capsys):
     """`--max_length 1000000000` used to be accepted (then blamed on `datasets`)."""
-    recipe = {"sft": "recipes/tiny-llama/sft/chat.yaml", "kd": "recipes/tiny-llama/kd/heal.yaml",
-              "cpt": "recipes/tiny-llama/cpt/naive.yaml"}[stage]  # fmt: skip
+    recipe = {
+        "sft": "recipes/tiny-llama/sft/chat.yaml",
+        "kd": "recipes/tiny-llama/kd/heal.yaml",
+        "cpt": "recipes/tiny-llama/cpt/naive.yaml",
+    }[stage]
     extra = ["--teacher_model_name_or_path", str(small_llama)] if stage == "kd" else []
-    rc = main([stage, "--config", recipe, "--model_name_or_path", str(small_llama), *extra, "--max_length",
-               "1000000000", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    rc = main(
+        [
+            stage,
+            "--config",
+            recipe,
+            "--model_name_or_path",
+            str(small_llama),
+            *extra,
+            "--max_length",
+            "1000000000",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "key 'max_length': 1,000,000,000 tokens is beyond the model's context" in err, err
     assert "max_position_embeddings is 1,024" in err and not (tmp_path / "out").exists()
@@ -364,16 +399,38 @@ def test_max_length_beyond_the_model_context_is_refused(stage, small_llama, tmp_
 @pytest.mark.parametrize("steps", ["-7", "0"])
 def test_max_steps_must_be_positive_or_minus_one(steps, small_llama, capsys):
     """`cpt --max_steps -7` used to train by epochs silently."""
-    rc = main(["cpt", "--config", "recipes/tiny-llama/cpt/naive.yaml", "--model_name_or_path", str(small_llama),
-               "--max_steps", steps, "--dry_run", "true"])  # fmt: skip
+    rc = main(
+        [
+            "cpt",
+            "--config",
+            "recipes/tiny-llama/cpt/naive.yaml",
+            "--model_name_or_path",
+            str(small_llama),
+            "--max_steps",
+            steps,
+            "--dry_run",
+            "true",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "key 'max_steps'" in err and f"got {steps}" in err, err
 
 
 def test_max_new_tokens_beyond_the_model_context_is_refused(small_llama, tmp_path, capsys):
     """`generate --max_new_tokens 1000000000` used to be reported as a `prompt` problem."""
-    rc = main(["generate", "--config", "recipes/tiny-llama/generate/samu-next-turns.yaml", "--model_name_or_path",
-               str(small_llama), "--max_new_tokens", "1000000000", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    rc = main(
+        [
+            "generate",
+            "--config",
+            "recipes/tiny-llama/generate/samu-next-turns.yaml",
+            "--model_name_or_path",
+            str(small_llama),
+            "--max_new_tokens",
+            "1000000000",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "key 'max_new_tokens': 1,000,000,000 tokens is beyond" in err, err
 
@@ -381,8 +438,10 @@ def test_max_new_tokens_beyond_the_model_context_is_refused(small_llama, tmp_pat
 def test_a_wrong_list_item_names_the_allowed_values(tmp_path, small_llama, capsys):
     """`axes: [width]` used to say "expected list, got [...] (list)" without the allowed values."""
     path = tmp_path / "prune.yaml"
-    path.write_text(f"model_name_or_path: {small_llama}\nratio: 0.2\naxes: [mlp, width]\n"
-                    f"output_dir: {tmp_path / 'out'}\ndatasets:\n  - path: tests/fixtures/text/old_train.jsonl\n")  # fmt: skip
+    path.write_text(
+        f"model_name_or_path: {small_llama}\nratio: 0.2\naxes: [mlp, width]\n"
+        f"output_dir: {tmp_path / 'out'}\ndatasets:\n  - path: tests/fixtures/text/old_train.jsonl\n"
+    )
     assert main(["prune", "--config", str(path), "--dry_run", "true"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: {path}:3: key 'axes': item 1: 'width' is not one of: mlp, heads, embedding, depth"
@@ -393,28 +452,57 @@ def test_a_wrong_list_item_names_the_allowed_values(tmp_path, small_llama, capsy
 def test_a_speech_model_given_to_a_text_training_stage_is_named(stage, tiny_whisper, tmp_path, capsys):
     """A Whisper model given to sft used to fail with an AttributeError deep in the forward (or be reported as a
     chat-template problem)."""
-    recipe = {"sft": "recipes/tiny-llama/sft/chat.yaml", "kd": "recipes/tiny-llama/kd/heal.yaml",
-              "cpt": "recipes/tiny-llama/cpt/naive.yaml"}[stage]  # fmt: skip
+    recipe = {
+        "sft": "recipes/tiny-llama/sft/chat.yaml",
+        "kd": "recipes/tiny-llama/kd/heal.yaml",
+        "cpt": "recipes/tiny-llama/cpt/naive.yaml",
+    }[stage]
     extra = ["--teacher_model_name_or_path", str(tiny_whisper)] if stage == "kd" else []
-    rc = main([stage, "--config", recipe, "--model_name_or_path", str(tiny_whisper), *extra, "--output_dir",
-               str(tmp_path / "out")])  # fmt: skip
+    rc = main(
+        [
+            stage,
+            "--config",
+            recipe,
+            "--model_name_or_path",
+            str(tiny_whisper),
+            *extra,
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and f"key 'model_name_or_path': {tiny_whisper} is a speech model (Whisper)" in err, err
 
 
 def test_a_speech_recipe_given_a_text_model_is_refused(small_llama, tmp_path, capsys):
     """recipes/tiny-whisper/compress with a text model used to calibrate on the transcripts and write a model."""
-    rc = main(["compress", "--config", "recipes/tiny-whisper/compress/whitening-40.yaml", "--model_name_or_path",
-               str(small_llama), "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    rc = main(
+        [
+            "compress",
+            "--config",
+            "recipes/tiny-whisper/compress/whitening-40.yaml",
+            "--model_name_or_path",
+            str(small_llama),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "key 'datasets[0]': tests/fixtures/speech/train.jsonl holds recordings" in err, err
     assert not (tmp_path / "out").exists()
 
 
 def test_a_text_recipe_given_a_speech_model_is_refused(tiny_whisper, tmp_path, capsys):
-    rc = main(["compress", "--config", "recipes/tiny-llama/compress/whitening-60.yaml", "--model_name_or_path",
-               str(tiny_whisper), "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    rc = main(
+        [
+            "compress",
+            "--config",
+            "recipes/tiny-llama/compress/whitening-60.yaml",
+            "--model_name_or_path",
+            str(tiny_whisper),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
-    assert (
-        rc == 2 and "is a speech model but tests/fixtures/text/old_train.jsonl has no `audio` column" in err
-    ), err
+    assert rc == 2 and "is a speech model but tests/fixtures/text/old_train.jsonl has no `audio` column" in err, err

@@ -24,20 +24,44 @@ def test_convert_writes_the_same_tensors_as_safetensors(tiny_model, tmp_path, ca
     source, state = pickle_only(tiny_model, tmp_path / "croissant-like")
     out = tmp_path / "converted"
     # any stage refuses the pickle, naming the one that reads it
-    assert main(["compress", "--config", "recipes/tiny-llama/compress/whitening-60.yaml", "--model_name_or_path",
-                 str(source), "--output_dir", str(tmp_path / "c")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "compress",
+                "--config",
+                "recipes/tiny-llama/compress/whitening-60.yaml",
+                "--model_name_or_path",
+                str(source),
+                "--output_dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "holds only pickle weights (pytorch_model.bin)" in err and "llm4all convert" in err
     assert main(["convert", "--model_name_or_path", str(source), "--output_dir", str(out)]) == 0
-    assert (
-        not list(out.glob("*.bin")) and (out / "tokenizer.json").is_file() and (out / "README.md").is_file()
-    )
+    assert not list(out.glob("*.bin")) and (out / "tokenizer.json").is_file() and (out / "README.md").is_file()
     converted = load_file(out / "model.safetensors")
     assert converted.keys() <= state.keys()  # tied lm_head stored once
     assert all(torch.equal(converted[k], state[k]) for k in converted)
     # and the converted folder is what the other stages load
-    assert main(["compress", "--config", "recipes/tiny-llama/compress/whitening-60.yaml", "--model_name_or_path",
-                 str(out), "--output_dir", str(tmp_path / "c"), "--dry_run", "true"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compress",
+                "--config",
+                "recipes/tiny-llama/compress/whitening-60.yaml",
+                "--model_name_or_path",
+                str(out),
+                "--output_dir",
+                str(tmp_path / "c"),
+                "--dry_run",
+                "true",
+            ]
+        )
+        == 0
+    )
 
 
 class RunsCode:
@@ -58,7 +82,4 @@ def test_a_pickle_that_would_run_code_is_refused(tiny_model, tmp_path, capsys):
 
 
 def test_convert_is_a_listed_stage(capsys):
-    assert (
-        main(["--help"]) == 0
-        and "convert          a checkpoint with pickle weights" in capsys.readouterr().out
-    )
+    assert main(["--help"]) == 0 and "convert          a checkpoint with pickle weights" in capsys.readouterr().out

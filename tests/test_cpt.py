@@ -21,15 +21,15 @@ REPLAY = "recipes/tiny-llama/cpt/replay.yaml"
 
 
 def recipe_for(tiny_model, tmp_path, *argv):
-    return parse_recipe("cpt", ["--config", REPLAY, "--model_name_or_path", str(tiny_model), "--output_dir",
-                                str(tmp_path / "cpt"), *argv])  # fmt: skip
+    return parse_recipe(
+        "cpt",
+        ["--config", REPLAY, "--model_name_or_path", str(tiny_model), "--output_dir", str(tmp_path / "cpt"), *argv],
+    )
 
 
 @pytest.mark.parametrize("share", [0.05, 0.2, 0.25])
 def test_realised_replay_share(tiny_model, tmp_path, share):
-    recipe = recipe_for(
-        tiny_model, tmp_path, "--replay_share", str(share), "--max_length", "64", "--kl_on", "replay"
-    )
+    recipe = recipe_for(tiny_model, tmp_path, "--replay_share", str(share), "--max_length", "64", "--kl_on", "replay")
     rows, report = build_rows(recipe, load_tokenizer(str(tiny_model)))
     assert abs(report["replay_share"] - share) <= 0.02
     replay = [r for r in rows if r["replay"]]
@@ -55,8 +55,18 @@ def test_kl_is_zero_when_the_model_is_the_reference(tiny_model, tmp_path):
     )
     model, reference = load_model(str(tiny_model)), load_model(str(tiny_model))
     collator = StackCollator(("input_ids", "attention_mask", "labels", "kl_mask"))
-    trainer = make_trainer(recipe, tmp_path / "o.tmp", model=model, tokenizer=tokenizer, train_dataset=rows, eval_datasets={},
-                           trainer_cls=CPTTrainer, data_collator=collator, teacher_model=reference, kl_coef=1.0)  # fmt: skip
+    trainer = make_trainer(
+        recipe,
+        tmp_path / "o.tmp",
+        model=model,
+        tokenizer=tokenizer,
+        train_dataset=rows,
+        eval_datasets={},
+        trainer_cls=CPTTrainer,
+        data_collator=collator,
+        teacher_model=reference,
+        kl_coef=1.0,
+    )
     batch = collator([r for r in rows if r["replay"]][:4] + [r for r in rows if not r["replay"]][:4])
     with torch.no_grad():
         ce, kl = trainer.loss_terms(model, dict(batch))
@@ -72,15 +82,25 @@ def test_kl_is_zero_when_the_model_is_the_reference(tiny_model, tmp_path):
 
 
 def test_forgetting_report(tiny_model, tmp_path):
-    argv = ["--config", REPLAY, "--model_name_or_path", str(tiny_model), "--output_dir", str(tmp_path / "cpt"),
-            "--max_steps", "6", "--kl_coef", "0.5", "--warmup_steps", "1"]  # fmt: skip
+    argv = [
+        "--config",
+        REPLAY,
+        "--model_name_or_path",
+        str(tiny_model),
+        "--output_dir",
+        str(tmp_path / "cpt"),
+        "--max_steps",
+        "6",
+        "--kl_coef",
+        "0.5",
+        "--warmup_steps",
+        "1",
+    ]
     assert main(["cpt", *argv]) == 0
     out = tmp_path / "cpt"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["replay_share"] == pytest.approx(0.2, abs=0.02)
-    assert (
-        metrics["eval"]["new_eval"]["perplexity"] < metrics["eval_before"]["new_eval"]["perplexity"]
-    )  # it learns
+    assert metrics["eval"]["new_eval"]["perplexity"] < metrics["eval_before"]["new_eval"]["perplexity"]  # it learns
     points = metrics["forgetting"]["points"]
     assert [p["model"] for p in points] == ["before", "after"]
     assert (out / "forgetting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -95,8 +115,10 @@ def test_kl_on_new_flags_only_new_blocks(tiny_model, tmp_path):
     assert all(set(r["kl_mask"]) == {1 - r["replay"]} for r in rows)
 
 
-@pytest.mark.parametrize(("start", "end", "expected"), [(1.0, None, [1.0, 1.0, 1.0]), (2.0, 0.0, [2.0, 1.0, 0.0]),
-                                                        (0.0, 3.0, [0.0, 1.5, 3.0])])  # fmt: skip
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [(1.0, None, [1.0, 1.0, 1.0]), (2.0, 0.0, [2.0, 1.0, 0.0]), (0.0, 3.0, [0.0, 1.5, 3.0])],
+)
 def test_kl_coef_schedule_is_linear_from_first_to_last_step(start, end, expected):
     trainer = CPTTrainer.__new__(CPTTrainer)  # the schedule only reads the coefficients and the trainer state
     trainer.kl_coef, trainer.kl_coef_end = start, end
@@ -125,22 +147,45 @@ def _weights(folder):
 
 
 def test_merge_with_base_zero_returns_the_starting_model_exactly(tiny_model, tmp_path):
-    argv = ["--config", REPLAY, "--model_name_or_path", str(tiny_model), "--output_dir", str(tmp_path / "cpt"),
-            "--max_steps", "2", "--warmup_steps", "0", "--merge_with_base", "0"]  # fmt: skip
+    argv = [
+        "--config",
+        REPLAY,
+        "--model_name_or_path",
+        str(tiny_model),
+        "--output_dir",
+        str(tmp_path / "cpt"),
+        "--max_steps",
+        "2",
+        "--warmup_steps",
+        "0",
+        "--merge_with_base",
+        "0",
+    ]
     assert main(["cpt", *argv]) == 0
     out, start = _weights(tmp_path / "cpt"), _weights(tiny_model)
     assert out.keys() == start.keys() and all(torch.equal(out[k], start[k]) for k in start)
     metrics = json.loads((tmp_path / "cpt" / "metrics.json").read_text())
     assert metrics["merge_with_base"]["alpha"] == 0
-    assert metrics["eval"]["old_eval"]["perplexity"] == pytest.approx(
-        metrics["eval_before"]["old_eval"]["perplexity"]
-    )
+    assert metrics["eval"]["old_eval"]["perplexity"] == pytest.approx(metrics["eval_before"]["old_eval"]["perplexity"])
 
 
 def test_merge_grid_keeps_the_chosen_interpolation(tiny_model, tmp_path):
-    argv = ["--config", REPLAY, "--model_name_or_path", str(tiny_model), "--output_dir", str(tmp_path / "cpt"),
-            "--max_steps", "6", "--warmup_steps", "1", "--merge_grid", "[0.3, 0.6, 0.9]",
-            "--merge_min_gain", "0.5"]  # fmt: skip
+    argv = [
+        "--config",
+        REPLAY,
+        "--model_name_or_path",
+        str(tiny_model),
+        "--output_dir",
+        str(tmp_path / "cpt"),
+        "--max_steps",
+        "6",
+        "--warmup_steps",
+        "1",
+        "--merge_grid",
+        "[0.3, 0.6, 0.9]",
+        "--merge_min_gain",
+        "0.5",
+    ]
     assert main(["cpt", *argv]) == 0
     out = tmp_path / "cpt"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -152,19 +197,13 @@ def test_merge_grid_keeps_the_chosen_interpolation(tiny_model, tmp_path):
     candidates = [(1.0, after)] + [(float(p["model"].split("=")[1].split(" ")[0]), p) for p in points[2:]]
     ok = [(a, p) for a, p in candidates if before["new"] - p["new"] >= 0.5 * (before["new"] - after["new"])]
     expected = min(ok, key=lambda ap: (ap[1]["old"], -ap[0]))[0]
-    assert merge["alpha"] == expected and metrics["eval"] == merge["results"].get(
-        f"{expected:g}", metrics["eval"]
-    )
+    assert merge["alpha"] == expected and metrics["eval"] == merge["results"].get(f"{expected:g}", metrics["eval"])
     # the written weights are the interpolation at that α of the start and the trained checkpoint
     trained, start, written = _weights(out / "checkpoint-6"), _weights(tiny_model), _weights(out)
     for key in start:
-        assert torch.allclose(
-            written[key], torch.lerp(start[key], trained[key], merge["alpha"]), atol=1e-6
-        ), key
+        assert torch.allclose(written[key], torch.lerp(start[key], trained[key], merge["alpha"]), atol=1e-6), key
     card = (out / "README.md").read_text()
-    assert (
-        "merged with the starting model (linear, WiSE-FT)" in card and f"Kept: α = {merge['alpha']:g}" in card
-    )
+    assert "merged with the starting model (linear, WiSE-FT)" in card and f"Kept: α = {merge['alpha']:g}" in card
 
 
 @pytest.mark.parametrize(
@@ -172,11 +211,14 @@ def test_merge_grid_keeps_the_chosen_interpolation(tiny_model, tmp_path):
     [
         (["--merge_grid", "[0.5, 1.5]"], "merge_grid", "in [0, 1]"),
         (["--merge_grid", "[0.5]", "--merge_with_base", "0.8"], "merge_grid", "not both"),
-        (["--merge_grid", "[0.5]", "--eval_datasets", '[{"path": "tests/fixtures/text/new_eval.jsonl"}]'], "merge_grid",
-         "needs an old_* and a new_* set"),
+        (
+            ["--merge_grid", "[0.5]", "--eval_datasets", '[{"path": "tests/fixtures/text/new_eval.jsonl"}]'],
+            "merge_grid",
+            "needs an old_* and a new_* set",
+        ),
         (["--kl_coef", "0", "--kl_coef_end", "-1"], "kl_coef_end", "must be >= 0"),
     ],
-)  # fmt: skip
+)
 def test_bad_merge_and_kl_keys_fail_before_loading(tiny_model, tmp_path, argv, key, words):
     with pytest.raises(RecipeError) as exc:
         recipe_for(tiny_model, tmp_path, *argv)
@@ -187,8 +229,22 @@ def test_training_that_makes_the_new_domain_worse_returns_the_starting_model(tin
     """The merge grid used to keep the trained model (α = 1) when training gained nothing on the new domain: with a
     learning rate that wrecks the model, the stage now returns its start, exactly, and says so."""
     out = tmp_path / "cpt"
-    argv = ["--config", REPLAY, "--model_name_or_path", str(tiny_model), "--output_dir", str(out), "--max_steps", "3",
-            "--warmup_steps", "0", "--learning_rate", "0.2", "--merge_grid", "[0.5, 0.9]"]  # fmt: skip
+    argv = [
+        "--config",
+        REPLAY,
+        "--model_name_or_path",
+        str(tiny_model),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "3",
+        "--warmup_steps",
+        "0",
+        "--learning_rate",
+        "0.2",
+        "--merge_grid",
+        "[0.5, 0.9]",
+    ]
     assert main(["cpt", *argv]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["merge_with_base"]["alpha"] == 0.0 and metrics["eval"] == metrics["eval_before"]

@@ -25,9 +25,32 @@ def _run(cmd, timeout=300):
 
 def test_sft_in_two_cpu_processes_with_torchrun(tiny_model, tmp_path):
     out = tmp_path / "ddp"
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-          "-m", "llm4all_recipes", "sft", "--config", RECIPE, "--model_name_or_path", str(tiny_model),
-          "--output_dir", str(out), "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1"])  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "llm4all_recipes",
+            "sft",
+            "--config",
+            RECIPE,
+            "--model_name_or_path",
+            str(tiny_model),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "3",
+            "--save_steps",
+            "3",
+            "--logging_steps",
+            "1",
+        ]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     assert metrics["train"]["global_step"] == 3
@@ -40,9 +63,25 @@ def test_sft_in_two_cpu_processes_with_torchrun(tiny_model, tmp_path):
 def test_accelerate_launch_with_cpu_config_writes_a_loadable_checkpoint(tiny_model, tmp_path):
     out = tmp_path / "accel"
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    _run([accelerate, "launch", "--config_file", "recipes/accelerate_configs/cpu.yaml", "-m", "llm4all_recipes",
-          "sft", "--config", RECIPE, "--model_name_or_path", str(tiny_model), "--output_dir", str(out),
-          "--max_steps", "3"])  # fmt: skip
+    _run(
+        [
+            accelerate,
+            "launch",
+            "--config_file",
+            "recipes/accelerate_configs/cpu.yaml",
+            "-m",
+            "llm4all_recipes",
+            "sft",
+            "--config",
+            RECIPE,
+            "--model_name_or_path",
+            str(tiny_model),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "3",
+        ]
+    )
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.vocab_size == 2048
     assert json.loads((out / "metrics.json").read_text())["train"]["global_step"] == 3

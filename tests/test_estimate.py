@@ -17,9 +17,7 @@ FOLDER = REPO / "recipes" / "qwen2.5-1.5b-instruct"
 
 
 def test_a_produced_path_is_sized_through_the_recipe_that_makes_it():
-    assert (
-        producer("outputs/qwen2.5-1.5b-instruct/kd/heal-cached-20") == FOLDER / "kd" / "heal-cached-20.yaml"
-    )
+    assert producer("outputs/qwen2.5-1.5b-instruct/kd/heal-cached-20") == FOLDER / "kd" / "heal-cached-20.yaml"
     assert producer("outputs/qwen2.5-1.5b-instruct/kd/nothing") is None
     import torch
 
@@ -47,9 +45,7 @@ def test_training_memory_terms_and_sharding():
     states = state_bytes(one.trainable, one.params - one.trainable, "fp32-master")
     assert one.device_bytes - eight.device_bytes == pytest.approx(states * 7 / 8, abs=2)
     assert eight_ddp.device_bytes == one.device_bytes  # replicated: same per GPU
-    assert (
-        eight.tokens == 8 * one.tokens == 8 * 1000 * 4 * 4 * 2048
-    )  # steps x batch x accumulation x GPUs x length
+    assert eight.tokens == 8 * one.tokens == 8 * 1000 * 4 * 4 * 2048  # steps x batch x accumulation x GPUs x length
     assert eight.hours == pytest.approx(one.hours)  # 8x the tokens on 8x the GPUs
     # the KL reference of cpt is a second (frozen) model: its weights and logits are counted
     cpt = estimate(FOLDER / "cpt" / "replay-kl.yaml", gpus=1, base_config=str(QWEN))
@@ -60,8 +56,11 @@ def test_training_memory_terms_and_sharding():
 def test_a_path_no_recipe_makes_is_one_line(tmp_path, capsys):
     recipe = tmp_path / "recipes" / "m" / "kd" / "a.yaml"
     recipe.parent.mkdir(parents=True)
-    recipe.write_text((FOLDER / "kd" / "heal-cached-20.yaml").read_text().replace(
-        "outputs/qwen2.5-1.5b-instruct/feature-distill/whitening-20", "outputs/nowhere/compress/x"))  # fmt: skip
+    recipe.write_text(
+        (FOLDER / "kd" / "heal-cached-20.yaml")
+        .read_text()
+        .replace("outputs/qwen2.5-1.5b-instruct/feature-distill/whitening-20", "outputs/nowhere/compress/x")
+    )
     assert main(["estimate", str(recipe), "--base_config", str(QWEN)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "outputs/nowhere/compress/x is made by no recipe" in err

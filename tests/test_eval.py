@@ -15,8 +15,10 @@ from llm4all_recipes.models import load_model, load_tokenizer
 @pytest.fixture(scope="module")
 def task_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-data")
-    for name, extra in {"turns": "builder: simsamu\nsource: tests/fixtures/simsamu\nper_turn: true\n",
-                        "meetings": "builder: meetings\nsource: tests/fixtures/meetings/meetings.jsonl\n"}.items():  # fmt: skip
+    for name, extra in {
+        "turns": "builder: simsamu\nsource: tests/fixtures/simsamu\nper_turn: true\n",
+        "meetings": "builder: meetings\nsource: tests/fixtures/meetings/meetings.jsonl\n",
+    }.items():
         recipe = root / "recipes" / "m" / "datasets" / f"{name}.yaml"
         recipe.parent.mkdir(parents=True, exist_ok=True)
         recipe.write_text(extra + f"output_dir: {root / name}\nsplits: {{train: 0.5, test: 0.5}}\nseed: 0\n")
@@ -30,7 +32,8 @@ def test_eval_stage(compressed_model, task_data, tmp_path, recipe_file):
     out = tmp_path / "eval"
     path = recipe_file(
         f"model_name_or_path: {model}\noutput_dir: {out}\n"
-        "perplexity_datasets:\n  - path: tests/fixtures/text/old_eval.jsonl\n  - path: tests/fixtures/text/new_eval.jsonl\n"
+        "perplexity_datasets:\n  - path: tests/fixtures/text/old_eval.jsonl\n  - path: "
+        "tests/fixtures/text/new_eval.jsonl\n"
         f"simsamu_dataset: {task_data / 'turns'}\nmeetings_dataset: {task_data / 'meetings'}\n"
         "max_generations: 4\nmax_new_tokens: 16\n",
         stage="eval",
@@ -41,14 +44,9 @@ def test_eval_stage(compressed_model, task_data, tmp_path, recipe_file):
     # the lineage: the tiny base model, then this (compressed) model
     assert metrics["models"] == ["tiny-model", "this model"]
     assert set(metrics["perplexity"]["this model"]) == {"old_eval", "new_eval"}
-    assert (
-        metrics["perplexity"]["tiny-model"]["old_eval"]
-        < metrics["perplexity"]["this model"]["old_eval"] * 1.05
-    )
+    assert metrics["perplexity"]["tiny-model"]["old_eval"] < metrics["perplexity"]["this model"]["old_eval"] * 1.05
     assert 0 <= metrics["simsamu"]["rougeL"] <= 1
-    gens = metrics["simsamu"]["generations"] + (
-        4 - metrics["generations_left"] - metrics["simsamu"]["generations"]
-    )
+    gens = metrics["simsamu"]["generations"] + (4 - metrics["generations_left"] - metrics["simsamu"]["generations"])
     assert gens <= 4 and metrics["generations_left"] >= 0
     assert [p["model"] for p in metrics["forgetting"]["points"]] == ["tiny-model", "this model"]
     assert (out / "forgetting.png").read_bytes()[:4] == b"\x89PNG"
@@ -78,8 +76,12 @@ def test_long_meetings_are_summarised_by_map_reduce(tiny_model):
     assert scores["meetings"] == 1 and used >= 3  # several chunk summaries + the merge
     assert 0 <= scores["rougeL"] <= 1
     short_budget = Budget(2)  # not enough for the map-reduce of this meeting: nothing is generated
-    assert meeting_summaries(model, tokenizer, [long], short_budget, context=1024, chunk_tokens=384, overlap=32,
-                             max_new_tokens=8)["meetings"] == 0  # fmt: skip
+    assert (
+        meeting_summaries(
+            model, tokenizer, [long], short_budget, context=1024, chunk_tokens=384, overlap=32, max_new_tokens=8
+        )["meetings"]
+        == 0
+    )
     assert short_budget.left == 2
 
 

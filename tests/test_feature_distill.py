@@ -86,16 +86,32 @@ def test_a_bfloat16_student_trains_like_float32_and_stays_bfloat16(tiny_model):
 def test_schedules(compressed_model, tiny_model, schedule, joint):
     student, teacher = load_model(str(compressed_model)), load_model(str(tiny_model))
     train, hold = windows(tiny_model)
-    cfg = fd.DistillConfig(schedule=schedule, joint_inputs=joint, learning_rate=1e-4, batch_size=4, eval_every=2,
-                           tokens_per_block=64 * 4 * 4)  # fmt: skip
+    cfg = fd.DistillConfig(
+        schedule=schedule,
+        joint_inputs=joint,
+        learning_rate=1e-4,
+        batch_size=4,
+        eval_every=2,
+        tokens_per_block=64 * 4 * 4,
+    )
     reports = fd.distill(teacher, student, train, hold, cfg)
     assert len(reports) == 4 and all(r.best_loss <= r.initial_loss for r in reports)
 
 
 def test_resume_skips_finished_blocks(compressed_model, tmp_path, monkeypatch):
     out = tmp_path / "fd"
-    argv = ["--config", RECIPE, "--model_name_or_path", str(compressed_model), "--output_dir", str(out),
-            "--tokens_per_block", "4096", "--num_calibration_samples", "16"]  # fmt: skip
+    argv = [
+        "--config",
+        RECIPE,
+        "--model_name_or_path",
+        str(compressed_model),
+        "--output_dir",
+        str(out),
+        "--tokens_per_block",
+        "4096",
+        "--num_calibration_samples",
+        "16",
+    ]
     trained = []
     real = fd.train_block
 
@@ -165,8 +181,26 @@ def test_report_to_receives_block_losses_and_perplexities(compressed_model, tmp_
     monkeypatch.setattr(transformers.integrations, "is_tensorboard_available", lambda: True)
     monkeypatch.setattr(tracking, "_accelerator", lambda names, folder: Accelerator(log_with=[Recorder()]))
     out = tmp_path / "fd"
-    assert main(["feature-distill", "--config", RECIPE, "--model_name_or_path", str(compressed_model), "--output_dir",
-                 str(out), "--tokens_per_block", "4096", "--eval_every", "1", "--report_to", "tensorboard"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "feature-distill",
+                "--config",
+                RECIPE,
+                "--model_name_or_path",
+                str(compressed_model),
+                "--output_dir",
+                str(out),
+                "--tokens_per_block",
+                "4096",
+                "--eval_every",
+                "1",
+                "--report_to",
+                "tensorboard",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert logged[0][0] == "config" and logged[0][1]["learning_rate"] == pytest.approx(1e-3)
     for block in metrics["blocks"]:

@@ -26,10 +26,32 @@ def transcripts(tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(FIXTURES / "simsamu", calls)
     (calls / "summaries.jsonl").unlink()
     out = {"meetings": root / "summre-transcripts", "calls": root / "simsamu-transcripts"}
-    assert main(["build-dataset", "--config", "recipes/datasets/summre-transcripts.yaml", "--output_dir",
-                 str(out["meetings"])]) == 0  # fmt: skip
-    assert main(["build-dataset", "--config", "recipes/datasets/simsamu-transcripts.yaml", "--source", str(calls),
-                 "--output_dir", str(out["calls"])]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "build-dataset",
+                "--config",
+                "recipes/datasets/summre-transcripts.yaml",
+                "--output_dir",
+                str(out["meetings"]),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "build-dataset",
+                "--config",
+                "recipes/datasets/simsamu-transcripts.yaml",
+                "--source",
+                str(calls),
+                "--output_dir",
+                str(out["calls"]),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -49,8 +71,18 @@ def test_transcript_datasets_need_no_summary(transcripts):
 
 
 def generate(teacher, dataset, out, recipe="recipes/tiny-llama/generate/samu-fiches.yaml", *extra):
-    return ["generate", "--config", recipe, "--model_name_or_path", str(teacher), "--dataset", str(dataset),
-            "--output_dir", str(out), *extra]  # fmt: skip
+    return [
+        "generate",
+        "--config",
+        recipe,
+        "--model_name_or_path",
+        str(teacher),
+        "--dataset",
+        str(dataset),
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +100,10 @@ def test_generate_writes_targets_with_provenance_and_filter_counts(fiches, tiny_
     assert metrics["kept"] == sum(len(s) for s in table.values()) and metrics["new_tokens"] > 0
     row = next(iter(table.values()))[0]
     assert row["summary"] and row["messages"][-1] == {"role": "assistant", "content": row["summary"]}
-    assert (
-        "Rédigez la fiche de régulation" in row["messages"][-2]["content"]
-    )  # samu_fiche.jinja, the transcript
+    assert "Rédigez la fiche de régulation" in row["messages"][-2]["content"]  # samu_fiche.jinja, the transcript
     assert row["transcript"] in row["messages"][-2]["content"]
     origin = json.loads(row["provenance"])
-    assert (
-        origin["teacher"] == str(tiny_model)
-        and origin["machine_generated"]
-        and len(origin["prompts_sha256"]) == 64
-    )
+    assert origin["teacher"] == str(tiny_model) and origin["machine_generated"] and len(origin["prompts_sha256"]) == 64
     assert origin["sampling"] == {"do_sample": False, "max_new_tokens": 48}
     card = (fiches / "README.md").read_text()
     assert "Machine-generated targets" in card and origin["prompts_sha256"] in card and "Removed:" in card
@@ -87,26 +113,62 @@ def test_generate_writes_targets_with_provenance_and_filter_counts(fiches, tiny_
 def test_seq_kd_sft_trains_on_the_generated_targets(fiches, tiny_model, tmp_path):
     out = tmp_path / "sft"
     # the toy teacher's answers decide which splits survive the filters (validation and test hold one call each)
-    held_out = [
-        {"path": str(fiches), "split": s} for s in datasets.load_from_disk(str(fiches)) if s != "train"
-    ]
-    assert main(["sft", "--config", "recipes/tiny-llama/sft/seq-kd.yaml", "--model_name_or_path", str(tiny_model),
-                 "--datasets", json.dumps([{"path": str(fiches), "split": "train"}]),
-                 "--eval_datasets", json.dumps(held_out[:1]),
-                 "--output_dir", str(out), "--max_steps", "2"]) == 0  # fmt: skip
+    held_out = [{"path": str(fiches), "split": s} for s in datasets.load_from_disk(str(fiches)) if s != "train"]
+    assert (
+        main(
+            [
+                "sft",
+                "--config",
+                "recipes/tiny-llama/sft/seq-kd.yaml",
+                "--model_name_or_path",
+                str(tiny_model),
+                "--datasets",
+                json.dumps([{"path": str(fiches), "split": "train"}]),
+                "--eval_datasets",
+                json.dumps(held_out[:1]),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["train"]["global_step"] == 2
 
 
 def test_long_inputs_are_summarised_map_reduce(tiny_model, transcripts, tmp_path):
     out = tmp_path / "meetings"
-    argv = generate(tiny_model, transcripts["meetings"], out, "recipes/tiny-llama/generate/meeting-summaries.yaml",
-                    "--context_length", "600", "--chunk_tokens", "256", "--max_new_tokens", "16", "--min_words", "1")  # fmt: skip
+    argv = generate(
+        tiny_model,
+        transcripts["meetings"],
+        out,
+        "recipes/tiny-llama/generate/meeting-summaries.yaml",
+        "--context_length",
+        "600",
+        "--chunk_tokens",
+        "256",
+        "--max_new_tokens",
+        "16",
+        "--min_words",
+        "1",
+    )
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["map_reduce"] == 2 and metrics["kept"] + sum(metrics["dropped"].values()) == 2
     # without map-reduce prompts, inputs that do not fit are counted and left out: nothing is left here
-    argv = generate(tiny_model, transcripts["meetings"], tmp_path / "none", "recipes/tiny-llama/generate/meeting-summaries.yaml",
-                    "--context_length", "600", "--chunk_prompt", "", "--merge_prompt", "")  # fmt: skip
+    argv = generate(
+        tiny_model,
+        transcripts["meetings"],
+        tmp_path / "none",
+        "recipes/tiny-llama/generate/meeting-summaries.yaml",
+        "--context_length",
+        "600",
+        "--chunk_prompt",
+        "",
+        "--merge_prompt",
+        "",
+    )
     assert main(argv) == 2
 
 
@@ -121,9 +183,7 @@ def test_kill_9_mid_generation_loses_no_shard_and_duplicates_no_row(
     proc, _, _ = start_paused(argv, f"generate:1:{phase}", tmp_path)
     shards = Path(str(out) + ".tmp") / "shards"
     finished = sorted(p.name for p in shards.glob("*.jsonl"))
-    assert finished == (
-        ["shard-00000.jsonl"] if phase == "part" else ["shard-00000.jsonl", "shard-00001.jsonl"]
-    )
+    assert finished == (["shard-00000.jsonl"] if phase == "part" else ["shard-00000.jsonl", "shard-00001.jsonl"])
     kill_9(proc)
     with caplog.at_level("INFO", logger="llm4all_recipes.stages.generate"):
         assert main(argv) == 0
@@ -147,15 +207,11 @@ def test_kill_9_mid_generation_loses_no_shard_and_duplicates_no_row(
         (["--chunk_prompt", "meeting_chunk_summary"], "key 'chunk_prompt': map-reduce needs both"),
     ],
 )
-def test_bad_input_is_one_line_before_any_model_loads(
-    tiny_model, transcripts, tmp_path, capsys, extra, message
-):
+def test_bad_input_is_one_line_before_any_model_loads(tiny_model, transcripts, tmp_path, capsys, extra, message):
     out, template = tmp_path / "out", tmp_path / "prompt.jinja"
     template.write_text("Résumez cet appel : {{ nope }}")  # a prompt on a column the dataset does not have
     extra = [str(template) if a == "TEMPLATE" else a for a in extra]
-    argv = generate(
-        tiny_model, transcripts["calls"], out, "recipes/tiny-llama/generate/samu-fiches.yaml", *extra
-    )
+    argv = generate(tiny_model, transcripts["calls"], out, "recipes/tiny-llama/generate/samu-fiches.yaml", *extra)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
@@ -173,8 +229,9 @@ def test_a_teacher_without_chat_template_is_refused(tiny_model, transcripts, tmp
     assert "has no chat template" in capsys.readouterr().err
 
 
-def test_the_vllm_engine_gets_the_same_prompts_and_gives_the_same_greedy_answers(fiches, tiny_model, transcripts,
-                                                                                  tmp_path, monkeypatch, request):  # fmt: skip
+def test_the_vllm_engine_gets_the_same_prompts_and_gives_the_same_greedy_answers(
+    fiches, tiny_model, transcripts, tmp_path, monkeypatch, request
+):
     """`engine: vllm` through a stand-in of vLLM's documented offline API (tests/stubs/vllm: transformers behind
     it): the same prompt token ids, truncation read from finish_reason, the same greedy answers as the
     transformers engine. Real vLLM needs a GPU; without it installed, `engine: vllm` is a one-line error."""
@@ -183,8 +240,19 @@ def test_the_vllm_engine_gets_the_same_prompts_and_gives_the_same_greedy_answers
     request.addfinalizer(lambda: sys.modules.pop("vllm", None))  # find_spec looks in sys.modules first
     import vllm
 
-    assert main(generate(tiny_model, transcripts["calls"], out, "recipes/tiny-llama/generate/samu-fiches.yaml",
-                         "--engine", "vllm")) == 0  # fmt: skip
+    assert (
+        main(
+            generate(
+                tiny_model,
+                transcripts["calls"],
+                out,
+                "recipes/tiny-llama/generate/samu-fiches.yaml",
+                "--engine",
+                "vllm",
+            )
+        )
+        == 0
+    )
     assert vllm.CALLS[-1]["model"] == str(tiny_model) and vllm.CALLS[-1]["seed"] == 0
     ours, reference = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(fiches))
     for split in reference:
@@ -198,15 +266,38 @@ def test_the_vllm_engine_without_vllm_is_one_line(tiny_model, transcripts, tmp_p
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
-    assert main(generate(tiny_model, transcripts["calls"], tmp_path / "o", "recipes/tiny-llama/generate/samu-fiches.yaml",
-                         "--engine", "vllm")) == 2  # fmt: skip
+    assert (
+        main(
+            generate(
+                tiny_model,
+                transcripts["calls"],
+                tmp_path / "o",
+                "recipes/tiny-llama/generate/samu-fiches.yaml",
+                "--engine",
+                "vllm",
+            )
+        )
+        == 2
+    )
     assert "engine: vllm needs vLLM installed" in capsys.readouterr().err
 
 
 def test_next_turn_mode_writes_the_assistant_turn_after_each_history(tiny_model, tmp_path):
     turns = tmp_path / "turns"
-    assert main(["build-dataset", "--config", "recipes/datasets/simsamu-turns.yaml", "--output_dir", str(turns),
-                 "--push_to_hub", "false"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "build-dataset",
+                "--config",
+                "recipes/datasets/simsamu-turns.yaml",
+                "--output_dir",
+                str(turns),
+                "--push_to_hub",
+                "false",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "next"
     assert main(generate(tiny_model, turns, out, "recipes/tiny-llama/generate/samu-next-turns.yaml")) == 0
     table = datasets.load_from_disk(str(out))["train"]
@@ -217,5 +308,16 @@ def test_next_turn_mode_writes_the_assistant_turn_after_each_history(tiny_model,
     history = next(r["prompt"] for r in source if r["id"] == row["id"])
     assert row["messages"] == [*history, {"role": "assistant", "content": row["answer"]}]
     # a column that is not a chat history cannot be continued
-    assert main(generate(tiny_model, turns, tmp_path / "bad", "recipes/tiny-llama/generate/samu-next-turns.yaml",
-                         "--input_column", "id")) == 2  # fmt: skip
+    assert (
+        main(
+            generate(
+                tiny_model,
+                turns,
+                tmp_path / "bad",
+                "recipes/tiny-llama/generate/samu-next-turns.yaml",
+                "--input_column",
+                "id",
+            )
+        )
+        == 2
+    )

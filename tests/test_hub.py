@@ -104,9 +104,7 @@ def test_hub_publish_private_no_overwrite_revisions(hub, model_folder):
     assert hub.repo("me/public")["private"] is False
 
 
-def test_publish_command_pushes_a_built_dataset_without_leaking_the_token(
-    hub, tmp_path, recipe_file, capsys, caplog
-):
+def test_publish_command_pushes_a_built_dataset_without_leaking_the_token(hub, tmp_path, recipe_file, capsys, caplog):
     out = tmp_path / "simsamu"
     build = recipe_file(
         f"builder: simsamu\nsource: tests/fixtures/simsamu\noutput_dir: {out}\npush_to_hub: true\n"
@@ -143,9 +141,7 @@ def test_publish_command_pushes_a_built_dataset_without_leaking_the_token(
         == 0
     )
     # the token is sent to the server, and written nowhere else
-    written = [
-        p for p in tmp_path.rglob("*") if p.is_file() and "hub" not in p.relative_to(tmp_path).parts[:1]
-    ]
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "hub" not in p.relative_to(tmp_path).parts[:1]]
     assert not any(HUB_TOKEN.encode() in p.read_bytes() for p in written)
     assert not any(HUB_TOKEN.encode() in content for content in files.values())
     captured = capsys.readouterr()
@@ -220,8 +216,19 @@ def test_local_publish_never_touches_a_neighbour(model_folder, dataset_folder, l
     (local_hub / "ns" / "x.tmp").mkdir(parents=True)  # a real repo named x.tmp
     (local_hub / "ns" / "x.tmp" / "README.md").write_text("repo x.tmp")
     # a model repo whose namespace is `datasets` would be the datasets folder itself
-    argv = ["publish", "--path", str(model_folder), "--repo_id", "datasets/llm4all", "--repo_type", "model",
-            "--target", "local", "--overwrite", "true"]  # fmt: skip
+    argv = [
+        "publish",
+        "--path",
+        str(model_folder),
+        "--repo_id",
+        "datasets/llm4all",
+        "--repo_type",
+        "model",
+        "--target",
+        "local",
+        "--overwrite",
+        "true",
+    ]
     assert main(argv) == 2
     assert "'datasets' is not a namespace" in capsys.readouterr().err
     assert (local_hub / "datasets" / "llm4all" / "data" / "README.md").is_file()

@@ -136,9 +136,7 @@ def test_seeded_dataset_snapshot(hub, tmp_path):
         (folder / rel).write_text(text)
     hub.add_repo("org/data", folder, repo_type="dataset", private=True)
     local = snapshot_download("org/data", repo_type="dataset", local_dir=tmp_path / "local")
-    got = {
-        p.relative_to(local).as_posix(): p.read_text() for p in (tmp_path / "local").rglob("*") if p.is_file()
-    }
+    got = {p.relative_to(local).as_posix(): p.read_text() for p in (tmp_path / "local").rglob("*") if p.is_file()}
     got = {k: v for k, v in got.items() if not k.startswith(".cache/")}
     assert got == {k: v.decode() for k, v in hub.files("org/data", repo_type="dataset").items()}
     assert set(got) == {"README.md", "train/part-0.jsonl", "train/sub/x.txt"}

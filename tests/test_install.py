@@ -12,23 +12,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_wheel_renders_cards_outside_the_checkout(tmp_path):
     wheels = tmp_path / "wheels"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
-                            "-q", "-w", str(wheels)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = wheels.glob("llm4all_recipes-*.whl")
     with zipfile.ZipFile(wheel) as z:  # the links in data/cards/ became the templates themselves
-        assert (
-            z.read("llm4all_recipes/data/cards/model_card.md")
-            == (ROOT / "model_cards/model_card.md").read_bytes()
-        )
+        assert z.read("llm4all_recipes/data/cards/model_card.md") == (ROOT / "model_cards/model_card.md").read_bytes()
         assert (
             z.read("llm4all_recipes/data/cards/dataset_card.md")
             == (ROOT / "dataset_cards/dataset_card.md").read_bytes()
         )
         assert "llm4all_recipes/data/chat_templates/chatml.jinja" in z.namelist()
     site = tmp_path / "site"
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
-                              str(wheel)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     code = (
         "import llm4all_recipes.cards as c, pathlib, sys\n"
@@ -39,6 +44,7 @@ def test_wheel_renders_cards_outside_the_checkout(tmp_path):
         "print('ok')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]

@@ -60,9 +60,7 @@ def test_french_rouge_metric():
     from llm4all_recipes.evaluation.lighteval_tasks import FrenchRouge, chat_doc
 
     doc = chat_doc([{"role": "user", "content": "?"}], "Le médecin régulateur arrive.", "t|0")
-    same = FrenchRouge(("rouge1", "rougeL")).compute(
-        doc, ModelResponse(text=["le MÉDECIN régulateur arrive"])
-    )
+    same = FrenchRouge(("rouge1", "rougeL")).compute(doc, ModelResponse(text=["le MÉDECIN régulateur arrive"]))
     assert same == {"rouge1_fr": 1.0, "rougeL_fr": 1.0}
     # accented words are words, not fragments: "médecin" ≠ "m" + "decin"
     assert FrenchRouge().compute(doc, ModelResponse(text=["m decin"])) == {"rougeL_fr": 0.0}
@@ -110,9 +108,7 @@ def test_long_prompts_fit_the_context(tiny_model):
     assert len(tokenizer(prompt)["input_ids"]) <= 256 - 64
     assert "Système." in prompt and "Début." in prompt and "Fin." in prompt and "[…]" in prompt
     assert prompt.endswith("<|im_start|>assistant\n")  # the tiny model's ChatML, add_generation_prompt
-    history = [
-        {"role": r, "content": f"tour {i} " + "mot " * 20} for i, r in enumerate(["assistant", "user"] * 10)
-    ]
+    history = [{"role": r, "content": f"tour {i} " + "mot " * 20} for i, r in enumerate(["assistant", "user"] * 10)]
     doc = chat_doc([{"role": "system", "content": "Système."}, *history], "r", "t|0")
     doc.generation_size = 64
     prompt = manager.prepare_prompt(doc)
@@ -147,8 +143,9 @@ def test_fresh_cache_recomputes(model_copy, folders, tmp_path):
     from llm4all_recipes.evaluation.lighteval_tasks import run_lighteval
 
     cache = tmp_path / "kept-cache"
-    run_lighteval(str(model_copy), [SIMSAMU], str(tmp_path / "a"), simsamu=folders["simsamu"], max_samples=3,
-                  cache_dir=str(cache))  # fmt: skip
+    run_lighteval(
+        str(model_copy), [SIMSAMU], str(tmp_path / "a"), simsamu=folders["simsamu"], max_samples=3, cache_dir=str(cache)
+    )
     before = _predictions(tmp_path / "a", SIMSAMU)
     # the weights change in place (a model retrained into the same folder): logits change sign
     model = AutoModelForCausalLM.from_pretrained(model_copy)
@@ -158,8 +155,9 @@ def test_fresh_cache_recomputes(model_copy, folders, tmp_path):
     run_lighteval(str(model_copy), [SIMSAMU], str(tmp_path / "b"), simsamu=folders["simsamu"], max_samples=3)
     assert _predictions(tmp_path / "b", SIMSAMU) != before  # fresh cache: recomputed with the new weights
     # what the fresh cache avoids: lighteval keys its cache on its arguments, so the old predictions come back
-    run_lighteval(str(model_copy), [SIMSAMU], str(tmp_path / "c"), simsamu=folders["simsamu"], max_samples=3,
-                  cache_dir=str(cache))  # fmt: skip
+    run_lighteval(
+        str(model_copy), [SIMSAMU], str(tmp_path / "c"), simsamu=folders["simsamu"], max_samples=3, cache_dir=str(cache)
+    )
     assert _predictions(tmp_path / "c", SIMSAMU) == before
 
 
@@ -170,15 +168,11 @@ def test_missing_lighteval_is_one_line_before_loading(tmp_path, monkeypatch, cap
     from llm4all_recipes.cli import main
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "lighteval" else real(name, *a)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lighteval" else real(name, *a))
     model = tmp_path / "model"
     model.mkdir()
     recipe = tmp_path / "eval.yaml"
-    recipe.write_text(
-        f"model_name_or_path: {model}\noutput_dir: {tmp_path / 'out'}\nlighteval_tasks: [meetings]\n"
-    )
+    recipe.write_text(f"model_name_or_path: {model}\noutput_dir: {tmp_path / 'out'}\nlighteval_tasks: [meetings]\n")
     assert main(["eval", "--config", str(recipe)]) == 2
     err = capsys.readouterr().err.strip()
     assert "key 'lighteval_tasks'" in err and "pip install 'llm4all-recipes[eval]'" in err, err
@@ -192,13 +186,14 @@ def test_a_build_dataset_output_is_read_as_it_is(model_copy, tmp_path, recipe_fi
     from llm4all_recipes.evaluation.lighteval_tasks import run_lighteval
 
     built = tmp_path / "turns"
-    path = recipe_file(f"builder: simsamu\nsource: tests/fixtures/simsamu\noutput_dir: {built}\nper_turn: true\n",
-                       stage="datasets", name="t.yaml")  # fmt: skip
+    path = recipe_file(
+        f"builder: simsamu\nsource: tests/fixtures/simsamu\noutput_dir: {built}\nper_turn: true\n",
+        stage="datasets",
+        name="t.yaml",
+    )
     assert main(["build-dataset", "--config", path]) == 0
     out = tmp_path / "eval"
-    scores = run_lighteval(
-        str(model_copy), [SIMSAMU], str(out), max_samples=2, simsamu=str(built), split="validation"
-    )
+    scores = run_lighteval(str(model_copy), [SIMSAMU], str(out), max_samples=2, simsamu=str(built), split="validation")
     assert set(scores[SIMSAMU]) == {"rougeL_fr"} and 0.0 <= scores[SIMSAMU]["rougeL_fr"] <= 1.0
     assert len(_predictions(out, SIMSAMU)) == 2
     assert {p.name.split("-")[0] for p in (out / "data-simsamu" / "data").iterdir()} == {

@@ -31,9 +31,7 @@ def test_turns_layout_rows():
         assert row["turns"] == source[row["id"]]["turns"]
         assert row["summary"] == source[row["id"]]["summary"]
         _, user, assistant = row["messages"]
-        assert user["content"].startswith(
-            "Voici la transcription d'une réunion."
-        )  # data/prompts/meeting_summary.jinja
+        assert user["content"].startswith("Voici la transcription d'une réunion.")  # data/prompts/meeting_summary.jinja
         assert row["transcript"] in user["content"]
         assert assistant == {"role": "assistant", "content": row["summary"]}
 
@@ -46,9 +44,7 @@ def test_summre_tracks_are_merged_in_time_order():
         mine = [t for t in tracks if t["meeting_id"] == meeting["id"]]
         segments = sorted((s["start"], t["speaker_id"], s["transcript"]) for t in mine for s in t["segments"])
         # every word kept, in time order
-        assert (
-            " ".join(t["text"] for t in meeting["turns"]).split() == " ".join(s[2] for s in segments).split()
-        )
+        assert " ".join(t["text"] for t in meeting["turns"]).split() == " ".join(s[2] for s in segments).split()
         speakers = [t["speaker"] for t in meeting["turns"]]
         assert all(a != b for a, b in itertools.pairwise(speakers))
         assert len(set(speakers)) == len(mine) >= 2
@@ -60,9 +56,7 @@ def test_summre_with_separate_summaries(tmp_path):
     built, report = build_rows(SUMMRE, summaries=Path(SUMMRE_SUMMARIES))
     assert report["layout"] == "summre" and len(built["train"]) == 2
     bad = tmp_path / "summaries.jsonl"
-    bad.write_text(
-        Path(SUMMRE_SUMMARIES).read_text() + json.dumps({"meeting_id": "nope", "summary": "x"}) + "\n"
-    )
+    bad.write_text(Path(SUMMRE_SUMMARIES).read_text() + json.dumps({"meeting_id": "nope", "summary": "x"}) + "\n")
     with pytest.raises(RecipeError, match="unknown meeting 'nope'") as exc:
         build_rows(SUMMRE, summaries=bad)
     assert exc.value.source == str(bad) and exc.value.line == 3
@@ -113,9 +107,7 @@ def test_meetings_recipe_with_chunks_and_official_splits(tiny_model, recipe_file
 
 
 def test_simsamu_keys_are_refused_for_meetings(recipe_file, capsys):
-    path = recipe_file(
-        f"builder: meetings\nsource: {MEETINGS}\nper_turn: true\n", stage="datasets", name="m.yaml"
-    )
+    path = recipe_file(f"builder: meetings\nsource: {MEETINGS}\nper_turn: true\n", stage="datasets", name="m.yaml")
     assert main(["build-dataset", "--config", path]) == 2
     assert "key 'per_turn': does not apply to the meetings builder" in capsys.readouterr().err
 
@@ -133,8 +125,10 @@ def test_corrupt_meetings_file_names_the_line(recipe_file, tmp_path, capsys):
 
 def summre_with_audio(folder):
     """The SUMM-RE layout as the Hub serves it (data/<split>-*.parquet), each track with its audio bytes."""
-    rows = [dict(r, audio={"bytes": bytes([i]) * 100_000, "path": f"{r['speaker_id']}.wav"}, audio_id=str(i))
-            for i, r in enumerate(read(SUMMRE))]  # fmt: skip
+    rows = [
+        dict(r, audio={"bytes": bytes([i]) * 100_000, "path": f"{r['speaker_id']}.wav"}, audio_id=str(i))
+        for i, r in enumerate(read(SUMMRE))
+    ]
     (folder / "data").mkdir(parents=True)
     datasets.Dataset.from_list(rows).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
     return folder

@@ -1,5 +1,6 @@
 """`llm4all merge` (WiSE-FT with the base, soups, SLERP, task arithmetic) and `merge_with_base` of the training
-stages: weight 0 gives the first model and weight 1 the second exactly, weights in between the weighted average; low-rank checkpoints merge when their ranks match; two architectures,
+stages: weight 0 gives the first model and weight 1 the second exactly, weights in between the weighted average;
+low-rank checkpoints merge when their ranks match; two architectures,
 or two rank maps, fail in one line before anything is written."""
 
 import pytest
@@ -29,8 +30,19 @@ def trained(tiny_model, tmp_path_factory):
 
 
 def merge(models, out, weights):
-    return main(["merge", "--config", "recipes/tiny-llama/merge/wise-ft.yaml", "--models", str([str(m) for m in models]).replace("'", '"'),
-                 "--weights", str(weights), "--output_dir", str(out)])  # fmt: skip
+    return main(
+        [
+            "merge",
+            "--config",
+            "recipes/tiny-llama/merge/wise-ft.yaml",
+            "--models",
+            str([str(m) for m in models]).replace("'", '"'),
+            "--weights",
+            str(weights),
+            "--output_dir",
+            str(out),
+        ]
+    )
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0, 0.3])
@@ -65,11 +77,10 @@ def test_low_rank_checkpoints_with_the_same_ranks_merge(compressed_model, distil
         ("two rank maps", "low-rank checkpoints merge only with equal ranks"),
     ],
 )
-def test_different_architectures_fail_in_one_line(tiny_model, compressed_model, svd80_compressed, tmp_path, capsys,
-                                                  pair, message):  # fmt: skip
-    models = (
-        [tiny_model, compressed_model] if pair == "dense+low-rank" else [compressed_model, svd80_compressed]
-    )
+def test_different_architectures_fail_in_one_line(
+    tiny_model, compressed_model, svd80_compressed, tmp_path, capsys, pair, message
+):
+    models = [tiny_model, compressed_model] if pair == "dense+low-rank" else [compressed_model, svd80_compressed]
     assert merge(models, tmp_path / "m", [0.5, 0.5]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "key 'models'" in err, err
@@ -100,10 +111,7 @@ def test_slerp_and_task_arithmetic_stages(tiny_model, trained, tmp_path):
         "--models",
         f'["{tiny_model}", "{trained}"]',
     ]
-    assert (
-        main([*argv, "--method", "slerp", "--weights", "[0.6, 0.4]", "--output_dir", str(tmp_path / "s")])
-        == 0
-    )
+    assert main([*argv, "--method", "slerp", "--weights", "[0.6, 0.4]", "--output_dir", str(tmp_path / "s")]) == 0
     assert (
         main(
             [
@@ -120,17 +128,31 @@ def test_slerp_and_task_arithmetic_stages(tiny_model, trained, tmp_path):
     )
     spherical, task = weights_of(tmp_path / "s"), weights_of(tmp_path / "t")
     for key in base:
-        assert torch.allclose(spherical[key], slerp(base[key].float(), other[key].float(), 0.4), atol=1e-6), (
-            key
-        )
+        assert torch.allclose(spherical[key], slerp(base[key].float(), other[key].float(), 0.4), atol=1e-6), key
         assert torch.allclose(task[key], base[key] + 0.5 * (other[key] - base[key]), atol=1e-6), key
     assert "slerp(" in (tmp_path / "s" / "README.md").read_text()
 
 
 def test_slerp_of_three_models_fails_in_one_line(tiny_model, trained, tmp_path, capsys):
     models = f'["{tiny_model}", "{trained}", "{tiny_model}"]'
-    assert main(["merge", "--config", "recipes/tiny-llama/merge/wise-ft.yaml", "--models", models, "--method", "slerp",
-                 "--weights", "[0.2, 0.4, 0.4]", "--output_dir", str(tmp_path / "m")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "merge",
+                "--config",
+                "recipes/tiny-llama/merge/wise-ft.yaml",
+                "--models",
+                models,
+                "--method",
+                "slerp",
+                "--weights",
+                "[0.2, 0.4, 0.4]",
+                "--output_dir",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "slerp merges exactly two models" in err, err
     assert not (tmp_path / "m").exists()
@@ -138,14 +160,23 @@ def test_slerp_of_three_models_fails_in_one_line(tiny_model, trained, tmp_path, 
 
 def test_any_training_stage_merges_with_its_starting_model(tiny_model, tmp_path):
     """sft with merge_with_base: 0 writes the starting weights exactly; 0.5 the midpoint of start and trained."""
-    argv = ["sft", "--config", "recipes/tiny-llama/sft/chat.yaml", "--model_name_or_path", str(tiny_model),
-            "--max_steps", "2", "--push_to_hub", "false", "--keep_best", "false"]  # fmt: skip
+    argv = [
+        "sft",
+        "--config",
+        "recipes/tiny-llama/sft/chat.yaml",
+        "--model_name_or_path",
+        str(tiny_model),
+        "--max_steps",
+        "2",
+        "--push_to_hub",
+        "false",
+        "--keep_best",
+        "false",
+    ]
     assert main([*argv, "--output_dir", str(tmp_path / "a0"), "--merge_with_base", "0"]) == 0
     assert main([*argv, "--output_dir", str(tmp_path / "a1")]) == 0
     assert main([*argv, "--output_dir", str(tmp_path / "a5"), "--merge_with_base", "0.5"]) == 0
-    start, a0, a1, a5 = (
-        weights_of(p) for p in (tiny_model, tmp_path / "a0", tmp_path / "a1", tmp_path / "a5")
-    )
+    start, a0, a1, a5 = (weights_of(p) for p in (tiny_model, tmp_path / "a0", tmp_path / "a1", tmp_path / "a5"))
     assert all(torch.equal(a0[k], start[k]) for k in start)
     assert any(not torch.equal(a1[k], start[k]) for k in start)
     for key in start:  # same seed, same data order: the trained weights of a1 are the ones a5 merged

@@ -157,15 +157,12 @@ def test_empty_source_is_an_error(tmp_path):
 
 def test_streaming_and_max_rows(two_sources):
     a, _ = two_sources
-    streamed = load_source(
-        DatasetSource(path=a, streaming=True, max_rows=10), "datasets[0]", ["text"], seed=3
-    )
+    streamed = load_source(DatasetSource(path=a, streaming=True, max_rows=10), "datasets[0]", ["text"], seed=3)
     assert len(streamed) == 10 and set(streamed["text"]) <= {f"a{i}" for i in range(100)}
     capped = load_source(DatasetSource(path=a, max_rows=7), "eval_datasets[0]", ["text"], seed=3)
     assert len(capped) == 7
     assert (
-        capped["text"]
-        == load_source(DatasetSource(path=a, max_rows=7), "eval_datasets[0]", ["text"], seed=3)["text"]
+        capped["text"] == load_source(DatasetSource(path=a, max_rows=7), "eval_datasets[0]", ["text"], seed=3)["text"]
     )
     with pytest.raises(RecipeError, match="needs max_rows") as exc:
         check_sources([DatasetSource(path=a, streaming=True)], "datasets", ["text"], static=False)
@@ -176,19 +173,19 @@ def test_text_rows_without_text_are_named(tmp_path):
     """Used to be a TypeError in the token counter (tokenizer(None))."""
     path = jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"title": "no text"}, {"text": None}, {"text": "b"}])
     count = lambda ds: [len(t) for t in ds["text"]]  # noqa: E731  (never reached)
-    with pytest.raises(
-        RecipeError, match=r"row 2 of .*t\.jsonl has no text \(missing or null; 2 such rows\)"
-    ) as err:
+    with pytest.raises(RecipeError, match=r"row 2 of .*t\.jsonl has no text \(missing or null; 2 such rows\)") as err:
         build_mixture([DatasetSource(path=path)], needed=["text"], seed=0, count_tokens=count)
     assert err.value.key == "datasets[0].path"
 
 
 @pytest.mark.parametrize(
     ("message", "problem"),
-    [({"role": "bot", "content": "x"}, "message 2 has role 'bot', not one of system, user, assistant, tool"),
-     ({"role": "assistant"}, "message 2 (assistant) has no text content (content: None)"),
-     ({"content": "x"}, "message 2 has role None")],
-)  # fmt: skip
+    [
+        ({"role": "bot", "content": "x"}, "message 2 has role 'bot', not one of system, user, assistant, tool"),
+        ({"role": "assistant"}, "message 2 (assistant) has no text content (content: None)"),
+        ({"content": "x"}, "message 2 has role None"),
+    ],
+)
 def test_chat_rows_with_a_bad_message_are_named(tmp_path, message, problem):
     """Used to be a jinja2 UndefinedError deep in tokenization."""
     good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}

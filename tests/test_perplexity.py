@@ -31,8 +31,15 @@ class CharTokenizer:
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -130,9 +137,7 @@ def test_a_recorded_measure_is_returned_without_a_forward_pass(model, tmp_path):
     assert counting.calls - calls == new_only  # the new set's windows only
     # another window, a Hub id, a folder without metrics or with a broken file: measured
     assert (
-        held_out_perplexities(counting, tok, sets, max_length=32, recorded_in=str(tmp_path))["old"][
-            "perplexity"
-        ]
+        held_out_perplexities(counting, tok, sets, max_length=32, recorded_in=str(tmp_path))["old"]["perplexity"]
         != 1234.5
     )
     assert recorded_perplexities("HuggingFaceTB/SmolLM2-135M-Instruct") == {}
@@ -159,24 +164,68 @@ def test_stages_reuse_what_their_input_folders_measured(compressed_model, tiny_m
     student = _sentinel_copy(compressed_model, tmp_path / "student", 1111.0)
     teacher = _sentinel_copy(tiny_model, tmp_path / "teacher", 2222.0)
     out = tmp_path / "kd"
-    assert main(["kd", "--config", "recipes/tiny-llama/kd/heal.yaml", "--model_name_or_path", str(student),
-                 "--teacher_model_name_or_path", str(teacher), "--output_dir", str(out), "--max_steps", "1",
-                 "--save_steps", "1", "--push_to_hub", "false"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "kd",
+                "--config",
+                "recipes/tiny-llama/kd/heal.yaml",
+                "--model_name_or_path",
+                str(student),
+                "--teacher_model_name_or_path",
+                str(teacher),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "1",
+                "--save_steps",
+                "1",
+                "--push_to_hub",
+                "false",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert {v["perplexity"] for v in metrics["eval_before"].values()} == {1111.0}
     assert {v["perplexity"] for v in metrics["teacher_eval"].values()} == {2222.0}
     assert all(v["perplexity"] != 1111.0 for v in metrics["eval"].values())  # the trained model is measured
 
     out = tmp_path / "fd"
-    assert main(["feature-distill", "--config", "recipes/tiny-llama/feature-distill/whitening-60.yaml",
-                 "--model_name_or_path", str(student), "--teacher_model_name_or_path", str(teacher),
-                 "--output_dir", str(out), "--tokens_per_block", "2048"]) == 0  # fmt: skip
-    assert {
-        v["perplexity"] for v in json.loads((out / "metrics.json").read_text())["eval_before"].values()
-    } == {1111.0}
+    assert (
+        main(
+            [
+                "feature-distill",
+                "--config",
+                "recipes/tiny-llama/feature-distill/whitening-60.yaml",
+                "--model_name_or_path",
+                str(student),
+                "--teacher_model_name_or_path",
+                str(teacher),
+                "--output_dir",
+                str(out),
+                "--tokens_per_block",
+                "2048",
+            ]
+        )
+        == 0
+    )
+    assert {v["perplexity"] for v in json.loads((out / "metrics.json").read_text())["eval_before"].values()} == {1111.0}
 
     out = tmp_path / "compress"
-    assert main(["compress", "--config", "recipes/tiny-llama/compress/whitening-60.yaml",
-                 "--model_name_or_path", str(teacher), "--output_dir", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compress",
+                "--config",
+                "recipes/tiny-llama/compress/whitening-60.yaml",
+                "--model_name_or_path",
+                str(teacher),
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert {v["perplexity"] for v in metrics["eval_before"].values()} == {2222.0}

@@ -99,8 +99,6 @@ def test_step_overrides_with_lists_reach_the_recipe(pipeline, tmp_path):
 
     sft_recipe = str(tmp_path / "recipes" / "m" / "sft" / "calls.yaml")
     chat = "tests/fixtures/chat/train.jsonl"
-    step = PipelineStep(
-        recipe=sft_recipe, overrides={"datasets": [{"path": chat, "weight": 2}], "max_steps": 3}
-    )
+    step = PipelineStep(recipe=sft_recipe, overrides={"datasets": [{"path": chat, "weight": 2}], "max_steps": 3})
     recipe = parse_recipe("sft", step.argv(), static=True)
     assert [(s.path, s.weight) for s in recipe.datasets] == [(chat, 2.0)] and recipe.max_steps == 3

@@ -48,14 +48,28 @@ def test_stochastic_rounding_keeps_the_updates_plain_bf16_loses():
 def _bf16_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return LlamaForCausalLM(config).to(torch.bfloat16)
 
 
 def _args(**kw):
-    return SimpleNamespace(learning_rate=1e-5, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-                           weight_decay=0.0, bf16=False, fp16=False, **kw)  # fmt: skip
+    return SimpleNamespace(
+        learning_rate=1e-5,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        weight_decay=0.0,
+        bf16=False,
+        fp16=False,
+        **kw,
+    )
 
 
 def test_apply_precision_sets_up_each_choice(monkeypatch):

@@ -28,9 +28,18 @@ RECIPE = "recipes/tiny-llama/prune/width-20.yaml"
 def toy(cls=LlamaConfig, layers: int = 3, **extra):
     """A random Llama-style model: 8 query heads in 2 GQA groups, head_dim 8 (≠ hidden / heads)."""
     torch.manual_seed(0)
-    config = cls(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                 num_attention_heads=8, num_key_value_heads=2, head_dim=8, initializer_range=0.2,
-                 tie_word_embeddings=False, **extra)  # fmt: skip
+    config = cls(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=8,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+        **extra,
+    )
     return AutoModelForCausalLM.from_config(config).eval()
 
 
@@ -95,8 +104,9 @@ def test_importance_matches_a_brute_force_reference():
             x = y
         channels += l2_seq_mean_batch(rms(x, model.model.norm.weight.double(), model.config.rms_norm_eps))
         # the reference block reproduces the model (so the reference is the model's own computation)
-        assert torch.allclose(model.model.norm(x.float()), model(ids, output_hidden_states=True).hidden_states[-1],
-                              atol=1e-4)  # fmt: skip
+        assert torch.allclose(
+            model.model.norm(x.float()), model(ids, output_hidden_states=True).hidden_states[-1], atol=1e-4
+        )
     assert torch.allclose(channels, got.channels, rtol=1e-4)
     # a GQA group scores the sum of its 4 query heads
     assert torch.allclose(got.groups(1, model.config), got.heads[1].reshape(2, 4).sum(-1))
@@ -104,23 +114,26 @@ def test_importance_matches_a_brute_force_reference():
 
 def full_plan(model) -> P.Plan:
     c = model.config
-    return P.Plan(layers=list(range(c.num_hidden_layers)), channels=list(range(c.hidden_size)),
-                  neurons=[list(range(c.intermediate_size))] * c.num_hidden_layers,
-                  groups=[list(range(c.num_key_value_heads))] * c.num_hidden_layers)  # fmt: skip
+    return P.Plan(
+        layers=list(range(c.num_hidden_layers)),
+        channels=list(range(c.hidden_size)),
+        neurons=[list(range(c.intermediate_size))] * c.num_hidden_layers,
+        groups=[list(range(c.num_key_value_heads))] * c.num_hidden_layers,
+    )
 
 
 @pytest.mark.parametrize("cls", [LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config])
 def test_pruned_heads_neurons_and_blocks_equal_the_original_with_them_switched_off(cls):
     model, ids = toy(cls), windows(2)
     with torch.no_grad():
-        assert torch.equal(P.build_pruned(model, full_plan(model), P.sizes_of(model.config))(ids).logits,
-                           model(ids).logits)  # fmt: skip
+        assert torch.equal(
+            P.build_pruned(model, full_plan(model), P.sizes_of(model.config))(ids).logits, model(ids).logits
+        )
         plan = full_plan(model)
         plan.layers = [0, 2]  # block 1 removed
         plan.groups = [[1], [0]]  # layer 0 keeps group 1 (query heads 4-7), layer 2 group 0 (heads 0-3)
         plan.neurons = [list(range(0, 48, 2)), list(range(24, 48))]
-        sizes = {**P.sizes_of(model.config), "num_hidden_layers": 2, "num_attention_heads": 4,
-                 "intermediate_size": 24}  # fmt: skip
+        sizes = {**P.sizes_of(model.config), "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 24}
         pruned = P.build_pruned(model, plan, sizes)
         # the original, with the same parts switched off: zero o_proj columns of removed heads, down_proj
         # columns of removed neurons, and block 1 skipped
@@ -187,8 +200,15 @@ def test_ratio_removes_at_least_the_share_and_no_axis_can_grow():
     with pytest.raises(ValueError, match="at most"):
         P.sizes_for_ratio(config, 0.9, ["heads"], 8)
     # Llama requires hidden_size % num_attention_heads == 0 (even with head_dim set): 12 heads, hidden 96
-    wide = LlamaConfig(vocab_size=64, hidden_size=96, intermediate_size=48, num_hidden_layers=2,
-                       num_attention_heads=12, num_key_value_heads=6, head_dim=8)  # fmt: skip
+    wide = LlamaConfig(
+        vocab_size=64,
+        hidden_size=96,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=12,
+        num_key_value_heads=6,
+        head_dim=8,
+    )
     for ratio in (0.1, 0.2, 0.3, 0.45):
         for axes in (["embedding"], ["heads"], ["mlp", "embedding", "heads"]):
             sizes = P.sizes_for_ratio(wide, ratio, axes, 8)
@@ -197,19 +217,38 @@ def test_ratio_removes_at_least_the_share_and_no_axis_can_grow():
 
 def test_prune_stage_writes_a_plain_checkpoint(tiny_model, tmp_path):
     out = tmp_path / "pruned"
-    assert main(["prune", "--config", RECIPE, "--model_name_or_path", str(tiny_model), "--output_dir", str(out),
-                 "--push_to_hub", "false", "--hidden_size", "96", "--intermediate_size", "256",
-                 "--num_hidden_layers", "3", "--num_attention_heads", "2", "--ratio", "null"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "prune",
+                "--config",
+                RECIPE,
+                "--model_name_or_path",
+                str(tiny_model),
+                "--output_dir",
+                str(out),
+                "--push_to_hub",
+                "false",
+                "--hidden_size",
+                "96",
+                "--intermediate_size",
+                "256",
+                "--num_hidden_layers",
+                "3",
+                "--num_attention_heads",
+                "2",
+                "--ratio",
+                "null",
+            ]
+        )
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())
     assert "auto_map" not in config and config["model_type"] == "llama"
     assert (config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]) == (96, 256, 3)
     assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (2, 1, 32)
     pc = config["pruning_config"]
-    assert (
-        len(pc["kept_layers"]) == 3
-        and len(pc["kept_channels"]) == 96
-        and pc["sizes_before"]["hidden_size"] == 128
-    )
+    assert len(pc["kept_layers"]) == 3 and len(pc["kept_channels"]) == 96 and pc["sizes_before"]["hidden_size"] == 128
     model = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, no remote code
     metrics = json.loads((out / "metrics.json").read_text())
     assert sum(p.numel() for p in model.parameters()) == metrics["parameters"]
@@ -218,8 +257,9 @@ def test_prune_stage_writes_a_plain_checkpoint(tiny_model, tmp_path):
     original = AutoModelForCausalLM.from_pretrained(tiny_model)
     channels, layer = pc["kept_channels"], pc["kept_layers"][0]
     assert torch.equal(model.model.embed_tokens.weight, original.model.embed_tokens.weight[:, channels])
-    assert torch.equal(model.model.layers[0].input_layernorm.weight,
-                       original.model.layers[layer].input_layernorm.weight[channels])  # fmt: skip
+    assert torch.equal(
+        model.model.layers[0].input_layernorm.weight, original.model.layers[layer].input_layernorm.weight[channels]
+    )
     # the kept blocks are the highest Block Influence ones
     bi = metrics["importance"]["block_influence"]
     assert pc["kept_layers"] == sorted(sorted(range(4), key=lambda i: -bi[i])[:3])
@@ -229,8 +269,22 @@ def test_prune_stage_writes_a_plain_checkpoint(tiny_model, tmp_path):
 
 def test_prune_by_ratio_on_the_tiny_default(tiny_model, tmp_path):
     out = tmp_path / "pruned"
-    assert main(["prune", "--config", RECIPE, "--model_name_or_path", str(tiny_model), "--output_dir", str(out),
-                 "--push_to_hub", "false"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "prune",
+                "--config",
+                RECIPE,
+                "--model_name_or_path",
+                str(tiny_model),
+                "--output_dir",
+                str(out),
+                "--push_to_hub",
+                "false",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["pruning"]["model_fraction_removed"] >= 0.2
     before, after = (
@@ -258,8 +312,10 @@ def test_prune_by_ratio_on_the_tiny_default(tiny_model, tmp_path):
 )
 def test_bad_sizes_fail_in_one_line_before_loading(tiny_model, tmp_path, capsys, extra, key, message):
     out = tmp_path / "pruned"
-    assert main(["prune", "--config", RECIPE, "--model_name_or_path", str(tiny_model), "--output_dir", str(out),
-                 *extra]) == 2  # fmt: skip
+    assert (
+        main(["prune", "--config", RECIPE, "--model_name_or_path", str(tiny_model), "--output_dir", str(out), *extra])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"key '{key}'" in err[0] and message in err[0]
     assert not out.exists() and not out.with_name("pruned.tmp").exists()
@@ -272,10 +328,7 @@ def test_unsupported_families_and_low_rank_inputs_are_refused(tmp_path, capsys, 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).save_pretrained(gpt2)
     for model, message in ((gpt2, "this model is 'gpt2'"), (compressed_model, "already low-rank")):
         out = tmp_path / "out"
-        assert (
-            main(["prune", "--config", RECIPE, "--model_name_or_path", str(model), "--output_dir", str(out)])
-            == 2
-        )
+        assert main(["prune", "--config", RECIPE, "--model_name_or_path", str(model), "--output_dir", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "model_name_or_path" in err[0] and message in err[0]
         assert not out.exists()
@@ -303,9 +356,7 @@ def test_hidden_pairs_follow_the_pruning_config():
     student = P.pruned_config(teacher, {**P.sizes_of(teacher), "num_hidden_layers": 3, "hidden_size": 24})
     student.pruning_config = {"kept_layers": [0, 2, 3], "kept_channels": list(range(24))}
     pairs, channels = hidden_pairs(student, teacher)
-    assert pairs == [(1, 1), (2, 3)] and channels == list(
-        range(24)
-    )  # the last blocks are after the final norm
+    assert pairs == [(1, 1), (2, 3)] and channels == list(range(24))  # the last blocks are after the final norm
     assert hidden_pairs(teacher, teacher) == ([(1, 1), (2, 2), (3, 3)], None)
     for bad in (
         None,  # not pruned, and not the teacher's shape
@@ -316,22 +367,65 @@ def test_hidden_pairs_follow_the_pruning_config():
         with pytest.raises(ValueError, match="pruned from this teacher"):
             hidden_pairs(student, teacher)
     shallow = P.pruned_config(teacher, {**P.sizes_of(teacher), "num_hidden_layers": 3})
-    with pytest.raises(
-        ValueError, match="pruned from this teacher"
-    ):  # unpruned, shallower: no silent mapping
+    with pytest.raises(ValueError, match="pruned from this teacher"):  # unpruned, shallower: no silent mapping
         hidden_pairs(shallow, teacher)
 
 
 def test_kd_heals_a_pruned_student_with_the_hidden_state_loss(tiny_model, tmp_path, capsys):
     pruned, healed = tmp_path / "pruned", tmp_path / "healed"
-    assert main(["prune", "--config", RECIPE, "--model_name_or_path", str(tiny_model), "--output_dir", str(pruned),
-                 "--push_to_hub", "false", "--num_hidden_layers", "3", "--hidden_size", "96", "--ratio", "null"]) == 0  # fmt: skip
-    kd = ["kd", "--config", "recipes/tiny-llama/kd/heal-pruned.yaml", "--teacher_model_name_or_path", str(tiny_model),
-          "--push_to_hub", "false", "--max_steps", "4", "--save_steps", "2", "--kd_hidden_coef", "1"]  # fmt: skip
+    assert (
+        main(
+            [
+                "prune",
+                "--config",
+                RECIPE,
+                "--model_name_or_path",
+                str(tiny_model),
+                "--output_dir",
+                str(pruned),
+                "--push_to_hub",
+                "false",
+                "--num_hidden_layers",
+                "3",
+                "--hidden_size",
+                "96",
+                "--ratio",
+                "null",
+            ]
+        )
+        == 0
+    )
+    kd = [
+        "kd",
+        "--config",
+        "recipes/tiny-llama/kd/heal-pruned.yaml",
+        "--teacher_model_name_or_path",
+        str(tiny_model),
+        "--push_to_hub",
+        "false",
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+        "--kd_hidden_coef",
+        "1",
+    ]
     capsys.readouterr()
     # a student that is neither pruned from the teacher nor of its shape: refused before loading
-    assert main([*kd, "--model_name_or_path", str(tiny_model), "--teacher_model_name_or_path", str(pruned),
-                 "--output_dir", str(tmp_path / "bad")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                *kd,
+                "--model_name_or_path",
+                str(tiny_model),
+                "--teacher_model_name_or_path",
+                str(pruned),
+                "--output_dir",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "kd_hidden_coef" in err[0] and "pruned from this teacher" in err[0]
     assert not (tmp_path / "bad").exists()
@@ -345,21 +439,49 @@ def test_kd_heals_a_pruned_student_with_the_hidden_state_loss(tiny_model, tmp_pa
 def test_pruning_a_pruned_model_keeps_indices_into_the_original(tiny_model, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     common = ["--config", RECIPE, "--push_to_hub", "false", "--ratio", "null"]
-    assert main(["prune", *common, "--model_name_or_path", str(tiny_model), "--output_dir", str(first),
-                 "--num_hidden_layers", "3", "--hidden_size", "112"]) == 0  # fmt: skip
-    assert main(["prune", *common, "--model_name_or_path", str(first), "--output_dir", str(second),
-                 "--num_hidden_layers", "2", "--hidden_size", "96"]) == 0  # fmt: skip
-    one, two = (AutoConfig.from_pretrained(p).pruning_config for p in (first, second))
-    assert set(two["kept_layers"]) <= set(one["kept_layers"]) and set(two["kept_channels"]) <= set(
-        one["kept_channels"]
+    assert (
+        main(
+            [
+                "prune",
+                *common,
+                "--model_name_or_path",
+                str(tiny_model),
+                "--output_dir",
+                str(first),
+                "--num_hidden_layers",
+                "3",
+                "--hidden_size",
+                "112",
+            ]
+        )
+        == 0
     )
+    assert (
+        main(
+            [
+                "prune",
+                *common,
+                "--model_name_or_path",
+                str(first),
+                "--output_dir",
+                str(second),
+                "--num_hidden_layers",
+                "2",
+                "--hidden_size",
+                "96",
+            ]
+        )
+        == 0
+    )
+    one, two = (AutoConfig.from_pretrained(p).pruning_config for p in (first, second))
+    assert set(two["kept_layers"]) <= set(one["kept_layers"]) and set(two["kept_channels"]) <= set(one["kept_channels"])
     assert two["sizes_before"]["hidden_size"] == 128 and two["base_model"] == str(tiny_model)
     assert two["previous"] == one
     original, pruned = (AutoModelForCausalLM.from_pretrained(p) for p in (tiny_model, second))
-    assert torch.equal(
-        pruned.model.embed_tokens.weight, original.model.embed_tokens.weight[:, two["kept_channels"]]
-    )
+    assert torch.equal(pruned.model.embed_tokens.weight, original.model.embed_tokens.weight[:, two["kept_channels"]])
     layer = two["kept_layers"][1]
-    assert torch.equal(pruned.model.layers[1].post_attention_layernorm.weight,
-                       original.model.layers[layer].post_attention_layernorm.weight[two["kept_channels"]])  # fmt: skip
+    assert torch.equal(
+        pruned.model.layers[1].post_attention_layernorm.weight,
+        original.model.layers[layer].post_attention_layernorm.weight[two["kept_channels"]],
+    )
     assert pruned.generation_config.eos_token_id == original.generation_config.eos_token_id

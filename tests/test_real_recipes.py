@@ -24,9 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "tests" / "fixtures" / "configs"
 TEXT = REPO / "tests" / "fixtures" / "text"
 # every recipe folder whose base has a config fixture of the same name
-FOLDERS = sorted(
-    p.parent.name for p in (REPO / "recipes").glob("*/README.md") if (CONFIGS / p.parent.name).is_dir()
-)
+FOLDERS = sorted(p.parent.name for p in (REPO / "recipes").glob("*/README.md") if (CONFIGS / p.parent.name).is_dir())
 # published parameter counts (model cards / safetensors index) of the bases we can check exactly
 PARAMETERS = {
     "llama-3.1-8b-instruct": 8_030_261_248,
@@ -77,9 +75,21 @@ def test_compress_dry_run_against_the_published_config(folder, capsys):
     """Rank map and sizes from config.json alone (uniform ranks, as every real-model recipe now allocates)."""
     # the offline folders' own texts are not built in CI: fixture text for all
     text = [json.dumps([str(TEXT / f"old_{split}.jsonl")]) for split in ("train", "eval")]
-    argv = ["compress", "--config", f"recipes/{folder}/compress/whitening-20.yaml", "--model_name_or_path",
-            str(CONFIGS / folder), "--dry_run", "true", "--rank_allocation", "uniform", "--datasets", text[0],
-            "--eval_datasets", text[1]]  # fmt: skip
+    argv = [
+        "compress",
+        "--config",
+        f"recipes/{folder}/compress/whitening-20.yaml",
+        "--model_name_or_path",
+        str(CONFIGS / folder),
+        "--dry_run",
+        "true",
+        "--rank_allocation",
+        "uniform",
+        "--datasets",
+        text[0],
+        "--eval_datasets",
+        text[1],
+    ]
     rc = main(argv)
     out = capsys.readouterr().out
     assert rc == 0
@@ -124,7 +134,7 @@ SMALL = {
     "max_new_tokens": 4,
     "eval_every": 4,
     "dtype": "float32",
-}  # fmt: skip  (bf16 is slow on CPUs; its paths have their own tests)
+}  # bf16 is slow on CPUs; its paths have their own tests
 
 
 def shrink(recipe: dict, tiny: str, hub_id: str, teachers: tuple[str, ...] = ()) -> dict:
@@ -142,13 +152,9 @@ def shrink(recipe: dict, tiny: str, hub_id: str, teachers: tuple[str, ...] = ())
                     source["max_rows"] = 3  # held-out text: a few documents
     recipe.update({k: v for k, v in SMALL.items() if k in recipe})
     explicit = [
-        k
-        for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-        if k in recipe
+        k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads") if k in recipe
     ]
-    if (
-        explicit
-    ):  # prune: the real sizes exceed the tiny model's (they are checked against the real config elsewhere)
+    if explicit:  # prune: the real sizes exceed the tiny model's (they are checked against the real config elsewhere)
         for k in explicit:
             recipe.pop(k)
         recipe["ratio"] = 0.4
@@ -165,15 +171,23 @@ def shrink(recipe: dict, tiny: str, hub_id: str, teachers: tuple[str, ...] = ())
         if recipe.get("source") == hub:
             fixture = yaml.safe_load((REPO / "recipes" / "datasets" / fixture).read_text())
             recipe.update(source=str(REPO / fixture["source"]), splits=fixture["splits"])
-    if (
-        isinstance(recipe.get("source"), str) and (REPO / recipe["source"]).exists()
-    ):  # offline recipes: fixtures
+    if isinstance(recipe.get("source"), str) and (REPO / recipe["source"]).exists():  # offline recipes: fixtures
         recipe["source"] = str(REPO / recipe["source"])
     if "dataset" in recipe:  # generate: the toy writes no structured fiche, seldom ends, reads little
         # (sampled: a random stand-in's greedy answer can be blank lines; its words are no French)
-        recipe.update(required_fields=[], min_words=1, drop_truncated=False, max_new_tokens=8, context_length=512,
-                      chunk_tokens=128, chunk_overlap=16, do_sample=True, temperature=1.0, top_p=1.0,
-                      french_only=False)  # fmt: skip
+        recipe.update(
+            required_fields=[],
+            min_words=1,
+            drop_truncated=False,
+            max_new_tokens=8,
+            context_length=512,
+            chunk_tokens=128,
+            chunk_overlap=16,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            french_only=False,
+        )
     return recipe
 
 
@@ -229,9 +243,7 @@ def test_readme_launch_lines_run_on_a_tiny_model_of_the_family(folder, tiny_mode
     pipeline = yaml.safe_load((REPO / "recipes" / folder / "pipeline.yaml").read_text())["steps"]
     # the folder's steps read recipes of their own folder, dataset recipes, or a shared step of another folder
     # (the 8B teacher's meeting summaries), whose Hub model becomes the tiny one too
-    elsewhere = {
-        REPO / step["recipe"] for step in pipeline if not step["recipe"].startswith(f"recipes/{folder}/")
-    }
+    elsewhere = {REPO / step["recipe"] for step in pipeline if not step["recipe"].startswith(f"recipes/{folder}/")}
     teachers = tuple(m for p in elsewhere if (m := yaml.safe_load(p.read_text()).get("model_name_or_path")))
     for src in [
         *(REPO / "recipes" / folder).rglob("*.yaml"),
@@ -241,9 +253,7 @@ def test_readme_launch_lines_run_on_a_tiny_model_of_the_family(folder, tiny_mode
         dst.parent.mkdir(parents=True, exist_ok=True)
         recipe = yaml.safe_load(src.read_text())
         dst.write_text(
-            yaml.safe_dump(
-                recipe if src.name == "pipeline.yaml" else shrink(recipe, str(tiny), hub_id, teachers)
-            )
+            yaml.safe_dump(recipe if src.name == "pipeline.yaml" else shrink(recipe, str(tiny), hub_id, teachers))
         )
     monkeypatch.chdir(root)
 
@@ -251,9 +261,7 @@ def test_readme_launch_lines_run_on_a_tiny_model_of_the_family(folder, tiny_mode
     ran = []
     for line in [*lines[1:], lines[0]]:
         launcher, argv = as_stage_argv(line)
-        if (
-            launcher != "llm4all"
-        ):  # the same stage and recipe as a one-GPU line already run: checked, not rerun
+        if launcher != "llm4all":  # the same stage and recipe as a one-GPU line already run: checked, not rerun
             argv = [*argv, "--dry_run", "true"]
         assert main(argv) == 0, line
         ran.append(argv[0])
@@ -276,42 +284,57 @@ def test_readme_launch_lines_run_on_a_tiny_model_of_the_family(folder, tiny_mode
     evaluated = json.loads((out / "eval" / "simsamu" / "metrics.json").read_text())
     assert evaluated["simsamu"]["generations"] == 1
     lineage = json.loads((out / "sft" / "simsamu" / "lineage.json").read_text())["stages"]
-    assert [step["stage"] for step in lineage] == ["base", *(["convert"] if converts else []), "compress",
-                                                   "feature-distill", "kd", "cpt", "sft"]  # fmt: skip
-    student = json.loads(
-        (out / "kd" / ("heal-cached-20" if cached else "heal-20") / "config.json").read_text()
-    )
-    assert (
-        student["model_type"] == "llm4all_lowrank"
-        and student["base_config"]["model_type"] == config["model_type"]
-    )
+    assert [step["stage"] for step in lineage] == [
+        "base",
+        *(["convert"] if converts else []),
+        "compress",
+        "feature-distill",
+        "kd",
+        "cpt",
+        "sft",
+    ]
+    student = json.loads((out / "kd" / ("heal-cached-20" if cached else "heal-20") / "config.json").read_text())
+    assert student["model_type"] == "llm4all_lowrank" and student["base_config"]["model_type"] == config["model_type"]
 
 
 def test_prune_dry_run_gives_minitron_4b_width_from_llama_3_1_8b(capsys):
     """NVIDIA's Llama-3.1-Minitron-4B-Width shapes from the 8B's published config: 4.5B parameters."""
-    rc = main(["prune", "--config", "recipes/llama-3.1-8b-instruct/prune/minitron-width.yaml", "--model_name_or_path",
-               str(CONFIGS / "llama-3.1-8b-instruct"), "--dry_run", "true"])  # fmt: skip
+    rc = main(
+        [
+            "prune",
+            "--config",
+            "recipes/llama-3.1-8b-instruct/prune/minitron-width.yaml",
+            "--model_name_or_path",
+            str(CONFIGS / "llama-3.1-8b-instruct"),
+            "--dry_run",
+            "true",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
-    assert re.search(r"hidden_size +4096 -> 3072", out) and re.search(
-        r"intermediate_size +14336 -> 9216", out
-    )
+    assert re.search(r"hidden_size +4096 -> 3072", out) and re.search(r"intermediate_size +14336 -> 9216", out)
     assert "# model: 8,030,261,248 -> 4,512,746,496 parameters (43.8% removed" in out
 
 
-MESSAGES = [{"role": "system", "content": "Tu es le SAMU."}, {"role": "user", "content": "Bonjour"},
-            {"role": "assistant", "content": "SAMU, j'écoute."}]  # fmt: skip
+MESSAGES = [
+    {"role": "system", "content": "Tu es le SAMU."},
+    {"role": "user", "content": "Bonjour"},
+    {"role": "assistant", "content": "SAMU, j'écoute."},
+]
 
 
 @pytest.mark.parametrize(
     "name, rendered",
     [
-        ("llama3", "<s><|start_header_id|>system<|end_header_id|>\n\nTu es le SAMU.<|eot_id|><|start_header_id|>user"
-                   "<|end_header_id|>\n\nBonjour<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
-                   "SAMU, j'écoute.<|eot_id|>"),
+        (
+            "llama3",
+            "<s><|start_header_id|>system<|end_header_id|>\n\nTu es le SAMU.<|eot_id|><|start_header_id|>user"
+            "<|end_header_id|>\n\nBonjour<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+            "SAMU, j'écoute.<|eot_id|>",
+        ),
         ("mistral", "<s>[INST] Tu es le SAMU.\n\nBonjour[/INST] SAMU, j'écoute.</s>"),
     ],
-)  # fmt: skip
+)
 def test_shipped_chat_templates_write_the_models_format_with_generation_markers(name, rendered):
     """The recipe folders' templates: the Llama-3 / Lucie-Instruct header format and Mistral v0.3's [INST] format
     for plain conversations, with the assistant answer (and its end token) as the only trained span."""
@@ -320,13 +343,23 @@ def test_shipped_chat_templates_write_the_models_format_with_generation_markers(
     from llm4all_recipes.configs import read_chat_template
 
     template = read_chat_template(name)
-    out, spans = render_jinja_template(conversations=[MESSAGES], chat_template=template, bos_token="<s>",
-                                       eos_token="</s>", return_assistant_tokens_mask=True)  # fmt: skip
+    out, spans = render_jinja_template(
+        conversations=[MESSAGES],
+        chat_template=template,
+        bos_token="<s>",
+        eos_token="</s>",
+        return_assistant_tokens_mask=True,
+    )
     assert out == [rendered]
     assert [out[0][a:b] for a, b in spans[0]] == [rendered[rendered.rindex("SAMU, j'") :]]
     # the regulator speaks first (no user turn yet): the prompt still carries the system message
-    prompt, _ = render_jinja_template(conversations=[MESSAGES[:1]], chat_template=template, bos_token="<s>",
-                                      eos_token="</s>", add_generation_prompt=True)  # fmt: skip
+    prompt, _ = render_jinja_template(
+        conversations=[MESSAGES[:1]],
+        chat_template=template,
+        bos_token="<s>",
+        eos_token="</s>",
+        add_generation_prompt=True,
+    )
     assert "Tu es le SAMU." in prompt[0]
 
 
@@ -350,11 +383,21 @@ def test_mistral_template_gives_every_answer_an_instruction_when_the_assistant_s
 
     from llm4all_recipes.configs import read_chat_template
 
-    call = [MESSAGES[0], {"role": "assistant", "content": "SAMU, j'écoute."},
-            {"role": "user", "content": "Mon père a fait un malaise."}, {"role": "assistant", "content": "Il respire ?"}]  # fmt: skip
-    out, spans = render_jinja_template(conversations=[call], chat_template=read_chat_template("mistral"),
-                                       bos_token="<s>", eos_token="</s>", return_assistant_tokens_mask=True)  # fmt: skip
-    assert out == ["<s>[INST] Tu es le SAMU.[/INST] SAMU, j'écoute.</s>[INST] Mon père a fait un malaise.[/INST] "
-                   "Il respire ?</s>"]  # fmt: skip
+    call = [
+        MESSAGES[0],
+        {"role": "assistant", "content": "SAMU, j'écoute."},
+        {"role": "user", "content": "Mon père a fait un malaise."},
+        {"role": "assistant", "content": "Il respire ?"},
+    ]
+    out, spans = render_jinja_template(
+        conversations=[call],
+        chat_template=read_chat_template("mistral"),
+        bos_token="<s>",
+        eos_token="</s>",
+        return_assistant_tokens_mask=True,
+    )
+    assert out == [
+        "<s>[INST] Tu es le SAMU.[/INST] SAMU, j'écoute.</s>[INST] Mon père a fait un malaise.[/INST] Il respire ?</s>"
+    ]
     assert [out[0][a:b] for a, b in spans[0]] == ["SAMU, j'écoute.</s>", "Il respire ?</s>"]
     assert all(out[0][:a].endswith("[/INST] ") for a, _ in spans[0])

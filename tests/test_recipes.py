@@ -26,12 +26,8 @@ def test_validate_reports_each_bad_recipe(tmp_path, capsys):
     stray = tmp_path / "recipes" / "m" / "notastage" / "x.yaml"
     for p in (good, bad, stray):
         p.parent.mkdir(parents=True, exist_ok=True)
-    good.write_text(
-        "model_name_or_path: outputs/m/base\ndatasets:\n  - path: tests/fixtures/chat/train.jsonl\n"
-    )
-    bad.write_text(
-        "model_name_or_path: outputs/m/base\ndatasets:\n  - path: tests/fixtures/chat/train.jsonl\nlr: 1\n"
-    )
+    good.write_text("model_name_or_path: outputs/m/base\ndatasets:\n  - path: tests/fixtures/chat/train.jsonl\n")
+    bad.write_text("model_name_or_path: outputs/m/base\ndatasets:\n  - path: tests/fixtures/chat/train.jsonl\nlr: 1\n")
     stray.write_text("seed: 1\n")
     assert main(["validate", str(tmp_path / "recipes")]) == 2
     out = capsys.readouterr().out
@@ -48,9 +44,7 @@ def test_accelerate_config_parses(path):
     config = load_config_from_file(str(path))
     assert config.compute_environment.value == "LOCAL_MACHINE"
     kind = config.distributed_type.value
-    expected = {"cpu.yaml": "NO", "ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP", "zero3.yaml": "DEEPSPEED"}[
-        path.name
-    ]
+    expected = {"cpu.yaml": "NO", "ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP", "zero3.yaml": "DEEPSPEED"}[path.name]
     assert kind == expected
     if kind == "FSDP":
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
@@ -77,17 +71,18 @@ def test_a_written_recipe_reruns_the_run(compressed_model, tiny_model, tmp_path)
     import torch
 
     again = tmp_path / "compress-again"
-    assert (
-        main(["compress", "--config", str(compressed_model / "recipe.yaml"), "--output_dir", str(again)]) == 0
-    )
+    assert main(["compress", "--config", str(compressed_model / "recipe.yaml"), "--output_dir", str(again)]) == 0
     first, second = _tensors(compressed_model), _tensors(again)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
     runs = []
     for name, config in (("sft", "recipes/tiny-llama/sft/chat.yaml"), ("sft-again", None)):
         out = tmp_path / name
-        argv = ["--config", config, "--model_name_or_path", str(tiny_model), "--max_steps", "3",
-                "--push_to_hub", "false"] if config else ["--config", str(tmp_path / "sft" / "recipe.yaml")]  # fmt: skip
+        argv = (
+            ["--config", config, "--model_name_or_path", str(tiny_model), "--max_steps", "3", "--push_to_hub", "false"]
+            if config
+            else ["--config", str(tmp_path / "sft" / "recipe.yaml")]
+        )
         assert main(["sft", *argv, "--output_dir", str(out)]) == 0
         runs.append(out)
     metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]

@@ -10,7 +10,15 @@ PRED = "le médecin envoie une ambulance"
 
 def test_tokenizer_keeps_accented_words():
     assert FrenchTokenizer().tokenize("Le médecin régulateur, à l'hôpital : SAMU-15") == [
-        "le", "médecin", "régulateur", "à", "l", "hôpital", "samu", "15"]  # fmt: skip
+        "le",
+        "médecin",
+        "régulateur",
+        "à",
+        "l",
+        "hôpital",
+        "samu",
+        "15",
+    ]
 
 
 def test_hand_computed_scores():

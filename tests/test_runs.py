@@ -27,8 +27,22 @@ from llm4all_recipes.parsing import parse_recipe
 REPO = Path(__file__).resolve().parents[1]
 FAULT = REPO / "tests" / "fault"
 CPT = "recipes/tiny-llama/cpt/replay.yaml"
-STEPS = ["--max_steps", "6", "--save_steps", "2", "--logging_steps", "1", "--max_length", "64",
-         "--per_device_train_batch_size", "4", "--warmup_steps", "1", "--kl_coef", "0.5"]  # fmt: skip
+STEPS = [
+    "--max_steps",
+    "6",
+    "--save_steps",
+    "2",
+    "--logging_steps",
+    "1",
+    "--max_length",
+    "64",
+    "--per_device_train_batch_size",
+    "4",
+    "--warmup_steps",
+    "1",
+    "--kl_coef",
+    "0.5",
+]
 
 
 def cpt_argv(model, out, *extra):
@@ -48,8 +62,16 @@ def cpt_argv(model, out, *extra):
 def start_paused(argv, fault: str, tmp_path: Path, **env) -> tuple[subprocess.Popen, Path, Path]:
     """A subprocess running `llm4all argv` that stops at `fault` ("<step>:<phase>"); returns (proc, ready, go)."""
     ready, go = tmp_path / f"ready-{fault.replace(':', '-')}", tmp_path / f"go-{fault.replace(':', '-')}"
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(FAULT), LLM4ALL_FAULT=fault,
-               LLM4ALL_FAULT_READY=str(ready), LLM4ALL_FAULT_GO=str(go), **env)  # fmt: skip
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(FAULT),
+        LLM4ALL_FAULT=fault,
+        LLM4ALL_FAULT_READY=str(ready),
+        LLM4ALL_FAULT_GO=str(go),
+        **env,
+    )
     log = tmp_path / f"log-{fault.replace(':', '-')}.txt"
     with open(log, "w") as f:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen([sys.executable, "-m", "llm4all_recipes", *argv], env=env, stdout=f, stderr=f)
@@ -116,13 +138,15 @@ def test_kill_9_while_saving_resumes_to_the_same_run(tiny_model, tmp_path, refer
     run_only = ["--report_to", "none", "--save_total_limit", "3"] if state == "complete" else []  # may change
     assert main(cpt_argv(tiny_model, out, *run_only)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    expected_resume = {"weights only": None, "no trainer state": "checkpoint-2", "half a trainer state": "checkpoint-4",
-                       "complete": "checkpoint-6"}[state]  # fmt: skip
+    expected_resume = {
+        "weights only": None,
+        "no trainer state": "checkpoint-2",
+        "half a trainer state": "checkpoint-4",
+        "complete": "checkpoint-6",
+    }[state]
     assert metrics["resumed_from"] == expected_resume
     assert metrics["train"]["global_step"] == 6  # never a step past max_steps
-    assert (
-        metrics["train"]["num_tokens"] == reference["metrics"]["train"]["num_tokens"]
-    )  # the counter survives
+    assert metrics["train"]["num_tokens"] == reference["metrics"]["train"]["num_tokens"]  # the counter survives
     got, want = history(out), reference["history"]
     assert [s for s, _ in got] == [s for s, _ in want] == [1, 2, 3, 4, 5, 6]
     assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-5)
@@ -195,24 +219,34 @@ def test_no_secret_reaches_any_output_file(tiny_model, tmp_path, recipe_file, mo
     # this test's own hub folder (a rerun publishes anew)
     monkeypatch.setenv("LLM4ALL_HUB_DIR", str(tmp_path / "hub"))
     recipe = recipe_file(
-        (REPO / CPT).read_text()
-        + "hub_token: hf_SECRET_IN_YAML_0001\nenv:\n  HF_TOKEN: hf_SECRET_IN_ENV_0002\n",
+        (REPO / CPT).read_text() + "hub_token: hf_SECRET_IN_YAML_0001\nenv:\n  HF_TOKEN: hf_SECRET_IN_ENV_0002\n",
         stage="cpt",
     )
     out = tmp_path / "out"
-    argv = ["cpt", "--config", recipe, "--model_name_or_path", str(tiny_model), "--output_dir", str(out), *STEPS,
-            "--hub_token", "hf_SECRET_ON_CLI_0003", "--push_to_hub", "true", "--hub_model_id", "me/secret-test",
-            "--hub_target", "local"]  # fmt: skip
+    argv = [
+        "cpt",
+        "--config",
+        recipe,
+        "--model_name_or_path",
+        str(tiny_model),
+        "--output_dir",
+        str(out),
+        *STEPS,
+        "--hub_token",
+        "hf_SECRET_ON_CLI_0003",
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "me/secret-test",
+        "--hub_target",
+        "local",
+    ]
     try:
         assert main(argv) == 0
     finally:
         os.environ.pop("HF_TOKEN", None)  # the recipe's env: mapping set it for this process
-    files = [
-        p for p in [*out.rglob("*"), *Path(os.environ["LLM4ALL_HUB_DIR"], "me", "secret-test").rglob("*")]
-    ]
-    assert any(
-        p.name == "training_args.bin" for p in files
-    )  # the Trainer's pickles were written, and checked
+    files = [p for p in [*out.rglob("*"), *Path(os.environ["LLM4ALL_HUB_DIR"], "me", "secret-test").rglob("*")]]
+    assert any(p.name == "training_args.bin" for p in files)  # the Trainer's pickles were written, and checked
     for path in (p for p in files if p.is_file()):
         data = path.read_bytes()
         for secret in (b"hf_SECRET_IN_YAML_0001", b"hf_SECRET_IN_ENV_0002", b"hf_SECRET_ON_CLI_0003"):
@@ -221,16 +255,27 @@ def test_no_secret_reaches_any_output_file(tiny_model, tmp_path, recipe_file, mo
 
 # --------------------------------------------------------------------------- folders that are not ours
 @pytest.mark.parametrize("output_dir", ["", " ", ".", "./", ".."])
-def test_output_dir_that_would_delete_the_working_directory_is_refused(tiny_model, tmp_path, output_dir, monkeypatch,
-                                                                      capsys):  # fmt: skip
+def test_output_dir_that_would_delete_the_working_directory_is_refused(
+    tiny_model, tmp_path, output_dir, monkeypatch, capsys
+):
     """Run from a scratch working directory: even a failing guard could only ever delete the scratch folder."""
     scratch = tmp_path / "scratch" / "cwd"
     scratch.mkdir(parents=True)
     (scratch / "precious.txt").write_text("keep me")
     monkeypatch.chdir(scratch)
     for extra in ([], ["--overwrite_output_dir", "true"]):
-        argv = ["cpt", "--config", str(REPO / CPT), "--model_name_or_path", str(tiny_model), "--output_dir", output_dir,
-                "--max_steps", "1", *extra]  # fmt: skip
+        argv = [
+            "cpt",
+            "--config",
+            str(REPO / CPT),
+            "--model_name_or_path",
+            str(tiny_model),
+            "--output_dir",
+            output_dir,
+            "--max_steps",
+            "1",
+            *extra,
+        ]
         assert main(argv) == 2
         assert last_error(capsys).startswith("error: command line: key 'output_dir': ")
         assert (scratch / "precious.txt").read_text() == "keep me"
@@ -239,9 +284,7 @@ def test_output_dir_that_would_delete_the_working_directory_is_refused(tiny_mode
 
 @pytest.mark.parametrize("which", ["repo", "repo parent", "home", "git"])
 def test_output_dir_on_the_checkout_is_refused(tiny_model, which, capsys):
-    target = {"repo": REPO, "repo parent": REPO.parent, "home": Path.home(), "git": REPO / ".git" / "out"}[
-        which
-    ]
+    target = {"repo": REPO, "repo parent": REPO.parent, "home": Path.home(), "git": REPO / ".git" / "out"}[which]
     argv = cpt_argv(tiny_model, target, "--overwrite_output_dir", "true", "--dry_run", "true")
     assert main(argv) == 2  # dry run: even a broken guard writes nothing
     assert "key 'output_dir'" in capsys.readouterr().err
@@ -259,14 +302,21 @@ def test_unwritable_output_parent_fails_before_any_model_loads(tiny_model, tmp_p
     monkeypatch.setattr(cpt, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     assert main(cpt_argv(tiny_model, "/proc/llm4all-test/out")) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(
-        "error: command line: key 'output_dir': cannot create /proc/llm4all-test/out.tmp"
-    )
+    assert err[-1].startswith("error: command line: key 'output_dir': cannot create /proc/llm4all-test/out.tmp")
 
 
 def _text_recipe(tmp_path):
-    return parse_recipe("build-dataset", ["--config", "recipes/datasets/french-text.yaml", "--output_dir",
-                                          str(tmp_path / "ds"), "--push_to_hub", "false"])  # fmt: skip
+    return parse_recipe(
+        "build-dataset",
+        [
+            "--config",
+            "recipes/datasets/french-text.yaml",
+            "--output_dir",
+            str(tmp_path / "ds"),
+            "--push_to_hub",
+            "false",
+        ],
+    )
 
 
 def test_a_folder_created_during_the_run_is_not_deleted(tmp_path):
@@ -283,8 +333,17 @@ def test_a_folder_created_during_the_run_is_not_deleted(tmp_path):
 def test_overwrite_never_replaces_a_folder_that_is_not_an_llm4all_output(tmp_path, capsys):
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "mine.txt").write_text("mine")
-    argv = ["build-dataset", "--config", "recipes/datasets/french-text.yaml", "--output_dir", str(tmp_path / "ds"),
-            "--push_to_hub", "false", "--overwrite_output_dir", "true"]  # fmt: skip
+    argv = [
+        "build-dataset",
+        "--config",
+        "recipes/datasets/french-text.yaml",
+        "--output_dir",
+        str(tmp_path / "ds"),
+        "--push_to_hub",
+        "false",
+        "--overwrite_output_dir",
+        "true",
+    ]
     assert main(argv) == 2
     assert "is not an llm4all output" in capsys.readouterr().err
     assert (tmp_path / "ds" / "mine.txt").read_text() == "mine"
@@ -297,8 +356,15 @@ def test_overwrite_never_replaces_a_folder_that_is_not_an_llm4all_output(tmp_pat
 def test_a_foreign_tmp_folder_is_never_touched(tmp_path, capsys):
     (tmp_path / "ds.tmp").mkdir()
     (tmp_path / "ds.tmp" / "notes.txt").write_text("not a run")
-    argv = ["build-dataset", "--config", "recipes/datasets/french-text.yaml", "--output_dir", str(tmp_path / "ds"),
-            "--push_to_hub", "false"]  # fmt: skip
+    argv = [
+        "build-dataset",
+        "--config",
+        "recipes/datasets/french-text.yaml",
+        "--output_dir",
+        str(tmp_path / "ds"),
+        "--push_to_hub",
+        "false",
+    ]
     assert main(argv) == 2
     assert f"{tmp_path / 'ds.tmp'} exists and was not made by llm4all" in capsys.readouterr().err
     assert (tmp_path / "ds.tmp" / "notes.txt").read_text() == "not a run"
@@ -312,22 +378,31 @@ def test_leftovers_of_an_interrupted_stage_that_does_not_resume_are_discarded(tm
     tmp.mkdir()  # what a kill -9 leaves: our marker, a stale file
     (tmp / MARKER).write_text(json.dumps({"stage": "build-dataset", "fingerprint": "0"}))
     (tmp / "stale.arrow").write_text("old")
-    assert main(["build-dataset", "--config", "recipes/datasets/french-text.yaml", "--output_dir", str(tmp_path / "ds"),
-                 "--push_to_hub", "false"]) == 0  # fmt: skip
     assert (
-        not (tmp_path / "ds" / "stale.arrow").exists() and (tmp_path / "ds" / "dataset_dict.json").is_file()
+        main(
+            [
+                "build-dataset",
+                "--config",
+                "recipes/datasets/french-text.yaml",
+                "--output_dir",
+                str(tmp_path / "ds"),
+                "--push_to_hub",
+                "false",
+            ]
+        )
+        == 0
     )
+    assert not (tmp_path / "ds" / "stale.arrow").exists() and (tmp_path / "ds" / "dataset_dict.json").is_file()
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     recipe = _text_recipe(tmp_path)
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / "ds.tmp").mkdir()
     (tmp_path / "ds.tmp" / MARKER).write_text(json.dumps({"stage": "build-dataset", "fingerprint": "0"}))
-    (tmp_path / "ds.tmp" / LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename,
-                                                        "started": "earlier", "command": "llm4all"}))  # fmt: skip
+    (tmp_path / "ds.tmp" / LOCK).write_text(
+        json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename, "started": "earlier", "command": "llm4all"})
+    )
     with staged_output(recipe, "build-dataset") as tmp:
         (tmp / "lineage.json").write_text("{}")
     assert f"from pid {int(dead.stdout)}" in caplog.text and "no longer running" in caplog.text
@@ -340,9 +415,7 @@ def test_a_held_lock_is_refused_with_its_owner(tmp_path):
     recipe = _text_recipe(tmp_path)
     (tmp_path / "ds.tmp").mkdir()
     with open(tmp_path / "ds.tmp" / LOCK, "w") as held:
-        held.write(
-            json.dumps({"pid": 4242, "host": "node7", "started": "12:00", "command": "llm4all build-dataset"})
-        )
+        held.write(json.dumps({"pid": 4242, "host": "node7", "started": "12:00", "command": "llm4all build-dataset"}))
         held.flush()
         fcntl.flock(held, fcntl.LOCK_EX)
         with (
@@ -379,17 +452,24 @@ def test_broken_weights_fail_before_loading(model_copy, tmp_path, capsys, damage
     assert main(cpt_argv(model_copy, tmp_path / "out")) == 2
     err = last_error(capsys)
     assert err.startswith("error: command line: key 'model_name_or_path': ")
-    assert {"truncated": "model.safetensors is truncated", "garbage": "model.safetensors is not a safetensors file",
-            "pickle only": "holds only pickle weights (pytorch_model.bin)"}[damage] in err  # fmt: skip
+    assert {
+        "truncated": "model.safetensors is truncated",
+        "garbage": "model.safetensors is not a safetensors file",
+        "pickle only": "holds only pickle weights (pytorch_model.bin)",
+    }[damage] in err
 
 
-@pytest.mark.parametrize("content, expected", [
-    ('{"text": "un"}\n{"text": "deux"}\n{"text": 3}\n', "column 'text' of {path} holds Json(decode=True), not strings"),
-    ('{"text": "un"}\n{"text": "deux"}\n{"text": "trois\n', "{path}:3: invalid JSON (Unterminated string"),
-])  # fmt: skip
-def test_bad_rows_name_the_recipe_the_file_and_the_cause(
-    tiny_model, tmp_path, recipe_file, capsys, content, expected
-):
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (
+            '{"text": "un"}\n{"text": "deux"}\n{"text": 3}\n',
+            "column 'text' of {path} holds Json(decode=True), not strings",
+        ),
+        ('{"text": "un"}\n{"text": "deux"}\n{"text": "trois\n', "{path}:3: invalid JSON (Unterminated string"),
+    ],
+)
+def test_bad_rows_name_the_recipe_the_file_and_the_cause(tiny_model, tmp_path, recipe_file, capsys, content, expected):
     data = tmp_path / "new.jsonl"
     data.write_text(content * 3 if "int" in expected else content)
     recipe = recipe_file(
@@ -406,9 +486,7 @@ def test_bad_rows_name_the_recipe_the_file_and_the_cause(
     ]
     assert main([*argv, *STEPS]) == 2
     err = last_error(capsys)
-    assert err.startswith(
-        f"error: {recipe}:6: key 'datasets[0].path': "
-    )  # the recipe file and the entry's line
+    assert err.startswith(f"error: {recipe}:6: key 'datasets[0].path': ")  # the recipe file and the entry's line
     assert expected.format(path=data) in err
 
 
@@ -416,14 +494,21 @@ def test_top_k_above_the_vocabulary_fails_before_the_teacher_loads(tiny_model, t
     import llm4all_recipes.stages.cache_teacher as cache_teacher
 
     monkeypatch.setattr(cache_teacher, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
-    argv = ["cache-teacher", "--config", "recipes/tiny-llama/cache-teacher/base.yaml", "--teacher_model_name_or_path",
-            str(tiny_model), "--output_dir", str(tmp_path / "cache"), "--top_k", "100000"]  # fmt: skip
+    argv = [
+        "cache-teacher",
+        "--config",
+        "recipes/tiny-llama/cache-teacher/base.yaml",
+        "--teacher_model_name_or_path",
+        str(tiny_model),
+        "--output_dir",
+        str(tmp_path / "cache"),
+        "--top_k",
+        "100000",
+    ]
     assert main(argv) == 2
     assert "key 'top_k': 100000 is more than the vocabulary (2048 tokens" in last_error(capsys)
 
 
 def test_a_run_that_would_train_nothing_is_refused(tiny_model, tmp_path, capsys):
     assert main(cpt_argv(tiny_model, tmp_path / "out", "--max_steps", "-1", "--num_train_epochs", "0")) == 2
-    assert "key 'num_train_epochs': nothing to train: max_steps is -1 and num_train_epochs 0.0" in last_error(
-        capsys
-    )
+    assert "key 'num_train_epochs': nothing to train: max_steps is -1 and num_train_epochs 0.0" in last_error(capsys)

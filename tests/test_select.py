@@ -49,9 +49,12 @@ def test_select_stage(tiny_model, tmp_path, recipe_file):
         "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs + extra), encoding="utf-8"
     )
     out = tmp_path / "selected"
-    path = recipe_file(f"model_name_or_path: {tiny_model}\noutput_dir: {out}\ndatasets:\n  - path: {source}\n"
-                       "decontaminate:\n  - path: tests/fixtures/text/new_eval.jsonl\nscore_max_length: 128\n",
-                       stage="select", name="s.yaml")  # fmt: skip
+    path = recipe_file(
+        f"model_name_or_path: {tiny_model}\noutput_dir: {out}\ndatasets:\n  - path: {source}\n"
+        "decontaminate:\n  - path: tests/fixtures/text/new_eval.jsonl\nscore_max_length: 128\n",
+        stage="select",
+        name="s.yaml",
+    )
     assert main(["select", "--config", path]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["documents"] == len(docs) + 2

@@ -44,17 +44,22 @@ def test_loss_goes_down(sft_run):
 
 def test_outputs_follow_the_conventions(sft_run, tiny_model):
     files = {p.name for p in sft_run.iterdir()}
-    assert {"model.safetensors", "tokenizer.json", "chat_template.jinja", "recipe.yaml", "metrics.json",
-            "lineage.json", "README.md"} <= files  # fmt: skip
+    assert {
+        "model.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "recipe.yaml",
+        "metrics.json",
+        "lineage.json",
+        "README.md",
+    } <= files
     assert not sft_run.with_name("out.tmp").exists()
     lineage = json.loads((sft_run / "lineage.json").read_text())["stages"]
     assert [s["stage"] for s in lineage] == ["tiny-model", "sft"]
     assert lineage[-1]["recipe"]["max_steps"] == 12
     card = (sft_run / "README.md").read_text()
     assert "tiny-model" in card and "sft" in card and "model-index" in card
-    assert (
-        json.loads((sft_run / "config.json").read_text())["use_cache"] is True
-    )  # generation uses the KV cache
+    assert json.loads((sft_run / "config.json").read_text())["use_cache"] is True  # generation uses the KV cache
     model = AutoModelForCausalLM.from_pretrained(sft_run)
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
@@ -68,8 +73,14 @@ def test_only_assistant_tokens_carry_labels(tiny_model, recipe_file, tmp_path):
     recipe = parse_recipe("sft", ["--config", recipe_file(sft_text(tiny_model, tmp_path / "o"))])
     tokenizer = load_tokenizer(recipe.model_name_or_path)
     train, evals, _ = load_data(recipe)
-    trainer = make_trainer(recipe, tmp_path / "o.tmp", model=load_model(str(tiny_model)), tokenizer=tokenizer,
-                           train_dataset=train, eval_datasets=evals)  # fmt: skip
+    trainer = make_trainer(
+        recipe,
+        tmp_path / "o.tmp",
+        model=load_model(str(tiny_model)),
+        tokenizer=tokenizer,
+        train_dataset=train,
+        eval_datasets=evals,
+    )
     row = trainer.train_dataset[0]
     batch = trainer.data_collator([row])
     labels = batch["labels"][0]
@@ -82,9 +93,7 @@ def test_only_assistant_tokens_carry_labels(tiny_model, recipe_file, tmp_path):
 
 
 @pytest.mark.parametrize("fsdp", [False, True])
-def test_fsdp_checkpoints_activations_instead_of_the_trainer(
-    tiny_model, recipe_file, tmp_path, monkeypatch, fsdp
-):
+def test_fsdp_checkpoints_activations_instead_of_the_trainer(tiny_model, recipe_file, tmp_path, monkeypatch, fsdp):
     """Under recipes/accelerate_configs/fsdp.yaml (FSDP's activation checkpointing on), a recipe's
     activation_checkpointing goes to FSDP: the Trainer's own would add an all-gather (and transformers refuses both)."""
     import yaml
@@ -102,8 +111,14 @@ def test_fsdp_checkpoints_activations_instead_of_the_trainer(
     recipe = parse_recipe("sft", ["--config", recipe_file(sft_text(tiny_model, tmp_path / "o", extra))])
     tokenizer = load_tokenizer(recipe.model_name_or_path)
     train, evals, _ = load_data(recipe)
-    trainer = make_trainer(recipe, tmp_path / "o.tmp", model=load_model(str(tiny_model)), tokenizer=tokenizer,
-                           train_dataset=train, eval_datasets=evals)  # fmt: skip
+    trainer = make_trainer(
+        recipe,
+        tmp_path / "o.tmp",
+        model=load_model(str(tiny_model)),
+        tokenizer=tokenizer,
+        train_dataset=train,
+        eval_datasets=evals,
+    )
     assert trainer.args.activation_checkpointing is (not fsdp)
     assert recipe.activation_checkpointing is True  # the recipe as written (recipe.yaml) is unchanged
 
@@ -156,9 +171,7 @@ def test_dry_run_prints_plan_without_loading_a_model(tiny_model, recipe_file, tm
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     with open("tests/fixtures/chat/train.jsonl", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    tokens = sum(
-        len(tokenizer.apply_chat_template(r["messages"], return_dict=True)["input_ids"]) for r in rows
-    )
+    tokens = sum(len(tokenizer.apply_chat_template(r["messages"], return_dict=True)["input_ids"]) for r in rows)
     steps = 2 * -(-len(rows) // 8)
     assert f"tokens per epoch: {tokens}" in out
     assert f"# steps: {steps} " in out
@@ -186,17 +199,16 @@ def test_max_length_that_cuts_every_answer_is_refused_before_the_model_loads(
         for r in rows
     ]
     first = [mask.index(1) for mask in masks]  # tokens before each conversation's first answer token
-    path = recipe_file(sft_text(tiny_model, tmp_path / "cut", "max_steps: 1\n").replace(
-        "max_length: 512", f"max_length: {min(first)}"))  # fmt: skip
+    path = recipe_file(
+        sft_text(tiny_model, tmp_path / "cut", "max_steps: 1\n").replace("max_length: 512", f"max_length: {min(first)}")
+    )
     assert main(["sft", "--config", path]) == 2
     err = capsys.readouterr().err
     assert "max_length" in err and f"every training conversation ({len(rows)})" in err
     assert not (tmp_path / "cut").exists() and not (tmp_path / "cut.tmp").exists()
     # one token more: exactly the conversations whose answer starts within max_length train
     dataset = datasets.Dataset.from_list(rows)
-    assert sft.rows_cut_before_the_answer(dataset, tokenizer, min(first) + 1) == sum(
-        f > min(first) for f in first
-    )
+    assert sft.rows_cut_before_the_answer(dataset, tokenizer, min(first) + 1) == sum(f > min(first) for f in first)
 
 
 def copy_of(model, folder):
@@ -248,9 +260,7 @@ class ForceAt:
 
 
 @pytest.mark.parametrize("template", ["chatml", "llama3", "mistral"])
-def test_generation_stops_at_the_end_of_turn_of_every_shipped_template(
-    template, tiny_model, recipe_file, tmp_path
-):
+def test_generation_stops_at_the_end_of_turn_of_every_shipped_template(template, tiny_model, recipe_file, tmp_path):
     """The template's end-of-turn marker is one token of the saved tokenizer (added when the vocabulary lacks it:
     llama3's <|eot_id|> here) and in the saved generation_config's eos_token_id, so generation stops there — it
     used to run on (base models: the marker is not their EOS) and later turns leaked into ROUGE."""
@@ -271,13 +281,9 @@ def test_generation_stops_at_the_end_of_turn_of_every_shipped_template(
     assert eot in ([stops] if isinstance(stops, int) else stops)
     assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
     added = json.loads((out / "metrics.json").read_text())["added_tokens"]
-    assert added == (
-        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"] if template == "llama3" else []
-    )
+    assert added == (["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"] if template == "llama3" else [])
     messages = [{"role": "user", "content": "Bonjour"}]
-    prompt = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     n = prompt["input_ids"].shape[1]
     force = LogitsProcessorList([ForceAt(n, 3, eot)])
     new = model.generate(**prompt, max_new_tokens=20, do_sample=False, logits_processor=force)[0, n:].tolist()
@@ -293,8 +299,9 @@ def test_a_run_of_few_optimizer_steps_is_flagged(tiny_model, recipe_file, tmp_pa
 
     path = recipe_file(sft_text(tiny_model, tmp_path / "dry", "num_train_epochs: 1\n"))
     assert main(["sft", "--config", path, "--dry_run", "true"]) == 0
-    assert ("# WARNING: only 6 optimizer step(s) (8 sequences per step on 1 process(es)): lower "
-            "gradient_accumulation_steps") in capsys.readouterr().out  # fmt: skip
+    assert (
+        "# WARNING: only 6 optimizer step(s) (8 sequences per step on 1 process(es)): lower gradient_accumulation_steps"
+    ) in capsys.readouterr().out
     assert main(["sft", "--config", path, "--dry_run", "true", "--max_steps", "3"]) == 0
     assert "WARNING" not in capsys.readouterr().out
     args = SimpleNamespace(world_size=8, per_device_train_batch_size=1, gradient_accumulation_steps=2)

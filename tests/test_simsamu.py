@@ -47,9 +47,7 @@ def test_dialogues_from_the_json():
     for row in rows:
         roles = [m["role"] for m in row["messages"]]
         assert roles[0] == "system" and set(roles[1:]) <= {"user", "assistant"}
-        assert all(a != b for a, b in itertools.pairwise(roles[1:])), (
-            "consecutive turns of one role are merged"
-        )
+        assert all(a != b for a, b in itertools.pairwise(roles[1:])), "consecutive turns of one role are merged"
         assert row["num_turns"] == len(roles) - 1
     feu = rows[CALLS.index("dj_2022_feu")]
     assert feu["messages"][1] == {"role": "assistant", "content": "samu bonjour, je vous écoute."}
@@ -224,8 +222,12 @@ def test_every_task_variant_puts_a_call_in_the_same_split(recipe_file, tmp_path)
     splits = {}
     for variant, extra in {"calls": "", "turns": "per_turn: true\n", "summary": "task: summary\n"}.items():
         out = tmp_path / variant
-        path = recipe_file(f"builder: simsamu\nsource: tests/fixtures/simsamu\noutput_dir: {out}\nseed: 3\n"
-                           "splits: {train: 0.5, validation: 0.25, test: 0.25}\n" + extra, stage="datasets", name=f"{variant}.yaml")  # fmt: skip
+        path = recipe_file(
+            f"builder: simsamu\nsource: tests/fixtures/simsamu\noutput_dir: {out}\nseed: 3\n"
+            "splits: {train: 0.5, validation: 0.25, test: 0.25}\n" + extra,
+            stage="datasets",
+            name=f"{variant}.yaml",
+        )
         assert main(["build-dataset", "--config", path]) == 0
         ds = datasets.load_from_disk(str(out))
         splits[variant] = {s: sorted({i.split("#")[0] for i in ds[s]["id"]}) for s in ds}

@@ -50,9 +50,27 @@ def recorded(tmp_path: Path) -> list[list[str]]:
 
 
 def expected(config: str, stage: str, recipe: str, *extra: str) -> list[str]:
-    return ["launch", "--config_file", config, "--num_machines", "2", "--num_processes", "16", "--machine_rank", "0",
-            "--main_process_ip", "node-a", "--main_process_port", "29500",
-            "-m", "llm4all_recipes", stage, "--config", recipe, *extra]  # fmt: skip
+    return [
+        "launch",
+        "--config_file",
+        config,
+        "--num_machines",
+        "2",
+        "--num_processes",
+        "16",
+        "--machine_rank",
+        "0",
+        "--main_process_ip",
+        "node-a",
+        "--main_process_port",
+        "29500",
+        "-m",
+        "llm4all_recipes",
+        stage,
+        "--config",
+        recipe,
+        *extra,
+    ]
 
 
 def test_launch_without_extra_arguments_passes_no_empty_word(tmp_path):

@@ -77,8 +77,11 @@ def test_decode_errors_name_the_file(tmp_path):
         f.writeframes(b"\0\0" * 4000)
     text = tmp_path / "notes.m4a"
     text.write_text("not audio")
-    for path, why in ((low, "sample rate 4000 Hz is not supported"), (text, "not a readable audio file"),
-                      (tmp_path / "missing.wav", "no such file")):  # fmt: skip
+    for path, why in (
+        (low, "sample rate 4000 Hz is not supported"),
+        (text, "not a readable audio file"),
+        (tmp_path / "missing.wav", "no such file"),
+    ):
         with pytest.raises(AudioError) as err:
             decode(path)
         assert str(err.value).startswith(str(path)) and why in str(err.value)
@@ -134,8 +137,19 @@ def transcribed(tiny_whisper, tmp_path_factory):
     handler.emit = records.append
     logging.getLogger("llm4all_recipes").addHandler(handler)
     try:
-        report = run_stage("transcribe", ["--config", TRANSCRIBE, "--model_name_or_path", str(tiny_whisper),
-                                          "--source", str(source), "--output_dir", str(out)])  # fmt: skip
+        report = run_stage(
+            "transcribe",
+            [
+                "--config",
+                TRANSCRIBE,
+                "--model_name_or_path",
+                str(tiny_whisper),
+                "--source",
+                str(source),
+                "--output_dir",
+                str(out),
+            ],
+        )
     finally:
         logging.getLogger("llm4all_recipes").removeHandler(handler)
     errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
@@ -190,8 +204,24 @@ def test_transcribe_splits_are_build_datasets(transcribed, tmp_path):
     name = "dj_2022_douleur_thoracique"
     shutil.copyfile(Path("tests/fixtures/simsamu") / name / f"{name}.rttm", calls / name / f"{name}.rttm")
     built = tmp_path / "built"
-    assert main(["build-dataset", "--config", "recipes/datasets/simsamu.yaml", "--source", str(calls),
-                 "--output_dir", str(built), "--splits", '{"train": 0.5, "test": 0.5}', "--push_to_hub", "false"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "build-dataset",
+                "--config",
+                "recipes/datasets/simsamu.yaml",
+                "--source",
+                str(calls),
+                "--output_dir",
+                str(built),
+                "--splits",
+                '{"train": 0.5, "test": 0.5}',
+                "--push_to_hub",
+                "false",
+            ]
+        )
+        == 0
+    )
     split_of = lambda folder: {r["id"]: s for s, d in datasets.load_from_disk(str(folder)).items() for r in d}  # noqa: E731
     asr, ref = split_of(out), split_of(built)
     assert asr and all(ref[k] == v for k, v in asr.items())
@@ -242,9 +272,7 @@ def test_transcribe_resumes_at_the_first_unfinished_shard(tiny_whisper, tmp_path
     assert shard.is_file() and not (tmp_path / "o.tmp" / "shards" / "shard-00001.json").exists()
     first = json.loads(shard.read_text())
     calls.clear()
-    monkeypatch.setattr(
-        asr.Transcriber, "clips", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
-    )
+    monkeypatch.setattr(asr.Transcriber, "clips", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
     run_stage("transcribe", args)
     assert len(calls) == 1  # only the unfinished call was transcribed again
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
@@ -259,8 +287,21 @@ def test_transcribe_manifest_long_form_with_timestamps(tiny_whisper, tmp_path):
     import datasets
 
     out = tmp_path / "manifest"
-    run_stage("transcribe", ["--config", TRANSCRIBE, "--model_name_or_path", str(tiny_whisper), "--source",
-                             str(SPEECH / "eval.jsonl"), "--output_dir", str(out), "--max_new_tokens", "8"])  # fmt: skip
+    run_stage(
+        "transcribe",
+        [
+            "--config",
+            TRANSCRIBE,
+            "--model_name_or_path",
+            str(tiny_whisper),
+            "--source",
+            str(SPEECH / "eval.jsonl"),
+            "--output_dir",
+            str(out),
+            "--max_new_tokens",
+            "8",
+        ],
+    )
     ds = datasets.load_from_disk(str(out))
     rows = list(ds["eval"])
     manifest = [json.loads(line) for line in (SPEECH / "eval.jsonl").read_text().splitlines()]
@@ -279,16 +320,25 @@ def test_transcribe_manifest_long_form_with_timestamps(tiny_whisper, tmp_path):
     [(["--language", "klingon"], "language"), (["--max_new_tokens", "500"], "max_new_tokens")],
 )
 def test_transcribe_recipe_errors(tiny_whisper, override, key, capsys):
-    assert (
-        main(["transcribe", "--config", TRANSCRIBE, "--model_name_or_path", str(tiny_whisper), *override])
-        == 2
-    )
+    assert main(["transcribe", "--config", TRANSCRIBE, "--model_name_or_path", str(tiny_whisper), *override]) == 2
     assert f"key '{key}'" in capsys.readouterr().err
 
 
 def test_transcribe_refuses_a_text_model(tiny_model, tmp_path, capsys):
-    assert main(["transcribe", "--config", TRANSCRIBE, "--model_name_or_path", str(tiny_model),
-                 "--output_dir", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "transcribe",
+                "--config",
+                TRANSCRIBE,
+                "--model_name_or_path",
+                str(tiny_model),
+                "--output_dir",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "not a speech-to-text model" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.tmp").exists()
 
@@ -320,12 +370,48 @@ def test_layer_stream_runs_both_stacks_as_the_model(tiny_whisper):
 def whisper_chain(tiny_whisper, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("whisper-chain")
     compressed, distilled, dense = tmp / "compress", tmp / "fd", tmp / "dense"
-    assert main(["compress", "--config", "recipes/tiny-whisper/compress/whitening-40.yaml", "--model_name_or_path",
-                 str(tiny_whisper), "--output_dir", str(compressed)]) == 0  # fmt: skip
-    assert main(["feature-distill", "--config", "recipes/tiny-whisper/feature-distill/whitening-40.yaml",
-                 "--model_name_or_path", str(compressed), "--output_dir", str(distilled)]) == 0  # fmt: skip
-    assert main(["export-dense", "--config", "recipes/tiny-whisper/export-dense/whitening-40.yaml",
-                 "--model_name_or_path", str(distilled), "--output_dir", str(dense)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compress",
+                "--config",
+                "recipes/tiny-whisper/compress/whitening-40.yaml",
+                "--model_name_or_path",
+                str(tiny_whisper),
+                "--output_dir",
+                str(compressed),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "feature-distill",
+                "--config",
+                "recipes/tiny-whisper/feature-distill/whitening-40.yaml",
+                "--model_name_or_path",
+                str(compressed),
+                "--output_dir",
+                str(distilled),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "export-dense",
+                "--config",
+                "recipes/tiny-whisper/export-dense/whitening-40.yaml",
+                "--model_name_or_path",
+                str(distilled),
+                "--output_dir",
+                str(dense),
+            ]
+        )
+        == 0
+    )
     return compressed, distilled, dense
 
 
@@ -346,17 +432,19 @@ def test_compressed_whisper_targets_both_stacks_and_reloads_both_ways(whisper_ch
     config = json.loads((compressed / "config.json").read_text())
     assert config["auto_map"]["AutoModelForSpeechSeq2Seq"].endswith("LowRankForSpeechSeq2Seq")
     ranks = config["compression_config"]["ranks"]
-    for name in ("model.encoder.layers.0.self_attn.q_proj", "model.encoder.layers.1.fc2",
-                 "model.decoder.layers.0.encoder_attn.k_proj", "model.decoder.layers.1.fc1"):  # fmt: skip
+    for name in (
+        "model.encoder.layers.0.self_attn.q_proj",
+        "model.encoder.layers.1.fc2",
+        "model.decoder.layers.0.encoder_attn.k_proj",
+        "model.decoder.layers.1.fc1",
+    ):
         assert name in ranks
     ours = load_model(str(compressed))
     remote = AutoModelForSpeechSeq2Seq.from_pretrained(str(compressed), trust_remote_code=True)
     assert isinstance(ours.get_submodule("model.decoder.layers.0.encoder_attn.k_proj"), LowRankLinear)
     assert torch.equal(_logits(ours), _logits(remote))
     metrics = json.loads((compressed / "metrics.json").read_text())
-    assert (
-        set(metrics["eval"]) == {"eval"} and metrics["eval"]["eval"]["tokens"] > 0
-    )  # transcripts' perplexity
+    assert set(metrics["eval"]) == {"eval"} and metrics["eval"]["eval"]["tokens"] > 0  # transcripts' perplexity
 
 
 def test_distilled_whisper_blocks_and_dense_export(whisper_chain):
@@ -385,8 +473,15 @@ def test_whisper_card_snippet_runs_verbatim_without_the_package(whisper_chain, t
     card = (compressed / "README.md").read_text()
     assert "AutoModelForSpeechSeq2Seq" in card and "pipeline_tag: automatic-speech-recognition" in card
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", SNIPPET_CHILD, str(compressed / "README.md")], env=env,
-                         cwd=Path.cwd(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", SNIPPET_CHILD, str(compressed / "README.md")],
+        env=env,
+        cwd=Path.cwd(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
 
 
@@ -396,21 +491,33 @@ def test_transcribe_manifest_without_timestamps_is_one_batched_clip_per_recordin
     from llm4all_recipes.speech import asr
 
     out = tmp_path / "clips"
-    run_stage("transcribe", ["--config", TRANSCRIBE, "--model_name_or_path", str(tiny_whisper), "--source",
-                             str(SPEECH / "eval.jsonl"), "--output_dir", str(out), "--timestamps", "false",
-                             "--batch_size", "4"])  # fmt: skip
+    run_stage(
+        "transcribe",
+        [
+            "--config",
+            TRANSCRIBE,
+            "--model_name_or_path",
+            str(tiny_whisper),
+            "--source",
+            str(SPEECH / "eval.jsonl"),
+            "--output_dir",
+            str(out),
+            "--timestamps",
+            "false",
+            "--batch_size",
+            "4",
+        ],
+    )
     rows = list(datasets.load_from_disk(str(out))["eval"])
     assert [len(r["segments"]) for r in rows] == [1] * 4
     assert all(r["segments"][0]["start"] == 0 and r["segments"][0]["text"] == r["text"] for r in rows)
     # the same texts as the model's own batched generate() on those recordings
     from llm4all_recipes.models import load_model, load_processor
 
-    t = asr.Transcriber(load_model(str(tiny_whisper)), load_processor(str(tiny_whisper)), language="fr",
-                        device="cpu", max_new_tokens=32)  # fmt: skip
-    audio = [
-        decode(SPEECH / json.loads(line)["audio"])
-        for line in (SPEECH / "eval.jsonl").read_text().splitlines()
-    ]
+    t = asr.Transcriber(
+        load_model(str(tiny_whisper)), load_processor(str(tiny_whisper)), language="fr", device="cpu", max_new_tokens=32
+    )
+    audio = [decode(SPEECH / json.loads(line)["audio"]) for line in (SPEECH / "eval.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == t.clips(audio, batch_size=4)
 
 
@@ -421,10 +528,28 @@ def test_sft_takes_the_transcribed_dataset_unchanged(transcribed, tiny_model, tm
     _, out, _, _ = transcribed
     splits = list(datasets.load_from_disk(str(out)))
     evals = [{"path": str(out), "split": s} for s in splits[1:]]
-    assert main(["sft", "--config", "recipes/tiny-llama/sft/simsamu.yaml", "--model_name_or_path", str(tiny_model),
-                 "--datasets", json.dumps([{"path": str(out), "split": splits[0]}]), "--eval_datasets",
-                 json.dumps(evals), "--max_steps", "2", "--output_dir", str(tmp_path / "sft"),
-                 "--push_to_hub", "false"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sft",
+                "--config",
+                "recipes/tiny-llama/sft/simsamu.yaml",
+                "--model_name_or_path",
+                str(tiny_model),
+                "--datasets",
+                json.dumps([{"path": str(out), "split": splits[0]}]),
+                "--eval_datasets",
+                json.dumps(evals),
+                "--max_steps",
+                "2",
+                "--output_dir",
+                str(tmp_path / "sft"),
+                "--push_to_hub",
+                "false",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "sft" / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 2 and metrics["train"]["train_loss"] > 0
 
@@ -434,15 +559,22 @@ def test_metrics_skip_groups_without_a_reference_word():
     from llm4all_recipes.speech.sources import Recording, Segment
     from llm4all_recipes.stages.transcribe import asr_metrics, evaluation_md
 
-    recs = [Recording("a", Path("a.m4a"), [Segment(0, 1, "medecin", "<NA>")]),
-            Recording("b", Path("b.m4a"), [Segment(0, 1, "patient", "bonjour"), Segment(1, 2, "medecin", "[rire]")])]  # fmt: skip
-    results = {"a": {"long_form": False, "segments": [{"speaker": "medecin", "reference": "<NA>", "text": "x"}]},
-               "b": {"long_form": False, "segments": [{"speaker": "patient", "reference": "bonjour", "text": "bonjour"},
-                                                      {"speaker": "medecin", "reference": "[rire]", "text": "ha"}]}}  # fmt: skip
+    recs = [
+        Recording("a", Path("a.m4a"), [Segment(0, 1, "medecin", "<NA>")]),
+        Recording("b", Path("b.m4a"), [Segment(0, 1, "patient", "bonjour"), Segment(1, 2, "medecin", "[rire]")]),
+    ]
+    results = {
+        "a": {"long_form": False, "segments": [{"speaker": "medecin", "reference": "<NA>", "text": "x"}]},
+        "b": {
+            "long_form": False,
+            "segments": [
+                {"speaker": "patient", "reference": "bonjour", "text": "bonjour"},
+                {"speaker": "medecin", "reference": "[rire]", "text": "ha"},
+            ],
+        },
+    }
     m = asr_metrics(recs, results)
-    assert (
-        set(m["per_recording"]) == {"b"} and set(m["per_speaker"]) == {"patient"} and m["overall"]["wer"] == 0
-    )
+    assert set(m["per_recording"]) == {"b"} and set(m["per_speaker"]) == {"patient"} and m["overall"]["wer"] == 0
     assert asr_metrics(recs[:1], results) == {}
     assert "| **all** | 0.0% |" in evaluation_md({"asr": m}) and "No reference" in evaluation_md({"asr": {}})
 
@@ -453,16 +585,18 @@ def test_a_hub_parquet_dataset_with_embedded_audio_is_a_source(tmp_path):
     from llm4all_recipes.speech.sources import manifest_recordings
 
     rows = [json.loads(line) for line in (SPEECH / "eval.jsonl").read_text().splitlines()[:2]]
-    ds = datasets.Dataset.from_dict({"audio": [{"bytes": (SPEECH / r["audio"]).read_bytes(), "path": Path(r["audio"]).name}
-                                               for r in rows], "text": [r["text"] for r in rows]})  # fmt: skip
+    ds = datasets.Dataset.from_dict(
+        {
+            "audio": [{"bytes": (SPEECH / r["audio"]).read_bytes(), "path": Path(r["audio"]).name} for r in rows],
+            "text": [r["text"] for r in rows],
+        }
+    )
     (tmp_path / "data").mkdir()
     ds.cast_column("audio", datasets.Audio(decode=False)).to_parquet(
         str(tmp_path / "data" / "test-00000-of-00001.parquet")
     )
     recs = manifest_recordings(tmp_path)
-    assert [r.reference for r in recs] == [r["text"] for r in rows] and [r.split for r in recs] == [
-        "test"
-    ] * 2
+    assert [r.reference for r in recs] == [r["text"] for r in rows] and [r.split for r in recs] == ["test"] * 2
     for rec, row in zip(recs, rows):
         assert np.array_equal(decode(rec.audio_source, name=str(rec.audio)), decode(SPEECH / row["audio"]))
 
@@ -471,6 +605,20 @@ def test_repeated_manifest_ids_are_refused_before_loading(tiny_whisper, tmp_path
     line = (SPEECH / "eval.jsonl").read_text().splitlines()[0]
     (tmp_path / "a.jsonl").write_text(line.replace('"audio/', f'"{SPEECH.resolve()}/audio/') + "\n")
     (tmp_path / "b.jsonl").write_text(line.replace('"audio/', f'"{SPEECH.resolve()}/audio/') + "\n")
-    assert main(["transcribe", "--config", TRANSCRIBE, "--model_name_or_path", str(tiny_whisper), "--source",
-                 str(tmp_path), "--output_dir", str(tmp_path / "out")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "transcribe",
+                "--config",
+                TRANSCRIBE,
+                "--model_name_or_path",
+                str(tiny_whisper),
+                "--source",
+                str(tmp_path),
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "ids must be unique" in capsys.readouterr().err and not (tmp_path / "out.tmp").exists()

@@ -1,4 +1,5 @@
-"""`python -m llm4all_recipes <stage> ...` is `llm4all <stage> ...` (so `accelerate launch -m llm4all_recipes` works)."""
+"""`python -m llm4all_recipes <stage> ...` is `llm4all <stage> ...` (so `accelerate launch -m llm4all_recipes`
+works)."""
 
 import sys
 

@@ -80,8 +80,14 @@ def result(
 ) -> dict[str, Any]:
     """One evaluation result (a model-index entry and a row of the card's Evaluation table); `args` say what it
     was computed on (tokens, samples, window)."""
-    return {"dataset_name": name, "dataset_type": dataset or name, "dataset_split": split, "metric_type": metric,
-            "metric_value": float(value), "metric_args": args or None}  # fmt: skip
+    return {
+        "dataset_name": name,
+        "dataset_type": dataset or name,
+        "dataset_split": split,
+        "metric_type": metric,
+        "metric_value": float(value),
+        "metric_args": args or None,
+    }
 
 
 def perplexity_results(evals: dict[str, dict], sources: list[Any], window: int | None = None) -> list[dict]:
@@ -90,8 +96,17 @@ def perplexity_results(evals: dict[str, dict], sources: list[Any], window: int |
     rows = []
     for label, values in evals.items():
         src = by_label.get(label)
-        rows.append(result(label, "perplexity", values["perplexity"], dataset=dataset_id(src.path) if src else None,
-                           split=src.split if src else None, tokens=values.get("tokens"), window=window))  # fmt: skip
+        rows.append(
+            result(
+                label,
+                "perplexity",
+                values["perplexity"],
+                dataset=dataset_id(src.path) if src else None,
+                split=src.split if src else None,
+                tokens=values.get("tokens"),
+                window=window,
+            )
+        )
     return rows
 
 
@@ -100,20 +115,30 @@ def eval_result(r: dict[str, Any]):
     from huggingface_hub import EvalResult
 
     args = {k: v for k, v in (r.get("metric_args") or {}).items() if v is not None}
-    return EvalResult(task_type="text-generation", dataset_type=r.get("dataset_type") or r["dataset_name"],
-                      dataset_name=r["dataset_name"], dataset_split=r.get("dataset_split"),
-                      metric_type=r["metric_type"], metric_value=float(r["metric_value"]),
-                      metric_args=args or None)  # fmt: skip
+    return EvalResult(
+        task_type="text-generation",
+        dataset_type=r.get("dataset_type") or r["dataset_name"],
+        dataset_name=r["dataset_name"],
+        dataset_split=r.get("dataset_split"),
+        metric_type=r["metric_type"],
+        metric_value=float(r["metric_value"]),
+        metric_args=args or None,
+    )
 
 
 def results_table(results: list[dict[str, Any]]) -> str:
     """The card's Evaluation table: set, split, metric, value, and what it was computed on."""
     lines = ["| set | dataset | split | metric | value | on |", "|---|---|---|---|---:|---|"]
     for r in results:
-        on = ", ".join(f"{v:,} {k}" if isinstance(v, int) else f"{k} {v}"
-                       for k, v in (r.get("metric_args") or {}).items() if v is not None)  # fmt: skip
-        lines.append(f"| {r['dataset_name']} | {r.get('dataset_type') or r['dataset_name']} | "
-                     f"{r.get('dataset_split') or ''} | {r['metric_type']} | {r['metric_value']:.4g} | {on} |")  # fmt: skip
+        on = ", ".join(
+            f"{v:,} {k}" if isinstance(v, int) else f"{k} {v}"
+            for k, v in (r.get("metric_args") or {}).items()
+            if v is not None
+        )
+        lines.append(
+            f"| {r['dataset_name']} | {r.get('dataset_type') or r['dataset_name']} | "
+            f"{r.get('dataset_split') or ''} | {r['metric_type']} | {r['metric_value']:.4g} | {on} |"
+        )
     return "\n".join(lines)
 
 
@@ -231,15 +256,23 @@ def dataset_info(dataset: Any) -> dict[str, Any]:
     """The `dataset_info` front matter `DatasetDict.push_to_hub` writes: features, and per split the bytes and
     rows (without num_bytes, `datasets` warns that the YAML's splits are malformed on every load)."""
     first = next(iter(dataset.values()))
-    splits = [
-        {"name": s, "num_bytes": int(d.data.nbytes), "num_examples": len(d)} for s, d in dataset.items()
-    ]
-    return {"features": first.features._to_yaml_list(), "splits": splits,
-            "dataset_size": sum(x["num_bytes"] for x in splits)}  # fmt: skip
+    splits = [{"name": s, "num_bytes": int(d.data.nbytes), "num_examples": len(d)} for s, d in dataset.items()]
+    return {
+        "features": first.features._to_yaml_list(),
+        "splits": splits,
+        "dataset_size": sum(x["num_bytes"] for x in splits),
+    }
 
 
-def render_dataset_card(*, recipe: Any, dataset: Any, report: dict[str, Any], lineage: list[dict[str, Any]],
-                        facts: dict[str, Any], source: str | None = None) -> str:  # fmt: skip
+def render_dataset_card(
+    *,
+    recipe: Any,
+    dataset: Any,
+    report: dict[str, Any],
+    lineage: list[dict[str, Any]],
+    facts: dict[str, Any],
+    source: str | None = None,
+) -> str:
     """Dataset card: front matter (licence, configs in the Hub parquet layout, per-split num_examples) + sections.
     `facts` (summary, steps, columns, license, task_categories, note, optional `evaluation` markdown): what the
     stage or the dataset builder (data/<builder>.py `card_facts`) says of its rows."""
@@ -256,15 +289,11 @@ def render_dataset_card(*, recipe: Any, dataset: Any, report: dict[str, Any], li
         size_categories=[size_category(sum(splits.values()))],
         source_datasets=[source] if is_hub_id(source) else None,
         tags=["llm4all", "french", getattr(recipe, "builder", lineage[-1]["stage"]), *facts.get("tags", [])],
-        configs=[
-            {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in dataset]}
-        ],
+        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in dataset]}],
         dataset_info=dataset_info(dataset),
     )
     source_md = (
-        f"[`{source}`](https://huggingface.co/datasets/{source})"
-        if is_hub_id(source)
-        else f"`{source}` (local)"
+        f"[`{source}`](https://huggingface.co/datasets/{source})" if is_hub_id(source) else f"`{source}` (local)"
     )
     entry = lineage[-1]
     card = DatasetCard.from_template(
@@ -283,9 +312,7 @@ def render_dataset_card(*, recipe: Any, dataset: Any, report: dict[str, Any], li
         splits=splits,
         skipped={
             **report.get("skipped", {}),
-            **(
-                {"without a summary": len(report["without_summary"])} if report.get("without_summary") else {}
-            ),
+            **({"without a summary": len(report["without_summary"])} if report.get("without_summary") else {}),
         },
         columns=facts["columns"],
         repo_id=repo_id,

@@ -8,9 +8,7 @@ when known), so the CLI prints it on one line and exits with status 2, before an
 class RecipeError(Exception):
     """A recipe, a command-line override or a stage input is invalid."""
 
-    def __init__(
-        self, message: str, *, source: str | None = None, key: str | None = None, line: int | None = None
-    ):
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None, line: int | None = None):
         super().__init__(message)
         self.message = message
         self.source = source

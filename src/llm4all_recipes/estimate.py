@@ -12,7 +12,8 @@ What is counted, per GPU (a rough model, stated here so that it can be checked):
                              dtype, as torch creates them), divided by the GPU count under FSDP / ZeRO-3
                              (`--shard false`: replicated, DDP); activations of one micro-batch: the layer
                              inputs kept by activation checkpointing (always on when sharded: fsdp.yaml turns
-                             FSDP's own on) or ~34 h + 5 i values per token and layer without it, one layer's recomputation, and float32 logits and their gradient; plus
+                             FSDP's own on) or ~34 h + 5 i values per token and layer without it, one layer's
+                             recomputation, and float32 logits and their gradient; plus
                              a frozen teacher / KL reference (weights, sharded, and its logits).
     compress                 `compression.ranks.memory_estimate` (one layer on the device; measured at 8B shapes).
     feature-distill          one teacher block and one student block with AdamW states, and a batch of block
@@ -134,9 +135,7 @@ def _parse(recipe_path: Path):
     from .parsing import parse_recipe
     from .paths import stage_of
 
-    return stage_of(recipe_path), parse_recipe(
-        stage_of(recipe_path), ["--config", str(recipe_path)], static=True
-    )
+    return stage_of(recipe_path), parse_recipe(stage_of(recipe_path), ["--config", str(recipe_path)], static=True)
 
 
 def model_size(path: str, base_config: str | None = None, _seen: tuple = ()) -> ModelSize:
@@ -151,13 +150,12 @@ def model_size(path: str, base_config: str | None = None, _seen: tuple = ()) -> 
         if not is_produced(path) or by_benchmark or os.path.isfile(os.path.join(path, "config.json")):
             return _base_size(path, base_config)
         raise RecipeError(
-            f"{path} is made by no recipe under recipes/ (its default output folder); estimate the recipe that makes it",
+            f"{path} is made by no recipe under recipes/ (its default output folder); estimate the recipe that makes "
+            "it",
             key="model_name_or_path",
         )
     stage, recipe = _parse(recipe_path)
-    if not getattr(
-        recipe, "model_name_or_path", None
-    ):  # tiny-model: built from a config, read once it exists
+    if not getattr(recipe, "model_name_or_path", None):  # tiny-model: built from a config, read once it exists
         if os.path.isfile(os.path.join(path, "config.json")):
             return _base_size(path, base_config)
         raise RecipeError(f"{path} does not exist yet: run {recipe_path} first", key="model_name_or_path")
@@ -186,14 +184,22 @@ def _estimate_prune(recipe, name, base_config, speed) -> "Estimate":
     wb = _bytes(recipe.dtype, dense.config)
     tokens = recipe.num_calibration_samples * recipe.calibration_seq_len
     per_block = (
-        recipe.depth_importance == "perplexity"
-        and after.config.num_hidden_layers < dense.config.num_hidden_layers
+        recipe.depth_importance == "perplexity" and after.config.num_hidden_layers < dense.config.num_hidden_layers
     )
     passes = 1 + (dense.config.num_hidden_layers + 1 if per_block else 0)
     logits = 3 * max(recipe.perplexity_max_length, recipe.calibration_seq_len) * dense.config.vocab_size * 4
     hours = 2 * dense.params * tokens * passes / speed / 3600
-    return Estimate(name, "prune", recipe.model_name_or_path, after.params, None, dense.params * wb + logits, tokens,
-                    hours, "importance one layer at a time; perplexities with the whole model")  # fmt: skip
+    return Estimate(
+        name,
+        "prune",
+        recipe.model_name_or_path,
+        after.params,
+        None,
+        dense.params * wb + logits,
+        tokens,
+        hours,
+        "importance one layer at a time; perplexities with the whole model",
+    )
 
 
 def _compressed(recipe, dense: ModelSize, path: str) -> ModelSize:
@@ -227,8 +233,7 @@ def _bytes(dtype: str, config) -> int:
 
 
 def _activations(config, batch: int, seq: int, checkpointing: bool, wbytes: int) -> int:
-    h, i, n_layers, vocab = (config.hidden_size, config.intermediate_size, config.num_hidden_layers,
-                             config.vocab_size)  # fmt: skip
+    h, i, n_layers, vocab = (config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size)
     tokens = batch * seq
     layer = tokens * (34 * h + 5 * i) * wbytes
     kept = tokens * h * wbytes * n_layers + layer if checkpointing else layer * n_layers
@@ -248,8 +253,15 @@ class Estimate:
     note: str = ""
 
 
-def estimate(recipe_path: Path, *, gpus: int = 1, gpu: str = "h100", mfu: float = DEFAULT_MFU, shard: bool = True,
-             base_config: str | None = None) -> Estimate | None:  # fmt: skip
+def estimate(
+    recipe_path: Path,
+    *,
+    gpus: int = 1,
+    gpu: str = "h100",
+    mfu: float = DEFAULT_MFU,
+    shard: bool = True,
+    base_config: str | None = None,
+) -> Estimate | None:
     """The estimate of one recipe (None for stages that need no GPU: build-dataset, publish, pipeline...)."""
     stage, recipe = _parse(recipe_path)
     tflops = GPUS[gpu][0] * 1e12
@@ -265,14 +277,24 @@ def estimate(recipe_path: Path, *, gpus: int = 1, gpu: str = "h100", mfu: float 
         config = student.config
         tokens = recipe.tokens_per_block or recipe.num_calibration_samples * recipe.calibration_seq_len
         block = recipe.calibration_batch_size * recipe.calibration_seq_len
-        device = (student.layer_params * 4 * wb + student.layer_params * wb
-                  + 4 * block * (34 * config.hidden_size + 5 * config.intermediate_size) * wb)  # fmt: skip
-        ref_speed = (
-            _REF_FD_TOKENS_S * _REF_LAYER_PARAMS / student.layer_params * tflops / (_REF_TFLOPS * 1e12)
+        device = (
+            student.layer_params * 4 * wb
+            + student.layer_params * wb
+            + 4 * block * (34 * config.hidden_size + 5 * config.intermediate_size) * wb
         )
+        ref_speed = _REF_FD_TOKENS_S * _REF_LAYER_PARAMS / student.layer_params * tflops / (_REF_TFLOPS * 1e12)
         hours = tokens * config.num_hidden_layers / ref_speed / 3600
-        return Estimate(name, stage, recipe.model_name_or_path, student.params, student.factor_params, device,
-                        tokens * config.num_hidden_layers, hours, "one block at a time (scaled from H200 at 8B shapes)")  # fmt: skip
+        return Estimate(
+            name,
+            stage,
+            recipe.model_name_or_path,
+            student.params,
+            student.factor_params,
+            device,
+            tokens * config.num_hidden_layers,
+            hours,
+            "one block at a time (scaled from H200 at 8B shapes)",
+        )
     if stage == "cache-teacher":
         teacher = model_size(recipe.teacher_model_name_or_path, base_config)
         wb = _bytes("auto", teacher.config)
@@ -281,16 +303,34 @@ def estimate(recipe_path: Path, *, gpus: int = 1, gpu: str = "h100", mfu: float 
         tokens = rows * recipe.max_length if rows else None
         hours = 2 * teacher.params * tokens / (tflops * mfu) / 3600 if tokens else None  # one GPU
         disk = f"; cache ≈ {tokens * recipe.top_k * 6 / GiB:.1f} GiB" if tokens else ""
-        return Estimate(name, stage, recipe.teacher_model_name_or_path, teacher.params, None, device, tokens, hours,
-                        f"forward only, ≤ max_rows × max_length tokens{disk}")  # fmt: skip
+        return Estimate(
+            name,
+            stage,
+            recipe.teacher_model_name_or_path,
+            teacher.params,
+            None,
+            device,
+            tokens,
+            hours,
+            f"forward only, ≤ max_rows × max_length tokens{disk}",
+        )
     if stage in ("kd", "cpt", "sft"):
         return _estimate_training(stage, recipe, name, base_config, gpus, speed, shard, GPUS[gpu][1] * GiB)
     if stage == "generate":
         return _estimate_generate(recipe, name, base_config, gpu, mfu)
     if stage == "eval":
         model = model_size(recipe.model_name_or_path, base_config)
-        return Estimate(name, stage, recipe.model_name_or_path, model.params, None,
-                        model.params * _bytes(recipe.dtype, model.config), None, None, "weights; generation batches on top")  # fmt: skip
+        return Estimate(
+            name,
+            stage,
+            recipe.model_name_or_path,
+            model.params,
+            None,
+            model.params * _bytes(recipe.dtype, model.config),
+            None,
+            None,
+            "weights; generation batches on top",
+        )
     return None
 
 
@@ -304,17 +344,25 @@ def _estimate_compress(recipe, name, base_config, tflops) -> Estimate:
 
         model = model.to(getattr(torch, recipe.dtype))
     targets = find_targets(model, recipe.targets)
-    memory = memory_estimate(model, targets, recipe.num_calibration_samples, recipe.calibration_seq_len,
-                               recipe.calibration_batch_size)  # fmt: skip
+    memory = memory_estimate(
+        model, targets, recipe.num_calibration_samples, recipe.calibration_seq_len, recipe.calibration_batch_size
+    )
     after = _compressed(recipe, dense, name)
     tokens = recipe.num_calibration_samples * recipe.calibration_seq_len
-    per_layer = (
-        _REF_COMPRESS_S * (dense.layer_params / _REF_LAYER_PARAMS) * max(tokens / _REF_CALIB_TOKENS, 0.25)
-    )
+    per_layer = _REF_COMPRESS_S * (dense.layer_params / _REF_LAYER_PARAMS) * max(tokens / _REF_CALIB_TOKENS, 0.25)
     hours = per_layer * dense.config.num_hidden_layers * (_REF_TFLOPS * 1e12 / tflops) / 3600
     cpu = memory["model_bytes_cpu"] + memory["activations_bytes_cpu"]
-    return Estimate(name, "compress", recipe.model_name_or_path, after.params, None, memory["device_peak_bytes"],
-                    tokens, hours, f"one layer at a time; CPU RAM ≈ {cpu / GiB:.0f} GiB")  # fmt: skip
+    return Estimate(
+        name,
+        "compress",
+        recipe.model_name_or_path,
+        after.params,
+        None,
+        memory["device_peak_bytes"],
+        tokens,
+        hours,
+        f"one layer at a time; CPU RAM ≈ {cpu / GiB:.0f} GiB",
+    )
 
 
 def _estimate_generate(recipe, name, base_config, gpu, mfu) -> Estimate:
@@ -331,9 +379,18 @@ def _estimate_generate(recipe, name, base_config, gpu, mfu) -> Estimate:
     steps = math.ceil(GENERATE_ROWS / recipe.batch_size) * recipe.max_new_tokens
     decode = steps * (teacher.params * wb + kv / 2) / (bandwidth * 1e12)
     prefill = 2 * teacher.params * GENERATE_ROWS * (context - recipe.max_new_tokens) / (tflops * 1e12 * mfu)
-    return Estimate(name, "generate", recipe.model_name_or_path, teacher.params, None, int(device), None,
-                    (decode + prefill) / 3600, f"time per {GENERATE_ROWS:,} rows (prompts ≤ {context:,} tokens, batches "
-                    f"of {recipe.batch_size}, ≤ {recipe.max_new_tokens} new tokens); one GPU")  # fmt: skip
+    return Estimate(
+        name,
+        "generate",
+        recipe.model_name_or_path,
+        teacher.params,
+        None,
+        int(device),
+        None,
+        (decode + prefill) / 3600,
+        f"time per {GENERATE_ROWS:,} rows (prompts ≤ {context:,} tokens, batches "
+        f"of {recipe.batch_size}, ≤ {recipe.max_new_tokens} new tokens); one GPU",
+    )
 
 
 def _trainable(recipe, model: ModelSize) -> int:
@@ -345,9 +402,7 @@ def _trainable(recipe, model: ModelSize) -> int:
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         kv = (c.num_key_value_heads or c.num_attention_heads) * head_dim
         q = c.num_attention_heads * head_dim
-        per_layer = (
-            (c.hidden_size + q) * 2 + (c.hidden_size + kv) * 2 + 3 * (c.hidden_size + c.intermediate_size)
-        )
+        per_layer = (c.hidden_size + q) * 2 + (c.hidden_size + kv) * 2 + 3 * (c.hidden_size + c.intermediate_size)
         return recipe.lora_r * per_layer * c.num_hidden_layers
     if how in ("factors", "factors+norms") and model.low_rank:
         return model.factor_params
@@ -367,9 +422,7 @@ def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard, mem
         precision = choose_precision(recipe.precision, trainable, model.params - trainable, memory, shards)
         states = state_bytes(trainable, model.params - trainable, precision)
     # sharded over several GPUs: recipes/accelerate_configs/fsdp.yaml checkpoints activations (FSDP's own)
-    checkpointing = bool(
-        recipe.activation_checkpointing or recipe.gradient_checkpointing or (shard and gpus > 1)
-    )
+    checkpointing = bool(recipe.activation_checkpointing or recipe.gradient_checkpointing or (shard and gpus > 1))
     batch, seq = recipe.per_device_train_batch_size, recipe.max_length
     device = (states / gpus if shard else states) + _activations(config, batch, seq, checkpointing, wb)
     other = None
@@ -378,9 +431,7 @@ def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard, mem
     elif stage == "cpt" and recipe.kl_active:
         other = recipe.reference_model_name_or_path or recipe.model_name_or_path
     extra = model_size(other, base_config).params if other else 0
-    device += (extra * wb / gpus if shard else extra * wb) + (
-        2 * batch * seq * config.vocab_size * 4 if other else 0
-    )
+    device += (extra * wb / gpus if shard else extra * wb) + (2 * batch * seq * config.vocab_size * 4 if other else 0)
     tokens = None
     if recipe.max_steps and recipe.max_steps > 0:
         tokens = recipe.max_steps * batch * recipe.gradient_accumulation_steps * gpus * seq
@@ -388,19 +439,13 @@ def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard, mem
     hours = flops_per_token * tokens / speed / 3600 if tokens else None
     note = f"effective batch {batch * recipe.gradient_accumulation_steps * gpus} × {seq} tokens"
     if precision:
-        master = (
-            state_bytes(trainable, model.params - trainable, "fp32-master") / (gpus if shard else 1) / GiB
-        )
-        note += f"; {precision}" + (
-            f" (fp32-master: {master:.1f} GiB of states)" if precision != "fp32-master" else ""
-        )
+        master = state_bytes(trainable, model.params - trainable, "fp32-master") / (gpus if shard else 1) / GiB
+        note += f"; {precision}" + (f" (fp32-master: {master:.1f} GiB of states)" if precision != "fp32-master" else "")
     if other:
         note += f"; + {'teacher' if stage == 'kd' else 'KL reference'} {short_model_name(other)}"
     if not tokens:
         note += "; steps from the data (max_steps unset): see --dry_run"
-    return Estimate(
-        name, stage, recipe.model_name_or_path, model.params, trainable, int(device), tokens, hours, note
-    )
+    return Estimate(name, stage, recipe.model_name_or_path, model.params, trainable, int(device), tokens, hours, note)
 
 
 def short_model_name(path: str) -> str:
@@ -416,58 +461,57 @@ def _fmt_params(n: int | None) -> str:
 
 def table(estimates: list[Estimate], gpus: int, gpu: str, mfu: float, shard: bool) -> str:
     """Markdown: one row per recipe."""
-    layout = (
-        "FSDP / ZeRO-3, activations checkpointed"
-        if shard and gpus > 1
-        else ("replicated" if gpus > 1 else "")
+    layout = "FSDP / ZeRO-3, activations checkpointed" if shard and gpus > 1 else ("replicated" if gpus > 1 else "")
+    head = (
+        f"Computed by `llm4all estimate` for {gpus} × {gpu} ({GPUS[gpu][1]} GiB){', ' + layout if layout else ''}, "
+        f"MFU {mfu:.0%} assumed for training stages"
+        f"{'; compress, feature-distill, cache-teacher, generate and eval use one GPU' if gpus > 1 else ''}."
     )
-    head = (f"Computed by `llm4all estimate` for {gpus} × {gpu} ({GPUS[gpu][1]} GiB){', ' + layout if layout else ''}, "
-            f"MFU {mfu:.0%} assumed for training stages"
-            f"{'; compress, feature-distill, cache-teacher, generate and eval use one GPU' if gpus > 1 else ''}.")  # fmt: skip
-    lines = [head, "", "| recipe | stage | parameters | trained | peak memory / GPU | tokens | time | notes |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        head,
+        "",
+        "| recipe | stage | parameters | trained | peak memory / GPU | tokens | time | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for e in estimates:
         fits = "" if e.device_bytes <= GPUS[gpu][1] * GiB else " ⚠ over"
         hours = (
             ""
             if e.hours is None
-            else (
-                "< 1 min"
-                if e.hours < 1 / 60
-                else f"{e.hours * 60:.0f} min"
-                if e.hours < 1
-                else f"{e.hours:.1f} h"
-            )
+            else ("< 1 min" if e.hours < 1 / 60 else f"{e.hours * 60:.0f} min" if e.hours < 1 else f"{e.hours:.1f} h")
         )
         tokens = (
-            ""
-            if e.tokens is None
-            else (f"{e.tokens / 1e9:.2f} B" if e.tokens >= 1e9 else f"{e.tokens / 1e6:.1f} M")
+            "" if e.tokens is None else (f"{e.tokens / 1e9:.2f} B" if e.tokens >= 1e9 else f"{e.tokens / 1e6:.1f} M")
         )
-        lines.append(f"| `{e.recipe}` | {e.stage} | {_fmt_params(e.params)} | {_fmt_params(e.trainable)} | "
-                     f"{e.device_bytes / GiB:.1f} GiB{fits} | {tokens} | {hours} | {e.note} |")  # fmt: skip
+        lines.append(
+            f"| `{e.recipe}` | {e.stage} | {_fmt_params(e.params)} | {_fmt_params(e.trainable)} | "
+            f"{e.device_bytes / GiB:.1f} GiB{fits} | {tokens} | {hours} | {e.note} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
     import argparse
 
-
-    parser = argparse.ArgumentParser(prog="llm4all estimate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="llm4all estimate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("paths", nargs="+", help="recipe files or folders")
     parser.add_argument("--gpus", type=int, default=1, help="number of GPUs (default 1)")
     parser.add_argument("--gpu", choices=list(GPUS), default="h100", help="GPU model (default h100)")
+    parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="model FLOPs utilisation assumed (training)")
     parser.add_argument(
-        "--mfu", type=float, default=DEFAULT_MFU, help="model FLOPs utilisation assumed (training)"
+        "--shard",
+        type=lambda v: v.lower() in ("1", "true", "yes"),
+        default=True,
+        help="shard weights and optimizer states across GPUs (FSDP / ZeRO-3; default true)",
     )
-    parser.add_argument("--shard", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
-                        help="shard weights and optimizer states across GPUs (FSDP / ZeRO-3; default true)")  # fmt: skip
+    parser.add_argument("--base_config", help="a folder whose config.json stands for the lineage's root model")
     parser.add_argument(
-        "--base_config", help="a folder whose config.json stands for the lineage's root model"
+        "--write-readme",
+        action="store_true",
+        help="rewrite the `<!-- estimate: FLAGS -->` tables of the folder's README.md (one folder)",
     )
-    parser.add_argument("--write-readme", action="store_true",
-                        help="rewrite the `<!-- estimate: FLAGS -->` tables of the folder's README.md (one folder)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.write_readme:
         return write_readme(Path(args.paths[0]), args.base_config, args.mfu)
@@ -478,8 +522,11 @@ def main(argv: list[str]) -> int:
     paths = sorted(collect_recipes(args.paths), key=lambda p: (order.get(p.parent.name, len(order)), str(p)))
     for path in paths:
         try:
-            if (e := estimate(path, gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, shard=args.shard,
-                              base_config=args.base_config)) is not None:  # fmt: skip
+            if (
+                e := estimate(
+                    path, gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, shard=args.shard, base_config=args.base_config
+                )
+            ) is not None:
                 rows.append(e)
         except RecipeError as err:
             raise err.located(str(path)) from None

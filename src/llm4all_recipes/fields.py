@@ -1,5 +1,5 @@
 """The building blocks of recipe dataclasses: `arg()` (a field with its help text) and `DatasetSource` (one
-entry of a `datasets:` list), shared by configs.py and the data layer without importing either."""
+entry of a `datasets:` list), shared by the configs package and the data layer without importing either."""
 
 import dataclasses
 from dataclasses import dataclass, field

@@ -140,8 +140,11 @@ def publish(
         from huggingface_hub import constants
 
         if constants.is_offline_mode():
-            raise RecipeError("cannot publish to the Hub: offline mode is on (HF_HUB_OFFLINE); publish with --target local, "
-                              "or unset HF_HUB_OFFLINE", key="target")  # fmt: skip
+            raise RecipeError(
+                "cannot publish to the Hub: offline mode is on (HF_HUB_OFFLINE); publish with --target local, "
+                "or unset HF_HUB_OFFLINE",
+                key="target",
+            )
     with tempfile.TemporaryDirectory(prefix="llm4all-publish-") as staging:
         content = folder
         if repo_type == "dataset" and is_dataset_folder(folder):
@@ -160,9 +163,7 @@ def _publish_local(content: Path, repo_id: str, repo_type: str, overwrite: bool)
     if dest.exists() and not dest.is_dir():
         raise RecipeError(f"{dest} is a file, not a published repo", key="repo_id")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=".llm4all-publish-", dir=local_hub_dir())
-    )  # never a valid repo name
+    staging = Path(tempfile.mkdtemp(prefix=".llm4all-publish-", dir=local_hub_dir()))  # never a valid repo name
     try:
         shutil.copytree(content, staging / "repo", ignore=shutil.ignore_patterns(*IGNORE_PATTERNS))
         if dest.exists():
@@ -223,9 +224,7 @@ def _publish_hub(
         raise RecipeError(f"the Hub refused the upload of {repo_id}: {exc}", key="repo_id") from None
     except (httpx.HTTPError, OSError) as exc:
         raise RecipeError(f"cannot reach the Hub to publish {repo_id}: {exc}", key="repo_id") from None
-    logger.info(
-        "published %s %s to %s%s", repo_type, repo_id, url, f" (revision {revision})" if revision else ""
-    )
+    logger.info("published %s %s to %s%s", repo_type, repo_id, url, f" (revision {revision})" if revision else "")
     return Published("hub", repo_id, repo_type, str(url), revision)
 
 

@@ -23,17 +23,21 @@ Method = Literal["linear", "slerp", "task_arithmetic"]
 def same_architecture(reference, other, name: str, key: str = "models") -> None:
     """One clear line when `other` cannot be merged with `reference` (class, parameter names, shapes)."""
     if type(other) is not type(reference):
-        raise RecipeError(f"{name} is a {type(other).__name__}, the first model a {type(reference).__name__}: "
-                          "only checkpoints of one architecture merge", key=key)  # fmt: skip
+        raise RecipeError(
+            f"{name} is a {type(other).__name__}, the first model a {type(reference).__name__}: "
+            "only checkpoints of one architecture merge",
+            key=key,
+        )
     ref, oth = reference.state_dict(), other.state_dict()
     for k in sorted(ref.keys() | oth.keys()):
         if k not in ref or k not in oth:
-            raise RecipeError(
-                f"{name} and the first model differ: parameter {k} is in only one of them", key=key
-            )
+            raise RecipeError(f"{name} and the first model differ: parameter {k} is in only one of them", key=key)
         if ref[k].shape != oth[k].shape:
-            raise RecipeError(f"{name} and the first model differ at {k}: shape {list(oth[k].shape)} vs "
-                              f"{list(ref[k].shape)} (low-rank checkpoints merge only with equal ranks)", key=key)  # fmt: skip
+            raise RecipeError(
+                f"{name} and the first model differ at {k}: shape {list(oth[k].shape)} vs "
+                f"{list(ref[k].shape)} (low-rank checkpoints merge only with equal ranks)",
+                key=key,
+            )
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-6) -> torch.Tensor:
@@ -87,9 +91,7 @@ class BaseInterpolation:
     """θ(α) = merge(θ_start, θ_trained, α) written into `model` for any α, so that a grid of α is evaluated with
     one extra copy of the weights (the trained ones, on the CPU) besides the starting model."""
 
-    def __init__(
-        self, model, start, method: Literal["linear", "slerp"] = "linear", key: str = "merge_with_base"
-    ):
+    def __init__(self, model, start, method: Literal["linear", "slerp"] = "linear", key: str = "merge_with_base"):
         same_architecture(model, start, "the starting model", key=key)
         self.model, self.method = model, method
         self.start = dict(_floating(start.state_dict()))

@@ -44,8 +44,10 @@ def weights_problem(path: str, pickle: bool = False) -> str | None:
         if pickles and pickle:
             return None  # read by transformers with torch.load(weights_only=True): `llm4all convert` only
         if pickles:
-            return (f"{path} holds only pickle weights ({', '.join(pickles)}); llm4all loads safetensors only: convert "
-                    "them once with `llm4all convert` (reads them with torch.load(weights_only=True): no code runs)")  # fmt: skip
+            return (
+                f"{path} holds only pickle weights ({', '.join(pickles)}); llm4all loads safetensors only: convert "
+                "them once with `llm4all convert` (reads them with torch.load(weights_only=True): no code runs)"
+            )
         return f"{path} has no .safetensors weights"
     for file in files:
         if problem := safetensors_problem(file):
@@ -56,9 +58,7 @@ def weights_problem(path: str, pickle: bool = False) -> str | None:
 def _explain(path: str, exc: Exception, key: str) -> RecipeError:
     if os.path.isdir(path):
         if bad := _corrupt_json(path):
-            return RecipeError(
-                f"{bad[0]} is truncated or not JSON ({bad[1]}): copy or download it again", key=key
-            )
+            return RecipeError(f"{bad[0]} is truncated or not JSON ({bad[1]}): copy or download it again", key=key)
         return RecipeError(f"{path} is not a loadable checkpoint: {exc}", key=key)
     if is_hub_id(path):
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
@@ -133,8 +133,11 @@ def load_model(
     try:
         return auto.from_pretrained(path, **kwargs)
     except pickle_module.UnpicklingError as exc:  # weights_only refused an object that is not a tensor
-        raise RecipeError(f"{path}: its pickle weights hold more than tensors (loading them would run code); "
-                          f"refused ({str(exc).splitlines()[0]})", key=key) from None  # fmt: skip
+        raise RecipeError(
+            f"{path}: its pickle weights hold more than tensors (loading them would run code); "
+            f"refused ({str(exc).splitlines()[0]})",
+            key=key,
+        ) from None
     except (OSError, ValueError, SafetensorError) as exc:
         raise _explain(path, exc, key) from None
 
@@ -274,12 +277,8 @@ def add_chat_tokens(tokenizer) -> list[str]:
     markers, _ = chat_markers(tokenizer)
     missing = [m for m in markers if _single_token(tokenizer, m) is None]
     if missing:
-        tokenizer.add_special_tokens(
-            {"additional_special_tokens": missing}, replace_extra_special_tokens=False
-        )
-        logger.warning(
-            "chat template markers added to the tokenizer as special tokens: %s", ", ".join(missing)
-        )
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        logger.warning("chat template markers added to the tokenizer as special tokens: %s", ", ".join(missing))
     return missing
 
 
@@ -294,9 +293,7 @@ def prepare_chat_model(model, tokenizer) -> int | None:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         with torch.no_grad():
             for layer in {
-                id(m): m
-                for m in (model.get_input_embeddings(), model.get_output_embeddings())
-                if m is not None
+                id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
             }.values():
                 layer.weight[old:] = layer.weight[:old].mean(0)
     _, end = chat_markers(tokenizer)

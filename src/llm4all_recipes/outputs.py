@@ -63,12 +63,33 @@ TRACKED_LIBRARIES = (
 MARKER = ".llm4all-run.json"  # in <output_dir>.tmp: the stage and the fingerprint of the recipe writing it
 LOCK = ".llm4all.lock"  # in <output_dir>.tmp: flock'ed by the one process writing it (pid, host inside)
 # Keys that change how a run is launched, logged or published, not what it computes: a resume may change them.
-RUN_ONLY_KEYS = frozenset({
-    "output_dir", "overwrite_output_dir", "dry_run", "resume_from_checkpoint", "push_to_hub", "hub_model_id",
-    "hub_dataset_id", "hub_overwrite", "hub_target", "hub_private_repo", "hub_strategy", "card_datasets",
-    "report_to", "run_name", "logging_steps", "logging_strategy", "logging_first_step", "logging_dir",
-    "disable_tqdm", "log_level", "save_total_limit", "dataloader_num_workers", "eval_on_start",
-})  # fmt: skip
+RUN_ONLY_KEYS = frozenset(
+    {
+        "output_dir",
+        "overwrite_output_dir",
+        "dry_run",
+        "resume_from_checkpoint",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_dataset_id",
+        "hub_overwrite",
+        "hub_target",
+        "hub_private_repo",
+        "hub_strategy",
+        "card_datasets",
+        "report_to",
+        "run_name",
+        "logging_steps",
+        "logging_strategy",
+        "logging_first_step",
+        "logging_dir",
+        "disable_tqdm",
+        "log_level",
+        "save_total_limit",
+        "dataloader_num_workers",
+        "eval_on_start",
+    }
+)
 # <output_dir>.tmp -> (recipe, repo type, the dict the stage returns): what `finish` asks `staged_output` to publish
 # once the folder is in place (the repo lands in that dict's "published")
 _TO_PUBLISH: dict[str, tuple[Any, str, dict]] = {}
@@ -88,9 +109,7 @@ def fingerprint(recipe: Any, stage: str) -> tuple[str, dict[str, Any]]:
 
     defaults = {f.name: f.default for f in dataclasses.fields(recipe) if f.default is not dataclasses.MISSING}
     values = {
-        k: v
-        for k, v in resolved_recipe(recipe).items()
-        if k not in RUN_ONLY_KEYS and defaults.get(k, object()) != v
+        k: v for k, v in resolved_recipe(recipe).items() if k not in RUN_ONLY_KEYS and defaults.get(k, object()) != v
     }
     text = json.dumps({"stage": stage, "recipe": values}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16], values
@@ -99,9 +118,7 @@ def fingerprint(recipe: Any, stage: str) -> tuple[str, dict[str, Any]]:
 def _diff(old: dict, new: dict) -> str:
     keys = sorted(set(old) | set(new), key=lambda k: (k not in new, k))
     parts = [
-        f"{k}: {old.get(k, '(default)')!r} -> {new.get(k, '(default)')!r}"
-        for k in keys
-        if old.get(k) != new.get(k)
+        f"{k}: {old.get(k, '(default)')!r} -> {new.get(k, '(default)')!r}" for k in keys if old.get(k) != new.get(k)
     ]
     return "; ".join(parts[:4]) + (f"; and {len(parts) - 4} more" if len(parts) > 4 else "")
 
@@ -135,11 +152,11 @@ def acquire_lock(folder: Path) -> None:
             who = f"pid {who['pid']} on {who['host']}, since {who['started']}: {who.get('command', '')}"
         except (ValueError, KeyError, TypeError):
             who = "another process"
-        raise RecipeError(f"another run is writing {folder} ({who}); wait for it to finish, or choose another output_dir",
-                          key="output_dir") from None  # fmt: skip
-    if (
-        not path.exists() or os.stat(path).st_ino != os.fstat(fd).st_ino
-    ):  # its holder finished and renamed it meanwhile
+        raise RecipeError(
+            f"another run is writing {folder} ({who}); wait for it to finish, or choose another output_dir",
+            key="output_dir",
+        ) from None
+    if not path.exists() or os.stat(path).st_ino != os.fstat(fd).st_ino:  # its holder finished and renamed it meanwhile
         os.close(fd)
         raise RecipeError(
             f"another run just finished writing {folder}; run again to see what is there", key="output_dir"
@@ -154,8 +171,12 @@ def acquire_lock(folder: Path) -> None:
                 else "not holding it"
             )
             logger.warning("taking over %s from pid %s on %s (%s)", folder, old["pid"], old["host"], gone)
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": " ".join(redact(sys.argv))}  # fmt: skip
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(redact(sys.argv)),
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(me).encode(), 0)
     _HELD_LOCKS[str(path)] = fd
@@ -192,13 +213,21 @@ def claim(recipe: Any, stage: str, *, resume: bool) -> Path:
     overwrite = bool(getattr(recipe, "overwrite_output_dir", False))
     check_output_path(recipe.output_dir)
     if final.exists() and not overwrite:
-        raise RecipeError(f"{final} already holds a finished run; pass --overwrite_output_dir true to replace it", key="output_dir")  # fmt: skip
+        raise RecipeError(
+            f"{final} already holds a finished run; pass --overwrite_output_dir true to replace it", key="output_dir"
+        )
     if final.exists() and not is_run_output(final):
-        raise RecipeError(f"{final} exists and is not an llm4all output (no lineage.json): it is never replaced; move it "
-                          "away or choose another output_dir", key="output_dir")  # fmt: skip
+        raise RecipeError(
+            f"{final} exists and is not an llm4all output (no lineage.json): it is never replaced; move it "
+            "away or choose another output_dir",
+            key="output_dir",
+        )
     if tmp.exists() and not (tmp / MARKER).exists() and not (tmp / LOCK).exists() and any(tmp.iterdir()):
-        raise RecipeError(f"{tmp} exists and was not made by llm4all (no {MARKER}): it is never touched; move it away "
-                          "or choose another output_dir", key="output_dir")  # fmt: skip
+        raise RecipeError(
+            f"{tmp} exists and was not made by llm4all (no {MARKER}): it is never touched; move it away "
+            "or choose another output_dir",
+            key="output_dir",
+        )
     try:
         tmp.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -219,8 +248,11 @@ def claim(recipe: Any, stage: str, *, resume: bool) -> Path:
                 if previous.get("stage") == stage
                 else f"a {previous.get('stage')} run"
             )
-            raise RecipeError(f"{tmp} holds an interrupted run of another recipe ({what}); rerun that recipe to resume it, or "
-                              "pass --overwrite_output_dir true to discard it and start over", key="output_dir")  # fmt: skip
+            raise RecipeError(
+                f"{tmp} holds an interrupted run of another recipe ({what}); rerun that recipe to resume it, or "
+                "pass --overwrite_output_dir true to discard it and start over",
+                key="output_dir",
+            )
         if _has_work(tmp) and (overwrite or not resume):
             logger.warning(
                 "%s: discarding what an interrupted %s run left there", tmp, previous.get("stage", "llm4all")
@@ -240,8 +272,11 @@ def _replace(tmp: Path, final: Path, overwrite: bool) -> None:
         return
     if not overwrite or not is_run_output(final):
         why = "no --overwrite_output_dir" if not overwrite else "it is not an llm4all output"
-        raise RecipeError(f"{final} appeared while this run was writing ({why}): the finished run is kept in {tmp}; move "
-                          f"{final} away and rename {tmp} to {final}", key="output_dir")  # fmt: skip
+        raise RecipeError(
+            f"{final} appeared while this run was writing ({why}): the finished run is kept in {tmp}; move "
+            f"{final} away and rename {tmp} to {final}",
+            key="output_dir",
+        )
     aside = final.with_name(f".{final.name}.replaced-{os.getpid()}")
     os.replace(final, aside)
     os.replace(tmp, final)
@@ -349,9 +384,7 @@ def read_lineage(model_path: str | None) -> list[dict[str, Any]]:
     return [{"stage": "base", "model": model_path}]
 
 
-def write_run_files(
-    folder: Path, *, stage: str, recipe: Any, metrics: dict[str, Any], parent: str | None
-) -> list:
+def write_run_files(folder: Path, *, stage: str, recipe: Any, metrics: dict[str, Any], parent: str | None) -> list:
     """recipe.yaml, metrics.json and lineage.json; returns the lineage (ancestors first, this stage last)."""
     resolved = resolved_recipe(recipe)
     with open(folder / "recipe.yaml", "w", encoding="utf-8") as f:
@@ -373,9 +406,7 @@ def write_run_files(
     return lineage
 
 
-def finish(
-    tmp: Path, *, stage: str, recipe: Any, metrics: dict, parent: str | None, card: "CardInfo"
-) -> None:
+def finish(tmp: Path, *, stage: str, recipe: Any, metrics: dict, parent: str | None, card: "CardInfo") -> None:
     """Write recipe.yaml, metrics.json, lineage.json and the README.md card (main process only); once the folder
     is in place, `staged_output` publishes it and records where in `metrics["published"]`."""
     import dataclasses
@@ -429,8 +460,15 @@ def finish_dataset(
     from .cards import render_dataset_card
 
     _TO_PUBLISH[str(tmp)] = (recipe, "dataset", report)
-    lineage = write_run_files(tmp, stage=stage, recipe=recipe, metrics=report if metrics is None else metrics,
-                              parent=parent)  # fmt: skip
-    card = render_dataset_card(recipe=recipe, dataset=dataset, report=report if card_report is None else card_report,
-                               lineage=lineage, facts=facts, source=source)  # fmt: skip
+    lineage = write_run_files(
+        tmp, stage=stage, recipe=recipe, metrics=report if metrics is None else metrics, parent=parent
+    )
+    card = render_dataset_card(
+        recipe=recipe,
+        dataset=dataset,
+        report=report if card_report is None else card_report,
+        lineage=lineage,
+        facts=facts,
+        source=source,
+    )
     (tmp / "README.md").write_text(card, encoding="utf-8")

@@ -51,10 +51,7 @@ def _json_list_item(item_type: Any):
             raise argparse.ArgumentTypeError(f"invalid JSON list {text!r}: {exc.msg}") from None
         if not isinstance(items, list):
             raise argparse.ArgumentTypeError(f"expected a JSON list, got {text!r}")
-        return [
-            item_type(**i) if dataclasses.is_dataclass(item_type) and isinstance(i, dict) else i
-            for i in items
-        ]
+        return [item_type(**i) if dataclasses.is_dataclass(item_type) and isinstance(i, dict) else i for i in items]
 
     convert.__name__ = getattr(item_type, "__name__", "value")
     return convert
@@ -172,9 +169,7 @@ def check_value(value: Any, tp: Any) -> bool:
     if origin in (list, Sequence, tuple) or tp in (list, tuple):
         args = typing.get_args(tp)
         return (
-            isinstance(value, list) and all(check_value(v, args[0]) for v in value)
-            if args
-            else isinstance(value, list)
+            isinstance(value, list) and all(check_value(v, args[0]) for v in value) if args else isinstance(value, list)
         )
     if origin is dict or tp is dict:
         return isinstance(value, dict)
@@ -212,11 +207,7 @@ def type_problem(value: Any, tp: Any) -> str:
     for option in options:
         if typing.get_origin(option) is Literal and not isinstance(value, list | dict):
             return f"{value!r} is not one of: {', '.join(map(str, typing.get_args(option)))}"
-        item_tp = (
-            typing.get_args(option)[0]
-            if typing.get_origin(option) is list and typing.get_args(option)
-            else None
-        )
+        item_tp = typing.get_args(option)[0] if typing.get_origin(option) is list and typing.get_args(option) else None
         if item_tp is not None and isinstance(value, list):
             i, bad = next((i, v) for i, v in enumerate(value) if not check_value(v, item_tp))
             return f"item {i}: {type_problem(bad, item_tp)}"

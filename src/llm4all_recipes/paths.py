@@ -120,17 +120,20 @@ def tmp_dir(output_dir: str | os.PathLike) -> Path:
 def check_output_path(output_dir: str | None, key: str = "output_dir") -> None:
     """Refuse an output folder whose replacement could destroy what is not a run's output."""
     if output_dir is None or not str(output_dir).strip():
-        raise RecipeError(
-            "empty: give the folder the stage writes (e.g. outputs/<model>/<stage>/<variant>)", key=key
-        )
+        raise RecipeError("empty: give the folder the stage writes (e.g. outputs/<model>/<stage>/<variant>)", key=key)
     path = Path(os.path.abspath(os.path.expanduser(str(output_dir))))
     resolved = path.resolve()
-    for name, place in (("the working directory", Path.cwd()), ("the llm4all-recipes checkout", REPO_ROOT),
-                        ("your home folder", Path.home())):  # fmt: skip
+    for name, place in (
+        ("the working directory", Path.cwd()),
+        ("the llm4all-recipes checkout", REPO_ROOT),
+        ("your home folder", Path.home()),
+    ):
         place = place.resolve()
         if resolved == place or resolved in place.parents:
             what = name if resolved == place else f"a parent of {name}"
-            raise RecipeError(f"{output_dir!r} is {what}: a stage replaces its output_dir, choose a folder of its own", key=key)  # fmt: skip
+            raise RecipeError(
+                f"{output_dir!r} is {what}: a stage replaces its output_dir, choose a folder of its own", key=key
+            )
     if ".git" in resolved.parts:
         raise RecipeError(f"{output_dir!r} is inside a .git folder", key=key)
     for folder in (path, tmp_dir(path)):

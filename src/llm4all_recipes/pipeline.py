@@ -49,11 +49,7 @@ def destination(recipe) -> str | None:
 def is_done(recipe) -> bool:
     if hasattr(recipe, "repo_id"):
         dest = destination(recipe)
-        return (
-            bool(dest)
-            and Path(dest).is_dir()
-            and Path(dest).stat().st_mtime >= Path(recipe.path).stat().st_mtime
-        )
+        return bool(dest) and Path(dest).is_dir() and Path(dest).stat().st_mtime >= Path(recipe.path).stat().st_mtime
     return os.path.isdir(recipe.output_dir)
 
 
@@ -74,17 +70,11 @@ def run(recipe: PipelineRecipe, callbacks=None):
         names = [step.name for step, _ in planned]
         hits = [i for i, (step, _) in enumerate(planned) if recipe.from_step in (step.name, step.stage)]
         if not hits:
-            raise RecipeError(
-                f"no step named {recipe.from_step!r} (steps: {', '.join(names)})", key="from_step"
-            )
+            raise RecipeError(f"no step named {recipe.from_step!r} (steps: {', '.join(names)})", key="from_step")
         start_at = hits[0]
     if recipe.dry_run:
         for i, (step, parsed) in enumerate(planned):
-            state = (
-                "to run"
-                if recipe.force or (i >= start_at and recipe.from_step) or not is_done(parsed)
-                else "done"
-            )
+            state = "to run" if recipe.force or (i >= start_at and recipe.from_step) or not is_done(parsed) else "done"
             print(f"{step.name:<32} {step.recipe:<52} {state}")
         return []
 
@@ -113,15 +103,9 @@ def _row(step, recipe, status: str, seconds: float) -> dict:
     folder = Path(getattr(recipe, "output_dir", None) or "")
     metrics_file = folder / "metrics.json"
     metrics = (
-        json.loads(metrics_file.read_text())
-        if getattr(recipe, "output_dir", None) and metrics_file.is_file()
-        else {}
+        json.loads(metrics_file.read_text()) if getattr(recipe, "output_dir", None) and metrics_file.is_file() else {}
     )
-    ppl = {
-        k: v["perplexity"]
-        for k, v in metrics.get("eval", {}).items()
-        if isinstance(v, dict) and "perplexity" in v
-    }
+    ppl = {k: v["perplexity"] for k, v in metrics.get("eval", {}).items() if isinstance(v, dict) and "perplexity" in v}
     ppl |= metrics.get("perplexity", {}).get("this model", {})
     rouge = {}
     for task in ("simsamu", "meetings"):
@@ -131,9 +115,7 @@ def _row(step, recipe, status: str, seconds: float) -> dict:
     asr = (metrics.get("asr") or {}).get("overall") or {}
     rouge |= {k.upper(): asr[k] for k in ("wer", "cer") if k in asr}  # transcribe
     blocks = metrics.get("blocks") or []
-    if metrics.get("train", {}).get("kept") == "start" or (
-        blocks and all(b["best_step"] == 0 for b in blocks)
-    ):
+    if metrics.get("train", {}).get("kept") == "start" or (blocks and all(b["best_step"] == 0 for b in blocks)):
         status += " — UNCHANGED: no step improved the held-out loss"
     return {
         "step": step.name,
@@ -148,9 +130,7 @@ def _row(step, recipe, status: str, seconds: float) -> dict:
 
 
 def print_summary(rows: list[dict]) -> None:
-    print(
-        "\n| step | status | time (s) | parameters | perplexity old / new | ROUGE / WER | output | published |"
-    )
+    print("\n| step | status | time (s) | parameters | perplexity old / new | ROUGE / WER | output | published |")
     print("|---|---|---:|---:|---|---|---|---|")
     for r in rows:
         old = next((v for k, v in r["perplexity"].items() if k.startswith("old")), None)
@@ -163,5 +143,6 @@ def print_summary(rows: list[dict]) -> None:
         rouge = ", ".join(f"{k} {v:.3f}" for k, v in r["rouge"].items()) or "-"
         params = f"{r['parameters']:,}" if r["parameters"] else "-"
         print(
-            f"| {r['step']} | {r['status']} | {r['seconds']} | {params} | {ppl} | {rouge} | {r['output'] or '-'} | {r['published'] or '-'} |"
+            f"| {r['step']} | {r['status']} | {r['seconds']} | {params} | {ppl} | {rouge} | {r['output'] or '-'} | "
+            f"{r['published'] or '-'} |"
         )

@@ -7,9 +7,7 @@ import re
 from typing import Any
 
 _SECRET = re.compile(r"(^|_)(token|secret|password|api_key)$")
-_NOT_SECRET = frozenset(
-    {"pad_token", "eos_token", "bos_token", "unk_token"}
-)  # special tokens, not credentials
+_NOT_SECRET = frozenset({"pad_token", "eos_token", "bos_token", "unk_token"})  # special tokens, not credentials
 
 
 def is_secret(key: str) -> bool:
@@ -22,9 +20,7 @@ def resolved_recipe(recipe: Any) -> dict[str, Any]:
     `env:` mapping (environment variables, often credentials) are left out."""
     origin = recipe.origin  # parsing.RecipeFile
     keys = list(dict.fromkeys([*origin.values, *origin.cli_keys, "output_dir"]))
-    return {
-        k: _plain(getattr(recipe, k)) for k in keys if k != "env" and not is_secret(k) and hasattr(recipe, k)
-    }
+    return {k: _plain(getattr(recipe, k)) for k in keys if k != "env" and not is_secret(k) and hasattr(recipe, k)}
 
 
 def _plain(value: Any) -> Any:

@@ -96,8 +96,18 @@ TINY_SIZES = {
     "head_dim": 16,
 }
 # Keys of a published config that describe the checkpoint, not the architecture, or are sized for the real one.
-_DROP = ("architectures", "auto_map", "torch_dtype", "dtype", "transformers_version", "quantization_config",
-         "_name_or_path", "bos_token_id", "eos_token_id", "pad_token_id")  # fmt: skip
+_DROP = (
+    "architectures",
+    "auto_map",
+    "torch_dtype",
+    "dtype",
+    "transformers_version",
+    "quantization_config",
+    "_name_or_path",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
 
 
 def shrink_config(config: dict, tokenizer, sizes: dict | None = None):
@@ -136,8 +146,14 @@ def shrink_config(config: dict, tokenizer, sizes: dict | None = None):
 # Whisper's special tokens after the text vocabulary, in the order its tokenizer and generate() rely on: the
 # language tokens directly follow <|startoftranscript|> (language id = sot + 1 + index), the timestamp tokens
 # <|0.00|> ... <|30.00|> directly follow <|notimestamps|>.
-WHISPER_TASK_TOKENS = ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
-                       "<|notimestamps|>"]  # fmt: skip
+WHISPER_TASK_TOKENS = [
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nospeech|>",
+    "<|notimestamps|>",
+]
 WHISPER_EOT = "<|endoftext|>"
 
 
@@ -186,16 +202,26 @@ def build_whisper(model_config: dict, tokenizer, seed: int):
     # timestamp but <|0.00|>: a random model has no sense of time, and its arbitrary tiny timestamps would make
     # long-form decoding advance 20 ms per generate() pass; with <|0.00|> alone it moves one window per pass
     first_ts = ids("<|0.00|>")
-    never = [sot, *(ids(f"<|{code}|>") for code in LANGUAGES), *(ids(t) for t in WHISPER_TASK_TOKENS[:-1]),
-             *range(first_ts + 1, len(tokenizer))]  # fmt: skip
+    never = [
+        sot,
+        *(ids(f"<|{code}|>") for code in LANGUAGES),
+        *(ids(t) for t in WHISPER_TASK_TOKENS[:-1]),
+        *range(first_ts + 1, len(tokenizer)),
+    ]
     values = {k: v for k, v in model_config.items() if k != "model_type"}
-    config = WhisperConfig(**{**values, "vocab_size": len(tokenizer), "pad_token_id": eot, "bos_token_id": eot,
-                              "eos_token_id": eot, "decoder_start_token_id": sot})  # fmt: skip
+    config = WhisperConfig(
+        **{
+            **values,
+            "vocab_size": len(tokenizer),
+            "pad_token_id": eot,
+            "bos_token_id": eot,
+            "eos_token_id": eot,
+            "decoder_start_token_id": sot,
+        }
+    )
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config)
-    with (
-        torch.no_grad()
-    ):  # timestamp logits 0 (tied output): a random model writes text, timestamps long-form only
+    with torch.no_grad():  # timestamp logits 0 (tied output): a random model writes text, timestamps long-form only
         model.get_output_embeddings().weight[first_ts:] = 0
     model.generation_config = GenerationConfig(
         decoder_start_token_id=sot,

@@ -36,8 +36,9 @@ def check_trackers(report_to) -> None:
 
     for name in tracker_names(report_to):
         if name in TRACKERS and not getattr(integrations, TRACKERS[name][0])():
-            raise RecipeError(f"{name} is not installed: pip install {TRACKERS[name][1]} (or drop it from report_to)",
-                              key="report_to")  # fmt: skip
+            raise RecipeError(
+                f"{name} is not installed: pip install {TRACKERS[name][1]} (or drop it from report_to)", key="report_to"
+            )
 
 
 def _accelerator(names: list[str], folder: Path):
@@ -56,12 +57,8 @@ class Trackers:
         names = tracker_names(getattr(recipe, "report_to", None))
         self.accelerator = _accelerator(names, Path(folder) / "runs") if names else None
         if self.accelerator is not None:
-            config = {
-                k: v for k, v in resolved_recipe(recipe).items() if isinstance(v, int | float | str | bool)
-            }
-            self.accelerator.init_trackers(
-                getattr(recipe, "run_name", None) or f"llm4all-{stage}", config=config
-            )
+            config = {k: v for k, v in resolved_recipe(recipe).items() if isinstance(v, int | float | str | bool)}
+            self.accelerator.init_trackers(getattr(recipe, "run_name", None) or f"llm4all-{stage}", config=config)
 
     def log(self, values: dict[str, float], step: int | None = None) -> None:
         if self.accelerator is not None:

@@ -74,9 +74,7 @@ def plan(recipe: Any, dataset, tokenizer) -> dict[str, Any]:
         "tokens_per_epoch": tokens,
         "sequences_per_epoch": sequences,
         "world_size": world_size(),
-        "sequences_per_step": recipe.per_device_train_batch_size
-        * recipe.gradient_accumulation_steps
-        * world_size(),
+        "sequences_per_step": recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps * world_size(),
         "steps_per_epoch": per_epoch,
         "steps": steps,
         "tokens_trained": round(tokens * steps / per_epoch),
@@ -91,9 +89,11 @@ def few_steps_warning(steps: int, sequences_per_step: int, world: int) -> str | 
     many GPUs, whose effective batch is the one-GPU recipe's times the number of processes."""
     if steps >= FEW_STEPS:
         return None
-    return (f"only {steps} optimizer step(s) ({sequences_per_step} sequences per step on {world} process(es)): "
-            "lower gradient_accumulation_steps or per_device_train_batch_size (on several GPUs the effective batch "
-            "grows with their number), or train more epochs")  # fmt: skip
+    return (
+        f"only {steps} optimizer step(s) ({sequences_per_step} sequences per step on {world} process(es)): "
+        "lower gradient_accumulation_steps or per_device_train_batch_size (on several GPUs the effective batch "
+        "grows with their number), or train more epochs"
+    )
 
 
 def few_steps_callback():
@@ -118,7 +118,8 @@ def print_plan(recipe: Any, stage: str, dataset, tokenizer, report: list[dict]) 
     for r in report:
         unit = "tokens" if "used_tokens" in r else "rows"
         print(
-            f"#   {r['source']} [{r['split']}]: {r['used_' + unit]}/{r['available_' + unit]} {unit}, share {r['share']:.1%}"
+            f"#   {r['source']} [{r['split']}]: {r['used_' + unit]}/{r['available_' + unit]} {unit}, share "
+            f"{r['share']:.1%}"
         )
     print(f"# tokens per epoch: {facts['tokens_per_epoch']}  (rows: {facts['rows']})")
     print(
@@ -156,17 +157,13 @@ def checkpoint_problem(folder: Path, *, optimizer: bool = True) -> str | None:
     if not weights and not any(p.exists() for p in sharded):
         return "no weights"
     if index := next(folder.glob("*.safetensors.index.json"), None):
-        missing = {
-            f for f in json.loads(index.read_text())["weight_map"].values() if not (folder / f).is_file()
-        }
+        missing = {f for f in json.loads(index.read_text())["weight_map"].values() if not (folder / f).is_file()}
         if missing:
             return f"missing weight shards {sorted(missing)}"
     for file in weights:
         if problem := safetensors_problem(file):
             return problem
-    if optimizer and not any(
-        p.exists() for p in [folder / "optimizer.pt", folder / "optimizer_0", *sharded[1:]]
-    ):
+    if optimizer and not any(p.exists() for p in [folder / "optimizer.pt", folder / "optimizer_0", *sharded[1:]]):
         return "no optimizer state"
     if optimizer and not (folder / "scheduler.pt").exists() and not sharded[1:]:
         return "no scheduler state"
@@ -243,22 +240,27 @@ def text_eval_rows(evals: dict, tokenizer, max_length: int) -> dict:
 
     from .data.packing import text_rows
 
-    return {label: datasets.Dataset.from_list(text_rows(list(ds["text"]), tokenizer, max_length)[0])
-            for label, ds in evals.items()}  # fmt: skip
+    return {
+        label: datasets.Dataset.from_list(text_rows(list(ds["text"]), tokenizer, max_length)[0])
+        for label, ds in evals.items()
+    }
 
 
 def lora_config(recipe):
     """The PEFT LoRA config of a training recipe (use_peft)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-                      target_modules=recipe.lora_target_modules or "all-linear", task_type="CAUSAL_LM")  # fmt: skip
+    return LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=recipe.lora_target_modules or "all-linear",
+        task_type="CAUSAL_LM",
+    )
 
 
 # ------------------------------------------------------------------------------------------- precision
-MASTER_SHARE = (
-    0.7  # fp32-master when its training states fit in this share of the device (the rest: activations)
-)
+MASTER_SHARE = 0.7  # fp32-master when its training states fit in this share of the device (the rest: activations)
 
 
 def state_bytes(trainable: int, frozen: int, precision: str) -> int:
@@ -267,9 +269,7 @@ def state_bytes(trainable: int, frozen: int, precision: str) -> int:
     return trainable * 16 + frozen * 4 if precision == "fp32-master" else trainable * 8 + frozen * 2
 
 
-def choose_precision(
-    policy: str, trainable: int, frozen: int, device_bytes: int | None, processes: int = 1
-) -> str:
+def choose_precision(policy: str, trainable: int, frozen: int, device_bytes: int | None, processes: int = 1) -> str:
     """The precision `auto` resolves to: fp32-master when its states (sharded over `processes`) take at most
     MASTER_SHARE of the device's memory (`device_bytes`; None: host memory, not limiting), else bf16-stochastic."""
     if policy != "auto":
@@ -300,9 +300,7 @@ def apply_precision(recipe: Any, args: Any, model, trainer_kwargs: dict) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters()) - trainable
     sharded = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
-    chosen = choose_precision(
-        recipe.precision, trainable, frozen, _device_bytes(), world_size() if sharded else 1
-    )
+    chosen = choose_precision(recipe.precision, trainable, frozen, _device_bytes(), world_size() if sharded else 1)
     if chosen == "fp32-master":
         # the model is saved back in the dtype it was loaded in
         args.saved_dtype = str(dtype).removeprefix("torch.")
@@ -311,20 +309,33 @@ def apply_precision(recipe: Any, args: Any, model, trainer_kwargs: dict) -> str:
     else:
         from torchao.optim import _AdamW
 
-        trainer_kwargs["optimizer_cls_and_kwargs"] = (_AdamW, {
-            "lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon,
-            "weight_decay": args.weight_decay, "bf16_stochastic_round": True,
-        })  # fmt: skip
-    logger.info("precision: %s (%s weights loaded; %s of training states under fp32-master)", chosen,
-                str(dtype).removeprefix("torch."), f"{state_bytes(trainable, frozen, 'fp32-master') / 2**30:.1f} GiB")  # fmt: skip
+        trainer_kwargs["optimizer_cls_and_kwargs"] = (
+            _AdamW,
+            {
+                "lr": args.learning_rate,
+                "betas": (args.adam_beta1, args.adam_beta2),
+                "eps": args.adam_epsilon,
+                "weight_decay": args.weight_decay,
+                "bf16_stochastic_round": True,
+            },
+        )
+    logger.info(
+        "precision: %s (%s weights loaded; %s of training states under fp32-master)",
+        chosen,
+        str(dtype).removeprefix("torch."),
+        f"{state_bytes(trainable, frozen, 'fp32-master') / 2**30:.1f} GiB",
+    )
     return chosen
 
 
 def fsdp_checkpoints_activations() -> bool:
-    """Launched by accelerate with FSDP and its `fsdp_activation_checkpointing` on (recipes/accelerate_configs/fsdp.yaml)."""
+    """Launched by accelerate with FSDP and its `fsdp_activation_checkpointing` on
+    (recipes/accelerate_configs/fsdp.yaml)."""
     on = ("1", "true", "yes")
-    return (os.environ.get("ACCELERATE_USE_FSDP", "").lower() in on
-            and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() in on)  # fmt: skip
+    return (
+        os.environ.get("ACCELERATE_USE_FSDP", "").lower() in on
+        and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() in on
+    )
 
 
 def make_trainer(
@@ -349,9 +360,7 @@ def make_trainer(
     # the Trainer pickles its arguments into every checkpoint (training_args.bin): no credential goes with them
     args.hub_token = None
     vars(args).pop("origin", None)  # the recipe file's values (its `env:` mapping) and the command line
-    if hasattr(
-        args, "chat_template_path"
-    ):  # the stage has set the tokenizer's template (configs.read_chat_template)
+    if hasattr(args, "chat_template_path"):  # the stage has set the tokenizer's template (data.templates.read_chat_template)
         args.chat_template_path = None
     if args.include_num_input_tokens_seen in (
         "no",
@@ -363,9 +372,7 @@ def make_trainer(
     if fsdp_checkpoints_activations() and (args.activation_checkpointing or args.gradient_checkpointing):
         # FSDP's own checkpointing wraps the sharded blocks; the Trainer's would add an all-gather per block in
         # the backward pass (and transformers refuses the two together)
-        logger.info(
-            "activation checkpointing: FSDP's (fsdp_activation_checkpointing in the accelerate config)"
-        )
+        logger.info("activation checkpointing: FSDP's (fsdp_activation_checkpointing in the accelerate config)")
         args.activation_checkpointing = args.gradient_checkpointing = False
     if (
         train_dataset is not None
@@ -381,17 +388,13 @@ def make_trainer(
 
         rows, dropped = text_rows(list(train_dataset["text"]), tokenizer, recipe.max_length)
         if not rows:
-            raise RecipeError(
-                f"not one block of {recipe.max_length} tokens in the training text", key="datasets"
-            )
+            raise RecipeError(f"not one block of {recipe.max_length} tokens in the training text", key="datasets")
         train_dataset = datasets.Dataset.from_list(rows)
         args.packing, args.remove_unused_columns = False, False
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         if trainer_kwargs.get("data_collator") is None:
             trainer_kwargs["data_collator"] = StackCollator()
-        logger.info(
-            "packed %d blocks of %d tokens (%d tail tokens dropped)", len(rows), recipe.max_length, dropped
-        )
+        logger.info("packed %d blocks of %d tokens (%d tail tokens dropped)", len(rows), recipe.max_length, dropped)
     mode = set_trainable(model, getattr(recipe, "trainable", "all"), peft_config is not None)
     args.precision = apply_precision(recipe, args, model, trainer_kwargs) if peft_config is None else "lora"
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -482,20 +485,27 @@ def kept_state(trainer, before: dict, labels: list[str]) -> dict[str, Any]:
         "best_step": trainer.state.best_global_step,
     }
     if best is None or best >= start:
-        logger.warning("NO STEP IMPROVED the held-out loss on %s (start %.4f, best %s): the output is the starting "
-                       "model, unchanged. Lower the learning rate or check the data.", label, start,
-                       "none" if best is None else f"{best:.4f}")  # fmt: skip
+        logger.warning(
+            "NO STEP IMPROVED the held-out loss on %s (start %.4f, best %s): the output is the starting "
+            "model, unchanged. Lower the learning rate or check the data.",
+            label,
+            start,
+            "none" if best is None else f"{best:.4f}",
+        )
         return {**facts, "kept": "start"}
-    logger.info("keeping the best state: step %s, held-out loss on %s %.4f (start %.4f)", facts["best_step"], label,
-                best, start)  # fmt: skip
+    logger.info(
+        "keeping the best state: step %s, held-out loss on %s %.4f (start %.4f)", facts["best_step"], label, best, start
+    )
     return {**facts, "kept": "best"}
 
 
 def training_facts_md(metrics: dict) -> list[str]:
     """Card lines: what was trained, and which state was kept (keep_best)."""
     train = metrics["train"]
-    lines = [f"- trained: `{train.get('trainable', 'all')}`, {metrics['trainable_parameters']:,} of "
-             f"{metrics['parameters']:,} parameters"]  # fmt: skip
+    lines = [
+        f"- trained: `{train.get('trainable', 'all')}`, {metrics['trainable_parameters']:,} of "
+        f"{metrics['parameters']:,} parameters"
+    ]
     precision = {
         "fp32-master": "float32 master weights and AdamW states, bf16 autocast; saved in the dtype it was loaded in",
         "bf16-stochastic": "bf16 weights, AdamW with stochastic rounding (torchao)",
@@ -506,19 +516,27 @@ def training_facts_md(metrics: dict) -> list[str]:
     if precision:
         lines.append(f"- precision: `{train['precision']}`: {precision}")
     if train.get("kept") == "start":
-        best = (
-            "none" if train["best_loss"] is None else f"{train['best_loss']:.4f} at step {train['best_step']}"
+        best = "none" if train["best_loss"] is None else f"{train['best_loss']:.4f} at step {train['best_step']}"
+        lines.append(
+            f"- **no step improved the held-out loss** on `{train['selected_on']}` (start {train['start_loss']:.4f}, "
+            f"best {best}): **this is the starting model, unchanged**"
         )
-        lines.append(f"- **no step improved the held-out loss** on `{train['selected_on']}` (start {train['start_loss']:.4f}, "
-                     f"best {best}): **this is the starting model, unchanged**")  # fmt: skip
     elif train.get("kept") == "best":
-        lines.append(f"- kept the best state on held-out `{train['selected_on']}`: step {train['best_step']} of "
-                     f"{train['global_step']} (loss {train['start_loss']:.4f} → {train['best_loss']:.4f})")  # fmt: skip
+        lines.append(
+            f"- kept the best state on held-out `{train['selected_on']}`: step {train['best_step']} of "
+            f"{train['global_step']} (loss {train['start_loss']:.4f} → {train['best_loss']:.4f})"
+        )
     if "merge_with_base" in metrics:
         merge = metrics["merge_with_base"]
-        lines.append(f"- merged with the starting model ({merge['method']}, WiSE-FT): α = {merge['alpha']:g} of the way "
-                     "from the starting weights to the trained ones" + (f", chosen on the held-out sets among "
-                     f"{', '.join(f'{a:g}' for a in merge['grid'])}" if merge.get("min_gain") else ""))  # fmt: skip
+        lines.append(
+            f"- merged with the starting model ({merge['method']}, WiSE-FT): α = {merge['alpha']:g} of the way "
+            "from the starting weights to the trained ones"
+            + (
+                f", chosen on the held-out sets among {', '.join(f'{a:g}' for a in merge['grid'])}"
+                if merge.get("min_gain")
+                else ""
+            )
+        )
     return lines
 
 
@@ -533,9 +551,7 @@ def save_trained(trainer, tmp: Path, recipe: Any, metrics: dict, merge: bool = T
     from .merging import BaseInterpolation
     from .models import load_model
 
-    several = (
-        trainer.accelerator.num_processes > 1
-    )  # sharded weights: the main process merges the saved full model
+    several = trainer.accelerator.num_processes > 1  # sharded weights: the main process merges the saved full model
     if trainer.is_world_process_zero():
         merged = load_model(str(tmp), dtype=recipe.dtype) if several else model
         start = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
@@ -573,13 +589,8 @@ def _save_trained(trainer, tmp: Path, recipe: Any, metrics: dict):
     trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True
     if metrics["train"].get("kept") == "start":
         model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision)
-        if (
-            getattr(recipe, "chat_template_path", None)
-            or len(trainer.processing_class) > model.config.vocab_size
-        ):
-            prepare_chat_model(
-                model, trainer.processing_class
-            )  # as the trained copy was: same tokens, same stops
+        if getattr(recipe, "chat_template_path", None) or len(trainer.processing_class) > model.config.vocab_size:
+            prepare_chat_model(model, trainer.processing_class)  # as the trained copy was: same tokens, same stops
         if trainer.is_world_process_zero():
             model.save_pretrained(str(tmp))
             trainer.processing_class.save_pretrained(str(tmp))

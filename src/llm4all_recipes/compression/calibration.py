@@ -76,15 +76,9 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """(dotted name, ModuleList) of the decoder blocks: the ModuleList with num_hidden_layers entries."""
     n = getattr(model.config, "num_hidden_layers", None)
     for name, module in model.named_modules():
-        if (
-            isinstance(module, nn.ModuleList)
-            and len(module) == n
-            and name.split(".")[-1] in ("layers", "h", "blocks")
-        ):
+        if isinstance(module, nn.ModuleList) and len(module) == n and name.split(".")[-1] in ("layers", "h", "blocks"):
             return name, module
-    raise ValueError(
-        "cannot find the decoder layers of this model (a ModuleList of num_hidden_layers blocks)"
-    )
+    raise ValueError("cannot find the decoder layers of this model (a ModuleList of num_hidden_layers blocks)")
 
 
 def layer_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
@@ -168,9 +162,7 @@ class LayerStream:
             n = len(next(iter(inputs.values())))
             for start in range(0, n, batch_size):
                 batch = {
-                    k: v[start : start + batch_size].to(
-                        self.device, dtype if v.is_floating_point() else v.dtype
-                    )
+                    k: v[start : start + batch_size].to(self.device, dtype if v.is_floating_point() else v.dtype)
                     for k, v in inputs.items()
                 }
                 with contextlib.suppress(_Stop):
@@ -239,14 +231,10 @@ def collect_stats(
     for leader in sorted(set(leaders.values())):
         module = layer.get_submodule(leader)
         stats[leader] = InputStats(module.in_features, device)
-        handles.append(
-            module.register_forward_pre_hook(lambda mod, args, s=stats[leader]: s.add_batch(args[0]))
-        )
+        handles.append(module.register_forward_pre_hook(lambda mod, args, s=stats[leader]: s.add_batch(args[0])))
     try:
         outputs = []
-        for x, kwargs in tqdm(
-            list(zip(stream.inputs, stream.kwargs)), desc=desc, leave=False, disable=not desc
-        ):
+        for x, kwargs in tqdm(list(zip(stream.inputs, stream.kwargs)), desc=desc, leave=False, disable=not desc):
             out = layer(x.to(device), **kwargs)
             outputs.append((out[0] if isinstance(out, tuple) else out).detach().cpu())
     finally:

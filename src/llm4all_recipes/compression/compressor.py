@@ -1,6 +1,7 @@
 """The compression driver: one block at a time, statistics → low-rank initialisation → swap.
 
-    for each block (a decoder's; an encoder's then a decoder's for Whisper) (moved to the device, the rest of the model on the CPU):
+    for each block (a decoder's; an encoder's then a decoder's for Whisper) (moved to the device, the rest of the
+    model on the CPU):
         run it on the calibration hidden states, hooks accumulate each distinct linear input's statistics
         factor every targeted linear (compression/factorize.py) and swap in a LowRankLinear
         its outputs — of the compressed layer (`propagate: compressed`, as GPTQ) or of the original one —
@@ -42,12 +43,24 @@ def blocks(model: nn.Module, ids, *, device, batch_size: int):
 
 
 @torch.no_grad()
-def spectra(model: nn.Module, ids: torch.Tensor, targets: list[Target], *, method: str, alpha: float, jitter: float,
-            device: str, batch_size: int) -> dict[str, torch.Tensor]:  # fmt: skip
+def spectra(
+    model: nn.Module,
+    ids: torch.Tensor,
+    targets: list[Target],
+    *,
+    method: str,
+    alpha: float,
+    jitter: float,
+    device: str,
+    batch_size: int,
+) -> dict[str, torch.Tensor]:
     """σ² of every target's transformed matrix (for `loss` allocation), original activations propagated."""
     by_block, out = _by_block(targets), {}
-    for name, layer, stream in tqdm(blocks(model, ids, device=device, batch_size=batch_size),
-                                    desc="statistics for rank allocation", total=_count(model)):  # fmt: skip
+    for name, layer, stream in tqdm(
+        blocks(model, ids, device=device, batch_size=batch_size),
+        desc="statistics for rank allocation",
+        total=_count(model),
+    ):
         layer.to(device)
         ts = by_block.get(name, [])
         stats, outputs = collect_stats(stream, layer, [t.local for t in ts])
@@ -92,8 +105,9 @@ def compress_model(
             )
         )
     by_block, peak_live = _by_block(targets), 0
-    for name, layer, stream in tqdm(blocks(model, ids, device=device, batch_size=batch_size),
-                                    desc=f"compress ({method})", total=_count(model)):  # fmt: skip
+    for name, layer, stream in tqdm(
+        blocks(model, ids, device=device, batch_size=batch_size), desc=f"compress ({method})", total=_count(model)
+    ):
         layer.to(device)
         ts = [t for t in by_block.get(name, []) if ranks.get(t.name) is not None]
         stats, outputs = collect_stats(stream, layer, [t.local for t in ts])
@@ -102,8 +116,14 @@ def compress_model(
             local = t.local
             linear = layer.get_submodule(local)
             up, down = factorize(linear.weight, stats[local], method, ranks[t.name], alpha, jitter)
-            low = LowRankLinear(t.in_features, t.out_features, ranks[t.name], linear.bias is not None,
-                                device=linear.weight.device, dtype=linear.weight.dtype)  # fmt: skip
+            low = LowRankLinear(
+                t.in_features,
+                t.out_features,
+                ranks[t.name],
+                linear.bias is not None,
+                device=linear.weight.device,
+                dtype=linear.weight.dtype,
+            )
             low.up.weight.copy_(up)
             low.down.weight.copy_(down)
             if linear.bias is not None:

@@ -18,9 +18,7 @@ from .calibration import InputStats
 METHODS = ("svd", "asvd", "whitening", "outcov")
 
 
-def cholesky_with_jitter(
-    gram: torch.Tensor, jitter: float = 1e-6, tries: int = 8
-) -> tuple[torch.Tensor, float]:
+def cholesky_with_jitter(gram: torch.Tensor, jitter: float = 1e-6, tries: int = 8) -> tuple[torch.Tensor, float]:
     """Lower-triangular L with L Lᵀ = G + λ·mean(diag G)·I, λ = 0 first, then jitter, 10·jitter, ...
 
     Returns (L, λ). A Gram matrix from fewer samples than dimensions, or with dead channels, is singular.

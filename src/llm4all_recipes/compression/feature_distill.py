@@ -85,11 +85,7 @@ class BlockReport:
 
 
 def low_rank_parameters(block: nn.Module) -> dict[str, nn.Parameter]:
-    return {
-        n: p
-        for n, p in block.named_parameters()
-        if any(isinstance(m, LowRankLinear) for m in _owners(block, n))
-    }
+    return {n: p for n, p in block.named_parameters() if any(isinstance(m, LowRankLinear) for m in _owners(block, n))}
 
 
 def _owners(block: nn.Module, param_name: str):
@@ -117,8 +113,13 @@ def held_out_loss(
     return total / count
 
 
-def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, dict]], holdout: tuple, cfg: DistillConfig,
-                layer: int) -> BlockReport:  # fmt: skip
+def train_block(
+    block: nn.Module,
+    pairs: list[tuple[torch.Tensor, torch.Tensor, dict]],
+    holdout: tuple,
+    cfg: DistillConfig,
+    layer: int,
+) -> BlockReport:
     """Train the block's low-rank factors on (input, target, layer kwargs) batches; keep the best held-out state."""
     device = torch.device(cfg.device)
     params = low_rank_parameters(block)
@@ -169,8 +170,13 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
                 best_state = {n: p.detach().cpu().clone() for n, p in params.items()}
             stale = (step - best_step) // cfg.eval_every
             if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
-                logger.info("block %d: no held-out improvement in %d evaluations, stopping at step %d of %d", layer,
-                            stale, step, steps)  # fmt: skip
+                logger.info(
+                    "block %d: no held-out improvement in %d evaluations, stopping at step %d of %d",
+                    layer,
+                    stale,
+                    step,
+                    steps,
+                )
                 break
     final = history[-1][1]
     with torch.no_grad():
@@ -182,8 +188,15 @@ def train_block(block: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor, 
 
 
 @torch.no_grad()
-def distill(teacher: nn.Module, student: nn.Module, train_ids, holdout_ids, cfg: DistillConfig,
-            state_dir: Path | None = None, on_block=None) -> list[BlockReport]:  # fmt: skip
+def distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    train_ids,
+    holdout_ids,
+    cfg: DistillConfig,
+    state_dir: Path | None = None,
+    on_block=None,
+) -> list[BlockReport]:
     """Distil every compressed block of `student` (in place); teacher and student stay on the CPU.
     `on_block(report)` is called as each block is done (trackers). An encoder-decoder's stacks are distilled one
     after the other (encoder first); the decoder blocks' other inputs (the encoder states of the cross-attention,
@@ -209,9 +222,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_ids, holdout_ids, cfg:
             y_train, y_hold = t_train.forward(t_block), t_hold.forward(t_block)
             if low_rank_parameters(s_block):
                 if i in done:
-                    s_block.load_state_dict(
-                        load_file(str(state_dir / f"block_{i}.safetensors")), strict=False
-                    )
+                    s_block.load_state_dict(load_file(str(state_dir / f"block_{i}.safetensors")), strict=False)
                     reports.append(BlockReport(**done[i]))
                 else:
                     pairs, hold = [], ([], [], [])
@@ -221,9 +232,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_ids, holdout_ids, cfg:
                     }[cfg.schedule]
                     if cfg.joint_inputs:
                         streams.append(
-                            (s_train, s_hold)
-                            if cfg.schedule == "parallel"
-                            else (t_train.inputs, t_hold.inputs)
+                            (s_train, s_hold) if cfg.schedule == "parallel" else (t_train.inputs, t_hold.inputs)
                         )
                     for x_train, x_hold in streams:
                         pairs += list(zip(x_train, y_train, t_train.kwargs))
@@ -234,9 +243,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_ids, holdout_ids, cfg:
                         report = train_block(s_block, pairs, hold, cfg, i)
                     reports.append(report)
                     _save_block(state_dir, i, s_block, report)
-                logger.info(
-                    "block %d: held-out loss %.4f -> %.4f", i, reports[-1].initial_loss, reports[-1].best_loss
-                )
+                logger.info("block %d: held-out loss %.4f -> %.4f", i, reports[-1].initial_loss, reports[-1].best_loss)
                 if on_block is not None:
                     on_block(reports[-1])
             if cfg.schedule == "sequential" or cfg.joint_inputs:

@@ -43,9 +43,7 @@ SPEECH_AUTO_MAP = {
 class LowRankLinear(nn.Module):
     """y = up(down(x)): `rank * (in + out)` parameters instead of `in * out`."""
 
-    def __init__(
-        self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None
-    ):
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
@@ -124,21 +122,15 @@ def low_rank_class(base_cls: type) -> type:
         compression = base.pop("compression_config", {})
         for key in ("architectures", "auto_map", "transformers_version"):
             base.pop(key, None)
-        speech = (
-            getattr(self.config, "is_encoder_decoder", False) and self.main_input_name == "input_features"
-        )
+        speech = getattr(self.config, "is_encoder_decoder", False) and self.main_input_name == "input_features"
         entry = LowRankForSpeechSeq2Seq if speech else LowRankForCausalLM
-        config = LowRankConfig(
-            base_config=base, compression_config=compression, architectures=[entry.__name__]
-        )
+        config = LowRankConfig(base_config=base, compression_config=compression, architectures=[entry.__name__])
         config.auto_map = dict(SPEECH_AUTO_MAP if speech else AUTO_MAP)
         config.save_pretrained(save_directory)
         shutil.copyfile(__file__, os.path.join(save_directory, MODELING_FILE))
 
     name = f"LowRank{base_cls.__name__}"
-    cls = type(
-        name, (base_cls,), {"__init__": __init__, "save_pretrained": save_pretrained, "__module__": __name__}
-    )
+    cls = type(name, (base_cls,), {"__init__": __init__, "save_pretrained": save_pretrained, "__module__": __name__})
     cls.__qualname__ = name
     globals()[name] = cls  # importable by name (pickling, copies)
     _CLASSES[base_cls] = cls
@@ -157,12 +149,8 @@ class LowRankForCausalLM:
         """Called by transformers on remote-code classes; the mapping lives in the checkpoint's auto_map."""
 
     @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path, *args, config: LowRankConfig | None = None, **kwargs
-    ):
-        hub_kwargs = {
-            k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs
-        }
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, config: LowRankConfig | None = None, **kwargs):
+        hub_kwargs = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         if config is None:
             config = LowRankConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         base_config = config.to_base_config()

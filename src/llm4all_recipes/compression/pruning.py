@@ -58,9 +58,7 @@ class Aggregate:
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:  # x: (windows, seq, ...)
-        norms = (
-            x.float().norm(dim=1).double().sum(0)
-        )  # float32 norms (no float64 copy of a batch), float64 sums
+        norms = x.float().norm(dim=1).double().sum(0)  # float32 norms (no float64 copy of a batch), float64 sums
         self.total = norms if self.total is None else self.total + norms
         self.windows += x.shape[0]
 
@@ -213,8 +211,10 @@ def sizes_of(config) -> dict[str, int]:
 def config_problem(config) -> str | None:
     """Why transformers would refuse this config (e.g. Llama: hidden_size not a multiple of num_attention_heads)."""
     if config.hidden_size % config.num_attention_heads:
-        return (f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads {config.num_attention_heads} "
-                "(transformers refuses it)")  # fmt: skip
+        return (
+            f"hidden_size {config.hidden_size} is not a multiple of num_attention_heads {config.num_attention_heads} "
+            "(transformers refuses it)"
+        )
     try:
         config.validate()
     except Exception as exc:
@@ -307,12 +307,19 @@ def sizes_for_ratio(
     grew = True
     while grew:
         grew = False
-        steps = {"intermediate_size": multiple, "hidden_size": math.lcm(multiple, sizes["num_attention_heads"]),
-                 "num_attention_heads": rep, "num_hidden_layers": 1}  # fmt: skip
+        steps = {
+            "intermediate_size": multiple,
+            "hidden_size": math.lcm(multiple, sizes["num_attention_heads"]),
+            "num_attention_heads": rep,
+            "num_hidden_layers": 1,
+        }
         for key, step in steps.items():
             grown = {**sizes, key: sizes[key] + step}
-            if (grown[key] <= getattr(config, key) and grown["hidden_size"] % grown["num_attention_heads"] == 0
-                    and 1 - size(grown) / total >= ratio):  # fmt: skip
+            if (
+                grown[key] <= getattr(config, key)
+                and grown["hidden_size"] % grown["num_attention_heads"] == 0
+                and 1 - size(grown) / total >= ratio
+            ):
                 sizes, grew = grown, True
     return sizes
 
@@ -345,16 +352,25 @@ def prune_state_dict(state: dict[str, torch.Tensor], plan: Plan, config) -> dict
         q = (q_heads[:, None] * hd + torch.arange(hd)).flatten()
         neurons = torch.tensor(plan.neurons[j])
         rows_cols = {
-            "self_attn.q_proj.weight": (q, ch), "self_attn.q_proj.bias": (q, None),
-            "self_attn.k_proj.weight": (kv, ch), "self_attn.k_proj.bias": (kv, None),
-            "self_attn.v_proj.weight": (kv, ch), "self_attn.v_proj.bias": (kv, None),
-            "self_attn.o_proj.weight": (ch, q), "self_attn.o_proj.bias": (ch, None),
-            "self_attn.q_norm.weight": (None, None), "self_attn.k_norm.weight": (None, None),
-            "mlp.gate_proj.weight": (neurons, ch), "mlp.gate_proj.bias": (neurons, None),
-            "mlp.up_proj.weight": (neurons, ch), "mlp.up_proj.bias": (neurons, None),
-            "mlp.down_proj.weight": (ch, neurons), "mlp.down_proj.bias": (ch, None),
-            "input_layernorm.weight": (ch, None), "post_attention_layernorm.weight": (ch, None),
-        }  # fmt: skip
+            "self_attn.q_proj.weight": (q, ch),
+            "self_attn.q_proj.bias": (q, None),
+            "self_attn.k_proj.weight": (kv, ch),
+            "self_attn.k_proj.bias": (kv, None),
+            "self_attn.v_proj.weight": (kv, ch),
+            "self_attn.v_proj.bias": (kv, None),
+            "self_attn.o_proj.weight": (ch, q),
+            "self_attn.o_proj.bias": (ch, None),
+            "self_attn.q_norm.weight": (None, None),
+            "self_attn.k_norm.weight": (None, None),
+            "mlp.gate_proj.weight": (neurons, ch),
+            "mlp.gate_proj.bias": (neurons, None),
+            "mlp.up_proj.weight": (neurons, ch),
+            "mlp.up_proj.bias": (neurons, None),
+            "mlp.down_proj.weight": (ch, neurons),
+            "mlp.down_proj.bias": (ch, None),
+            "input_layernorm.weight": (ch, None),
+            "post_attention_layernorm.weight": (ch, None),
+        }
         if rest not in rows_cols:
             raise ValueError(f"prune does not know how to slice parameter {name!r}")
         rows, cols = rows_cols[rest]
@@ -381,14 +397,10 @@ def build_pruned(model: nn.Module, plan: Plan, sizes: dict[str, int]) -> nn.Modu
     missing, unexpected = pruned.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
-        raise ValueError(
-            f"pruned weights do not fit the pruned config: missing {missing}, unexpected {unexpected}"
-        )
+        raise ValueError(f"pruned weights do not fit the pruned config: missing {missing}, unexpected {unexpected}")
     if config.tie_word_embeddings:
         pruned.tie_weights()
-    if (
-        getattr(model, "generation_config", None) is not None
-    ):  # sampling defaults (vLLM reads them) carry over
+    if getattr(model, "generation_config", None) is not None:  # sampling defaults (vLLM reads them) carry over
         pruned.generation_config = copy.deepcopy(model.generation_config)
     for name, buf in model.named_buffers():  # rotary inverse frequencies (non-persistent buffers)
         try:

@@ -51,9 +51,7 @@ DEFAULT_TARGETS = [AUTO]
 @dataclass(frozen=True)
 class Target:
     name: str  # full module name, e.g. model.layers.3.self_attn.q_proj
-    layer: (
-        int  # the block's rank in data-flow order (an encoder-decoder's decoder blocks follow its encoder's)
-    )
+    layer: int  # the block's rank in data-flow order (an encoder-decoder's decoder blocks follow its encoder's)
     out_features: int  # m
     in_features: int  # n
     block: str = ""  # the block's full name, e.g. model.layers.3 (model.encoder.layers.3 in Whisper)
@@ -89,9 +87,7 @@ def find_targets(model: nn.Module, patterns: list[str]) -> list[Target]:
     try:
         stacks = layer_stacks(model)
     except ValueError as exc:
-        raise RecipeError(
-            f"{type(model).__name__} is not supported: {exc}", key="model_name_or_path"
-        ) from None
+        raise RecipeError(f"{type(model).__name__} is not supported: {exc}", key="model_name_or_path") from None
     block_of: dict[str, tuple[str, int]] = {}  # linear -> (its block's name, the block's data-flow rank)
     offset = 0
     for prefix, layers in stacks:
@@ -108,9 +104,7 @@ def find_targets(model: nn.Module, patterns: list[str]) -> list[Target]:
         )
     if AUTO in patterns:
         have = {n.rsplit(".", 1)[-1] for n, _ in linears}
-        names = PROJECTIONS + (
-            SPEECH_PROJECTIONS if getattr(model.config, "is_encoder_decoder", False) else []
-        )
+        names = PROJECTIONS + (SPEECH_PROJECTIONS if getattr(model.config, "is_encoder_decoder", False) else [])
         found = [p for p in names if p in have]
         if not found:
             raise RecipeError(
@@ -170,9 +164,7 @@ def uniform(targets: list[Target], ratio: float, multiple: int = 1) -> dict[str,
         r = _round(min(r, t.max_rank), multiple)
         ranks[t.name] = r if r >= 1 else None
     if any(r is None for r in ranks.values()):
-        raise RecipeError(
-            f"ratio {ratio} leaves some matrices no rank (rank_multiple={multiple})", key="ratio"
-        )
+        raise RecipeError(f"ratio {ratio} leaves some matrices no rank (rank_multiple={multiple})", key="ratio")
     return _top_up(targets, ranks, budget(targets, ratio), multiple) if multiple > 1 else ranks
 
 
@@ -213,7 +205,8 @@ def bottom_first(
 def loss_based(
     targets: list[Target], ratio: float, energies: dict[str, torch.Tensor], multiple: int = 1
 ) -> dict[str, int | None]:
-    """Greedy: start every matrix at `multiple`, then add rank where it removes the most relative error per parameter."""
+    """Greedy: start every matrix at `multiple`, then add rank where it removes the most relative error per
+    parameter."""
     limit = budget(targets, ratio)
     ranks: dict[str, int | None] = {t.name: multiple for t in targets}
     if kept(targets, ranks) > limit:
@@ -256,9 +249,7 @@ def explicit(targets: list[Target], ranks_by_pattern: dict[str, int]) -> dict[st
     return ranks
 
 
-def summary(
-    model: nn.Module, targets: list[Target], ranks: dict[str, int | None], ratio: float | None
-) -> dict:
+def summary(model: nn.Module, targets: list[Target], ranks: dict[str, int | None], ratio: float | None) -> dict:
     """Parameters and bytes before/after (targeted and whole model), target and achieved ratios.
     `model` is the dense model (or its meta-device skeleton)."""
     total = sum(p.numel() for p in model.parameters())
@@ -291,8 +282,14 @@ def _input_key(t: Target) -> tuple[int, str]:
     return t.layer, t.name
 
 
-def memory_estimate(model: nn.Module, targets: list[Target], n_samples: int, seq_len: int, batch_size: int = 8,
-                    chunk_rows: int = InputStats.chunk_rows) -> dict:  # fmt: skip
+def memory_estimate(
+    model: nn.Module,
+    targets: list[Target],
+    n_samples: int,
+    seq_len: int,
+    batch_size: int = 8,
+    chunk_rows: int = InputStats.chunk_rows,
+) -> dict:
     """Bytes of the layer-by-layer compression (benchmarks/scale.py measures it at Llama-3.1-8B shapes).
 
     Device: one layer's weights + its float64 statistics (one per distinct input) + the larger of (a) one
@@ -331,7 +328,8 @@ def memory_estimate(model: nn.Module, targets: list[Target], n_samples: int, seq
 
 
 def allocate(recipe, targets):
-    """A compress recipe's rank map, or (rank_allocation: loss) a function of the spectra measured during calibration."""
+    """A compress recipe's rank map, or (rank_allocation: loss) a function of the spectra measured during
+    calibration."""
     if recipe.rank_allocation == "uniform":
         return uniform(targets, recipe.ratio, recipe.rank_multiple)
     if recipe.rank_allocation == "bottom_first":

@@ -38,9 +38,7 @@ class PipelineStep:
     recipe: str = arg(
         help="Path of a stage recipe (recipes/<model>/<stage>/<variant>.yaml); its folder names the stage."
     )
-    overrides: dict[str, Any] = arg(
-        factory=dict, help="Top-level keys overridden for this step (as --key value)."
-    )
+    overrides: dict[str, Any] = arg(factory=dict, help="Top-level keys overridden for this step (as --key value).")
     step_name: str | None = arg(None, help="Name of the step (for --from); default <stage>:<variant>.")
 
     @property
@@ -63,9 +61,7 @@ class PipelineRecipe:
     """`llm4all pipeline`: stage recipes run in order, each reading the previous one's output."""
 
     steps: list[PipelineStep] = arg(factory=list, help="The stage recipes, in order.")
-    force: bool = arg(
-        False, help="Rerun every step, replacing finished outputs (default: skip finished steps)."
-    )
+    force: bool = arg(False, help="Rerun every step, replacing finished outputs (default: skip finished steps).")
     from_step: str | None = arg(
         None, help="Rerun from this step on (a step name such as kd:heal, or a stage); also `--from`."
     )
@@ -87,9 +83,7 @@ class PipelineRecipe:
             if not os.path.isfile(step.recipe):
                 raise RecipeError(f"no such recipe file: {step.recipe}", key=f"steps[{i}].recipe")
             if step.name in [s.name for s in self.steps[:i]]:
-                raise RecipeError(
-                    f"two steps are named {step.name!r}: give one a `step_name`", key=f"steps[{i}]"
-                )
+                raise RecipeError(f"two steps are named {step.name!r}: give one a `step_name`", key=f"steps[{i}]")
 
 
 RECIPES: dict[str, type] = {

@@ -63,8 +63,10 @@ def check_context(model: str | None, tokens: int | None, key: str, extra: int = 
         return
     positions, name = found
     if tokens + extra > positions:
-        raise RecipeError(f"{tokens:,} tokens is beyond the model's context: {name} is {positions:,} in "
-                          f"{Path(model, 'config.json')}", key=key)  # fmt: skip
+        raise RecipeError(
+            f"{tokens:,} tokens is beyond the model's context: {name} is {positions:,} in {Path(model, 'config.json')}",
+            key=key,
+        )
 
 
 def check_model(
@@ -91,8 +93,7 @@ def check_mixture(recipe: MixtureArgs, static: bool, eval_columns: Sequence[str]
     check_sources(recipe.datasets, "datasets", recipe.COLUMNS, static)
     check_sources(recipe.eval_datasets, "eval_datasets", eval_columns or recipe.COLUMNS, static)
     seen = {
-        (os.path.abspath(s.path) if not paths.is_hub_id(s.path) else s.path, s.name, s.split)
-        for s in recipe.datasets
+        (os.path.abspath(s.path) if not paths.is_hub_id(s.path) else s.path, s.name, s.split) for s in recipe.datasets
     }
     for i, src in enumerate(recipe.eval_datasets):
         ident = (
@@ -110,11 +111,24 @@ def check_mixture(recipe: MixtureArgs, static: bool, eval_columns: Sequence[str]
 # Keys whose values a stage reads (models, data, caches, templates): its output_dir may be none of them, nor a
 # folder above one, since a run replaces its output_dir (with overwrite_output_dir) and would destroy its input.
 INPUT_KEYS = (
-    "model_name_or_path", "teacher_model_name_or_path", "reference_model_name_or_path", "tokenizer_name_or_path",
-    "teacher_cache", "models", "datasets", "eval_datasets", "replay_datasets", "decontaminate",
-    "perplexity_datasets", "simsamu_dataset", "meetings_dataset", "dataset", "source", "chat_template_path",
+    "model_name_or_path",
+    "teacher_model_name_or_path",
+    "reference_model_name_or_path",
+    "tokenizer_name_or_path",
+    "teacher_cache",
+    "models",
+    "datasets",
+    "eval_datasets",
+    "replay_datasets",
+    "decontaminate",
+    "perplexity_datasets",
+    "simsamu_dataset",
+    "meetings_dataset",
+    "dataset",
+    "source",
+    "chat_template_path",
     "tokenizer_files",
-)  # fmt: skip
+)
 
 
 def check_output_not_an_input(recipe: Any) -> None:

@@ -86,9 +86,7 @@ class LoraArgs:
     lora_r: int = arg(16, help="LoRA rank.")
     lora_alpha: int = arg(32, help="LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = arg(0.05, help="LoRA dropout.")
-    lora_target_modules: list[str] | None = arg(
-        None, help="Module names to adapt (default: all linear layers)."
-    )
+    lora_target_modules: list[str] | None = arg(None, help="Module names to adapt (default: all linear layers).")
     merge_lora: bool = arg(
         True,
         help="With use_peft: save the merged model at the root of output_dir (loads with plain transformers) "
@@ -100,9 +98,7 @@ class LoraArgs:
 class StageArgs(RunArgs, HubArgs):
     """Output and publishing keys of the stages that do not train with a TRL trainer."""
 
-    output_dir: str | None = arg(
-        None, help="Default: outputs/<model>/<stage>/<variant>, from the recipe's path."
-    )
+    output_dir: str | None = arg(None, help="Default: outputs/<model>/<stage>/<variant>, from the recipe's path.")
     seed: int = arg(42, help="Random seed (sampling, splits).")
     push_to_hub: bool = arg(False, help="Publish the output after the stage (see hub_target).")
     hub_private_repo: bool | None = arg(

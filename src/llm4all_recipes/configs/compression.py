@@ -14,17 +14,11 @@ from .common import MixtureArgs, ModelArgs, StageArgs
 
 @dataclass
 class CalibrationArgs:
-    num_calibration_samples: int = arg(
-        128, help="Calibration windows drawn (seeded) from the `datasets` text."
-    )
+    num_calibration_samples: int = arg(128, help="Calibration windows drawn (seeded) from the `datasets` text.")
     calibration_seq_len: int = arg(512, help="Tokens per calibration window.")
     calibration_batch_size: int = arg(8, help="Windows per forward pass of a decoder layer.")
-    device: str = arg(
-        "auto", help="Where each decoder layer runs: auto (cuda when available), cpu, cuda, cuda:1 ..."
-    )
-    perplexity_max_length: int = arg(
-        512, help="Window of the perplexity measured before/after on eval_datasets."
-    )
+    device: str = arg("auto", help="Where each decoder layer runs: auto (cuda when available), cpu, cuda, cuda:1 ...")
+    perplexity_max_length: int = arg(512, help="Window of the perplexity measured before/after on eval_datasets.")
     report_to: list[str] = arg(
         factory=lambda: ["none"],
         help="Trackers that receive the per-layer / per-block losses and the held-out perplexities, as the "
@@ -49,18 +43,19 @@ class CalibrationArgs:
             raise RecipeError("required: calibration text (a `text` column)", key="datasets")
         check_mixture(self, static)
         speech = is_local_speech_model(getattr(self, "model_name_or_path", None))
-        if (
-            speech is not None
-        ):  # a speech recipe given a text model, or the reverse, is refused before it runs
+        if speech is not None:  # a speech recipe given a text model, or the reverse, is refused before it runs
             from ..data.mixture import peek_columns
 
             for i, src in enumerate(self.datasets):
                 columns = peek_columns(src, f"datasets[{i}]")
                 if columns is not None and ("audio" in columns) != speech:
                     raise RecipeError(
-                        f"{src.path} holds recordings (an `audio` column) but {self.model_name_or_path} is a text "
-                        "model" if not speech else f"{self.model_name_or_path} is a speech model but {src.path} has "
-                        "no `audio` column (recordings with their transcripts)", key=f"datasets[{i}]")  # fmt: skip
+                        f"{src.path} holds recordings (an `audio` column) but {self.model_name_or_path} is a text model"
+                        if not speech
+                        else f"{self.model_name_or_path} is a speech model but {src.path} has "
+                        "no `audio` column (recordings with their transcripts)",
+                        key=f"datasets[{i}]",
+                    )
         check_trackers(self.report_to)
 
 
@@ -77,27 +72,21 @@ class CompressRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
         "gate/up/down, or Phi-3's fused qkv_proj and gate_up_proj), a module's last name (q_proj) or a glob on its "
         "full name (model.layers.1?.mlp.*). Embeddings and lm_head are never touched.",
     )
-    ratio: float = arg(
-        0.2, help="Fraction of the targeted linear parameters removed (SVD-LLM convention), in (0, 1)."
-    )
+    ratio: float = arg(0.2, help="Fraction of the targeted linear parameters removed (SVD-LLM convention), in (0, 1).")
     method: Literal["svd", "asvd", "whitening", "outcov"] = arg(
         "whitening",
         help="Initialiser: svd (plain truncated SVD), asvd (activation-scaled), whitening (SVD-LLM, Cholesky of "
         "the input Gram), outcov (projection on the top output-covariance eigenvectors).",
     )
     asvd_alpha: float = arg(0.5, help="asvd: the scaling is diag(mean|x|^alpha).")
-    jitter: float = arg(
-        1e-6, help="whitening: first relative jitter tried when the Gram is not positive definite."
-    )
+    jitter: float = arg(1e-6, help="whitening: first relative jitter tried when the Gram is not positive definite.")
     rank_allocation: Literal["uniform", "bottom_first", "loss", "explicit"] = arg(
         "uniform",
         help="uniform ranks; bottom_first (Lillama: lower ranks from the first layers upward until the budget is "
         "met); loss (greedy on each matrix's truncation error); explicit (`ranks`).",
     )
     ranks: dict[str, int] = arg(factory=dict, help="explicit allocation: {module name or glob: rank}.")
-    rank_multiple: int = arg(
-        1, help="Round ranks to a multiple (8, 64 on GPUs) without exceeding the budget."
-    )
+    rank_multiple: int = arg(1, help="Round ranks to a multiple (8, 64 on GPUs) without exceeding the budget.")
     min_rank_fraction: float = arg(0.25, help="bottom_first: lowest rank, as a fraction of mn/(m+n).")
     skip_first_layers: int = arg(0, help="bottom_first: leave the first N decoder layers dense.")
     propagate: Literal["compressed", "original"] = arg(
@@ -144,9 +133,10 @@ class FeatureDistillRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
     )
     learning_rate: float = arg(1e-4, help="Peak AdamW learning rate of the low-rank factors.")
     lr_scheduler_type: Literal["cosine", "constant"] = arg(
-        "cosine", help="Per block: linear warm-up over warmup_ratio of its steps, then cosine decay to 10 %% of "
+        "cosine",
+        help="Per block: linear warm-up over warmup_ratio of its steps, then cosine decay to 10 %% of "
         "the peak (cosine), or a constant rate after the warm-up.",
-    )  # fmt: skip
+    )
     warmup_ratio: float = arg(0.05, help="Share of each block's steps spent warming the learning rate up.")
     weight_decay: float = arg(0.0, help="AdamW weight decay.")
     tokens_per_block: int | None = arg(
@@ -170,8 +160,9 @@ class FeatureDistillRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
         check_model(self.model_name_or_path, static, "the compressed student (a compress output)")
         if self.teacher_model_name_or_path:
             check_model(self.teacher_model_name_or_path, static, "", key="teacher_model_name_or_path")
-        _positive(self, "learning_rate", "tokens_per_block", "num_holdout_samples", "eval_every",
-                  "early_stopping_patience")  # fmt: skip
+        _positive(
+            self, "learning_rate", "tokens_per_block", "num_holdout_samples", "eval_every", "early_stopping_patience"
+        )
         if not 0 <= self.warmup_ratio < 1:
             raise RecipeError(f"must be in [0, 1), got {self.warmup_ratio}", key="warmup_ratio")
         self.check_calibration(static)
@@ -185,8 +176,11 @@ class PruneRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
 
     COLUMNS: typing.ClassVar[tuple[str, ...]] = ("text",)
     SIZES: typing.ClassVar[tuple[str, ...]] = (
-        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    )  # fmt: skip
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+    )
 
     hub_model_id: str | None = arg(None, help="<namespace>/<name> of the published checkpoint.")
     ratio: float | None = arg(
@@ -220,9 +214,7 @@ class PruneRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
         check_model(self.model_name_or_path, static, "the model to prune", weights=not self.dry_run)
         explicit = [k for k in self.SIZES if getattr(self, k) is not None]
         if self.ratio is None and not explicit:
-            raise RecipeError(
-                "required: a `ratio` or explicit sizes (" + ", ".join(self.SIZES) + ")", key="ratio"
-            )
+            raise RecipeError("required: a `ratio` or explicit sizes (" + ", ".join(self.SIZES) + ")", key="ratio")
         if self.ratio is not None and explicit:
             raise RecipeError(f"give either `ratio` or explicit sizes, not both ({explicit[0]})", key="ratio")
         if self.ratio is not None and not 0 < self.ratio < 1:

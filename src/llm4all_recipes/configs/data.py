@@ -19,25 +19,19 @@ class CacheTeacherRecipe(MixtureArgs, StageArgs):
     """`llm4all cache-teacher`: tokenise and pack the data, run the teacher once, store its top-k per token."""
 
     teacher_model_name_or_path: str | None = arg(None, help="The teacher (Hub id or folder).")
-    teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = arg(
-        "auto", help="Dtype the teacher runs in."
-    )
+    teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = arg("auto", help="Dtype the teacher runs in.")
     data_format: Literal["text", "messages"] = arg(
         "text",
         help="text: packed into contiguous blocks; messages: one chat per row, assistant tokens trained.",
     )
     max_length: int = arg(256, help="Tokens per row (the block length of packed text).")
     top_k: int = arg(64, help="Teacher log-probs kept per token (the vocabulary size makes the cache exact).")
-    kd_temperature: float = arg(
-        1.0, help="Temperature of the cached log-probs (the kd recipe must use the same)."
-    )
+    kd_temperature: float = arg(1.0, help="Temperature of the cached log-probs (the kd recipe must use the same).")
     cache_dtype: Literal["float16", "float32"] = arg("float16", help="Storage dtype of the log-probs.")
     batch_size: int = arg(8, help="Rows per teacher forward.")
     shard_rows: int = arg(1024, help="Rows per memory-mapped shard file.")
     device: str = arg("auto", help="Where the teacher runs: auto (cuda when available), cpu, cuda ...")
-    chat_template_path: str | None = arg(
-        None, help="messages: a .jinja chat template or a shipped name (chatml)."
-    )
+    chat_template_path: str | None = arg(None, help="messages: a .jinja chat template or a shipped name (chatml).")
 
     @property
     def COLUMNS(self) -> tuple[str, ...]:
@@ -51,9 +45,7 @@ class CacheTeacherRecipe(MixtureArgs, StageArgs):
             raise RecipeError(f"must be > 0, got {self.kd_temperature}", key="kd_temperature")
         _positive(self, "max_length", "top_k", "batch_size", "shard_rows")
         if self.chat_template_path is not None:
-            self.chat_template_path = check_chat_template(
-                self.chat_template_path, self.data_format == "messages"
-            )
+            self.chat_template_path = check_chat_template(self.chat_template_path, self.data_format == "messages")
         check_mixture(self, static)
         check_output_dir(self, static)
 
@@ -69,9 +61,7 @@ class SelectRecipe(ModelArgs, MixtureArgs, StageArgs):
         help="By perplexity under model_name_or_path: the lowest (closest to what the model knows), the highest "
         "(most novel), or a quantile band (drops boilerplate at the bottom and noise at the top).",
     )
-    band: list[float] = arg(
-        factory=lambda: [0.1, 0.9], help="keep: band — the [low, high] perplexity quantiles kept."
-    )
+    band: list[float] = arg(factory=lambda: [0.1, 0.9], help="keep: band — the [low, high] perplexity quantiles kept.")
     keep_fraction: float = arg(0.5, help="keep: lowest / highest — the fraction of documents kept.")
     score_max_length: int = arg(512, help="Tokens of each document scored (its beginning).")
     batch_size: int = arg(8, help="Documents per scoring forward.")
@@ -93,9 +83,7 @@ class SelectRecipe(ModelArgs, MixtureArgs, StageArgs):
     def check(self, static: bool) -> None:
         check_model(self.model_name_or_path, static, "the reference model that scores perplexity")
         if len(self.band) != 2 or not 0 <= self.band[0] < self.band[1] <= 1:
-            raise RecipeError(
-                f"expected [low, high] quantiles with 0 <= low < high <= 1, got {self.band}", key="band"
-            )
+            raise RecipeError(f"expected [low, high] quantiles with 0 <= low < high <= 1, got {self.band}", key="band")
         if not 0 < self.keep_fraction <= 1:
             raise RecipeError("must be in (0, 1]", key="keep_fraction")
         if not 0 < self.near_duplicate_threshold <= 1:
@@ -129,9 +117,7 @@ class GenerateRecipe(ModelArgs, StageArgs):
         "column as a variable, e.g. {{ transcript }}. null: the input column holds a chat history ([{role, content}], "
         "e.g. simsamu-turns' `prompt`) and the teacher writes the next assistant turn.",
     )
-    system_prompt: str | None = arg(
-        None, help="A system message (shipped prompt name or .jinja file), or none."
-    )
+    system_prompt: str | None = arg(None, help="A system message (shipped prompt name or .jinja file), or none.")
     chunk_prompt: str | None = arg(
         None,
         help="Map-reduce for inputs longer than the teacher's context: the prompt for one chunk (variables: the input "
@@ -146,9 +132,7 @@ class GenerateRecipe(ModelArgs, StageArgs):
     context_length: int | None = arg(
         None, help="Prompt + answer tokens the teacher reads (default: its max_position_embeddings)."
     )
-    max_new_tokens: int = arg(
-        256, help="Tokens generated at most per answer (an answer that reaches it is truncated)."
-    )
+    max_new_tokens: int = arg(256, help="Tokens generated at most per answer (an answer that reaches it is truncated).")
     do_sample: bool = arg(False, help="Sample (with temperature / top_p) instead of greedy decoding.")
     temperature: float = arg(0.7, help="do_sample: softmax temperature.")
     top_p: float = arg(0.95, help="do_sample: nucleus mass.")
@@ -176,9 +160,7 @@ class GenerateRecipe(ModelArgs, StageArgs):
         check_model(self.model_name_or_path, static, "the teacher that writes the targets")
         check_context(self.model_name_or_path, self.max_new_tokens, "max_new_tokens")
         if not self.dataset:
-            raise RecipeError(
-                "required: the input dataset (a build-dataset output or a Hub id)", key="dataset"
-            )
+            raise RecipeError("required: the input dataset (a build-dataset output or a Hub id)", key="dataset")
         check_path(self.dataset, "dataset", static, hub_ok=True)
         _positive(self, "max_new_tokens", "batch_size", "shard_size", "chunk_tokens", "temperature")
         if not 0 < self.top_p <= 1:
@@ -198,8 +180,12 @@ class GenerateRecipe(ModelArgs, StageArgs):
             )
         if bool(self.chunk_prompt) != bool(self.merge_prompt):
             raise RecipeError("map-reduce needs both chunk_prompt and merge_prompt", key="chunk_prompt")
-        for key, needed in (("prompt", self.input_column), ("chunk_prompt", self.input_column),
-                            ("merge_prompt", "summaries"), ("system_prompt", None)):  # fmt: skip
+        for key, needed in (
+            ("prompt", self.input_column),
+            ("chunk_prompt", self.input_column),
+            ("merge_prompt", "summaries"),
+            ("system_prompt", None),
+        ):
             value = getattr(self, key)
             if value is None:
                 continue
@@ -296,13 +282,9 @@ class BuildDatasetRecipe(SplitArgs, SimsamuArgs, StageArgs):
     )
     # simsamu
     punctuation: bool = arg(True, help="simsamu: keep the PUNCTUATION terms of the transcripts.")
-    download_audio: bool = arg(
-        False, help="simsamu from the Hub: also download the .m4a audio (not used here)."
-    )
+    download_audio: bool = arg(False, help="simsamu from the Hub: also download the .m4a audio (not used here).")
     # meetings
-    layout: Literal["auto", "turns", "summre"] = arg(
-        "auto", help="meetings: input layout (auto-detected by columns)."
-    )
+    layout: Literal["auto", "turns", "summre"] = arg("auto", help="meetings: input layout (auto-detected by columns).")
     tokenizer_name_or_path: str | None = arg(
         None, help="meetings: a tokenizer to cut long transcripts into token-bounded `chunks` (map-reduce)."
     )

@@ -20,7 +20,8 @@ class EvalRecipe(ModelArgs, StageArgs):
 
     perplexity_datasets: list[DatasetSource] = arg(
         factory=list,
-        help="Held-out text sets (a `text` column), each reported under its name (old_*/new_* for the forgetting report).",
+        help="Held-out text sets (a `text` column), each reported under its name (old_*/new_* for the forgetting "
+        "report).",
     )
     compare_to: list[str] | None = arg(
         None,
@@ -42,13 +43,9 @@ class EvalRecipe(ModelArgs, StageArgs):
         None, help="A meetings dataset: ROUGE-1/2/L of generated summaries (map-reduce when long)."
     )
     meetings_split: str = arg("test", help="Split of meetings_dataset.")
-    max_generations: int = arg(
-        8, help="Budget of generations for the whole evaluation (each map-reduce step counts)."
-    )
+    max_generations: int = arg(8, help="Budget of generations for the whole evaluation (each map-reduce step counts).")
     max_new_tokens: int = arg(64, help="Tokens per generation.")
-    chunk_tokens: int = arg(
-        384, help="Meetings too long for the context are summarised by chunks of this many tokens."
-    )
+    chunk_tokens: int = arg(384, help="Meetings too long for the context are summarised by chunks of this many tokens.")
     chunk_overlap: int = arg(64, help="Overlap of consecutive chunks, in tokens.")
     lighteval_tasks: list[str] = arg(
         factory=list,
@@ -88,8 +85,10 @@ class EvalRecipe(ModelArgs, StageArgs):
         _positive(self, "max_generations", "max_new_tokens", "chunk_tokens", "perplexity_max_length")
         check_context(self.model_name_or_path, self.max_new_tokens, "max_new_tokens")
         if self.lighteval_tasks and importlib.util.find_spec("lighteval") is None:
-            raise RecipeError("lighteval is not installed: pip install 'llm4all-recipes[eval]' (or `make install`)",
-                              key="lighteval_tasks")  # fmt: skip
+            raise RecipeError(
+                "lighteval is not installed: pip install 'llm4all-recipes[eval]' (or `make install`)",
+                key="lighteval_tasks",
+            )
         if not 0 <= self.chunk_overlap < self.chunk_tokens:
             raise RecipeError("need 0 <= chunk_overlap < chunk_tokens", key="chunk_overlap")
         check_output_dir(self, static)

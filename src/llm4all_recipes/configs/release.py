@@ -48,9 +48,7 @@ class MergeRecipe(StageArgs):
             raise RecipeError(f"{len(self.weights)} weights for {len(self.models)} models", key="weights")
         if self.method == "slerp" and len(self.models) != 2:
             raise RecipeError(f"slerp merges exactly two models, got {len(self.models)}", key="models")
-        if self.method != "task_arithmetic" and (
-            any(w < 0 for w in self.weights) or abs(sum(self.weights) - 1) > 1e-6
-        ):
+        if self.method != "task_arithmetic" and (any(w < 0 for w in self.weights) or abs(sum(self.weights) - 1) > 1e-6):
             raise RecipeError(f"weights must be >= 0 and sum to 1 (got {self.weights})", key="weights")
         check_output_dir(self, static)
         check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")

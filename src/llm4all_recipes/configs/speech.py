@@ -50,9 +50,7 @@ class TranscribeRecipe(ModelArgs, SplitArgs, SimsamuArgs, StageArgs):
     def check(self, static: bool) -> None:
         check_model(self.model_name_or_path, static, "the Whisper checkpoint")
         if not self.source:
-            raise RecipeError(
-                "required: a simsamu-layout folder, an audio manifest or a Hub dataset id", key="source"
-            )
+            raise RecipeError("required: a simsamu-layout folder, an audio manifest or a Hub dataset id", key="source")
         check_path(self.source, "source", static, hub_ok=True)
         from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 
@@ -60,9 +58,7 @@ class TranscribeRecipe(ModelArgs, SplitArgs, SimsamuArgs, StageArgs):
             raise RecipeError(f"not a Whisper language: {self.language!r} (e.g. fr, french)", key="language")
         _positive(self, "batch_size", "num_beams", "max_new_tokens", "shard_size")
         if self.max_new_tokens > 440:
-            raise RecipeError(
-                "must be <= 440 (Whisper's 448-token window minus its prompt)", key="max_new_tokens"
-            )
+            raise RecipeError("must be <= 440 (Whisper's 448-token window minus its prompt)", key="max_new_tokens")
         self.check_splits()
         if self.per_turn and self.task != "dialogue":
             raise RecipeError("per_turn applies to task: dialogue", key="per_turn")

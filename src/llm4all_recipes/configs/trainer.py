@@ -34,9 +34,7 @@ class TrainerArgs(MixtureArgs, RunArgs, HubArgs, SFTConfig):
     COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
 
     # Defaults that differ from TRL's, for sane runs on a laptop as on a GPU node.
-    bf16: bool | None = arg(
-        None, help="bf16 mixed precision. Default: on where a CUDA GPU supports it, off on CPU."
-    )
+    bf16: bool | None = arg(None, help="bf16 mixed precision. Default: on where a CUDA GPU supports it, off on CPU.")
     gradient_checkpointing: bool | None = arg(
         None, help="Deprecated alias of activation_checkpointing (kept for old recipes)."
     )
@@ -79,10 +77,14 @@ class TrainerArgs(MixtureArgs, RunArgs, HubArgs, SFTConfig):
 
     def check_length(self) -> None:
         if self.max_steps == 0 or self.max_steps < -1:
-            raise RecipeError(f"a positive number of optimizer steps, or -1 (the default) to train for "
-                              f"num_train_epochs; got {self.max_steps}", key="max_steps")  # fmt: skip
+            raise RecipeError(
+                f"a positive number of optimizer steps, or -1 (the default) to train for "
+                f"num_train_epochs; got {self.max_steps}",
+                key="max_steps",
+            )
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise RecipeError(
-                f"nothing to train: max_steps is {self.max_steps} and num_train_epochs {self.num_train_epochs} (set one > 0)",
+                f"nothing to train: max_steps is {self.max_steps} and num_train_epochs {self.num_train_epochs} (set "
+                "one > 0)",
                 key="num_train_epochs",
             )

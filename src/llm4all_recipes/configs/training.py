@@ -70,25 +70,27 @@ class TrainRecipe(ModelArgs, LoraArgs, TrainerArgs):
 
     def check_training(self, static: bool) -> None:
         if self.keep_best and not self.eval_datasets:
-            raise RecipeError("needs eval_datasets (held-out text to choose the best state on), or set it false",
-                              key="keep_best")  # fmt: skip
+            raise RecipeError(
+                "needs eval_datasets (held-out text to choose the best state on), or set it false", key="keep_best"
+            )
         if not 0 <= self.merge_with_base <= 1:
             raise RecipeError(f"must be in [0, 1], got {self.merge_with_base}", key="merge_with_base")
         if self.merge_with_base != 1 and self.use_peft and not self.merge_lora:
-            raise RecipeError("merging with the base needs the merged model: set merge_lora: true (or drop "
-                              "merge_with_base)", key="merge_with_base")  # fmt: skip
+            raise RecipeError(
+                "merging with the base needs the merged model: set merge_lora: true (or drop merge_with_base)",
+                key="merge_with_base",
+            )
         if self.use_peft and self.trainable not in ("auto", "all", "lora"):
-            raise RecipeError(f"use_peft trains LoRA adapters: drop trainable: {self.trainable} (or use_peft)",
-                              key="trainable")  # fmt: skip
-        if (
-            self.trainable in ("factors", "factors+norms")
-            and not static
-            and os.path.isdir(self.model_name_or_path)
-        ):
+            raise RecipeError(
+                f"use_peft trains LoRA adapters: drop trainable: {self.trainable} (or use_peft)", key="trainable"
+            )
+        if self.trainable in ("factors", "factors+norms") and not static and os.path.isdir(self.model_name_or_path):
             config = Path(self.model_name_or_path, "config.json")
             if config.is_file() and "compression_config" not in json.loads(config.read_text()):
-                raise RecipeError(f"{self.trainable} needs a low-rank (compressed) model; {self.model_name_or_path} "
-                                  "is dense", key="trainable")  # fmt: skip
+                raise RecipeError(
+                    f"{self.trainable} needs a low-rank (compressed) model; {self.model_name_or_path} is dense",
+                    key="trainable",
+                )
 
     MODEL_ROLE: typing.ClassVar[str] = "the model"
 
@@ -96,9 +98,12 @@ class TrainRecipe(ModelArgs, LoraArgs, TrainerArgs):
         """The checks of every training stage (sft, kd, cpt), before any model loads."""
         check_model(self.model_name_or_path, static, f"{self.MODEL_ROLE} (a Hub id or a local model folder)")
         if is_local_speech_model(self.model_name_or_path):
-            raise RecipeError(f"{self.model_name_or_path} is a speech model (Whisper): sft, kd and cpt train causal "
-                              "language models; speech models are compressed and distilled (compress, "
-                              "feature-distill)", key="model_name_or_path")  # fmt: skip
+            raise RecipeError(
+                f"{self.model_name_or_path} is a speech model (Whisper): sft, kd and cpt train causal "
+                "language models; speech models are compressed and distilled (compress, "
+                "feature-distill)",
+                key="model_name_or_path",
+            )
         check_context(self.model_name_or_path, self.max_length, "max_length")
         super().check(static)
         self.check_training(static)
@@ -136,12 +141,8 @@ class KDArgs:
     kd_beta: float = arg(
         0.5, help="jsd: weight of the teacher in the mixture, in [0, 1] (0 = forward KL, 1 = reverse KL)."
     )
-    kd_temperature: float = arg(
-        1.0, help="Softmax temperature τ > 0 of both distributions; the loss is scaled by τ²."
-    )
-    kd_alpha: float = arg(
-        0.0, help="Weight of the cross-entropy on the labels, in [0, 1]: α·CE + (1−α)·τ²·D."
-    )
+    kd_temperature: float = arg(1.0, help="Softmax temperature τ > 0 of both distributions; the loss is scaled by τ².")
+    kd_alpha: float = arg(0.0, help="Weight of the cross-entropy on the labels, in [0, 1]: α·CE + (1−α)·τ²·D.")
 
     def check_kd(self) -> None:
         if not self.kd_temperature > 0:
@@ -176,14 +177,13 @@ class KDRecipe(KDArgs, TrainRecipe):
     packing: bool | None = arg(
         None, help="Pack rows into blocks of max_length (default: true for text, false for messages)."
     )
-    packing_strategy: str = arg("wrapped", help="Packing of text: wrapped (contiguous blocks), bfd, bfd_split.",
-                                choices=["bfd", "bfd_split", "wrapped"])  # fmt: skip
-    assistant_only_loss: bool | None = arg(
-        None, help="Distil assistant tokens only (default: true for messages)."
+    packing_strategy: str = arg(
+        "wrapped",
+        help="Packing of text: wrapped (contiguous blocks), bfd, bfd_split.",
+        choices=["bfd", "bfd_split", "wrapped"],
     )
-    chat_template_path: str | None = arg(
-        None, help="A .jinja chat template (messages), or a shipped name (chatml)."
-    )
+    assistant_only_loss: bool | None = arg(None, help="Distil assistant tokens only (default: true for messages).")
+    chat_template_path: str | None = arg(None, help="A .jinja chat template (messages), or a shipped name (chatml).")
 
     kd_hidden_coef: float = arg(
         0.0,
@@ -279,12 +279,8 @@ class CPTRecipe(KDArgs, TrainRecipe):
     reference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = arg(
         "auto", help="Dtype of the reference model."
     )
-    perplexity_max_length: int = arg(
-        256, help="Window of the perplexity measured before/after on eval_datasets."
-    )
-    max_length: int | None = arg(
-        256, help="Block length: new and replay text are packed separately into blocks."
-    )
+    perplexity_max_length: int = arg(256, help="Window of the perplexity measured before/after on eval_datasets.")
+    max_length: int | None = arg(256, help="Block length: new and replay text are packed separately into blocks.")
     lr_scheduler_type: str = arg(
         "cosine",
         help="Re-warm then re-decay: cosine after warmup_steps (or warmup_stable_decay with lr_scheduler_kwargs).",
@@ -320,13 +316,14 @@ class CPTRecipe(KDArgs, TrainRecipe):
             if any(not 0 <= a <= 1 for a in self.merge_grid):
                 raise RecipeError(f"every α must be in [0, 1], got {self.merge_grid}", key="merge_grid")
             if self.merge_with_base != 1:
-                raise RecipeError(
-                    "set merge_with_base or merge_grid (which chooses it), not both", key="merge_grid"
-                )
+                raise RecipeError("set merge_with_base or merge_grid (which chooses it), not both", key="merge_grid")
             labels = [source.tag for source in self.eval_datasets]
             if not any(x.startswith("old") for x in labels) or not any(x.startswith("new") for x in labels):
-                raise RecipeError("needs an old_* and a new_* set in eval_datasets (the held-out domains α is chosen "
-                                  f"on), got {labels}", key="merge_grid")  # fmt: skip
+                raise RecipeError(
+                    "needs an old_* and a new_* set in eval_datasets (the held-out domains α is chosen "
+                    f"on), got {labels}",
+                    key="merge_grid",
+                )
         if not 0 < self.merge_min_gain <= 1:
             raise RecipeError(f"must be in (0, 1], got {self.merge_min_gain}", key="merge_min_gain")
         if self.reference_model_name_or_path:
@@ -350,9 +347,7 @@ class TinyModelRecipe(TrainerArgs):
         factory=list,
         help="jsonl files (a `text` or `messages` column) the byte-level BPE tokenizer is trained on.",
     )
-    tokenizer_vocab_size: int = arg(
-        2048, help="Vocabulary size of the trained tokenizer (special tokens included)."
-    )
+    tokenizer_vocab_size: int = arg(2048, help="Vocabulary size of the trained tokenizer (special tokens included).")
     chat_template_path: str | None = arg(
         "chatml",
         help="Chat template (.jinja file or shipped name) stored with the tokenizer; needs generation markers.",

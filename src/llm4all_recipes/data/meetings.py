@@ -92,9 +92,7 @@ def merge_tracks(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]
             for seg in row["segments"]:
                 text = str(seg["transcript"]).strip()
                 if text:
-                    segments.setdefault(meeting, []).append(
-                        (float(seg["start"]), float(seg["end"]), speaker, text)
-                    )
+                    segments.setdefault(meeting, []).append((float(seg["start"]), float(seg["end"]), speaker, text))
         except (KeyError, TypeError, ValueError):
             raise RecipeError(
                 f"row {i}: expected meeting_id, speaker_id and segments[{{start, end, transcript}}]",
@@ -285,19 +283,19 @@ def card_facts(recipe, report: dict[str, Any]) -> dict[str, Any]:
         ),
     ]
     if recipe.task != "transcript":
-        steps.append(
-            "Chat rows: French system prompt and instruction (`data/prompts/meeting_*.jinja`) → summary."
-        )
+        steps.append("Chat rows: French system prompt and instruction (`data/prompts/meeting_*.jinja`) → summary.")
     if recipe.tokenizer_name_or_path:
         steps.append(
             f"`chunks`: the transcript cut at turn boundaries into pieces of at most {recipe.chunk_tokens} tokens "
             f"of `{recipe.tokenizer_name_or_path}`, overlapping by up to {recipe.chunk_overlap} tokens (map-reduce)."
         )
     columns = {
-        "id": "meeting id", "turns": "[{speaker, text}] in time order", "transcript": "`speaker : text` lines",
+        "id": "meeting id",
+        "turns": "[{speaker, text}] in time order",
+        "transcript": "`speaker : text` lines",
         "summary": "reference summary" + (" (when the source has one)" if recipe.task == "transcript" else ""),
         "num_speakers / num_words": "sizes",
-    }  # fmt: skip
+    }
     if recipe.task == "transcript":
         columns["text"] = "the transcript (for text stages: continued pretraining, `generate`)"
     else:

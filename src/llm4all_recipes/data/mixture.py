@@ -36,16 +36,12 @@ def peek_columns(src: DatasetSource, key: str) -> set[str] | None:
         return None
     if path.is_file():
         if src.split != "train":
-            raise RecipeError(
-                f"a single file has only the 'train' split (got '{src.split}')", key=f"{key}.split"
-            )
+            raise RecipeError(f"a single file has only the 'train' split (got '{src.split}')", key=f"{key}.split")
         return _file_columns(path, key)
     if (path / "dataset_dict.json").exists():  # DatasetDict.save_to_disk
         splits = _read_json(path / "dataset_dict.json", key).get("splits", [])
         if src.split not in splits:
-            raise RecipeError(
-                f"{path} has no split '{src.split}' (splits: {', '.join(splits)})", key=f"{key}.split"
-            )
+            raise RecipeError(f"{path} has no split '{src.split}' (splits: {', '.join(splits)})", key=f"{key}.split")
         return _saved_columns(path / src.split, key)
     if (path / "state.json").exists():  # Dataset.save_to_disk: one split
         return _saved_columns(path, key)
@@ -64,12 +60,11 @@ def _read_json(path: Path, key: str) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RecipeError(f"{path} is unreadable or not JSON ({exc}): rebuild or re-download the dataset",
-                          key=f"{key}.path") from None  # fmt: skip
-    if not isinstance(value, dict):
         raise RecipeError(
-            f"{path} is not a JSON object: rebuild or re-download the dataset", key=f"{key}.path"
-        )
+            f"{path} is unreadable or not JSON ({exc}): rebuild or re-download the dataset", key=f"{key}.path"
+        ) from None
+    if not isinstance(value, dict):
+        raise RecipeError(f"{path} is not a JSON object: rebuild or re-download the dataset", key=f"{key}.path")
     return value
 
 
@@ -93,9 +88,7 @@ def _file_columns(path: Path, key: str) -> set[str]:
                     try:
                         return set(json.loads(line))
                     except json.JSONDecodeError as exc:
-                        raise RecipeError(
-                            f"{path}:{lineno}: invalid JSON ({exc.msg})", key=f"{key}.path"
-                        ) from None
+                        raise RecipeError(f"{path}:{lineno}: invalid JSON ({exc.msg})", key=f"{key}.path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"cannot read {path}: {exc}", key=f"{key}.path") from None
     raise RecipeError(f"{path} is empty", key=f"{key}.path")
@@ -118,17 +111,13 @@ def check_sources(sources: Sequence[DatasetSource], key: str, needed: Sequence[s
         if not src.weight > 0:
             raise RecipeError(f"must be > 0 (got {src.weight})", key=f"{k}.weight")
         if src.streaming and not src.max_rows:
-            raise RecipeError(
-                "a streamed source needs max_rows (how much of the stream to read)", key=f"{k}.max_rows"
-            )
+            raise RecipeError("a streamed source needs max_rows (how much of the stream to read)", key=f"{k}.max_rows")
         if src.max_rows is not None and src.max_rows <= 0:
             raise RecipeError(f"must be > 0 (got {src.max_rows})", key=f"{k}.max_rows")
         renames, kept = _renames(src, needed)
         missing = [c for c in needed if c not in kept]
         if missing:
-            raise RecipeError(
-                f"the stage needs column(s) {missing}; `columns` does not keep them", key=f"{k}.columns"
-            )
+            raise RecipeError(f"the stage needs column(s) {missing}; `columns` does not keep them", key=f"{k}.columns")
         available = peek_columns(src, k)
         if available is not None:
             wanted = list(renames) or kept
@@ -180,9 +169,7 @@ def load_source(src: DatasetSource, key: str, needed: Sequence[str], seed: int =
         if path.is_file() and FILE_BUILDERS.get(path.suffix) == "json" and (bad := first_bad_json_line(path)):
             raise RecipeError(f"{path}:{bad[0]}: invalid JSON ({bad[1]})", key=f"{key}.path") from None
         where = "local" if path.exists() else ("Hub" if is_hub_id(src.path) else "local")
-        raise RecipeError(
-            f"cannot load {where} dataset {src.path}: {exc}".strip(), key=f"{key}.path"
-        ) from None
+        raise RecipeError(f"cannot load {where} dataset {src.path}: {exc}".strip(), key=f"{key}.path") from None
     renames, kept = _renames(src, needed)
     absent = [c for c in (list(renames) or kept) if c not in ds.column_names]
     if absent:
@@ -220,19 +207,16 @@ def check_column_types(ds, source: str, key: str) -> None:
     from datasets import LargeList, List, Value
 
     feature = ds.features.get("text")
-    if feature is not None and not (
-        isinstance(feature, Value) and feature.dtype in ("string", "large_string")
-    ):
+    if feature is not None and not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
         raise RecipeError(f"column 'text' of {source} holds {feature}, not strings", key=f"{key}.path")
     if feature is not None and (nulls := ds.data.column("text").null_count):
         first = _first_true(ds.data.column("text").is_null())
-        raise RecipeError(f"row {first + 1} of {source} has no text (missing or null; {nulls} such rows)",
-                          key=f"{key}.path")  # fmt: skip
+        raise RecipeError(
+            f"row {first + 1} of {source} has no text (missing or null; {nulls} such rows)", key=f"{key}.path"
+        )
     feature = ds.features.get("messages")
     if feature is not None and not isinstance(feature, List | LargeList | list):
-        raise RecipeError(
-            f"column 'messages' of {source} holds {feature}, not lists of messages", key=f"{key}.path"
-        )
+        raise RecipeError(f"column 'messages' of {source} holds {feature}, not lists of messages", key=f"{key}.path")
     if feature is not None:
         check_messages(ds, source, key)
 
@@ -247,11 +231,16 @@ def check_messages(ds, source: str, key: str) -> None:
         for i, message in enumerate(conversation or [], 1):
             role = message.get("role") if isinstance(message, dict) else None
             if role not in ROLES:
-                raise RecipeError(f"row {row} of {source}: message {i} has role {role!r}, not one of "
-                                  f"{', '.join(ROLES)}", key=f"{key}.path")  # fmt: skip
+                raise RecipeError(
+                    f"row {row} of {source}: message {i} has role {role!r}, not one of {', '.join(ROLES)}",
+                    key=f"{key}.path",
+                )
             if not isinstance(message.get("content"), str):
-                raise RecipeError(f"row {row} of {source}: message {i} ({role}) has no text content "
-                                  f"(content: {message.get('content')!r})", key=f"{key}.path")  # fmt: skip
+                raise RecipeError(
+                    f"row {row} of {source}: message {i} ({role}) has no text content "
+                    f"(content: {message.get('content')!r})",
+                    key=f"{key}.path",
+                )
 
 
 def _first_true(mask) -> int:
@@ -321,16 +310,19 @@ def build_mixture(
     for r in report:
         logger.info(
             "mixture: %s[%s] %d/%d %s (share %.1f%%)%s",
-            r["source"], r["split"], r["used_" + unit], r["available_" + unit], unit, 100 * r["share"],
+            r["source"],
+            r["split"],
+            r["used_" + unit],
+            r["available_" + unit],
+            unit,
+            100 * r["share"],
             " repeated" if r["repeated"] else "",
-        )  # fmt: skip
+        )
     mixed = datasets.concatenate_datasets(parts).shuffle(seed=seed) if len(parts) > 1 else parts[0]
     return mixed, report
 
 
-def load_eval_sets(
-    sources: Sequence[DatasetSource], *, needed: Sequence[str], key: str = "eval_datasets"
-) -> dict:
+def load_eval_sets(sources: Sequence[DatasetSource], *, needed: Sequence[str], key: str = "eval_datasets") -> dict:
     """Each eval source whole, by label (file stem, or stem_split)."""
     out = {}
     for i, src in enumerate(sources):

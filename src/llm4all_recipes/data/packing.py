@@ -22,9 +22,7 @@ def pack_text(texts: list[str], tokenizer, max_length: int) -> tuple[list[list[i
     for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
         stream.extend([*opening, *ids, *([] if end is None else [end])])
     blocks = len(stream) // max_length
-    return [stream[b * max_length : (b + 1) * max_length] for b in range(blocks)], len(
-        stream
-    ) - blocks * max_length
+    return [stream[b * max_length : (b + 1) * max_length] for b in range(blocks)], len(stream) - blocks * max_length
 
 
 def text_rows(texts: list[str], tokenizer, max_length: int, **extra: Any) -> tuple[list[dict], int]:
@@ -42,11 +40,13 @@ def chat_rows(conversations: list[list[dict]], tokenizer, max_length: int) -> tu
         truncated += len(ids) > max_length
         ids, mask = ids[:max_length], mask[:max_length]
         n = len(ids)
-        rows.append({
-            "input_ids": ids + [pad] * (max_length - n),
-            "attention_mask": [1] * n + [0] * (max_length - n),
-            "labels": [t if m else -100 for t, m in zip(ids, mask)] + [-100] * (max_length - n),
-        })  # fmt: skip
+        rows.append(
+            {
+                "input_ids": ids + [pad] * (max_length - n),
+                "attention_mask": [1] * n + [0] * (max_length - n),
+                "labels": [t if m else -100 for t, m in zip(ids, mask)] + [-100] * (max_length - n),
+            }
+        )
     return rows, truncated
 
 

@@ -64,9 +64,7 @@ def _read_json(path: Path) -> Any:
             "missing file (every call folder holds <name>.json, .rttm and .srt)", source=str(path)
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RecipeError(
-            f"corrupt JSON: {exc}", source=str(path), line=getattr(exc, "lineno", None)
-        ) from None
+        raise RecipeError(f"corrupt JSON: {exc}", source=str(path), line=getattr(exc, "lineno", None)) from None
 
 
 def _role(speaker: str, skip: set[str], where: str, source: Path, line: int | None = None) -> str | None:
@@ -140,9 +138,7 @@ def read_call(folder: Path, *, skip_speakers: set[str], punctuation: bool) -> Ca
 
 def _rttm_speakers(path: Path, skip: set[str]) -> list[str]:
     if not path.is_file():
-        raise RecipeError(
-            "missing file (every call folder holds <name>.json, .rttm and .srt)", source=str(path)
-        )
+        raise RecipeError("missing file (every call folder holds <name>.json, .rttm and .srt)", source=str(path))
     speakers = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -161,9 +157,7 @@ def _rttm_speakers(path: Path, skip: set[str]) -> list[str]:
 
 def _srt_na_items(path: Path) -> int:
     if not path.is_file():
-        raise RecipeError(
-            "missing file (every call folder holds <name>.json, .rttm and .srt)", source=str(path)
-        )
+        raise RecipeError("missing file (every call folder holds <name>.json, .rttm and .srt)", source=str(path))
     return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip() == NA)
 
 
@@ -174,9 +168,7 @@ def _read_csv(path: Path, key: str, value: str | tuple[str, ...]) -> dict[str, A
         reader = csv.DictReader(f)
         needed = [key, *([value] if isinstance(value, str) else value)]
         if reader.fieldnames is None or any(c not in reader.fieldnames for c in needed):
-            raise RecipeError(
-                f"expected columns {needed}, found {reader.fieldnames}", source=str(path), line=1
-            )
+            raise RecipeError(f"expected columns {needed}, found {reader.fieldnames}", source=str(path), line=1)
         out = {}
         for lineno, row in enumerate(reader, 2):
             out[row[key]] = (lineno, row[value] if isinstance(value, str) else {v: row[v] for v in value})
@@ -212,9 +204,7 @@ def call_folders(root: Path) -> list[Path]:
 def transcript_text(turns: list[dict[str, str]]) -> str:
     """`Régulateur : …` / `Appelant : …` lines (a turn without a role, as ASR output without diarisation: its text)."""
     names = {"assistant": "Régulateur", "user": "Appelant"}
-    return "\n".join(
-        f"{names[t['role']]} : {t['content']}" if t.get("role") in names else t["content"] for t in turns
-    )
+    return "\n".join(f"{names[t['role']]} : {t['content']}" if t.get("role") in names else t["content"] for t in turns)
 
 
 def read_tables(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -244,10 +234,7 @@ def build_rows(
     """(rows, report). One row per call, or per regulator turn with its history (`per_turn`). `calls` replaces
     the calls read from the JSON transcripts (transcribe: the ASR output of the recordings)."""
     if calls is None:
-        calls = [
-            read_call(f, skip_speakers=set(skip_speakers), punctuation=punctuation)
-            for f in call_folders(root)
-        ]
+        calls = [read_call(f, skip_speakers=set(skip_speakers), punctuation=punctuation) for f in call_folders(root)]
     ids = {c.id for c in calls}
     actors, modes = read_tables(root)
     texts = read_summaries(summaries, ids) if summaries else {}
@@ -279,9 +266,7 @@ def build_rows(
         if task == "transcript":
             if call.id not in texts:
                 report["without_summary"].append(call.id)
-            rows.append(
-                {**base, "transcript": transcript_text(call.turns), "text": transcript_text(call.turns)}
-            )
+            rows.append({**base, "transcript": transcript_text(call.turns), "text": transcript_text(call.turns)})
         elif task == "summary":
             if call.id not in texts:
                 report["without_summary"].append(call.id)
@@ -356,13 +341,12 @@ def row_columns(task: str, per_turn: bool) -> dict[str, str]:
         "situation": "simulated situation (grouping key of the splits)",
         "communication_mode": "caller's communication mode (Angry, Shy, Cooperative, ...)",
         "regulator_actor / caller_actor": "actor ids of the roles",
-        "duration": "seconds", "num_turns": "turns after merging",
+        "duration": "seconds",
+        "num_turns": "turns after merging",
         "summary": "fiche de régulation, when `summaries.jsonl` has one",
-    }  # fmt: skip
+    }
     if task == "transcript":
-        columns.update(
-            transcript="`Régulateur : …` / `Appelant : …` lines", text="the same (for text stages)"
-        )
+        columns.update(transcript="`Régulateur : …` / `Appelant : …` lines", text="the same (for text stages)")
     else:
         columns["messages"] = "chat: system prompt, then the call (regulator = assistant)"
     if per_turn:
@@ -373,9 +357,7 @@ def row_columns(task: str, per_turn: bool) -> dict[str, str]:
 def card_facts(recipe, report: dict[str, Any]) -> dict[str, Any]:
     """What the dataset card says of these rows: summary, processing steps, columns."""
     task = {
-        "dialogue": "one row per regulator turn with its history"
-        if recipe.per_turn
-        else "one row per call",
+        "dialogue": "one row per regulator turn with its history" if recipe.per_turn else "one row per call",
         "summary": "transcript → fiche de régulation, one row per call that has a summary",
         "transcript": "one row per call, its transcript (`Régulateur : …` / `Appelant : …` lines) as `text`",
     }[recipe.task]
@@ -402,8 +384,6 @@ def card_facts(recipe, report: dict[str, Any]) -> dict[str, Any]:
         "steps": steps,
         "columns": columns,
         "license": recipe.license or "mit",
-        "task_categories": ["summarization", "text-generation"]
-        if recipe.task == "summary"
-        else ["text-generation"],
+        "task_categories": ["summarization", "text-generation"] if recipe.task == "summary" else ["text-generation"],
         "note": "the source calls were played by actors; no real patient data",
     }

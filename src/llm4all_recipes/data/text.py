@@ -19,7 +19,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-
 def build(recipe, source: str) -> tuple[dict[str, list[dict]], dict]:
     """A folder of jsonl files (or one file): one split per file, named after it; every row needs `text`."""
     path = Path(source)
@@ -44,9 +43,7 @@ def card_facts(recipe, report: dict[str, Any]) -> dict[str, Any]:
     """What the dataset card says of these rows: summary, processing steps, columns."""
     return {
         "summary": "French text, one document per row, one split per source file.",
-        "steps": [
-            f"Read {', '.join(f'`{f}`' for f in report['files'])}: each file is a split named after it."
-        ],
+        "steps": [f"Read {', '.join(f'`{f}`' for f in report['files'])}: each file is a split named after it."],
         "columns": {"text": "a document", "id": "its id in the source file"},
         "license": recipe.license,
         "task_categories": ["text-generation"],

@@ -21,9 +21,7 @@ def table(rows: list[dict], old: str, new: str) -> str:
     return "\n".join(lines)
 
 
-def plot(
-    rows: list[dict], path: str | Path, old: str, new: str, arrows: list[tuple[int, int]] | None = None
-) -> Path:
+def plot(rows: list[dict], path: str | Path, old: str, new: str, arrows: list[tuple[int, int]] | None = None) -> Path:
     """Write a PNG: one point per row at (new, old) perplexity; `arrows` joins row i to row j."""
     import matplotlib
 
@@ -35,8 +33,12 @@ def plot(
         ax.scatter(r["new"], r["old"], s=40)
         ax.annotate(r["model"], (r["new"], r["old"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     for i, j in arrows or [(0, k) for k in range(1, len(rows))]:
-        ax.annotate("", xy=(rows[j]["new"], rows[j]["old"]), xytext=(rows[i]["new"], rows[i]["old"]),
-                    arrowprops={"arrowstyle": "->", "color": "0.5"})  # fmt: skip
+        ax.annotate(
+            "",
+            xy=(rows[j]["new"], rows[j]["old"]),
+            xytext=(rows[i]["new"], rows[i]["old"]),
+            arrowprops={"arrowstyle": "->", "color": "0.5"},
+        )
     ax.set_xlabel(f"{new} perplexity  (← learning)")
     ax.set_ylabel(f"{old} perplexity  (↑ forgetting)")
     ax.set_title("Learning vs forgetting")

@@ -21,13 +21,9 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def generate(model, tokenizer, messages: list[dict], max_new_tokens: int = 64) -> str:
-    inputs = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     inputs = {k: v.to(next(model.parameters()).device) for k, v in inputs.items()}
-    out = model.generate(
-        **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-    )
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
@@ -54,20 +50,25 @@ def simsamu_next_turn(model, tokenizer, rows, budget: Budget, max_new_tokens: in
         samples.append({"id": row["id"], "prediction": pred, "reference": ref})
     if not predictions:
         return {"generations": 0, "rows": len(rows)}
-    return {"rougeL": rouge(predictions, references, ("rougeL",))["rougeL"], "generations": len(predictions),
-            "rows": len(rows), "samples": samples}  # fmt: skip
+    return {
+        "rougeL": rouge(predictions, references, ("rougeL",))["rougeL"],
+        "generations": len(predictions),
+        "rows": len(rows),
+        "samples": samples,
+    }
 
 
-def summarise_meeting(model, tokenizer, row: dict, budget: Budget, *, context: int, chunk_tokens: int, overlap: int,
-                      max_new_tokens: int) -> str | None:  # fmt: skip
+def summarise_meeting(
+    model, tokenizer, row: dict, budget: Budget, *, context: int, chunk_tokens: int, overlap: int, max_new_tokens: int
+) -> str | None:
     """One summary, direct when the prompt fits `context` tokens, else map-reduce over chunks (None: no budget)."""
     system = render_prompt("meeting_system")
     lines = transcript_lines(row["turns"])
-    direct = [{"role": "system", "content": system},
-              {"role": "user", "content": render_prompt("meeting_summary", transcript="\n".join(lines))}]  # fmt: skip
-    size = len(
-        tokenizer.apply_chat_template(direct, add_generation_prompt=True, return_dict=True)["input_ids"]
-    )
+    direct = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": render_prompt("meeting_summary", transcript="\n".join(lines))},
+    ]
+    size = len(tokenizer.apply_chat_template(direct, add_generation_prompt=True, return_dict=True)["input_ids"])
     if size + max_new_tokens <= context:
         return generate(model, tokenizer, direct, max_new_tokens) if budget.take() else None
 
@@ -97,12 +98,29 @@ def summarise_meeting(model, tokenizer, row: dict, budget: Budget, *, context: i
     )
 
 
-def meeting_summaries(model, tokenizer, rows, budget: Budget, *, context: int, chunk_tokens: int = 384, overlap: int = 64,
-                      max_new_tokens: int = 64) -> dict:  # fmt: skip
+def meeting_summaries(
+    model,
+    tokenizer,
+    rows,
+    budget: Budget,
+    *,
+    context: int,
+    chunk_tokens: int = 384,
+    overlap: int = 64,
+    max_new_tokens: int = 64,
+) -> dict:
     predictions, references, samples = [], [], []
     for row in rows:
-        pred = summarise_meeting(model, tokenizer, row, budget, context=context, chunk_tokens=chunk_tokens, overlap=overlap,
-                                 max_new_tokens=max_new_tokens)  # fmt: skip
+        pred = summarise_meeting(
+            model,
+            tokenizer,
+            row,
+            budget,
+            context=context,
+            chunk_tokens=chunk_tokens,
+            overlap=overlap,
+            max_new_tokens=max_new_tokens,
+        )
         if pred is None:
             break
         predictions.append(pred)

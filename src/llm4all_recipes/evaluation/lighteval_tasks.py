@@ -117,8 +117,10 @@ def _messages(items: Any) -> list[dict[str, str]]:
 
 def plain_text(messages: list[dict[str, str]]) -> str:
     """The conversation for models without a chat template, ending where the assistant speaks."""
-    parts = [f"{_LABELS.get(m['role'], m['role'])} : {m['content']}" if m["role"] != "system" else m["content"]
-             for m in messages]  # fmt: skip
+    parts = [
+        f"{_LABELS.get(m['role'], m['role'])} : {m['content']}" if m["role"] != "system" else m["content"]
+        for m in messages
+    ]
     return "\n".join([*parts, f"{_LABELS['assistant']} :"])
 
 
@@ -149,14 +151,10 @@ def meeting_doc(row: dict, task_name: str) -> Doc:
 # --- tasks -------------------------------------------------------------------------------------------
 
 
-def _task(
-    name: str, prompt_function, folder: str, split: str, max_new_tokens: int, rouge_types
-) -> LightevalTaskConfig:
+def _task(name: str, prompt_function, folder: str, split: str, max_new_tokens: int, rouge_types) -> LightevalTaskConfig:
     path = Path(folder).expanduser().resolve()
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"{name}: dataset folder {folder!r} does not exist (Hub parquet layout expected)"
-        )
+        raise FileNotFoundError(f"{name}: dataset folder {folder!r} does not exist (Hub parquet layout expected)")
     return LightevalTaskConfig(
         name=name,
         prompt_function=prompt_function,
@@ -195,9 +193,7 @@ def make_tasks(
     if simsamu:
         tasks.append(_task(SIMSAMU_TASK, simsamu_doc, simsamu, split, max_new_tokens, ("rougeL",)))
     if meetings:
-        tasks.append(
-            _task(MEETING_TASK, meeting_doc, meetings, split, max_new_tokens, ("rouge1", "rouge2", "rougeL"))
-        )
+        tasks.append(_task(MEETING_TASK, meeting_doc, meetings, split, max_new_tokens, ("rouge1", "rouge2", "rougeL")))
     return tasks
 
 
@@ -261,9 +257,7 @@ class MessagesPromptManager(PromptManager):
         excess = self._excess(messages, budget)
         if excess > 0 and task not in self._warned:
             self._warned.add(task)
-            logger.warning(
-                "%s: prompts longer than the model's context are shortened to %d tokens", task, budget
-            )
+            logger.warning("%s: prompts longer than the model's context are shortened to %d tokens", task, budget)
         while excess > 0:
             history = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
             if history:
@@ -365,9 +359,16 @@ def run_lighteval(
     try:
         with _restore_global_state():
             aggregated = _evaluate(
-                model_path, tasks, out, cache, make_tasks(simsamu, meetings, split, max_new_tokens),
-                max_samples=max_samples, device=device, batch_size=batch_size, save_details=save_details,
-            )  # fmt: skip
+                model_path,
+                tasks,
+                out,
+                cache,
+                make_tasks(simsamu, meetings, split, max_new_tokens),
+                max_samples=max_samples,
+                device=device,
+                batch_size=batch_size,
+                save_details=save_details,
+            )
     finally:
         if fresh_cache:
             shutil.rmtree(cache, ignore_errors=True)
@@ -378,9 +379,7 @@ def run_lighteval(
     }
 
 
-def _evaluate(
-    model_path, tasks, out: Path, cache: Path, custom, *, max_samples, device, batch_size, save_details
-):
+def _evaluate(model_path, tasks, out: Path, cache: Path, custom, *, max_samples, device, batch_size, save_details):
     import torch
     from lighteval.logging.evaluation_tracker import EvaluationTracker
     from lighteval.models.model_input import GenerationParameters
@@ -416,9 +415,7 @@ def _evaluate(
         custom_tasks_directory=tasks_module(custom),  # typed str, but the Registry takes a module
         max_samples=max_samples,
     )
-    pipeline = Pipeline(
-        tasks=",".join(tasks), pipeline_parameters=params, evaluation_tracker=tracker, model=model
-    )
+    pipeline = Pipeline(tasks=",".join(tasks), pipeline_parameters=params, evaluation_tracker=tracker, model=model)
     pipeline.evaluate()
     pipeline.save_and_push_results()
     return tracker.metrics_logger.metric_aggregated

@@ -130,15 +130,14 @@ def recorded_perplexities(path: str | None) -> dict[str, dict]:
     return {
         v["measure"]: v
         for v in evals.values()
-        if isinstance(v, dict)
-        and isinstance(v.get("measure"), str)
-        and isinstance(v.get("perplexity"), (int, float))
+        if isinstance(v, dict) and isinstance(v.get("measure"), str) and isinstance(v.get("perplexity"), (int, float))
     }
 
 
 @torch.no_grad()
-def document_perplexities(model, tokenizer, texts: list[str], *, max_length: int = 512, batch_size: int = 8,
-                          desc: str = "scoring") -> list[float]:  # fmt: skip
+def document_perplexities(
+    model, tokenizer, texts: list[str], *, max_length: int = 512, batch_size: int = 8, desc: str = "scoring"
+) -> list[float]:
     """Perplexity of each document on its first `max_length` tokens (EOS appended), batched with padding."""
     model.eval()
     device = next(model.parameters()).device
@@ -183,11 +182,17 @@ def held_out_perplexities(
     try:
         out = {}
         for name, ds in sets.items():
-            out[name] = perplexity(model, tokenizer, ds["text"], max_length=max_length,
-                                   desc=f"{tag} {name}".strip(), recorded=recorded)  # fmt: skip
+            out[name] = perplexity(
+                model, tokenizer, ds["text"], max_length=max_length, desc=f"{tag} {name}".strip(), recorded=recorded
+            )
             if out[name]["measure"] in recorded:
-                logger.info("%s %s: perplexity %.2f, as measured by the stage that wrote %s", tag or "model", name,
-                            out[name]["perplexity"], recorded_in)  # fmt: skip
+                logger.info(
+                    "%s %s: perplexity %.2f, as measured by the stage that wrote %s",
+                    tag or "model",
+                    name,
+                    out[name]["perplexity"],
+                    recorded_in,
+                )
         return out
     finally:
         model.to(home)
@@ -206,7 +211,14 @@ def held_out_meter(recipe, preprocessor, sets: dict, device: str, *, speech: boo
         )
 
     def measure(model, tag: str, recorded_in: str | None = None) -> dict:
-        return held_out_perplexities(model, preprocessor, sets, max_length=recipe.perplexity_max_length,
-                                     device=device, tag=tag, recorded_in=recorded_in)  # fmt: skip
+        return held_out_perplexities(
+            model,
+            preprocessor,
+            sets,
+            max_length=recipe.perplexity_max_length,
+            device=device,
+            tag=tag,
+            recorded_in=recorded_in,
+        )
 
     return measure

@@ -18,25 +18,28 @@ from .audio import SAMPLING_RATE
 class Transcriber:
     """A Whisper model + processor on a device, with the generation settings of a recipe."""
 
-    def __init__(self, model, processor, *, language: str, device: str, num_beams: int = 1,
-                 max_new_tokens: int = 128):  # fmt: skip
+    def __init__(self, model, processor, *, language: str, device: str, num_beams: int = 1, max_new_tokens: int = 128):
         self.model, self.processor = model.to(device).eval(), processor
         self.device, self.dtype = torch.device(device), next(model.parameters()).dtype
         self.window = processor.feature_extractor.n_samples  # samples of one input window
-        self.kwargs = {"language": language, "task": "transcribe", "num_beams": num_beams,
-                       "max_new_tokens": max_new_tokens}  # fmt: skip
+        self.kwargs = {
+            "language": language,
+            "task": "transcribe",
+            "num_beams": num_beams,
+            "max_new_tokens": max_new_tokens,
+        }
 
     def _features(self, clips: Sequence[np.ndarray], long: bool = False):
         extra = {"truncation": False, "padding": "longest"} if long else {}
         out = self.processor.feature_extractor(
             list(clips), sampling_rate=SAMPLING_RATE, return_tensors="pt", return_attention_mask=True, **extra
         )
-        return {
-            k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype) for k, v in out.items()
-        }
+        return {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype) for k, v in out.items()}
 
     @torch.no_grad()
-    def clips(self, clips: Sequence[np.ndarray], batch_size: int, progress: Callable[[int], None] | None = None) -> list[str]:  # fmt: skip
+    def clips(
+        self, clips: Sequence[np.ndarray], batch_size: int, progress: Callable[[int], None] | None = None
+    ) -> list[str]:
         """The text of each clip (same order)."""
         texts: list[str] = [""] * len(clips)
         short = [i for i, c in enumerate(clips) if len(c) <= self.window]
@@ -79,6 +82,7 @@ class Transcriber:
             text = self.processor.decode(seg["tokens"], skip_special_tokens=True).strip()
             start = min(round(float(seg["start"]), 2), duration)
             if text:
-                result.append({"start": start, "end": max(start, min(round(float(seg["end"]), 2), duration)),
-                               "text": text})  # fmt: skip
+                result.append(
+                    {"start": start, "end": max(start, min(round(float(seg["end"]), 2), duration)), "text": text}
+                )
         return result

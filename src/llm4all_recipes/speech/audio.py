@@ -23,9 +23,7 @@ class AudioError(Exception):
         self.path, self.reason = str(path), reason
 
 
-def decode(
-    source: str | Path | bytes, sampling_rate: int = SAMPLING_RATE, name: str | None = None
-) -> np.ndarray:
+def decode(source: str | Path | bytes, sampling_rate: int = SAMPLING_RATE, name: str | None = None) -> np.ndarray:
     """The first audio stream of a file (or of encoded bytes, called `name` in errors) as mono float32 samples
     in [-1, 1] at `sampling_rate`."""
     import io
@@ -45,9 +43,7 @@ def decode(
         stream = container.streams.audio[0]
         rate = stream.codec_context.sample_rate or stream.rate
         if not rate or not RATES[0] <= rate <= RATES[1]:
-            raise AudioError(
-                path, f"sample rate {rate} Hz is not supported (accepted: {RATES[0]}–{RATES[1]} Hz)"
-            )
+            raise AudioError(path, f"sample rate {rate} Hz is not supported (accepted: {RATES[0]}–{RATES[1]} Hz)")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
         chunks = []
         try:
@@ -105,8 +101,12 @@ def write_m4a(path: str | Path, samples: np.ndarray, sampling_rate: int, bit_rat
         )
         frame.sample_rate, frame.pts, frame.time_base = sampling_rate, 0, fractions.Fraction(1, sampling_rate)
         # frames of the encoder's size, timestamps from 0: the muxer then records the encoder's priming delay
-        resampler = av.AudioResampler(format=stream.codec_context.format, layout="mono", rate=sampling_rate,
-                                      frame_size=stream.codec_context.frame_size)  # fmt: skip
+        resampler = av.AudioResampler(
+            format=stream.codec_context.format,
+            layout="mono",
+            rate=sampling_rate,
+            frame_size=stream.codec_context.frame_size,
+        )
         for chunk in [*resampler.resample(frame), *resampler.resample(None)]:
             for packet in stream.encode(chunk):
                 out.mux(packet)

@@ -74,8 +74,12 @@ def encode(processor, pairs, max_tokens: int, language: str) -> tuple[dict[str, 
         )
         ids.append(tokenizer(text).input_ids[: max_tokens + 1])  # prompt + text + <|endoftext|>
     if too_long:
-        logger.warning("%d recording(s) longer than the model's %d-s window left out (their transcript would not "
-                       "match the audio the model sees)", too_long, window // 16_000)  # fmt: skip
+        logger.warning(
+            "%d recording(s) longer than the model's %d-s window left out (their transcript would not "
+            "match the audio the model sees)",
+            too_long,
+            window // 16_000,
+        )
     if not features:
         return {}, errors or ["no recording fits the model's window"]
     width = max(len(x) for x in ids)
@@ -112,8 +116,7 @@ def calibration_inputs(recipe, processor, n: int, seed: int, pairs=None) -> dict
     the file (calibration data is the recipe's own choice: no silent gaps)."""
     if pairs is None:
         pairs = [p for ps in read_pairs(recipe.datasets, "datasets").values() for p in ps]
-    batch, errors = encode(processor, sample(pairs, n, seed, "datasets"), recipe.calibration_seq_len,
-                           recipe.language)  # fmt: skip
+    batch, errors = encode(processor, sample(pairs, n, seed, "datasets"), recipe.calibration_seq_len, recipe.language)
     if errors:
         raise RecipeError(
             f"{errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""), key="datasets"
@@ -149,9 +152,7 @@ def transcript_perplexity(model, batch: dict[str, torch.Tensor], *, device: str,
                 decoder_input_ids=part["decoder_input_ids"],
                 decoder_attention_mask=part["decoder_attention_mask"],
             ).logits.float()
-            nll += float(
-                F.cross_entropy(logits.transpose(1, 2), part["labels"], reduction="sum", ignore_index=-100)
-            )
+            nll += float(F.cross_entropy(logits.transpose(1, 2), part["labels"], reduction="sum", ignore_index=-100))
             count += int((part["labels"] != -100).sum())
     finally:
         model.to(home)
@@ -160,7 +161,4 @@ def transcript_perplexity(model, batch: dict[str, torch.Tensor], *, device: str,
 
 
 def transcript_perplexities(model, sets: dict, *, device: str, batch_size: int = 8) -> dict:
-    return {
-        label: transcript_perplexity(model, b, device=device, batch_size=batch_size)
-        for label, b in sets.items()
-    }
+    return {label: transcript_perplexity(model, b, device=device, batch_size=batch_size) for label, b in sets.items()}

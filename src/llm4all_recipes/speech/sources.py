@@ -96,9 +96,7 @@ def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
     return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
 
 
-def turn_references(
-    turns: list[tuple[float, float, str]], cues: list[tuple[float, float, str]]
-) -> list[str | None]:
+def turn_references(turns: list[tuple[float, float, str]], cues: list[tuple[float, float, str]]) -> list[str | None]:
     """Each cue goes to the turn it overlaps most; a turn's reference is its cues' text (None if it has none,
     or only untranscribed <NA> cues)."""
     texts: list[list[str]] = [[] for _ in turns]
@@ -113,10 +111,7 @@ def _json_reference(path: Path) -> str | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         words = [
-            str(t.get("text", "")).strip()
-            for m in data["monologues"]
-            for t in m["terms"]
-            if t.get("type") == "WORD"
+            str(t.get("text", "")).strip() for m in data["monologues"] for t in m["terms"] if t.get("type") == "WORD"
         ]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -147,9 +142,7 @@ def call_recording(folder: Path, skip_speakers: set[str]) -> tuple[Recording, in
 
 def manifest_recordings(source: Path) -> list[Recording]:
     """Rows of a jsonl manifest (or a folder of them: one split per file) or of a save_to_disk dataset."""
-    if source.is_dir() and (
-        (source / "dataset_info.json").is_file() or (source / "dataset_dict.json").is_file()
-    ):
+    if source.is_dir() and ((source / "dataset_info.json").is_file() or (source / "dataset_dict.json").is_file()):
         return _dataset_recordings(source)
     files = sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
     if not files or source.suffix in (
@@ -203,12 +196,8 @@ def _dataset_recordings(source: Path) -> list[Recording]:
         for k, row in enumerate(ds):
             audio = row.pop("audio")
             path = Path(audio if isinstance(audio, str) else (audio or {}).get("path") or f"{split}-{k}")
-            row["audio"] = (
-                audio if isinstance(audio, str) else (audio or {}).get("path")
-            )  # as the source has it
-            recording = _row_recording(
-                row, path if path.is_absolute() else base / path, f"{split}-{k}", split
-            )
+            row["audio"] = audio if isinstance(audio, str) else (audio or {}).get("path")  # as the source has it
+            recording = _row_recording(row, path if path.is_absolute() else base / path, f"{split}-{k}", split)
             if isinstance(audio, dict) and audio.get("bytes"):
                 recording.audio_bytes = audio["bytes"]
             out.append(recording)

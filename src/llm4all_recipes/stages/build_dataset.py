@@ -42,9 +42,7 @@ def run(recipe: BuildDatasetRecipe, callbacks=None):
         raise RecipeError("no row was built (see the skipped counts)", key="source")
     for name in report["empty_splits"]:
         logger.warning("split %r is empty: fewer %ss than splits", name, report["group"])
-    dataset = datasets.DatasetDict(
-        {name: datasets.Dataset.from_list(rows) for name, rows in splits.items() if rows}
-    )
+    dataset = datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items() if rows})
     if recipe.dry_run:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return report
@@ -52,6 +50,12 @@ def run(recipe: BuildDatasetRecipe, callbacks=None):
     # 2. save_to_disk + card + recipe + report, through <output_dir>.tmp; then published when asked.
     with staged_output(recipe, "build-dataset") as tmp:
         dataset.save_to_disk(str(tmp))
-        finish_dataset(tmp, stage="build-dataset", recipe=recipe, dataset=dataset, report=report,
-                       facts=builder.card_facts(recipe, report))  # fmt: skip
+        finish_dataset(
+            tmp,
+            stage="build-dataset",
+            recipe=recipe,
+            dataset=dataset,
+            report=report,
+            facts=builder.card_facts(recipe, report),
+        )
     return report

@@ -50,38 +50,53 @@ def run(recipe: CacheTeacherRecipe, callbacks=None):
     if recipe.chat_template_path:
         tokenizer.chat_template = read_chat_template(recipe.chat_template_path)
     if recipe.top_k > len(tokenizer):
-        raise RecipeError(f"{recipe.top_k} is more than the vocabulary ({len(tokenizer)} tokens; the vocabulary size "
-                          "makes the cache exact)", key="top_k")  # fmt: skip
+        raise RecipeError(
+            f"{recipe.top_k} is more than the vocabulary ({len(tokenizer)} tokens; the vocabulary size "
+            "makes the cache exact)",
+            key="top_k",
+        )
     train, _, mixture = load_data(recipe, tokenizer)
     rows, report = pack_rows(train, tokenizer, recipe.data_format, recipe.max_length)
     value_bytes = 2 if recipe.cache_dtype == "float16" else 4
     report["cache_bytes"] = len(rows) * recipe.max_length * recipe.top_k * (value_bytes + 4)
     if recipe.dry_run:
-        print(f"# cache-teacher: {report['rows']} rows x {recipe.max_length} tokens, top-{recipe.top_k}: "
-              f"{report['cache_bytes'] / 2**20:.1f} MiB of cache")  # fmt: skip
+        print(
+            f"# cache-teacher: {report['rows']} rows x {recipe.max_length} tokens, top-{recipe.top_k}: "
+            f"{report['cache_bytes'] / 2**20:.1f} MiB of cache"
+        )
         return report
 
     with staged_output(recipe, "cache-teacher") as tmp:
         # 2. One teacher pass, shard by shard, straight into memory-mapped files.
-        teacher = load_model(recipe.teacher_model_name_or_path, dtype=recipe.teacher_dtype, key="teacher_model_name_or_path")
+        teacher = load_model(
+            recipe.teacher_model_name_or_path, dtype=recipe.teacher_dtype, key="teacher_model_name_or_path"
+        )
         device = resolve_device(recipe.device)
         teacher.to(device).eval()
         vocab = len(tokenizer)
         rows.save_to_disk(str(tmp / TeacherCache.DATA))
         report["mean_topk_mass"] = write_top_k(recipe, teacher, rows, vocab, device, tmp)
         fingerprint = {
-            "data": data_hash(rows), "teacher": recipe.teacher_model_name_or_path, "teacher_identity": model_identity(teacher),
-            "tokenizer": tokenizer_hash(tokenizer), "top_k": recipe.top_k, "temperature": recipe.kd_temperature,
-            "max_length": recipe.max_length, "data_format": recipe.data_format, "rows": len(rows),
-            "shard_rows": recipe.shard_rows, "cache_dtype": recipe.cache_dtype, "vocab_size": vocab,
-        }  # fmt: skip
+            "data": data_hash(rows),
+            "teacher": recipe.teacher_model_name_or_path,
+            "teacher_identity": model_identity(teacher),
+            "tokenizer": tokenizer_hash(tokenizer),
+            "top_k": recipe.top_k,
+            "temperature": recipe.kd_temperature,
+            "max_length": recipe.max_length,
+            "data_format": recipe.data_format,
+            "rows": len(rows),
+            "shard_rows": recipe.shard_rows,
+            "cache_dtype": recipe.cache_dtype,
+            "vocab_size": vocab,
+        }
         write_json(tmp / TeacherCache.FINGERPRINT, fingerprint)
-        write_run_files(
-            tmp, stage="cache-teacher", recipe=recipe, metrics={**report, "data": mixture}, parent=None
-        )
+        write_run_files(tmp, stage="cache-teacher", recipe=recipe, metrics={**report, "data": mixture}, parent=None)
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "README.md").write_text(readme(recipe, report, fingerprint), encoding="utf-8")
-    logger.info("top-%d holds %.4f of the teacher's probability mass on average", recipe.top_k, report["mean_topk_mass"])
+    logger.info(
+        "top-%d holds %.4f of the teacher's probability mass on average", recipe.top_k, report["mean_topk_mass"]
+    )
     return report
 
 
@@ -94,20 +109,14 @@ def write_top_k(recipe: CacheTeacherRecipe, teacher, rows, vocab: int, device: s
     for shard in range(math.ceil(len(rows) / recipe.shard_rows)):
         start, stop = shard * recipe.shard_rows, min(len(rows), (shard + 1) * recipe.shard_rows)
         shape = (stop - start, recipe.max_length, recipe.top_k)
-        lp = np.lib.format.open_memmap(
-            TeacherCache.shard_files(tmp, shard)[0], mode="w+", dtype=dtype, shape=shape
-        )
-        ix = np.lib.format.open_memmap(
-            TeacherCache.shard_files(tmp, shard)[1], mode="w+", dtype=np.int32, shape=shape
-        )
+        lp = np.lib.format.open_memmap(TeacherCache.shard_files(tmp, shard)[0], mode="w+", dtype=dtype, shape=shape)
+        ix = np.lib.format.open_memmap(TeacherCache.shard_files(tmp, shard)[1], mode="w+", dtype=np.int32, shape=shape)
         for b in tqdm(range(start, stop, recipe.batch_size), desc=f"teacher shard {shard}"):
             batch = rows[b : min(b + recipe.batch_size, stop)]
             ids = torch.tensor(batch["input_ids"], device=device)
             attention = torch.tensor(batch["attention_mask"], device=device)
             with torch.no_grad():
-                logits = teacher(input_ids=ids, attention_mask=attention, use_cache=False).logits[
-                    ..., :vocab
-                ]
+                logits = teacher(input_ids=ids, attention_mask=attention, use_cache=False).logits[..., :vocab]
             top = F.log_softmax(logits.float() / recipe.kd_temperature, dim=-1).topk(recipe.top_k, dim=-1)
             lp[b - start : b - start + len(ids)] = top.values.cpu().numpy().astype(dtype)
             ix[b - start : b - start + len(ids)] = top.indices.cpu().numpy().astype(np.int32)

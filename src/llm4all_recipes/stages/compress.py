@@ -35,11 +35,10 @@ def _gb(n: int) -> str:
 def print_plan(recipe: CompressRecipe, model, targets, ranks) -> dict:
     from ..compression.ranks import budget, memory_estimate, summary
 
-    memory = memory_estimate(model, targets, recipe.num_calibration_samples, recipe.calibration_seq_len,
-                               recipe.calibration_batch_size)  # fmt: skip
-    print(
-        f"# llm4all compress --dry_run: {recipe.model_name_or_path}, {recipe.method}, {recipe.rank_allocation}"
+    memory = memory_estimate(
+        model, targets, recipe.num_calibration_samples, recipe.calibration_seq_len, recipe.calibration_batch_size
     )
+    print(f"# llm4all compress --dry_run: {recipe.model_name_or_path}, {recipe.method}, {recipe.rank_allocation}")
     if callable(ranks):
         print(
             "# ranks: decided after calibration (rank_allocation: loss); budget",
@@ -51,15 +50,22 @@ def print_plan(recipe: CompressRecipe, model, targets, ranks) -> dict:
         r = ranks[t.name]
         print(f"{t.name:<48} {t.out_features:>6}x{t.in_features:<6} {'dense' if r is None else f'rank {r}'}")
     facts = summary(model, targets, ranks, recipe.ratio)
-    print(f"# targeted parameters: {facts['targeted_params_before']:,} -> {facts['targeted_params_after']:,} "
-          f"(ratio {facts['achieved_ratio']:.4f}, target {recipe.ratio})")  # fmt: skip
-    print(f"# model: {facts['model_params_before']:,} -> {facts['model_params_after']:,} parameters "
-          f"({facts['model_fraction_removed']:.1%} removed), {_gb(facts['bytes_before'])} -> {_gb(facts['bytes_after'])}")  # fmt: skip
-    print(f"# memory: peak ≈ {_gb(memory['device_peak_bytes'])} on {resolve_device(recipe.device)} (one layer's "
-          f"weights {_gb(memory['layer_weights_bytes_max'])}, statistics {_gb(memory['statistics_bytes_per_layer_max'])}, "
-          f"then batch activations {_gb(memory['batch_activations_bytes'])} or factorisation "
-          f"{_gb(memory['factorisation_bytes'])}); calibration activations {_gb(memory['activations_bytes_cpu'])} "
-          f"and the model {_gb(memory['model_bytes_cpu'])} on the CPU")  # fmt: skip
+    print(
+        f"# targeted parameters: {facts['targeted_params_before']:,} -> {facts['targeted_params_after']:,} "
+        f"(ratio {facts['achieved_ratio']:.4f}, target {recipe.ratio})"
+    )
+    print(
+        f"# model: {facts['model_params_before']:,} -> {facts['model_params_after']:,} parameters "
+        f"({facts['model_fraction_removed']:.1%} removed), {_gb(facts['bytes_before'])} -> {_gb(facts['bytes_after'])}"
+    )
+    print(
+        f"# memory: peak ≈ {_gb(memory['device_peak_bytes'])} on {resolve_device(recipe.device)} (one layer's "
+        f"weights {_gb(memory['layer_weights_bytes_max'])}, statistics "
+        f"{_gb(memory['statistics_bytes_per_layer_max'])}, "
+        f"then batch activations {_gb(memory['batch_activations_bytes'])} or factorisation "
+        f"{_gb(memory['factorisation_bytes'])}); calibration activations {_gb(memory['activations_bytes_cpu'])} "
+        f"and the model {_gb(memory['model_bytes_cpu'])} on the CPU"
+    )
     return {**facts, "memory": memory}
 
 
@@ -75,8 +81,16 @@ def speech_calibration_data(recipe):
     inputs = calibration_inputs(recipe, processor, recipe.num_calibration_samples, recipe.seed, everything)
     evals = eval_inputs(recipe, processor)
     used = len(inputs["labels"])
-    report = [{"source": label, "split": "train", "used_rows": round(used * len(ps) / len(everything)),
-               "available_rows": len(ps), "share": len(ps) / len(everything)} for label, ps in pairs.items()]  # fmt: skip
+    report = [
+        {
+            "source": label,
+            "split": "train",
+            "used_rows": round(used * len(ps) / len(everything)),
+            "available_rows": len(ps),
+            "share": len(ps) / len(everything),
+        }
+        for label, ps in pairs.items()
+    ]
     return processor, model_inputs(inputs), evals, report
 
 
@@ -102,9 +116,17 @@ def run(recipe: CompressRecipe, callbacks=None):
 
         # 3. Layer by layer: statistics -> initialisation -> low-rank swap.
         ranks, report = compress_model(
-            model, ids, targets, ranks, method=recipe.method, alpha=recipe.asvd_alpha, jitter=recipe.jitter,
-            device=device, batch_size=recipe.calibration_batch_size, propagate=recipe.propagate,
-        )  # fmt: skip
+            model,
+            ids,
+            targets,
+            ranks,
+            method=recipe.method,
+            alpha=recipe.asvd_alpha,
+            jitter=recipe.jitter,
+            device=device,
+            batch_size=recipe.calibration_batch_size,
+            propagate=recipe.propagate,
+        )
         dense_size = dense_skeleton(recipe.model_name_or_path, recipe.model_revision)  # the dense parameter counts
         facts = summary(dense_size, targets, ranks, recipe.ratio)
         LowRankForCausalLM.from_base(model, compression_record(recipe, facts, targets, ranks))
@@ -113,14 +135,26 @@ def run(recipe: CompressRecipe, callbacks=None):
         trackers.log({"achieved_ratio": facts["achieved_ratio"], "parameters": facts["model_params_after"]})
         trackers.log_perplexities(before, after)
         trackers.close()
-        metrics = {"compression": facts, "eval_before": before, "eval": after, "data": data_report, **report,
-                   "parameters": facts["model_params_after"]}  # fmt: skip
+        metrics = {
+            "compression": facts,
+            "eval_before": before,
+            "eval": after,
+            "data": data_report,
+            **report,
+            "parameters": facts["model_params_after"],
+        }
 
         # 4. Checkpoint (low-rank format) + card, then publish.
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        finish(tmp, stage="compress", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path,
-               card=card_info(recipe, facts, before, after, target_names(targets), speech, data_report))  # fmt: skip
+        finish(
+            tmp,
+            stage="compress",
+            recipe=recipe,
+            metrics=metrics,
+            parent=recipe.model_name_or_path,
+            card=card_info(recipe, facts, before, after, target_names(targets), speech, data_report),
+        )
     return metrics
 
 
@@ -134,18 +168,29 @@ def calibration_data(recipe: CompressRecipe):
 
 def compression_record(recipe: CompressRecipe, facts: dict, targets, ranks: dict) -> dict:
     """The checkpoint's `compression_config`: method, ratios, ranks, calibration."""
-    calibration = {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
-                   "seq_len": recipe.calibration_seq_len, "seed": recipe.seed, "propagate": recipe.propagate}  # fmt: skip
+    calibration = {
+        "datasets": [s.path for s in recipe.datasets],
+        "samples": recipe.num_calibration_samples,
+        "seq_len": recipe.calibration_seq_len,
+        "seed": recipe.seed,
+        "propagate": recipe.propagate,
+    }
     return {
-        "method": recipe.method, "ratio": recipe.ratio, "achieved_ratio": facts["achieved_ratio"],
-        "model_fraction_removed": facts["model_fraction_removed"], "rank_allocation": recipe.rank_allocation,
-        "targets": target_names(targets), "ranks": {k: v for k, v in ranks.items() if v is not None},
-        "base_model": recipe.model_name_or_path, "calibration": calibration,
-    }  # fmt: skip
+        "method": recipe.method,
+        "ratio": recipe.ratio,
+        "achieved_ratio": facts["achieved_ratio"],
+        "model_fraction_removed": facts["model_fraction_removed"],
+        "rank_allocation": recipe.rank_allocation,
+        "targets": target_names(targets),
+        "ranks": {k: v for k, v in ranks.items() if v is not None},
+        "base_model": recipe.model_name_or_path,
+        "calibration": calibration,
+    }
 
 
-def card_info(recipe: CompressRecipe, facts: dict, before: dict, after: dict, names: list[str], speech: bool,
-              data_report: list) -> CardInfo:  # fmt: skip
+def card_info(
+    recipe: CompressRecipe, facts: dict, before: dict, after: dict, names: list[str], speech: bool, data_report: list
+) -> CardInfo:
     blocks = "encoder and decoder blocks" if speech else "decoder"
     return CardInfo(
         summary=f"{model_ref(recipe.model_name_or_path)} with {facts['achieved_ratio']:.0%} of the linear parameters "
@@ -163,8 +208,9 @@ def target_names(targets) -> list[str]:
     return list(dict.fromkeys(t.name.rsplit(".", 1)[-1] for t in targets))
 
 
-def compression_md(recipe: CompressRecipe, facts: dict, before: dict, after: dict, names: list[str],
-                   speech: bool = False) -> str:  # fmt: skip
+def compression_md(
+    recipe: CompressRecipe, facts: dict, before: dict, after: dict, names: list[str], speech: bool = False
+) -> str:
     lines = [
         f"- method: `{recipe.method}`, rank allocation `{recipe.rank_allocation}`, targets {', '.join(names)}",
         f"- ratio: {facts['achieved_ratio']:.4f} of the targeted linear parameters removed (target {recipe.ratio}); "

@@ -20,9 +20,7 @@ def run(recipe: ConvertRecipe, callbacks=None):
         print(f"# convert {recipe.model_name_or_path}: pickle weights -> safetensors in {recipe.output_dir}")
         return {}
     with staged_output(recipe, "convert") as tmp:
-        model = load_model(
-            recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision, pickle=True
-        )
+        model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision, pickle=True)
         model.save_pretrained(str(tmp))  # safetensors (transformers' default)
         tokenizer.save_pretrained(str(tmp))
         metrics = {

@@ -50,8 +50,9 @@ def build_rows(recipe: CPTRecipe, tokenizer) -> tuple[datasets.Dataset, dict]:
     }
     if recipe.replay_share > 0:
         target = math.ceil(recipe.replay_share / (1 - recipe.replay_share) * len(rows) * recipe.max_length)
-        replay, replay_report = build_mixture(recipe.replay_datasets, needed=("text",), seed=seed, size=target,
-                                              count_tokens=count, key="replay_datasets")  # fmt: skip
+        replay, replay_report = build_mixture(
+            recipe.replay_datasets, needed=("text",), seed=seed, size=target, count_tokens=count, key="replay_datasets"
+        )
         replay_rows, dropped = text_rows(
             list(replay["text"]),
             tokenizer,
@@ -75,8 +76,13 @@ def run(recipe: CPTRecipe, callbacks=None):
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     rows, data = build_rows(recipe, tokenizer)
     evals = load_eval_sets(recipe.eval_datasets, needed=("text",))
-    logger.info("continued pretraining on %d blocks (%d tokens), replay share %.3f (target %.3f)", len(rows),
-                data["tokens"], data["replay_share"], recipe.replay_share)  # fmt: skip
+    logger.info(
+        "continued pretraining on %d blocks (%d tokens), replay share %.3f (target %.3f)",
+        len(rows),
+        data["tokens"],
+        data["replay_share"],
+        recipe.replay_share,
+    )
     if recipe.dry_run:
         print(f"# cpt: replay share {data['replay_share']} of the blocks (target {recipe.replay_share})")
         return print_plan(recipe, "cpt", rows, tokenizer, data["mixture"] + data["replay_mixture"])
@@ -92,20 +98,36 @@ def run(recipe: CPTRecipe, callbacks=None):
         recipe.packing, recipe.remove_unused_columns = False, False
         recipe.dataset_kwargs = {"skip_prepare_dataset": True}  # rows are packed per source here
         trainer, metrics = fit(
-            recipe, tmp, model=model, tokenizer=tokenizer, train_dataset=rows, trainer_cls=CPTTrainer,
+            recipe,
+            tmp,
+            model=model,
+            tokenizer=tokenizer,
+            train_dataset=rows,
+            trainer_cls=CPTTrainer,
             eval_datasets=text_eval_rows(evals, tokenizer, recipe.max_length) if recipe.keep_best else {},
-            peft_config=lora_config(recipe) if recipe.use_peft else None, callbacks=callbacks,
-            data_collator=StackCollator(("input_ids", "attention_mask", "labels", "kl_mask")), teacher_model=reference,
-            kl_coef=recipe.kl_coef, kl_coef_end=recipe.kl_coef_end, kd_loss=recipe.kd_loss, kd_beta=recipe.kd_beta,
+            peft_config=lora_config(recipe) if recipe.use_peft else None,
+            callbacks=callbacks,
+            data_collator=StackCollator(("input_ids", "attention_mask", "labels", "kl_mask")),
+            teacher_model=reference,
+            kl_coef=recipe.kl_coef,
+            kl_coef_end=recipe.kl_coef_end,
+            kd_loss=recipe.kd_loss,
+            kd_beta=recipe.kd_beta,
             kd_temperature=recipe.kd_temperature,
-        )  # fmt: skip
+        )
         trained = save_trained(trainer, tmp, recipe, metrics, merge=False)
         metrics.update(eval_before=before, eval=measure(trained, "after"), data=data)
 
         # 4. Merged back with the start at the α its grid chooses; the forgetting report (old vs new domain).
         merge_back(recipe, trainer, trained, reference, measure, _domains(evals), metrics, tmp)
-        finish(tmp, stage="cpt", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path,
-               card=card_info(recipe, metrics, data))  # fmt: skip
+        finish(
+            tmp,
+            stage="cpt",
+            recipe=recipe,
+            metrics=metrics,
+            parent=recipe.model_name_or_path,
+            card=card_info(recipe, metrics, data),
+        )
     return metrics
 
 
@@ -125,8 +147,10 @@ def merge_back(recipe: CPTRecipe, trainer, trained, reference, measure, domains,
     (old, new), before, after = domains, metrics["eval_before"], metrics["eval"]
     points = []
     if old and new:
-        points = [{"model": "before", "old": before[old]["perplexity"], "new": before[new]["perplexity"]},
-                  {"model": "after", "old": after[old]["perplexity"], "new": after[new]["perplexity"]}]  # fmt: skip
+        points = [
+            {"model": "before", "old": before[old]["perplexity"], "new": before[new]["perplexity"]},
+            {"model": "after", "old": after[old]["perplexity"], "new": after[new]["perplexity"]},
+        ]
     alphas = recipe.merge_grid or ([recipe.merge_with_base] if recipe.merge_with_base != 1 else [])
     if alphas and metrics["train"].get("kept") != "start":
         same = recipe.reference_model_name_or_path in (None, recipe.model_name_or_path)
@@ -175,21 +199,38 @@ def merge_grid(recipe: CPTRecipe, trained, start, alphas, measure, domains, poin
     if len(alphas) > 1:
         chosen = choose_alpha(
             {a: (r[old]["perplexity"], r[new]["perplexity"]) for a, r in results.items()},
-            before=(points[0]["old"], points[0]["new"]), trained=(points[1]["old"], points[1]["new"]),
+            before=(points[0]["old"], points[0]["new"]),
+            trained=(points[1]["old"], points[1]["new"]),
             min_gain=recipe.merge_min_gain,
-        )  # fmt: skip
+        )
     interpolation.apply(chosen)
     if chosen == 0.0:
         results[0.0] = before_eval
-        logger.warning("continued pretraining made the new domain worse (%s perplexity %.2f -> %.2f): the starting "
-                       "model is kept (α = 0); lower the learning rate", new, points[0]["new"], points[1]["new"])  # fmt: skip
+        logger.warning(
+            "continued pretraining made the new domain worse (%s perplexity %.2f -> %.2f): the starting "
+            "model is kept (α = 0); lower the learning rate",
+            new,
+            points[0]["new"],
+            points[1]["new"],
+        )
     if old and new:
-        points += [{"model": f"α={a:g}" + (" (kept)" if a == chosen else ""), "old": r[old]["perplexity"],
-                    "new": r[new]["perplexity"]} for a, r in sorted(results.items(), reverse=True)]  # fmt: skip
+        points += [
+            {
+                "model": f"α={a:g}" + (" (kept)" if a == chosen else ""),
+                "old": r[old]["perplexity"],
+                "new": r[new]["perplexity"],
+            }
+            for a, r in sorted(results.items(), reverse=True)
+        ]
     logger.info("merged with the starting model at α = %g (%s)", chosen, recipe.merge_method)
-    return {"alpha": chosen, "method": recipe.merge_method, "grid": sorted(results, reverse=True),
-            "min_gain": recipe.merge_min_gain if len(alphas) > 1 else None,
-            "results": {f"{a:g}": r for a, r in results.items()}, "eval": results.get(chosen, after)}  # fmt: skip
+    return {
+        "alpha": chosen,
+        "method": recipe.merge_method,
+        "grid": sorted(results, reverse=True),
+        "min_gain": recipe.merge_min_gain if len(alphas) > 1 else None,
+        "results": {f"{a:g}": r for a, r in results.items()},
+        "eval": results.get(chosen, after),
+    }
 
 
 def choose_alpha(points: dict[float, tuple[float, float]], before, trained, min_gain: float) -> float:
@@ -213,9 +254,11 @@ def _domains(evals: dict) -> tuple[str | None, str | None]:
 def cpt_md(recipe: CPTRecipe, metrics: dict) -> str:
     data = metrics["data"]
     lines = [
-        f"- {data['tokens']:,} tokens per epoch in blocks of {recipe.max_length}: replay share {data['replay_share']:.3f} "
+        f"- {data['tokens']:,} tokens per epoch in blocks of {recipe.max_length}: replay share "
+        f"{data['replay_share']:.3f} "
         f"(target {recipe.replay_share}); {data['dropped_tail_tokens']} tail tokens of the packing left out",
-        f"- learning rate {recipe.learning_rate}, `{recipe.lr_scheduler_type}` after {recipe.warmup_steps} warm-up steps "
+        f"- learning rate {recipe.learning_rate}, `{recipe.lr_scheduler_type}` after {recipe.warmup_steps} warm-up "
+        "steps "
         f"(re-warm, re-decay); {metrics['train']['global_step']} steps",
         f"- KL to {model_ref(recipe.reference_model_name_or_path or recipe.model_name_or_path)}: "
         + (
@@ -230,8 +273,14 @@ def cpt_md(recipe: CPTRecipe, metrics: dict) -> str:
     ]
     if "forgetting" in metrics:
         f = metrics["forgetting"]
-        lines += ["", "#### Forgetting", "", forgetting.table(f["points"], f["old"], f["new"]), "",
-                  "![learning vs forgetting](forgetting.png)"]  # fmt: skip
+        lines += [
+            "",
+            "#### Forgetting",
+            "",
+            forgetting.table(f["points"], f["old"], f["new"]),
+            "",
+            "![learning vs forgetting](forgetting.png)",
+        ]
         if "merge_with_base" in metrics:
             lines += ["", where_it_sits(f["points"], metrics["merge_with_base"]["alpha"])]
     return "\n".join(lines)
@@ -242,9 +291,13 @@ def where_it_sits(points: list[dict], alpha: float) -> str:
     before, trained = points[0], points[1]
     kept = next((p for p in points[2:] if p["model"].startswith(f"α={alpha:g}")), trained)
     rise, gain = trained["old"] - before["old"], before["new"] - trained["new"]
-    text = (f"Kept: α = {alpha:g}, old-domain perplexity {kept['old'] - before['old']:+.2f} "
-            f"(unmerged: {rise:+.2f}), new-domain gain {before['new'] - kept['new']:.2f} (unmerged: {gain:.2f})")  # fmt: skip
+    text = (
+        f"Kept: α = {alpha:g}, old-domain perplexity {kept['old'] - before['old']:+.2f} "
+        f"(unmerged: {rise:+.2f}), new-domain gain {before['new'] - kept['new']:.2f} (unmerged: {gain:.2f})"
+    )
     if rise > 0 and gain > 0:
-        text += (f": {(kept['old'] - before['old']) / rise:.2f}× the unmerged rise for "
-                 f"{(before['new'] - kept['new']) / gain:.0%} of its gain")  # fmt: skip
+        text += (
+            f": {(kept['old'] - before['old']) / rise:.2f}× the unmerged rise for "
+            f"{(before['new'] - kept['new']) / gain:.0%} of its gain"
+        )
     return text + " (docs/BENCHMARKS.md#forgetting places the benchmark's arms on the same axes)."

@@ -48,9 +48,11 @@ def run(recipe: EvalRecipe, callbacks=None):
     else:
         compare = [*((Path(p).name, p) for p in recipe.compare_to), ("this model", recipe.model_name_or_path)]
     if recipe.dry_run:
-        print(f"# eval {recipe.model_name_or_path}: perplexity on {list(ppl_sets)} for {[c[0] for c in compare]}; "
-              f"simsamu {len(simsamu) if simsamu else 0} rows, meetings {len(meetings) if meetings else 0}; "
-              f"{recipe.max_generations} generations at most")  # fmt: skip
+        print(
+            f"# eval {recipe.model_name_or_path}: perplexity on {list(ppl_sets)} for {[c[0] for c in compare]}; "
+            f"simsamu {len(simsamu) if simsamu else 0} rows, meetings {len(meetings) if meetings else 0}; "
+            f"{recipe.max_generations} generations at most"
+        )
         return {}
 
     with staged_output(recipe, "eval") as tmp:
@@ -71,15 +73,22 @@ def run(recipe: EvalRecipe, callbacks=None):
         if recipe.lighteval_tasks:
             from ..evaluation.lighteval_tasks import run_lighteval
 
-            metrics["lighteval"] = run_lighteval(recipe.model_name_or_path, recipe.lighteval_tasks, str(tmp / "lighteval"),
-                                                 simsamu=recipe.simsamu_dataset, meetings=recipe.meetings_dataset,
-                                                 max_samples=recipe.lighteval_max_samples)  # fmt: skip
+            metrics["lighteval"] = run_lighteval(
+                recipe.model_name_or_path,
+                recipe.lighteval_tasks,
+                str(tmp / "lighteval"),
+                simsamu=recipe.simsamu_dataset,
+                meetings=recipe.meetings_dataset,
+                max_samples=recipe.lighteval_max_samples,
+            )
 
         # 4. The forgetting report, the run files and the report card (and the model's card, when asked).
         old, new = recipe.old_domain or _first(ppl_sets, "old"), recipe.new_domain or _first(ppl_sets, "new")
         if old and new:
             points = [{"model": label, "old": v[old], "new": v[new]} for label, v in metrics["perplexity"].items()]
-            forgetting.plot(points, tmp / "forgetting.png", old, new, arrows=[(i, i + 1) for i in range(len(points) - 1)])
+            forgetting.plot(
+                points, tmp / "forgetting.png", old, new, arrows=[(i, i + 1) for i in range(len(points) - 1)]
+            )
             metrics["forgetting"] = {"old": old, "new": new, "points": points}
         results = results_of(metrics, recipe)
         write_run_files(tmp, stage="eval", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path)
@@ -110,8 +119,16 @@ def generations(recipe: EvalRecipe, model, tokenizer, simsamu, meetings) -> dict
         out["simsamu"] = simsamu_next_turn(model, tokenizer, simsamu, budget, recipe.max_new_tokens)
     if meetings is not None:
         context = getattr(model.config, "max_position_embeddings", 2048)
-        out["meetings"] = meeting_summaries(model, tokenizer, meetings, budget, context=context, chunk_tokens=recipe.chunk_tokens,
-                                            overlap=recipe.chunk_overlap, max_new_tokens=recipe.max_new_tokens)  # fmt: skip
+        out["meetings"] = meeting_summaries(
+            model,
+            tokenizer,
+            meetings,
+            budget,
+            context=context,
+            chunk_tokens=recipe.chunk_tokens,
+            overlap=recipe.chunk_overlap,
+            max_new_tokens=recipe.max_new_tokens,
+        )
     out["generations_left"] = budget.left
     return out
 
@@ -119,9 +136,7 @@ def generations(recipe: EvalRecipe, model, tokenizer, simsamu, meetings) -> dict
 def _has_chunks(recipe: EvalRecipe) -> bool:
     from ..data.mixture import peek_columns
 
-    columns = peek_columns(
-        DatasetSource(path=recipe.meetings_dataset, split=recipe.meetings_split), "meetings_dataset"
-    )
+    columns = peek_columns(DatasetSource(path=recipe.meetings_dataset, split=recipe.meetings_split), "meetings_dataset")
     return bool(columns and "chunks" in columns)
 
 
@@ -133,18 +148,32 @@ def results_of(metrics: dict, recipe: EvalRecipe) -> list[dict]:
     """The evaluated model's results: held-out perplexity, ROUGE (with the number of generations), lighteval."""
     tokens = metrics.get("perplexity_tokens", {})
     values = {
-        k: {"perplexity": v, "tokens": tokens.get(k)}
-        for k, v in metrics["perplexity"].get("this model", {}).items()
+        k: {"perplexity": v, "tokens": tokens.get(k)} for k, v in metrics["perplexity"].get("this model", {}).items()
     }
     rows = perplexity_results(values, recipe.perplexity_datasets, recipe.perplexity_max_length)
     if "rougeL" in metrics.get("simsamu", {}):
-        rows.append(result("simsamu next regulator turn", "rougeL", metrics["simsamu"]["rougeL"],
-                           dataset=dataset_id(recipe.simsamu_dataset), split=recipe.simsamu_split,
-                           samples=metrics["simsamu"]["generations"]))  # fmt: skip
+        rows.append(
+            result(
+                "simsamu next regulator turn",
+                "rougeL",
+                metrics["simsamu"]["rougeL"],
+                dataset=dataset_id(recipe.simsamu_dataset),
+                split=recipe.simsamu_split,
+                samples=metrics["simsamu"]["generations"],
+            )
+        )
     for m in ("rouge1", "rouge2", "rougeL"):
         if m in metrics.get("meetings", {}):
-            rows.append(result("meeting summaries", m, metrics["meetings"][m], dataset=dataset_id(recipe.meetings_dataset),
-                               split=recipe.meetings_split, samples=metrics["meetings"]["meetings"]))  # fmt: skip
+            rows.append(
+                result(
+                    "meeting summaries",
+                    m,
+                    metrics["meetings"][m],
+                    dataset=dataset_id(recipe.meetings_dataset),
+                    split=recipe.meetings_split,
+                    samples=metrics["meetings"]["meetings"],
+                )
+            )
     for task, values in metrics.get("lighteval", {}).items():
         rows += [result(task, k, v) for k, v in values.items() if isinstance(v, int | float)]
     return rows
@@ -154,8 +183,14 @@ def results_md(metrics: dict, results: list[dict]) -> str:
     lines = [results_table(results)]
     if "forgetting" in metrics:
         f = metrics["forgetting"]
-        lines += ["", "Learning vs forgetting along the model's lineage:", "", forgetting.table(f["points"], f["old"], f["new"]),
-                  "", "![learning vs forgetting](forgetting.png)"]  # fmt: skip
+        lines += [
+            "",
+            "Learning vs forgetting along the model's lineage:",
+            "",
+            forgetting.table(f["points"], f["old"], f["new"]),
+            "",
+            "![learning vs forgetting](forgetting.png)",
+        ]
     for task in ("simsamu", "meetings"):
         for s in metrics.get(task, {}).get("samples", [])[:2]:
             lines += [
@@ -177,16 +212,15 @@ def report_card(recipe: EvalRecipe, metrics: dict, results: list[dict]) -> str:
         tags=["llm4all", "llm4all-eval"],
         model_name=recipe.model_name_or_path,
         eval_results=[eval_result(r) for r in results] or None,
-    )  # fmt: skip
-    return f"---\n{data.to_yaml()}\n---\n\n# Evaluation of `{recipe.model_name_or_path}`\n\n{results_md(metrics, results)}\n"
+    )
+    title = f"# Evaluation of `{recipe.model_name_or_path}`"
+    return f"---\n{data.to_yaml()}\n---\n\n{title}\n\n{results_md(metrics, results)}\n"
 
 
 EVAL_SUBSECTION = "### By llm4all eval"
 
 
-def add_to_model_card(
-    folder: Path, recipe: EvalRecipe, metrics: dict, results: list[dict], plot: Path
-) -> None:
+def add_to_model_card(folder: Path, recipe: EvalRecipe, metrics: dict, results: list[dict], plot: Path) -> None:
     """Merge the results into the evaluated model's card (model-index) and add an evaluation section."""
     from huggingface_hub import ModelCard
 

@@ -44,8 +44,10 @@ def run(recipe: ExportDenseRecipe, callbacks=None):
             metrics=metrics,
             parent=recipe.model_name_or_path,
             card=CardInfo(
-                summary=f"{model_ref(recipe.model_name_or_path)} with its low-rank factors multiplied out: a plain {type(dense).__name__} (same function, dense size).",
-                training=f"Dense export of a `{facts.get('method')}` low-rank checkpoint (ratio {facts.get('achieved_ratio')}).",
+                summary=f"{model_ref(recipe.model_name_or_path)} with its low-rank factors multiplied out: a plain "
+                f"{type(dense).__name__} (same function, dense size).",
+                training=f"Dense export of a `{facts.get('method')}` low-rank checkpoint (ratio "
+                f"{facts.get('achieved_ratio')}).",
                 tags=["compression"],
             ),
         )

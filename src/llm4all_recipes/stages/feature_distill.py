@@ -29,9 +29,7 @@ def teacher_of(recipe: FeatureDistillRecipe) -> str:
 
     config = read_config(recipe.model_name_or_path)
     if config and config.get("model_type") != MODEL_TYPE:
-        raise RecipeError(
-            "not a low-rank checkpoint (run `llm4all compress` first)", key="model_name_or_path"
-        )
+        raise RecipeError("not a low-rank checkpoint (run `llm4all compress` first)", key="model_name_or_path")
     teacher = recipe.teacher_model_name_or_path or config.get("compression_config", {}).get("base_model")
     if not teacher:
         raise RecipeError(
@@ -43,9 +41,7 @@ def teacher_of(recipe: FeatureDistillRecipe) -> str:
 def check_tokenizers(student, teacher) -> None:
     """Same vocabulary (the hidden states are compared token by token)."""
     if student.get_vocab() != teacher.get_vocab():
-        raise RecipeError(
-            "the teacher's tokenizer differs from the student's", key="teacher_model_name_or_path"
-        )
+        raise RecipeError("the teacher's tokenizer differs from the student's", key="teacher_model_name_or_path")
 
 
 def split_windows(recipe: FeatureDistillRecipe, stream: list[int]):
@@ -53,16 +49,10 @@ def split_windows(recipe: FeatureDistillRecipe, stream: list[int]):
 
     cut = int(len(stream) * (1 - HOLDOUT_SHARE))
     try:
-        train = calibration_ids(
-            stream[:cut], recipe.num_calibration_samples, recipe.calibration_seq_len, recipe.seed
-        )
-        hold = calibration_ids(
-            stream[cut:], recipe.num_holdout_samples, recipe.calibration_seq_len, recipe.seed + 1
-        )
+        train = calibration_ids(stream[:cut], recipe.num_calibration_samples, recipe.calibration_seq_len, recipe.seed)
+        hold = calibration_ids(stream[cut:], recipe.num_holdout_samples, recipe.calibration_seq_len, recipe.seed + 1)
     except ValueError as exc:
-        raise RecipeError(
-            f"{exc} (the held-out windows come from the last 10 % of the text)", key="datasets"
-        ) from None
+        raise RecipeError(f"{exc} (the held-out windows come from the last 10 % of the text)", key="datasets") from None
     return train, hold
 
 
@@ -87,13 +77,24 @@ def speech_windows(recipe: FeatureDistillRecipe):
     pairs = [p for ps in read_pairs(recipe.datasets, "datasets").values() for p in ps]
     n_train, n_hold = recipe.num_calibration_samples, recipe.num_holdout_samples
     if len(pairs) < n_train + n_hold:
-        raise RecipeError(f"{len(pairs)} recordings, fewer than num_calibration_samples + num_holdout_samples = "
-                          f"{n_train + n_hold} (training and held-out recordings are distinct)", key="datasets")  # fmt: skip
+        raise RecipeError(
+            f"{len(pairs)} recordings, fewer than num_calibration_samples + num_holdout_samples = "
+            f"{n_train + n_hold} (training and held-out recordings are distinct)",
+            key="datasets",
+        )
     drawn = random.Random(recipe.seed).sample(pairs, n_train + n_hold)
     train = model_inputs(calibration_inputs(recipe, processor, n_train, recipe.seed, drawn[:n_train]))
     hold = model_inputs(calibration_inputs(recipe, processor, n_hold, recipe.seed, drawn[n_train:]))
-    report = [{"source": s.tag, "split": s.split, "used_rows": n_train + n_hold, "available_rows": len(pairs),
-               "share": 1.0 / len(recipe.datasets)} for s in recipe.datasets]  # fmt: skip
+    report = [
+        {
+            "source": s.tag,
+            "split": s.split,
+            "used_rows": n_train + n_hold,
+            "available_rows": len(pairs),
+            "share": 1.0 / len(recipe.datasets),
+        }
+        for s in recipe.datasets
+    ]
     return processor, train, hold, eval_inputs(recipe, processor), report
 
 
@@ -114,8 +115,10 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
     measure = held_out_meter(recipe, tokenizer, evals, device, speech=speech)
     if recipe.dry_run:
         tokens = recipe.tokens_per_block or _tokens(train_ids)
-        print(f"# feature-distill {recipe.model_name_or_path} <- {teacher_path} ({recipe.schedule}); {_tokens(train_ids)} "
-              f"training and {_tokens(hold_ids)} held-out tokens; {tokens} tokens per block")  # fmt: skip
+        print(
+            f"# feature-distill {recipe.model_name_or_path} <- {teacher_path} ({recipe.schedule}); "
+            f"{_tokens(train_ids)} training and {_tokens(hold_ids)} held-out tokens; {tokens} tokens per block"
+        )
         return {"teacher": teacher_path, "tokens_per_block": tokens}
 
     with staged_output(recipe, "feature-distill", resume=True) as tmp:
@@ -134,18 +137,32 @@ def run(recipe: FeatureDistillRecipe, callbacks=None):
         after = measure(student, "after")
         trackers.log_perplexities(before, after)
         trackers.close()
-        metrics = {**block_facts(recipe, reports, train_ids), "eval_before": before, "eval": after,
-                   "data": data_report, "parameters": sum(p.numel() for p in student.parameters())}  # fmt: skip
+        metrics = {
+            **block_facts(recipe, reports, train_ids),
+            "eval_before": before,
+            "eval": after,
+            "data": data_report,
+            "parameters": sum(p.numel() for p in student.parameters()),
+        }
         student.config.compression_config["feature_distill"] = {
-            "teacher": teacher_path, "schedule": recipe.schedule, "joint_inputs": recipe.joint_inputs,
-            "learning_rate": recipe.learning_rate, "lr_scheduler_type": recipe.lr_scheduler_type,
+            "teacher": teacher_path,
+            "schedule": recipe.schedule,
+            "joint_inputs": recipe.joint_inputs,
+            "learning_rate": recipe.learning_rate,
+            "lr_scheduler_type": recipe.lr_scheduler_type,
             "tokens_per_block": recipe.tokens_per_block or _tokens(train_ids),
-        }  # fmt: skip
+        }
         student.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(state, ignore_errors=True)  # resume-only
-        finish(tmp, stage="feature-distill", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path,
-               card=card_info(recipe, teacher_path, metrics, speech))  # fmt: skip
+        finish(
+            tmp,
+            stage="feature-distill",
+            recipe=recipe,
+            metrics=metrics,
+            parent=recipe.model_name_or_path,
+            card=card_info(recipe, teacher_path, metrics, speech),
+        )
     return metrics
 
 
@@ -153,17 +170,31 @@ def distill_config(recipe: FeatureDistillRecipe, train_ids, device: str, speech:
     from ..compression.feature_distill import DistillConfig
 
     speech_tokens = _tokens(train_ids) // len(_first(train_ids)) * recipe.calibration_batch_size if speech else None
-    return DistillConfig(recipe.schedule, recipe.joint_inputs, recipe.learning_rate, recipe.weight_decay,
-                         recipe.tokens_per_block, recipe.calibration_batch_size, recipe.eval_every, device,
-                         recipe.lr_scheduler_type, recipe.warmup_ratio, recipe.early_stopping_patience, speech_tokens)  # fmt: skip
+    return DistillConfig(
+        recipe.schedule,
+        recipe.joint_inputs,
+        recipe.learning_rate,
+        recipe.weight_decay,
+        recipe.tokens_per_block,
+        recipe.calibration_batch_size,
+        recipe.eval_every,
+        device,
+        recipe.lr_scheduler_type,
+        recipe.warmup_ratio,
+        recipe.early_stopping_patience,
+        speech_tokens,
+    )
 
 
 def block_facts(recipe: FeatureDistillRecipe, reports: list, train_ids) -> dict:
     """Each block's held-out losses and steps, and the tokens trained (a warning for blocks no step improved)."""
     unchanged = [r.layer for r in reports if r.best_step == 0]
     if unchanged:
-        logger.warning("blocks %s kept their compressed state: no step improved their held-out loss%s", unchanged,
-                       " (NO block improved: lower the learning rate?)" if len(unchanged) == len(reports) else "")  # fmt: skip
+        logger.warning(
+            "blocks %s kept their compressed state: no step improved their held-out loss%s",
+            unchanged,
+            " (NO block improved: lower the learning rate?)" if len(unchanged) == len(reports) else "",
+        )
     tokens_per_step = _tokens(train_ids) // len(_first(train_ids)) * recipe.calibration_batch_size
     return {
         "blocks": [{k: v for k, v in r.__dict__.items() if k != "history"} for r in reports],
@@ -177,7 +208,9 @@ def card_info(recipe: FeatureDistillRecipe, teacher_path: str, metrics: dict, sp
         summary=f"{model_ref(recipe.model_name_or_path)} healed by Lillama feature distillation against "
         f"{model_ref(teacher_path)}.",
         training=distill_md(recipe, teacher_path, metrics),
-        results=perplexity_results(metrics["eval"], recipe.eval_datasets, None if speech else recipe.perplexity_max_length),
+        results=perplexity_results(
+            metrics["eval"], recipe.eval_datasets, None if speech else recipe.perplexity_max_length
+        ),
         data_report=metrics["data"],
         tags=["compression", "low-rank", "lillama"],
     )
@@ -187,7 +220,8 @@ def distill_md(recipe: FeatureDistillRecipe, teacher: str, metrics: dict) -> str
     lines = [
         f"Lillama feature distillation from {model_ref(teacher)}: schedule `{recipe.schedule}`"
         + (" with both input streams" if recipe.joint_inputs else "")
-        + f", AdamW peak lr {recipe.learning_rate} ({recipe.lr_scheduler_type} after {recipe.warmup_ratio:.0%} warm-up), "
+        + f", AdamW peak lr {recipe.learning_rate} ({recipe.lr_scheduler_type} after {recipe.warmup_ratio:.0%} "
+        "warm-up), "
         "loss mean|a−y| − log σ(cos(a, y)); each block keeps its best state on held-out calibration windows"
         + (
             f" and stops after {recipe.early_stopping_patience} evaluations without improvement"
@@ -205,7 +239,5 @@ def distill_md(recipe: FeatureDistillRecipe, teacher: str, metrics: dict) -> str
         )
     lines.append("")
     for k, v in metrics["eval"].items():
-        lines.append(
-            f"- perplexity `{k}`: {metrics['eval_before'][k]['perplexity']:.2f} → {v['perplexity']:.2f}"
-        )
+        lines.append(f"- perplexity `{k}`: {metrics['eval_before'][k]['perplexity']:.2f} → {v['perplexity']:.2f}")
     return "\n".join(lines)

@@ -30,15 +30,14 @@ from ..outputs import finish_dataset, staged_output
 
 logger = logging.getLogger(__name__)
 
+
 def teacher_context(recipe: GenerateRecipe) -> int:
     """The teacher's context from its config (no weights loaded)."""
     from transformers import AutoConfig
 
     from ..paths import local_hub_copy
 
-    config = AutoConfig.from_pretrained(
-        local_hub_copy(recipe.model_name_or_path), revision=recipe.model_revision
-    )
+    config = AutoConfig.from_pretrained(local_hub_copy(recipe.model_name_or_path), revision=recipe.model_revision)
     return getattr(config, "max_position_embeddings", None) or 2048
 
 
@@ -48,9 +47,7 @@ def load_rows(recipe: GenerateRecipe) -> dict[str, list[dict]]:
     splits = recipe.splits or list(loaded)
     missing = [s for s in splits if s not in loaded]
     if missing:
-        raise RecipeError(
-            f"{recipe.dataset} has no split {missing} (splits: {', '.join(loaded)})", key="splits"
-        )
+        raise RecipeError(f"{recipe.dataset} has no split {missing} (splits: {', '.join(loaded)})", key="splits")
     rows = {s: loaded[s] for s in splits}
     if not any(rows.values()):
         raise RecipeError(f"{recipe.dataset} has no row", key="dataset")
@@ -61,12 +58,13 @@ def load_rows(recipe: GenerateRecipe) -> dict[str, list[dict]]:
             key="input_column",
         )
     history = first[recipe.input_column]
-    is_chat = isinstance(history, list) and all(
-        isinstance(m, dict) and {"role", "content"} <= set(m) for m in history
-    )
+    is_chat = isinstance(history, list) and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in history)
     if recipe.prompt is None and not is_chat:
-        raise RecipeError(f"prompt: null writes next turns: '{recipe.input_column}' must hold chat histories "
-                          "([{role, content}, ...])", key="input_column")  # fmt: skip
+        raise RecipeError(
+            f"prompt: null writes next turns: '{recipe.input_column}' must hold chat histories "
+            "([{role, content}, ...])",
+            key="input_column",
+        )
     return rows
 
 
@@ -105,8 +103,11 @@ class Teacher:
         return chat(self.system, instruction)
 
     def prompt_tokens(self, instruction: str) -> int:
-        return len(self.tokenizer.apply_chat_template(self.messages(instruction), add_generation_prompt=True,
-                                                      return_dict=True)["input_ids"])  # fmt: skip
+        return len(
+            self.tokenizer.apply_chat_template(
+                self.messages(instruction), add_generation_prompt=True, return_dict=True
+            )["input_ids"]
+        )
 
     def fits(self, instruction: str) -> bool:
         return self.prompt_tokens(instruction) + self.recipe.max_new_tokens <= self.context
@@ -117,21 +118,30 @@ class Teacher:
         from transformers import set_seed
 
         r, tok = self.recipe, self.tokenizer
-        texts = [tok.apply_chat_template(self.messages(i), add_generation_prompt=True, tokenize=False)
-                 for i in instructions]  # fmt: skip
+        texts = [
+            tok.apply_chat_template(self.messages(i), add_generation_prompt=True, tokenize=False) for i in instructions
+        ]
         if r.engine == "vllm":
             return self._answer_vllm(texts, seed)
         batch = tok(texts, padding=True, add_special_tokens=False, return_tensors="pt")
         batch = batch.to(next(self.model.parameters()).device)
         set_seed(seed)
-        sampling = {"do_sample": True, "temperature": r.temperature, "top_p": r.top_p} if r.do_sample else {
-            "do_sample": False}  # fmt: skip
+        sampling = (
+            {"do_sample": True, "temperature": r.temperature, "top_p": r.top_p} if r.do_sample else {"do_sample": False}
+        )
         with torch.no_grad():
-            out = self.model.generate(**batch, max_new_tokens=r.max_new_tokens, pad_token_id=tok.pad_token_id,
-                                      use_cache=True, **sampling)  # fmt: skip
+            out = self.model.generate(
+                **batch, max_new_tokens=r.max_new_tokens, pad_token_id=tok.pad_token_id, use_cache=True, **sampling
+            )
         new = out[:, batch["input_ids"].shape[1] :]
-        stops = {tok.eos_token_id, *([self.model.generation_config.eos_token_id] if isinstance(
-            self.model.generation_config.eos_token_id, int) else self.model.generation_config.eos_token_id or [])}  # fmt: skip
+        stops = {
+            tok.eos_token_id,
+            *(
+                [self.model.generation_config.eos_token_id]
+                if isinstance(self.model.generation_config.eos_token_id, int)
+                else self.model.generation_config.eos_token_id or []
+            ),
+        }
         results = []
         for row in new.tolist():
             ended = next((i for i, t in enumerate(row) if t in stops), None)
@@ -144,12 +154,15 @@ class Teacher:
         from vllm import SamplingParams
 
         r = self.recipe
-        params = SamplingParams(n=1, max_tokens=r.max_new_tokens, seed=seed, temperature=r.temperature if r.do_sample
-                                else 0.0, top_p=r.top_p if r.do_sample else 1.0)  # fmt: skip
+        params = SamplingParams(
+            n=1,
+            max_tokens=r.max_new_tokens,
+            seed=seed,
+            temperature=r.temperature if r.do_sample else 0.0,
+            top_p=r.top_p if r.do_sample else 1.0,
+        )
         # the token ids of the transformers path (the chat template already holds any BOS): same prompts, both engines
-        prompts = [
-            {"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts
-        ]
+        prompts = [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
         results = []
         for out in self.model.generate(prompts, params, use_tqdm=False):
             best = out.outputs[0]
@@ -163,10 +176,20 @@ def load_teacher(recipe: GenerateRecipe, context: int):
     if recipe.engine == "vllm":
         from vllm import LLM
 
-        return LLM(model=recipe.model_name_or_path, tokenizer=recipe.model_name_or_path, revision=recipe.model_revision,
-                   dtype=recipe.dtype, seed=recipe.seed, max_model_len=context)  # fmt: skip
-    model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision,
-                       attn_implementation=recipe.attn_implementation)  # fmt: skip
+        return LLM(
+            model=recipe.model_name_or_path,
+            tokenizer=recipe.model_name_or_path,
+            revision=recipe.model_revision,
+            dtype=recipe.dtype,
+            seed=recipe.seed,
+            max_model_len=context,
+        )
+    model = load_model(
+        recipe.model_name_or_path,
+        dtype=recipe.dtype,
+        revision=recipe.model_revision,
+        attn_implementation=recipe.attn_implementation,
+    )
     return model.to(resolve_device("auto")).eval()
 
 
@@ -195,8 +218,10 @@ def map_reduce(recipe: GenerateRecipe, teacher: Teacher, text: str, seed: int) -
         return len(teacher.tokenizer(t, add_special_tokens=False)["input_ids"])
 
     chunks = chunk_lines(text.splitlines(), count, recipe.chunk_tokens, recipe.chunk_overlap)
-    prompts = [render_prompt_source(recipe.chunk_prompt, **{recipe.input_column: c}, index=i, total=len(chunks))
-               for i, c in enumerate(chunks, 1)]  # fmt: skip
+    prompts = [
+        render_prompt_source(recipe.chunk_prompt, **{recipe.input_column: c}, index=i, total=len(chunks))
+        for i, c in enumerate(chunks, 1)
+    ]
     if not all(teacher.fits(p) for p in prompts):
         return None
     partial = []
@@ -225,8 +250,9 @@ def read_shard(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def generate_shards(recipe: GenerateRecipe, teacher: Teacher, items: list[tuple[str, dict]], folder: Path,
-                    facts: dict) -> list[dict]:  # fmt: skip
+def generate_shards(
+    recipe: GenerateRecipe, teacher: Teacher, items: list[tuple[str, dict]], folder: Path, facts: dict
+) -> list[dict]:
     """Answer every item, shard by shard, skipping the shards a previous run finished; all the answered rows."""
     from tqdm.auto import tqdm
 
@@ -255,9 +281,7 @@ def generate_shards(recipe: GenerateRecipe, teacher: Teacher, items: list[tuple[
                 "how": "direct",
             }
             existing = row.get(recipe.output_column)
-            if (
-                recipe.keep_existing and isinstance(existing, str) and existing.strip()
-            ):  # a human target: kept
+            if recipe.keep_existing and isinstance(existing, str) and existing.strip():  # a human target: kept
                 entry.update(answer=existing, how="source")
             else:
                 text = instruction(recipe, row)
@@ -325,9 +349,11 @@ def run(recipe: GenerateRecipe, callbacks=None):
     items = [(split, row) for split, rows in splits.items() for row in rows]
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     if not tokenizer.chat_template:
-        raise RecipeError(f"{recipe.model_name_or_path} has no chat template: the prompts are chat messages (use an "
-                          "instruct teacher, or one whose tokenizer_config.json has a chat_template)",
-                          key="model_name_or_path")  # fmt: skip
+        raise RecipeError(
+            f"{recipe.model_name_or_path} has no chat template: the prompts are chat messages (use an "
+            "instruct teacher, or one whose tokenizer_config.json has a chat_template)",
+            key="model_name_or_path",
+        )
     tokenizer.padding_side = "left"
     context = recipe.context_length or teacher_context(recipe)
     facts = {"rows": len(items), "splits": {s: len(r) for s, r in splits.items()}, "provenance": provenance(recipe)}
@@ -342,25 +368,33 @@ def run(recipe: GenerateRecipe, callbacks=None):
 
         # 3. Filters, then the dataset: the input columns + the answer + messages + provenance.
         kept, dropped = keep(recipe, entries)
-        facts.update(generated=sum(e["how"] in ("direct", "map-reduce") for e in entries),
-                     from_source=sum(e["how"] == "source" for e in entries),
-                     map_reduce=sum(e["how"] == "map-reduce" for e in entries),
-                     truncated=sum(bool(e["truncated"]) for e in entries), dropped=dict(dropped), kept=len(kept))  # fmt: skip
+        facts.update(
+            generated=sum(e["how"] in ("direct", "map-reduce") for e in entries),
+            from_source=sum(e["how"] == "source" for e in entries),
+            map_reduce=sum(e["how"] == "map-reduce" for e in entries),
+            truncated=sum(bool(e["truncated"]) for e in entries),
+            dropped=dict(dropped),
+            kept=len(kept),
+        )
         by_split = answer_rows(recipe, kept, splits, facts["provenance"])
         facts["splits"] = {s: len(rows) for s, rows in by_split.items()}
         if not kept:
-            raise RecipeError(
-                f"every answer was filtered out ({dict(dropped)}): see the filters", key="prompt"
-            )
-        table = datasets.DatasetDict(
-            {s: datasets.Dataset.from_list(rows) for s, rows in by_split.items() if rows}
-        )
+            raise RecipeError(f"every answer was filtered out ({dict(dropped)}): see the filters", key="prompt")
+        table = datasets.DatasetDict({s: datasets.Dataset.from_list(rows) for s, rows in by_split.items() if rows})
         table.save_to_disk(str(tmp))
         for shard in (tmp / "shards").glob("*.jsonl"):  # this run's work files: the dataset now holds the rows
             shard.unlink()
         (tmp / "shards").rmdir()
-        finish_dataset(tmp, stage="generate", recipe=recipe, dataset=table, report=facts, facts=card_facts(recipe, facts),
-                       card_report={**facts, "skipped": dict(dropped)}, source=recipe.dataset)  # fmt: skip
+        finish_dataset(
+            tmp,
+            stage="generate",
+            recipe=recipe,
+            dataset=table,
+            report=facts,
+            facts=card_facts(recipe, facts),
+            card_report={**facts, "skipped": dict(dropped)},
+            source=recipe.dataset,
+        )
     return facts
 
 
@@ -371,11 +405,14 @@ def answer_rows(recipe: GenerateRecipe, kept: list[dict], splits: dict, provenan
     by_split: dict[str, list[dict]] = {s: [] for s in splits}
     for e in kept:
         text = e.get("instruction") or instruction(recipe, e["row"])
-        by_split[e["split"]].append({
-            **e["row"], recipe.output_column: e["answer"],
-            "messages": [*chat(system, text), {"role": "assistant", "content": e["answer"]}],
-            "provenance": origin if e["how"] != "source" else json.dumps({"machine_generated": False}),
-        })  # fmt: skip
+        by_split[e["split"]].append(
+            {
+                **e["row"],
+                recipe.output_column: e["answer"],
+                "messages": [*chat(system, text), {"role": "assistant", "content": e["answer"]}],
+                "provenance": origin if e["how"] != "source" else json.dumps({"machine_generated": False}),
+            }
+        )
     return by_split
 
 

@@ -47,9 +47,11 @@ def cache_reads_warning(recipe: KDRecipe, rows: int) -> str | None:
     consumed = recipe.max_steps * per_step if recipe.max_steps > 0 else recipe.num_train_epochs * rows
     if consumed <= 1.5 * rows:
         return None
-    return (f"this run reads the teacher cache's {rows:,} rows {consumed / rows:.1f} times ({consumed:,} rows: "
-            f"{per_step} per step on {world} process(es)): cache more rows (cache-teacher's max_rows) or train "
-            "fewer steps")  # fmt: skip
+    return (
+        f"this run reads the teacher cache's {rows:,} rows {consumed / rows:.1f} times ({consumed:,} rows: "
+        f"{per_step} per step on {world} process(es)): cache more rows (cache-teacher's max_rows) or train "
+        "fewer steps"
+    )
 
 
 def open_cache(recipe: KDRecipe, tokenizer):
@@ -62,13 +64,14 @@ def open_cache(recipe: KDRecipe, tokenizer):
             key="teacher_cache",
         )
     if meta["temperature"] != recipe.kd_temperature:
-        raise RecipeError(f"fingerprint mismatch: the cache holds log-probs at temperature {meta['temperature']}, the recipe asks "
-                          f"{recipe.kd_temperature}", key="kd_temperature")  # fmt: skip
+        raise RecipeError(
+            f"fingerprint mismatch: the cache holds log-probs at temperature {meta['temperature']}, the recipe asks "
+            f"{recipe.kd_temperature}",
+            key="kd_temperature",
+        )
     rows = load_from_disk(str(cache.path / cache.DATA))
     if data_hash(rows) != meta["data"]:
-        raise RecipeError(
-            "fingerprint mismatch: the cache's data/ changed since the teacher ran", key="teacher_cache"
-        )
+        raise RecipeError("fingerprint mismatch: the cache's data/ changed since the teacher ran", key="teacher_cache")
     return cache, rows, CachedTeacherCollator(cache)
 
 
@@ -93,16 +96,30 @@ def run(recipe: KDRecipe, callbacks=None):
 
         # 3. Train: TRL's SFT machinery, KD loss (resume from <output_dir>.tmp).
         trainer, metrics = fit(
-            recipe, tmp, model=student, tokenizer=tokenizer, train_dataset=train, trainer_cls=KDTrainer,
+            recipe,
+            tmp,
+            model=student,
+            tokenizer=tokenizer,
+            train_dataset=train,
+            trainer_cls=KDTrainer,
             eval_datasets=text_eval_rows(perplexity_sets, tokenizer, recipe.max_length) if recipe.keep_best else {},
-            peft_config=lora_config(recipe) if recipe.use_peft else None, callbacks=callbacks, data_collator=collator,
-            teacher_model=None if recipe.teacher_cache else teacher, **kd_loss_args(recipe),
-        )  # fmt: skip
+            peft_config=lora_config(recipe) if recipe.use_peft else None,
+            callbacks=callbacks,
+            data_collator=collator,
+            teacher_model=None if recipe.teacher_cache else teacher,
+            **kd_loss_args(recipe),
+        )
         healed = save_trained(trainer, tmp, recipe, metrics)
         after = measure(healed, "student after")
         metrics.update(eval_before=before, eval=after, teacher_eval=teacher_ppl, data=report)
-        finish(tmp, stage="kd", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path,
-               card=card_info(recipe, metrics, report))  # fmt: skip
+        finish(
+            tmp,
+            stage="kd",
+            recipe=recipe,
+            metrics=metrics,
+            parent=recipe.model_name_or_path,
+            card=card_info(recipe, metrics, report),
+        )
     return metrics
 
 
@@ -111,8 +128,10 @@ def check_teacher(recipe: KDRecipe, tokenizer) -> None:
     if recipe.teacher_model_name_or_path:
         teacher_tok = load_tokenizer(recipe.teacher_model_name_or_path, key="teacher_model_name_or_path")
         if teacher_tok.get_vocab() != tokenizer.get_vocab():
-            raise RecipeError("the teacher and the student have different tokenizers (logit distillation needs the same "
-                              "vocabulary)", key="teacher_model_name_or_path")  # fmt: skip
+            raise RecipeError(
+                "the teacher and the student have different tokenizers (logit distillation needs the same vocabulary)",
+                key="teacher_model_name_or_path",
+            )
     if recipe.kd_hidden_coef:
         check_hidden_pairs(recipe)
 
@@ -127,8 +146,15 @@ def training_rows(recipe: KDRecipe, tokenizer):
     recipe.packing, recipe.remove_unused_columns = False, False
     recipe.assistant_only_loss = False  # the cache's labels already carry the assistant-token mask
     recipe.dataset_kwargs = {"skip_prepare_dataset": True}  # the cache's rows are used unchanged
-    report = [{"source": recipe.teacher_cache, "split": "data", "used_rows": len(train),
-               "available_rows": len(train), "share": 1.0}]  # fmt: skip
+    report = [
+        {
+            "source": recipe.teacher_cache,
+            "split": "data",
+            "used_rows": len(train),
+            "available_rows": len(train),
+            "share": 1.0,
+        }
+    ]
     if warning := cache_reads_warning(recipe, len(train)):
         logger.warning(warning)
     return cache, train, collator, report
@@ -147,22 +173,30 @@ def load_teacher(recipe: KDRecipe, cache):
     """The teacher model (None when distilling from a cache alone), checked against the cache it made."""
     if not recipe.teacher_model_name_or_path:
         return None
-    teacher = load_model(recipe.teacher_model_name_or_path, dtype=recipe.teacher_dtype, key="teacher_model_name_or_path")
+    teacher = load_model(
+        recipe.teacher_model_name_or_path, dtype=recipe.teacher_dtype, key="teacher_model_name_or_path"
+    )
     if cache is not None and model_identity(teacher) != cache.meta["teacher_identity"]:
-        raise RecipeError("fingerprint mismatch: this teacher is not the one the cache was made with",
-                          key="teacher_model_name_or_path")  # fmt: skip
+        raise RecipeError(
+            "fingerprint mismatch: this teacher is not the one the cache was made with",
+            key="teacher_model_name_or_path",
+        )
     return teacher
 
 
 def kd_loss_args(recipe: KDRecipe) -> dict:
     """The KD trainer's loss keys, from the recipe."""
-    return {"kd_loss": recipe.kd_loss, "kd_beta": recipe.kd_beta, "kd_temperature": recipe.kd_temperature,
-            "kd_alpha": recipe.kd_alpha, "kd_hidden_coef": recipe.kd_hidden_coef}  # fmt: skip
+    return {
+        "kd_loss": recipe.kd_loss,
+        "kd_beta": recipe.kd_beta,
+        "kd_temperature": recipe.kd_temperature,
+        "kd_alpha": recipe.kd_alpha,
+        "kd_hidden_coef": recipe.kd_hidden_coef,
+    }
 
 
 def card_info(recipe: KDRecipe, metrics: dict, report: list) -> CardInfo:
-    teacher = (model_ref(recipe.teacher_model_name_or_path) if recipe.teacher_model_name_or_path
-               else "a cached teacher")  # fmt: skip
+    teacher = model_ref(recipe.teacher_model_name_or_path) if recipe.teacher_model_name_or_path else "a cached teacher"
     return CardInfo(
         summary=f"{model_ref(recipe.model_name_or_path)} distilled from {teacher} (logit distillation).",
         training=distillation_md(recipe, metrics),
@@ -181,9 +215,7 @@ def check_hidden_pairs(recipe: KDRecipe) -> None:
     from ..trainers.kd import hidden_pairs
 
     try:
-        student = AutoConfig.from_pretrained(
-            local_hub_copy(recipe.model_name_or_path), revision=recipe.model_revision
-        )
+        student = AutoConfig.from_pretrained(local_hub_copy(recipe.model_name_or_path), revision=recipe.model_revision)
         teacher = AutoConfig.from_pretrained(local_hub_copy(recipe.teacher_model_name_or_path))
         hidden_pairs(student.to_base_config() if hasattr(student, "to_base_config") else student, teacher)
     except (OSError, ValueError) as exc:
@@ -216,6 +248,8 @@ def distillation_md(recipe: KDRecipe, metrics: dict) -> str:
     ]
     for k, v in metrics["eval"].items():
         t = metrics["teacher_eval"].get(k, {}).get("perplexity")
-        lines.append(f"- perplexity `{k}`: {metrics['eval_before'][k]['perplexity']:.2f} → {v['perplexity']:.2f}"
-                     + (f" (teacher {t:.2f})" if t else ""))  # fmt: skip
+        lines.append(
+            f"- perplexity `{k}`: {metrics['eval_before'][k]['perplexity']:.2f} → {v['perplexity']:.2f}"
+            + (f" (teacher {t:.2f})" if t else "")
+        )
     return "\n".join(lines)

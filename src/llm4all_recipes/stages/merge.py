@@ -20,8 +20,12 @@ def run(recipe: MergeRecipe, callbacks=None):
     models = [load_model(m, dtype=recipe.dtype, key=f"models[{i}]") for i, m in enumerate(recipe.models)]
     for i, model in enumerate(models[1:], 1):
         same_architecture(models[0], model, recipe.models[i])
-    metrics = {"models": list(recipe.models), "weights": list(recipe.weights), "method": recipe.method,
-               "parameters": sum(p.numel() for p in models[0].parameters())}  # fmt: skip
+    metrics = {
+        "models": list(recipe.models),
+        "weights": list(recipe.weights),
+        "method": recipe.method,
+        "parameters": sum(p.numel() for p in models[0].parameters()),
+    }
     terms = describe(recipe)
     if recipe.dry_run:
         print(f"# merge ({recipe.method}): {terms}")

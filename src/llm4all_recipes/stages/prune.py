@@ -34,8 +34,10 @@ def print_plan(recipe: PruneRecipe, facts: dict) -> None:
     for key, old in facts["sizes_before"].items():
         new = facts["sizes_after"][key]
         print(f"{key:<22} {old:>8} -> {new:<8}{'' if new == old else f' ({1 - new / old:.1%} removed)'}")
-    print(f"# model: {facts['model_params_before']:,} -> {facts['model_params_after']:,} parameters "
-          f"({facts['model_fraction_removed']:.1%} removed; target {recipe.ratio if recipe.ratio else 'explicit sizes'})")  # fmt: skip
+    print(
+        f"# model: {facts['model_params_before']:,} -> {facts['model_params_after']:,} parameters "
+        f"({facts['model_fraction_removed']:.1%} removed; target {recipe.ratio if recipe.ratio else 'explicit sizes'})"
+    )
 
 
 def run(recipe: PruneRecipe, callbacks=None):
@@ -77,20 +79,35 @@ def run(recipe: PruneRecipe, callbacks=None):
         pruned.config.pruning_config = pruning_record(recipe, config, facts, plan, deeper)
         after = measure(pruned, "pruned")
         trackers = Trackers(recipe, "prune", tmp)
-        trackers.log({"model_fraction_removed": facts["model_fraction_removed"],
-                      "parameters": facts["model_params_after"]})  # fmt: skip
+        trackers.log(
+            {"model_fraction_removed": facts["model_fraction_removed"], "parameters": facts["model_params_after"]}
+        )
         trackers.log_perplexities(before, after)
         trackers.close()
-        metrics = {"pruning": facts, "importance": {"block_influence": importance.block_influence,
-                   "perplexity_drop": importance.perplexity_drop}, "kept_layers": plan.layers,
-                   "eval_before": before, "eval": after, "data": data_report,
-                   "parameters": facts["model_params_after"]}  # fmt: skip
+        metrics = {
+            "pruning": facts,
+            "importance": {
+                "block_influence": importance.block_influence,
+                "perplexity_drop": importance.perplexity_drop,
+            },
+            "kept_layers": plan.layers,
+            "eval_before": before,
+            "eval": after,
+            "data": data_report,
+            "parameters": facts["model_params_after"],
+        }
 
         # 4. A plain checkpoint of the base class + card, then publish.
         pruned.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        finish(tmp, stage="prune", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path,
-               card=card_info(recipe, config, facts, plan, before, after, data_report))  # fmt: skip
+        finish(
+            tmp,
+            stage="prune",
+            recipe=recipe,
+            metrics=metrics,
+            parent=recipe.model_name_or_path,
+            card=card_info(recipe, config, facts, plan, before, after, data_report),
+        )
     return metrics
 
 
@@ -129,10 +146,14 @@ def pruning_record(recipe: PruneRecipe, config, facts: dict, plan, deeper: bool)
         "kept_layers": layers,
         "kept_channels": channels,
         "base_model": prev.get("base_model", recipe.model_name_or_path),
-        "calibration": {"datasets": [s.path for s in recipe.datasets], "samples": recipe.num_calibration_samples,
-                        "seq_len": recipe.calibration_seq_len, "seed": recipe.seed},
+        "calibration": {
+            "datasets": [s.path for s in recipe.datasets],
+            "samples": recipe.num_calibration_samples,
+            "seq_len": recipe.calibration_seq_len,
+            "seed": recipe.seed,
+        },
         **({"previous": prev} if prev else {}),
-    }  # fmt: skip
+    }
 
 
 def sizes_only_depth(facts: dict) -> bool:
@@ -141,15 +162,14 @@ def sizes_only_depth(facts: dict) -> bool:
 
 
 def sizes_md(facts: dict) -> str:
-    changed = [f"{k} {v} → {facts['sizes_after'][k]}" for k, v in facts["sizes_before"].items()
-               if facts["sizes_after"][k] != v]  # fmt: skip
+    changed = [
+        f"{k} {v} → {facts['sizes_after'][k]}" for k, v in facts["sizes_before"].items() if facts["sizes_after"][k] != v
+    ]
     return ", ".join(changed) or "no size changed"
 
 
 def pruning_md(recipe: PruneRecipe, facts: dict, plan, before: dict, after: dict) -> str:
-    target = (
-        f"ratio {recipe.ratio} on {', '.join(recipe.axes)}" if recipe.ratio is not None else "explicit sizes"
-    )
+    target = f"ratio {recipe.ratio} on {', '.join(recipe.axes)}" if recipe.ratio is not None else "explicit sizes"
     lines = [
         f"- sizes: {sizes_md(facts)} ({target})",
         f"- parameters: {facts['model_params_before']:,} → {facts['model_params_after']:,} "
@@ -158,12 +178,14 @@ def pruning_md(recipe: PruneRecipe, facts: dict, plan, before: dict, after: dict
         "their attention output (whole key/value groups), embedding channels by the RMSNorm outputs; each an "
         "L2 norm along the sequence averaged over windows",
         f"- kept blocks (original indices): {plan.layers}"
-        + (f", ranked by {recipe.depth_importance}" if len(plan.layers) < facts["sizes_before"]["num_hidden_layers"] else ""),
+        + (
+            f", ranked by {recipe.depth_importance}"
+            if len(plan.layers) < facts["sizes_before"]["num_hidden_layers"]
+            else ""
+        ),
         f"- calibration: {recipe.num_calibration_samples} windows × {recipe.calibration_seq_len} tokens",
-    ]  # fmt: skip
+    ]
     for k in after:
-        lines.append(
-            f"- perplexity `{k}`: {before[k]['perplexity']:.2f} (original) → {after[k]['perplexity']:.2f}"
-        )
+        lines.append(f"- perplexity `{k}`: {before[k]['perplexity']:.2f} (original) → {after[k]['perplexity']:.2f}")
     lines += ["", NOTE]
     return "\n".join(lines)

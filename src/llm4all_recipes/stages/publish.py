@@ -30,8 +30,7 @@ def run(recipe: PublishRecipe, callbacks=None):
             for p in Path(recipe.path).rglob("*")
             if p.is_file()
             and not any(
-                p.match(pat) or any(part.startswith("checkpoint-") for part in p.parts)
-                for pat in IGNORE_PATTERNS
+                p.match(pat) or any(part.startswith("checkpoint-") for part in p.parts) for pat in IGNORE_PATTERNS
             )
         )
         print(f"# would publish {kind} {recipe.path} -> {dest} ({VISIBILITY[recipe.private]})")

@@ -38,12 +38,24 @@ def run(recipe: SFTRecipe, callbacks=None):
 
     # 2. Claim <output_dir>.tmp (resume from its last checkpoint), then the model (+ LoRA); rename when done.
     with staged_output(recipe, "sft", resume=True) as tmp:
-        model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision,
-                           attn_implementation=recipe.attn_implementation)  # fmt: skip
+        model = load_model(
+            recipe.model_name_or_path,
+            dtype=recipe.dtype,
+            revision=recipe.model_revision,
+            attn_implementation=recipe.attn_implementation,
+        )
         prepare_chat_model(model, tokenizer)  # added markers' embeddings; the end-of-turn token stops generation
         peft_config = lora_config(recipe) if recipe.use_peft else None
-        trainer, metrics = fit(recipe, tmp, model=model, tokenizer=tokenizer, train_dataset=train, eval_datasets=evals,
-                               peft_config=peft_config, callbacks=callbacks)  # fmt: skip
+        trainer, metrics = fit(
+            recipe,
+            tmp,
+            model=model,
+            tokenizer=tokenizer,
+            train_dataset=train,
+            eval_datasets=evals,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
         metrics["data"] = report
         metrics["added_tokens"] = added
         save_trained(trainer, tmp, recipe, metrics)
@@ -74,13 +86,18 @@ def check_chat_template(recipe: SFTRecipe, tokenizer) -> list[str]:
         )
     added = add_chat_tokens(tokenizer)
     if added and recipe.use_peft:
-        raise RecipeError(f"the chat template's markers {', '.join(added)} are not tokens of {recipe.model_name_or_path}'s "
-                          "tokenizer: they must be added and their embeddings learnt, which LoRA adapters do not "
-                          "train; train every parameter (trainable: all) or pick a template whose markers exist",
-                          key="chat_template_path")  # fmt: skip
+        raise RecipeError(
+            f"the chat template's markers {', '.join(added)} are not tokens of {recipe.model_name_or_path}'s "
+            "tokenizer: they must be added and their embeddings learnt, which LoRA adapters do not "
+            "train; train every parameter (trainable: all) or pick a template whose markers exist",
+            key="chat_template_path",
+        )
     if added and recipe.merge_with_base != 1:
-        raise RecipeError(f"the chat template adds tokens ({', '.join(added)}): the starting model has a smaller "
-                          "vocabulary and cannot be merged back; drop merge_with_base", key="merge_with_base")  # fmt: skip
+        raise RecipeError(
+            f"the chat template adds tokens ({', '.join(added)}): the starting model has a smaller "
+            "vocabulary and cannot be merged back; drop merge_with_base",
+            key="merge_with_base",
+        )
     return added
 
 
@@ -90,11 +107,19 @@ def check_answers_fit(recipe: SFTRecipe, train, tokenizer) -> None:
         return
     cut = rows_cut_before_the_answer(train, tokenizer, recipe.max_length)
     if cut == len(train):
-        raise RecipeError(f"every training conversation ({cut}) is longer than max_length before its first "
-                          "assistant token: nothing would be trained; raise max_length", key="max_length")  # fmt: skip
+        raise RecipeError(
+            f"every training conversation ({cut}) is longer than max_length before its first "
+            "assistant token: nothing would be trained; raise max_length",
+            key="max_length",
+        )
     if cut:
-        logger.warning("%d of %d training conversations are cut before their first assistant token at "
-                       "max_length %d: they train nothing", cut, len(train), recipe.max_length)  # fmt: skip
+        logger.warning(
+            "%d of %d training conversations are cut before their first assistant token at "
+            "max_length %d: they train nothing",
+            cut,
+            len(train),
+            recipe.max_length,
+        )
 
 
 def _training_md(recipe: SFTRecipe, metrics: dict) -> str:
@@ -102,11 +127,7 @@ def _training_md(recipe: SFTRecipe, metrics: dict) -> str:
     lines = [
         "Supervised fine-tuning with TRL's `SFTTrainer`"
         + (" (loss on assistant tokens only)" if recipe.assistant_only_loss else "")
-        + (
-            f", LoRA r={recipe.lora_r}, alpha={recipe.lora_alpha}"
-            if recipe.use_peft
-            else ", full fine-tuning"
-        )
+        + (f", LoRA r={recipe.lora_r}, alpha={recipe.lora_alpha}" if recipe.use_peft else ", full fine-tuning")
         + ".",
         "",
         f"- steps: {train['global_step']}, learning rate {recipe.learning_rate}, "
@@ -116,8 +137,10 @@ def _training_md(recipe: SFTRecipe, metrics: dict) -> str:
         *training_facts_md(metrics),
     ]
     if metrics.get("added_tokens"):
-        lines.append(f"- tokens added for the chat template: {', '.join(f'`{t}`' for t in metrics['added_tokens'])} "
-                     "(embedding rows initialised to the mean of the existing ones, then trained)")  # fmt: skip
+        lines.append(
+            f"- tokens added for the chat template: {', '.join(f'`{t}`' for t in metrics['added_tokens'])} "
+            "(embedding rows initialised to the mean of the existing ones, then trained)"
+        )
     for label, after in metrics["eval"].items():
         before = metrics["eval_before"].get(label, {})
         lines.append(

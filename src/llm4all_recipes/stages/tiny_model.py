@@ -60,7 +60,9 @@ def run(recipe: TinyModelRecipe, callbacks=None):
             parent=None,
             card=CardInfo(
                 model_name=recipe.hub_model_id or "tiny-llama-fr",
-                summary="A tiny Llama with a byte-level BPE tokenizer trained on French text written for this project: the embedded default of llm4all-recipes, for tests and the offline demo. It is not a useful language model.",
+                summary="A tiny Llama with a byte-level BPE tokenizer trained on French text written for this "
+                "project: the embedded default of llm4all-recipes, for tests and the offline demo. It is not a useful "
+                "language model.",
                 training=_training_md(recipe, metrics),
                 results=perplexity_results(after, recipe.eval_datasets, recipe.max_length),
                 data_report=report,
@@ -115,10 +117,13 @@ def run_whisper(recipe: TinyModelRecipe):
             parent=None,
             card=CardInfo(
                 model_name=recipe.hub_model_id or "tiny-whisper-fr",
-                summary="A tiny random Whisper (WhisperForConditionalGeneration + processor) with a byte-level BPE trained on French text and Whisper's special tokens: the speech tests' model of llm4all-recipes. Its weights are random: it does not transcribe.",
+                summary="A tiny random Whisper (WhisperForConditionalGeneration + processor) with a byte-level BPE "
+                "trained on French text and Whisper's special tokens: the speech tests' model of llm4all-recipes. Its "
+                "weights are random: it does not transcribe.",
                 training=f"Built from a `WhisperConfig` ({cfg.encoder_layers}+{cfg.decoder_layers} layers, d_model "
                 f"{cfg.d_model}, {cfg.num_mel_bins} mel bins, {metrics['parameters']:,} parameters) and a "
-                f"{len(tokenizer)}-token vocabulary (BPE trained on {', '.join(f'`{f}`' for f in recipe.tokenizer_files)}); "
+                f"{len(tokenizer)}-token vocabulary (BPE trained on "
+                f"{', '.join(f'`{f}`' for f in recipe.tokenizer_files)}); "
                 "not trained.",
                 license="apache-2.0",
                 language=["fr"],

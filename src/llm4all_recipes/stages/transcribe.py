@@ -59,9 +59,7 @@ def read_source(recipe: TranscribeRecipe, root: Path) -> tuple[list[Recording], 
         recordings = manifest_recordings(root)
         seen = Counter(r.id for r in recordings)
         if dupes := [k for k, n in seen.items() if n > 1]:
-            raise RecipeError(
-                f"ids must be unique across files and splits; repeated: {dupes[:5]}", source=str(root)
-            )
+            raise RecipeError(f"ids must be unique across files and splits; repeated: {dupes[:5]}", source=str(root))
         return recordings, report
     folders = simsamu.call_folders(root)
     simsamu.read_tables(root)
@@ -87,8 +85,9 @@ def read_source(recipe: TranscribeRecipe, root: Path) -> tuple[list[Recording], 
         try:  # every speaker label maps to a role, before any model loads
             for t in turns:
                 if t.speaker is not None:
-                    simsamu._role(t.speaker, set(recipe.skip_speakers), "speaker column",
-                                  folder / f"{folder.name}.rttm")  # fmt: skip
+                    simsamu._role(
+                        t.speaker, set(recipe.skip_speakers), "speaker column", folder / f"{folder.name}.rttm"
+                    )
         except RecipeError as err:
             report["failed"][folder.name] = str(err)
             continue
@@ -98,9 +97,7 @@ def read_source(recipe: TranscribeRecipe, root: Path) -> tuple[list[Recording], 
 
 
 # --------------------------------------------------------------------------- 2. transcription, shard by shard
-def transcribe_shard(
-    transcriber, recordings: list[Recording], batch_size: int, bar, timestamps: bool = True
-) -> dict:
+def transcribe_shard(transcriber, recordings: list[Recording], batch_size: int, bar, timestamps: bool = True) -> dict:
     """{"ids": [...], "results": {id: {...}}} of one shard: decoded, cut, transcribed (failures recorded)."""
     results, clips, owners = {}, [], []
     for rec in recordings:
@@ -170,9 +167,7 @@ def asr_metrics(recordings: list[Recording], results: dict) -> dict:
         if "segments" not in res:
             continue
         if res["long_form"]:
-            call_pairs = (
-                [(rec.reference, " ".join(s["text"] for s in res["segments"]))] if rec.reference else []
-            )
+            call_pairs = [(rec.reference, " ".join(s["text"] for s in res["segments"]))] if rec.reference else []
         else:
             call_pairs = [(s["reference"], s["text"]) for s in res["segments"] if s["reference"]]
             for s in res["segments"]:
@@ -214,12 +209,15 @@ def call_rows(recipe: TranscribeRecipe, root: Path, recordings, results, report)
         calls.append(simsamu.Call(rec.id, turns, res["seconds"]))
         segments_of[rec.id] = res["segments"]
     if not calls:
-        raise RecipeError(
-            f"no call has a transcribed word ({len(recordings)} transcribed, all empty)", key="source"
-        )
+        raise RecipeError(f"no call has a transcribed word ({len(recordings)} transcribed, all empty)", key="source")
     summaries = Path(recipe.summaries) if recipe.summaries else root / "summaries.jsonl"
-    rows, built = simsamu.build_rows(root, task=recipe.task, per_turn=recipe.per_turn, calls=calls,
-                                     summaries=summaries if summaries.is_file() else None)  # fmt: skip
+    rows, built = simsamu.build_rows(
+        root,
+        task=recipe.task,
+        per_turn=recipe.per_turn,
+        calls=calls,
+        summaries=summaries if summaries.is_file() else None,
+    )
     for row in rows:
         if not recipe.per_turn:
             row["segments"] = segments_of[row["id"]]
@@ -275,11 +273,23 @@ def run(recipe: TranscribeRecipe, callbacks=None):
         if report["failed"]:
             logger.warning("%d recording(s) failed and were left out (metrics.json lists them)", len(report["failed"]))
         if not any(splits.values()):
-            raise RecipeError(f"no row was built (skipped: {dict(report['skipped'])}, task {recipe.task!r})", key="task")
-        dataset = datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items() if rows})
+            raise RecipeError(
+                f"no row was built (skipped: {dict(report['skipped'])}, task {recipe.task!r})", key="task"
+            )
+        dataset = datasets.DatasetDict(
+            {name: datasets.Dataset.from_list(rows) for name, rows in splits.items() if rows}
+        )
         dataset.save_to_disk(str(tmp))
-        finish_dataset(tmp, stage="transcribe", recipe=recipe, dataset=dataset, report=report,
-                       facts=card_facts(recipe, report), parent=recipe.model_name_or_path, source=recipe.source)  # fmt: skip
+        finish_dataset(
+            tmp,
+            stage="transcribe",
+            recipe=recipe,
+            dataset=dataset,
+            report=report,
+            facts=card_facts(recipe, report),
+            parent=recipe.model_name_or_path,
+            source=recipe.source,
+        )
         shutil.rmtree(tmp / "shards", ignore_errors=True)  # resume-only
     return report
 
@@ -292,18 +302,32 @@ def check_recordings(recipe: TranscribeRecipe, recordings: list[Recording], repo
         logger.error("%s", why)
     if not recordings:
         raise RecipeError(f"no usable recording ({len(report['failed'])} failed, see above)", key="source")
-    return {"recordings": len(recordings), "segments": sum(len(r.segments) for r in recordings if r.segments is not None),
-            "long_form": sum(r.segments is None for r in recordings), "failed_before_decoding": len(report["failed"])}  # fmt: skip
+    return {
+        "recordings": len(recordings),
+        "segments": sum(len(r.segments) for r in recordings if r.segments is not None),
+        "long_form": sum(r.segments is None for r in recordings),
+        "failed_before_decoding": len(report["failed"]),
+    }
 
 
 def load_transcriber(recipe: TranscribeRecipe):
     from ..speech.asr import Transcriber
 
-    model = load_model(recipe.model_name_or_path, dtype=recipe.dtype, revision=recipe.model_revision,
-                       attn_implementation=recipe.attn_implementation)  # fmt: skip
+    model = load_model(
+        recipe.model_name_or_path,
+        dtype=recipe.dtype,
+        revision=recipe.model_revision,
+        attn_implementation=recipe.attn_implementation,
+    )
     processor = load_processor(recipe.model_name_or_path, recipe.model_revision)
-    return Transcriber(model, processor, language=recipe.language, device=resolve_device(recipe.device),
-                       num_beams=recipe.num_beams, max_new_tokens=recipe.max_new_tokens)  # fmt: skip
+    return Transcriber(
+        model,
+        processor,
+        language=recipe.language,
+        device=resolve_device(recipe.device),
+        num_beams=recipe.num_beams,
+        max_new_tokens=recipe.max_new_tokens,
+    )
 
 
 def run_facts(recipe: TranscribeRecipe, results: dict, elapsed: float, splits: dict, report: dict) -> dict:
@@ -352,9 +376,12 @@ def card_facts(recipe: TranscribeRecipe, report: dict) -> dict:
         f"(real-time factor {report['real_time_factor']}); {report['failed_count']} failed."
     )
     if report["layout"] == "simsamu":
-        facts = {"columns": simsamu.row_columns(recipe.task, recipe.per_turn), "license": recipe.license or "mit",
-                 "task_categories": ["automatic-speech-recognition", "text-generation"],
-                 "note": "the source calls were played by actors; no real patient data"}  # fmt: skip
+        facts = {
+            "columns": simsamu.row_columns(recipe.task, recipe.per_turn),
+            "license": recipe.license or "mit",
+            "task_categories": ["automatic-speech-recognition", "text-generation"],
+            "note": "the source calls were played by actors; no real patient data",
+        }
         facts["steps"] = [
             asr,
             "Each call is cut along its RTTM turns (speaker labels kept; turns of "
@@ -366,13 +393,9 @@ def card_facts(recipe: TranscribeRecipe, report: dict) -> dict:
             f"Rows as build-dataset's simsamu builder makes them from reference transcripts (task `{recipe.task}`), "
             "splits by situation over all calls (the same split as build-dataset's for the same shares and seed).",
         ]
-        facts["summary"] = (
-            "ASR transcripts of French emergency calls (simsamu layout), in build-dataset's layout."
-        )
+        facts["summary"] = "ASR transcripts of French emergency calls (simsamu layout), in build-dataset's layout."
         if not recipe.per_turn:
-            facts["columns"]["segments"] = (
-                "[{start, end, speaker, reference, text}] turns and their transcription"
-            )
+            facts["columns"]["segments"] = "[{start, end, speaker, reference, text}] turns and their transcription"
     else:
         facts = {
             "summary": "ASR transcripts of French recordings, one row per recording of the source manifest.",

@@ -42,8 +42,15 @@ class CPTTrainer(KDTrainer):
             return ce, torch.zeros_like(ce)
         with torch.no_grad():
             reference = self.teacher(**forward).logits[:, :-1, : self.vocab_size]
-        kl = distillation_loss(logits, kl_positions, teacher_logits=reference, loss=self.kd["loss"], beta=self.kd["beta"],
-                               temperature=self.kd["temperature"], num_items=num_items_in_batch)  # fmt: skip
+        kl = distillation_loss(
+            logits,
+            kl_positions,
+            teacher_logits=reference,
+            loss=self.kd["loss"],
+            beta=self.kd["beta"],
+            temperature=self.kd["temperature"],
+            num_items=num_items_in_batch,
+        )
         return ce, kl
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -59,8 +66,6 @@ class CPTTrainer(KDTrainer):
         self._metrics[mode]["kl"].append(float(kl.detach()))
         if self.kl_coef_end is not None:
             self._metrics[mode]["kl_coef"].append(coef)
-        self._total_train_tokens += (
-            self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
-        )
+        self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return (loss, None) if return_outputs else loss

@@ -53,9 +53,17 @@ def hidden_pairs(student_config, teacher_config) -> tuple[list[tuple[int, int]],
 class KDTrainer(SFTTrainer):
     """SFTTrainer whose loss is α·CE + (1−α)·τ²·D(teacher ‖ student) on the trained tokens."""
 
-    def __init__(self, *args, teacher_model=None, kd_loss: str = "forward_kl", kd_beta: float = 0.5,
-                 kd_temperature: float = 1.0, kd_alpha: float = 0.0, kd_hidden_coef: float = 0.0,
-                 **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        *args,
+        teacher_model=None,
+        kd_loss: str = "forward_kl",
+        kd_beta: float = 0.5,
+        kd_temperature: float = 1.0,
+        kd_alpha: float = 0.0,
+        kd_hidden_coef: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.kd = {"loss": kd_loss, "beta": kd_beta, "temperature": kd_temperature, "alpha": kd_alpha}
         self.hidden_coef = kd_hidden_coef
@@ -114,21 +122,22 @@ class KDTrainer(SFTTrainer):
             with torch.no_grad():
                 teacher_out = self.teacher(**forward)
             teacher = {"teacher_logits": teacher_out.logits[:, :-1, : self.vocab_size]}
-        loss = distillation_loss(student, mask, labels=targets, num_items=num_items_in_batch, **teacher,
-                                 **{k: v for k, v in self.kd.items()})  # fmt: skip
+        loss = distillation_loss(
+            student, mask, labels=targets, num_items=num_items_in_batch, **teacher, **{k: v for k, v in self.kd.items()}
+        )
         if self.hidden_coef and self.hidden_pairs:
             channels = None if self.hidden_channels is None else self.hidden_channels.to(student.device)
             loss = loss + self.hidden_coef * hidden_state_loss(
                 [outputs.hidden_states[s][:, :-1] for s, _ in self.hidden_pairs],
                 [teacher_out.hidden_states[t][:, :-1] for _, t in self.hidden_pairs],
-                mask, channels, num_items=num_items_in_batch,
-            )  # fmt: skip
+                mask,
+                channels,
+                num_items=num_items_in_batch,
+            )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
         if "attention_mask" in inputs:
-            self._total_train_tokens += (
-                self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
-            )
+            self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return (loss, outputs) if return_outputs else loss
 

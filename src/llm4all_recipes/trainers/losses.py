@@ -58,9 +58,7 @@ def divergence(
         return _kl(student_log, teacher_log)
     if loss != "jsd":
         raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    mixture = torch.logsumexp(
-        torch.stack([teacher_log + math.log(beta), student_log + math.log(1 - beta)]), dim=0
-    )
+    mixture = torch.logsumexp(torch.stack([teacher_log + math.log(beta), student_log + math.log(1 - beta)]), dim=0)
     return beta * _kl(teacher_log, mixture) + (1 - beta) * _kl(student_log, mixture)
 
 
@@ -124,9 +122,7 @@ def hidden_state_loss(
     return total / len(student) / _denominator(num_items, mask, total)
 
 
-def cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, num_items=None
-) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, num_items=None) -> torch.Tensor:
     """Σ −log p(label) over the mask (float32), normalised like `distillation_loss`."""
     mask = mask.bool()
     total = F.cross_entropy(logits[mask].float(), labels[mask].long(), reduction="sum")
@@ -134,6 +130,4 @@ def cross_entropy(
 
 
 def _denominator(num_items, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(num_items if num_items is not None else mask.sum(), device=like.device).clamp_min(
-        1
-    )
+    return torch.as_tensor(num_items if num_items is not None else mask.sum(), device=like.device).clamp_min(1)

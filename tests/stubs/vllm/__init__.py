@@ -36,13 +36,12 @@ class LLM:
         for prompt in prompts:
             ids = torch.tensor([prompt["prompt_token_ids"]])
             with torch.no_grad():
-                out = self.model.generate(ids, max_new_tokens=params.max_tokens, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+                out = self.model.generate(
+                    ids, max_new_tokens=params.max_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+                )
             new = out[0, ids.shape[1] :].tolist()
             finish = "stop" if eos in new else "length"
             new = new[: new.index(eos)] if eos in new else new
             text = self.tokenizer.decode(new, skip_special_tokens=True)
-            results.append(
-                SimpleNamespace(outputs=[SimpleNamespace(text=text, token_ids=new, finish_reason=finish)])
-            )
+            results.append(SimpleNamespace(outputs=[SimpleNamespace(text=text, token_ids=new, finish_reason=finish)]))
         return results
