@@ -360,7 +360,9 @@ def make_trainer(
     # the Trainer pickles its arguments into every checkpoint (training_args.bin): no credential goes with them
     args.hub_token = None
     vars(args).pop("origin", None)  # the recipe file's values (its `env:` mapping) and the command line
-    if hasattr(args, "chat_template_path"):  # the stage has set the tokenizer's template (data.templates.read_chat_template)
+    if hasattr(
+        args, "chat_template_path"
+    ):  # the stage has set the tokenizer's template (data.templates.read_chat_template)
         args.chat_template_path = None
     if args.include_num_input_tokens_seen in (
         "no",
