@@ -89,10 +89,13 @@ BAD = [
     (["--ratio", "0"], "key 'ratio': must be in (0, 1)"),
     (["--targets", "q_proj", "qkv_proj"], "key 'targets': pattern(s) ['qkv_proj'] match no linear layer"),
     (["--rank_allocation", "explicit", "--ranks", '{"o_proj": 64}'], "key 'ranks.o_proj': rank 64"),
+    (["--method", "refit", "--propagate", "original"], "key 'propagate': method refit fits each layer"),
 ]
 
 
-@pytest.mark.parametrize(("argv", "message"), BAD, ids=["ratio>1", "ratio=0", "pattern", "explicit-rank"])
+@pytest.mark.parametrize(
+    ("argv", "message"), BAD, ids=["ratio>1", "ratio=0", "pattern", "explicit-rank", "refit-original"]
+)
 def test_bad_input_fails_before_any_output(argv, message, tiny_model, tmp_path, capsys):
     out = tmp_path / "bad"
     assert compress(tiny_model, out, *argv) == 2

@@ -49,6 +49,25 @@ class InputStats:
         return self.abs_sum / max(self.count, 1)
 
 
+class PairedStats:
+    """Σ x̃ x̃ᵀ and Σ x x̃ᵀ of one layer input, token by token: x̃ what the layer receives in the model being
+    compressed (the layers before it already compressed), x what it receives in the original model."""
+
+    def __init__(self, dim: int, device: torch.device | str):
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        self.cross = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        self.count = 0
+
+    @torch.no_grad()
+    def add_batch(self, original: torch.Tensor, shifted: torch.Tensor) -> None:
+        original, shifted = original.reshape(-1, original.shape[-1]), shifted.reshape(-1, shifted.shape[-1])
+        for a, b in zip(original.split(InputStats.chunk_rows), shifted.split(InputStats.chunk_rows)):
+            a, b = a.to(torch.float64), b.to(torch.float64)
+            self.gram.addmm_(b.T, b)
+            self.cross.addmm_(a.T, b)
+        self.count += shifted.shape[0]
+
+
 def calibration_ids(token_ids: list[int], n_samples: int, seq_len: int, seed: int) -> torch.Tensor:
     """`n_samples` windows of `seq_len` tokens drawn (seeded) from one token stream: (n_samples, seq_len)."""
     if len(token_ids) < seq_len:
@@ -216,6 +235,46 @@ def distinct_inputs(layer: nn.Module, names: Iterable[str], run: Callable[[], No
         x = seen[name]
         leaders[name] = by_input.setdefault((x.data_ptr(), tuple(x.shape), x.stride(), x.dtype), name)
     return leaders
+
+
+def input_groups(layer: nn.Module, names: list[str], run: Callable[[], None]) -> list[list[str]]:
+    """`names` grouped by the input tensor they read (q/k/v, gate/up), groups in the order the forward reaches
+    them: the order in which a block can be compressed one input at a time."""
+    leaders = distinct_inputs(layer, names, run)
+    order: list[str] = []
+    handles = [
+        layer.get_submodule(name).register_forward_pre_hook(lambda mod, args, name=name: order.append(name))
+        for name in names
+    ]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    groups: dict[str, list[str]] = {}
+    for name in order:
+        groups.setdefault(leaders[name], [])
+    for name in names:
+        groups[leaders[name]].append(name)
+    return list(groups.values())
+
+
+@torch.no_grad()
+def input_of(layer: nn.Module, name: str, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """What module `name` of `layer` receives when the layer runs on `hidden` (the forward stops there)."""
+    seen = []
+
+    def hook(mod, args):
+        seen.append(args[0])
+        raise _Stop
+
+    handle = layer.get_submodule(name).register_forward_pre_hook(hook)
+    try:
+        with contextlib.suppress(_Stop):
+            layer(hidden, **kwargs)
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 @torch.no_grad()

@@ -6,6 +6,10 @@ that layer: the Gram matrix G = Σ x xᵀ (n x n) and the mean absolute activati
     whitening  G = L Lᵀ (Cholesky), W L = U Σ Vᵀ,  W' = U_r Σ_r V_rᵀ L⁻¹   minimises ‖(W − W') X‖_F (SVD-LLM)
     outcov     C = W G Wᵀ, U_r = top-r eigenvectors of C,  W' = U_r U_rᵀ W   projection on the output subspace
 
+    refit      the layer's inputs shifted by the compression below it (x̃ instead of x): G̃ = Σ x̃ x̃ᵀ = L Lᵀ,
+               C = Σ x x̃ᵀ, W C L⁻ᵀ = U Σ Vᵀ,  W' = U_r Σ_r V_rᵀ L⁻¹      minimises ‖W' X̃ − W X‖_F
+               (whitening when x̃ = x; compression/compressor.py feeds it, one input of a block at a time)
+
 Whitening and outcov give the same W' when G is full rank (W L and W X share their left singular vectors).
 Factors are returned as (up m x r, down r x n) with W' = up @ down; for the SVD family the singular values
 are split evenly (√Σ on each side). The math runs in float64.
@@ -13,9 +17,9 @@ are split evenly (√Σ on each side). The math runs in float64.
 
 import torch
 
-from .calibration import InputStats
+from .calibration import InputStats, PairedStats
 
-METHODS = ("svd", "asvd", "whitening", "outcov")
+METHODS = ("svd", "asvd", "whitening", "outcov", "refit")
 
 
 def cholesky_with_jitter(gram: torch.Tensor, jitter: float = 1e-6, tries: int = 8) -> tuple[torch.Tensor, float]:
@@ -75,12 +79,27 @@ def factorize(
 
 
 @torch.no_grad()
+def refit(
+    weight: torch.Tensor, stats: PairedStats, rank: int, jitter: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(up, down), float64: the rank-`rank` W' closest to the original layer's outputs from shifted inputs,
+    argmin ‖W' X̃ − W X‖_F (module docstring). The Gram of X̃ gets the whitening's jitter when singular."""
+    w = weight.detach().to(torch.float64)
+    lower, _ = cholesky_with_jitter(stats.gram, jitter)
+    m = torch.linalg.solve_triangular(lower.T, w @ stats.cross, upper=True, left=False)  # W C L⁻ᵀ
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, torch.linalg.solve_triangular(lower, root[:, None] * vh[:rank], upper=False, left=False)
+
+
+@torch.no_grad()
 def energies(
     weight: torch.Tensor, stats: InputStats | None, method: str, alpha: float = 0.5, jitter: float = 1e-6
 ) -> torch.Tensor:
     """σ_i² of the matrix each method truncates, descending: the truncation error of rank r is Σ_{i>r} σ_i²
     (in ‖(W−W')X‖² for whitening/outcov, in the scaled norm for asvd, in ‖W−W'‖² for svd)."""
     w = weight.detach().to(torch.float64)
+    method = "whitening" if method == "refit" else method  # on the original activations (x̃ = x) they agree
     if method == "outcov":
         return torch.linalg.eigvalsh(w @ stats.gram @ w.T).flip(-1).clamp_min(0)
     m, _ = _transform(w, stats, method, alpha, jitter)

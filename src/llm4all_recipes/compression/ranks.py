@@ -10,6 +10,13 @@ dense. Uniform rank: r = ⌊(1 − ratio) · mn / (m + n)⌋. The budget is ⌊(
     loss          greedy on truncation errors: repeatedly give `rank_multiple` more rank to the matrix whose next
                   singular directions remove the most relative error (σ² / Σσ² of that matrix) per parameter
     explicit      `ranks: {glob: rank}` from the recipe (the ratio is then only reported)
+    module_ratios `module_ratios: {pattern: ratio}`: each matched matrix at the uniform rank of its own ratio, the
+                  first matching pattern deciding; unmatched matrices stay dense. The ratios come from a
+                  sensitivity measurement on the real model (benchmarks/sensitivity.py); together they must
+                  remove at least `ratio` of the targeted parameters
+
+`exclude: [patterns]` leaves matrices dense under any allocation but explicit and module_ratios; the ratio still
+counts on every targeted matrix, so the others are compressed more (uniform: at ratio · all / the rest).
 
 With `rank_multiple` > 1, ranks are multiples of it: rounded down, then topped up (largest matrices first) while
 the budget allows, so the achieved ratio is never below the target.
@@ -249,6 +256,65 @@ def explicit(targets: list[Target], ranks_by_pattern: dict[str, int]) -> dict[st
     return ranks
 
 
+def by_module_ratio(
+    targets: list[Target], ratio: float, module_ratios: dict[str, float], multiple: int = 1
+) -> dict[str, int | None]:
+    ranks: dict[str, int | None] = dict.fromkeys((t.name for t in targets), None)
+    assigned: set[str] = set()
+    for pattern, share in module_ratios.items():
+        key = f"module_ratios.{pattern}"
+        if not 0 <= share < 1:
+            raise RecipeError(f"must be in [0, 1), got {share}", key=key)
+        hit = [t for t in targets if matches(t.name, pattern) and t.name not in assigned]
+        if not hit:
+            raise RecipeError(f"pattern {pattern!r} matches no targeted module left by the patterns before it", key=key)
+        assigned.update(t.name for t in hit)
+        if share > 0:
+            ranks.update(uniform(hit, share, multiple))
+    achieved = achieved_ratio(targets, ranks)
+    if achieved < ratio - 0.005:
+        raise RecipeError(
+            f"these ratios remove {achieved:.1%} of the targeted linear parameters, less than ratio {ratio}: "
+            "raise some, or lower ratio",
+            key="module_ratios",
+        )
+    return ranks
+
+
+def ratios_from_sensitivity(
+    sizes: dict[str, int], curves: dict[str, dict[float, float]], removed: int
+) -> dict[str, float]:
+    """`module_ratios` that remove `removed` parameters for the least summed damage, from measured curves.
+
+    sizes: {pattern: parameters it covers}; curves: {pattern: {ratio: damage}} where damage is what compressing
+    only that pattern's matrices at that ratio cost (a loss rise on held-out text), 0 at ratio 0. Greedy on the
+    lower convex hull of each curve: the next step is always the one with the least damage per removed parameter;
+    the last step is cut (linearly) to land on the budget. Assumes damages add up (they compound a little: the
+    measured model is the judge).
+    """
+    steps = []  # (damage per parameter, pattern, from ratio, to ratio)
+    for pattern, curve in curves.items():
+        points = sorted({0.0: 0.0, **curve}.items())
+        while len(points) > 1:  # lower convex hull from ratio 0: always the cheapest slope next
+            slopes = [(max(d - points[0][1], 0.0) / ((r - points[0][0]) * sizes[pattern]), r, d) for r, d in points[1:]]
+            slope, r, d = min(slopes)
+            steps.append((slope, pattern, points[0][0], r))
+            points = [(r, d)] + [p for p in points if p[0] > r]
+    ratios = dict.fromkeys(curves, 0.0)
+    left = removed
+    for _, pattern, start, end in sorted(steps, key=lambda s: s[0]):
+        if left <= 0:
+            break
+        if ratios[pattern] != start:  # an earlier step of the same curve was skipped: keep the curve in order
+            continue
+        gain = (end - start) * sizes[pattern]
+        ratios[pattern] = end if gain <= left else start + left / sizes[pattern]
+        left -= min(gain, left)
+    if left > 0:
+        raise RecipeError(f"the measured ratios cannot remove {removed:,} parameters", key="ratio")
+    return {p: round(r, 4) for p, r in ratios.items() if r > 0}
+
+
 def summary(model: nn.Module, targets: list[Target], ranks: dict[str, int | None], ratio: float | None) -> dict:
     """Parameters and bytes before/after (targeted and whole model), target and achieved ratios.
     `model` is the dense model (or its meta-device skeleton)."""
@@ -329,13 +395,33 @@ def memory_estimate(
 
 def allocate(recipe, targets):
     """A compress recipe's rank map, or (rank_allocation: loss) a function of the spectra measured during
-    calibration."""
-    if recipe.rank_allocation == "uniform":
-        return uniform(targets, recipe.ratio, recipe.rank_multiple)
-    if recipe.rank_allocation == "bottom_first":
-        return bottom_first(
-            targets, recipe.ratio, recipe.rank_multiple, recipe.min_rank_fraction, recipe.skip_first_layers
-        )
+    calibration; `exclude`d matrices stay dense, the ratio still counted on all targets."""
+    if recipe.rank_allocation == "module_ratios":
+        return by_module_ratio(targets, recipe.ratio, recipe.module_ratios, recipe.rank_multiple)
     if recipe.rank_allocation == "explicit":
         return explicit(targets, recipe.ranks)
-    return lambda spectra: loss_based(targets, recipe.ratio, spectra, recipe.rank_multiple)
+    dense = [t for t in targets if any(matches(t.name, p) for p in recipe.exclude)]
+    for pattern in recipe.exclude:
+        if not any(matches(t.name, pattern) for t in targets):
+            raise RecipeError(f"pattern {pattern!r} matches no targeted module", key="exclude")
+    if not dense:
+        return _allocate(recipe, targets, recipe.ratio)
+    rest = [t for t in targets if t not in dense]
+    share = recipe.ratio * sum(t.params for t in targets) / max(sum(t.params for t in rest), 1)
+    if not rest or share >= 1:
+        raise RecipeError(
+            f"the matrices left to compress cannot remove {recipe.ratio:.0%} of all targeted parameters", key="exclude"
+        )
+    ranks = _allocate(recipe, rest, share)
+    fill = dict.fromkeys((t.name for t in dense), None)
+    if callable(ranks):
+        return lambda spectra: {**ranks(spectra), **fill}
+    return {**ranks, **fill}
+
+
+def _allocate(recipe, targets, ratio):
+    if recipe.rank_allocation == "uniform":
+        return uniform(targets, ratio, recipe.rank_multiple)
+    if recipe.rank_allocation == "bottom_first":
+        return bottom_first(targets, ratio, recipe.rank_multiple, recipe.min_rank_fraction, recipe.skip_first_layers)
+    return lambda spectra: loss_based(targets, ratio, spectra, recipe.rank_multiple)

@@ -73,19 +73,32 @@ class CompressRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
         "full name (model.layers.1?.mlp.*). Embeddings and lm_head are never touched.",
     )
     ratio: float = arg(0.2, help="Fraction of the targeted linear parameters removed (SVD-LLM convention), in (0, 1).")
-    method: Literal["svd", "asvd", "whitening", "outcov"] = arg(
+    method: Literal["svd", "asvd", "whitening", "outcov", "refit"] = arg(
         "whitening",
         help="Initialiser: svd (plain truncated SVD), asvd (activation-scaled), whitening (SVD-LLM, Cholesky of "
-        "the input Gram), outcov (projection on the top output-covariance eigenvectors).",
+        "the input Gram), outcov (projection on the top output-covariance eigenvectors), refit (whitening fitted "
+        "to the original model's outputs from the inputs the already compressed layers give, one input of a block "
+        "at a time: docs/COMPRESSION.md).",
     )
     asvd_alpha: float = arg(0.5, help="asvd: the scaling is diag(mean|x|^alpha).")
     jitter: float = arg(1e-6, help="whitening: first relative jitter tried when the Gram is not positive definite.")
-    rank_allocation: Literal["uniform", "bottom_first", "loss", "explicit"] = arg(
+    rank_allocation: Literal["uniform", "bottom_first", "loss", "explicit", "module_ratios"] = arg(
         "uniform",
         help="uniform ranks; bottom_first (Lillama: lower ranks from the first layers upward until the budget is "
-        "met); loss (greedy on each matrix's truncation error); explicit (`ranks`).",
+        "met); loss (greedy on each matrix's truncation error); explicit (`ranks`); module_ratios (`module_ratios`, "
+        "measured on the model by benchmarks/sensitivity.py).",
     )
     ranks: dict[str, int] = arg(factory=dict, help="explicit allocation: {module name or glob: rank}.")
+    module_ratios: dict[str, float] = arg(
+        factory=dict,
+        help="module_ratios allocation: {module name or glob: ratio removed from each matrix it matches}, the first "
+        "matching pattern deciding; unmatched matrices stay dense; together they must remove `ratio`.",
+    )
+    exclude: list[str] = arg(
+        factory=list,
+        help="Matrices left dense (names or globs, e.g. v_proj); `ratio` still counts every targeted matrix, so the "
+        "others are compressed more. Not with explicit or module_ratios (say it in those).",
+    )
     rank_multiple: int = arg(1, help="Round ranks to a multiple (8, 64 on GPUs) without exceeding the budget.")
     min_rank_fraction: float = arg(0.25, help="bottom_first: lowest rank, as a fraction of mn/(m+n).")
     skip_first_layers: int = arg(0, help="bottom_first: leave the first N decoder layers dense.")
@@ -104,8 +117,20 @@ class CompressRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
             raise RecipeError("rank_allocation: explicit needs `ranks: {module: rank}`", key="ranks")
         if self.ranks and self.rank_allocation != "explicit":
             raise RecipeError("`ranks` is only read with rank_allocation: explicit", key="ranks")
+        if self.rank_allocation == "module_ratios" and not self.module_ratios:
+            raise RecipeError(
+                "rank_allocation: module_ratios needs `module_ratios: {module: ratio}`", key="module_ratios"
+            )
+        if self.module_ratios and self.rank_allocation != "module_ratios":
+            raise RecipeError("`module_ratios` is only read with rank_allocation: module_ratios", key="module_ratios")
+        if self.exclude and self.rank_allocation in ("explicit", "module_ratios"):
+            raise RecipeError(
+                f"rank_allocation: {self.rank_allocation} already says which matrices stay dense", key="exclude"
+            )
         if not 0 < self.min_rank_fraction < 1:
             raise RecipeError("must be in (0, 1)", key="min_rank_fraction")
+        if self.method == "refit" and self.propagate == "original":
+            raise RecipeError("method refit fits each layer to the inputs the compressed layers give", key="propagate")
         _positive(self, "rank_multiple", "asvd_alpha")
         self.check_calibration(static)
         check_output_dir(self, static)

@@ -181,6 +181,8 @@ def compression_record(recipe: CompressRecipe, facts: dict, targets, ranks: dict
         "achieved_ratio": facts["achieved_ratio"],
         "model_fraction_removed": facts["model_fraction_removed"],
         "rank_allocation": recipe.rank_allocation,
+        **({"module_ratios": recipe.module_ratios} if recipe.module_ratios else {}),
+        **({"exclude": recipe.exclude} if recipe.exclude else {}),
         "targets": target_names(targets),
         "ranks": {k: v for k, v in ranks.items() if v is not None},
         "base_model": recipe.model_name_or_path,
