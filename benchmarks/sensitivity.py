@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from compression import read_texts
 from report import add_docs_flag, command_line, machine, write_section
 
 from llm4all_recipes.compression import ranks as R
@@ -33,12 +34,6 @@ from llm4all_recipes.evaluation.perplexity import perplexity
 from llm4all_recipes.models import load_model, load_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def read_texts(path: str, limit: int | None = None) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f if line.strip()]
-    return texts[:limit] if limit else texts
 
 
 @torch.no_grad()
