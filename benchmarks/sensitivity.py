@@ -7,6 +7,11 @@
    damage (greedy on the curves' convex hulls) -> a recipe's `module_ratios`.
 3. The check, on the test documents: whitening with uniform ranks (SVD-LLM) against whitening with those
    module_ratios, same calibration windows, same targets, same budget.
+4. With `--per-layer`: each kind compressed at one level (`--layer-levels`) is put back into the dense model one
+   layer at a time, the loss measured from that layer's dense input on (exact, and 15x cheaper than a whole
+   forward): each layer's share of its kind's damage. Each matrix then gets its kind's curve scaled by its layer's
+   share, the budget is split among the 210 matrices the same way, and checked the same way (arm `per_layer`).
+   The loss when a whole layer is skipped is recorded beside (what depth pruning would cost).
 
     python benchmarks/sensitivity.py --model outputs/bench/smollm2-135m --name smollm2-135m \\
         --text benchmarks/data/smollm2/en/train.jsonl --held-out benchmarks/data/smollm2/en/validation.jsonl \\
@@ -34,6 +39,78 @@ from llm4all_recipes.evaluation.perplexity import perplexity
 from llm4all_recipes.models import load_model, load_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
+LAYER_LEVELS = {
+    "q_proj": 0.8,
+    "k_proj": 0.6,
+    "v_proj": 0.2,
+    "o_proj": 0.6,
+    "gate_proj": 0.4,
+    "up_proj": 0.4,
+    "down_proj": 0.4,
+}
+
+
+@torch.no_grad()
+def layer_inputs(model, windows: torch.Tensor, batch_size: int = 8) -> list[list[torch.Tensor]]:
+    """The dense model's input to each decoder layer on the windows: [layer][batch]."""
+    states = [model(input_ids=w, output_hidden_states=True).hidden_states for w in windows.split(batch_size)]
+    return [[h[i] for h in states] for i in range(model.config.num_hidden_layers)]
+
+
+@torch.no_grad()
+def loss_from(model, start: int, inputs, windows: torch.Tensor, batch_size: int = 8, skip: bool = False) -> float:
+    """Mean loss when the layers from `start` (after it, with `skip`) run on layer `start`'s dense inputs: equal to
+    the whole forward for a model that differs from the dense one only in layers >= start."""
+    layers = model.model.layers
+    model.model.layers = torch.nn.ModuleList(list(layers)[start + skip :])
+    try:
+        batches = zip(inputs[start], windows.split(batch_size))
+        return float(torch.stack([model(inputs_embeds=h, labels=w).loss for h, w in batches]).mean())
+    finally:
+        model.model.layers = layers
+
+
+def per_layer(args, result, ids, held, kinds, save) -> None:
+    """Step 4's measurements: result["layers"][kind] = {"level", "damage": [per layer]}, result["skip"]."""
+    dense = load_model(args.model, dtype="float32")
+    inputs = layer_inputs(dense, held)
+    for start in (0, len(inputs) // 2):  # the shortcut is exact (up to float noise) or this benchmark is wrong
+        assert abs(loss_from(dense, start, inputs, held) - result["dense_loss"]) < 1e-4, start
+    if "skip" not in result:
+        result["skip"] = [
+            loss_from(dense, i, inputs, held, skip=True) - result["dense_loss"] for i in range(len(inputs))
+        ]
+        print("skip one layer:", [round(d, 3) for d in result["skip"]], flush=True)
+        save()
+    levels = dict(item.split("=") for item in args.layer_levels)
+    for kind in kinds:
+        level = float(levels[kind])
+        done = result.setdefault("layers", {}).get(kind)
+        if done and done["level"] == level:
+            continue
+        model, _ = compressed(args, ids, lambda ts, level=level: R.uniform(ts, level), [kind])
+        damage = []
+        for t in sorted(R.find_targets(dense, [kind]), key=lambda t: t.layer):
+            parent, attr = t.name.rsplit(".", 1)
+            original = dense.get_submodule(t.name)
+            setattr(dense.get_submodule(parent), attr, model.get_submodule(t.name))
+            damage.append(loss_from(dense, t.layer, inputs, held) - result["dense_loss"])
+            setattr(dense.get_submodule(parent), attr, original)
+        result["layers"][kind] = {"level": level, "damage": damage}
+        print(f"{kind} at {level:.0%} per layer:", [round(d, 3) for d in damage], flush=True)
+        save()
+
+
+def layer_curves(result, targets, kinds) -> dict[str, dict[float, float]]:
+    """Each matrix's curve: its kind's, scaled by its layer's share of the kind's measured damage."""
+    curves = {}
+    for kind in kinds:
+        damage = [max(d, 1e-4) for d in result["layers"][kind]["damage"]]
+        kind_curve = {float(r): d for r, d in result["curves"][kind].items()}
+        for t in (t for t in targets if t.name.endswith("." + kind)):
+            share = damage[int(t.block.rsplit(".", 1)[-1])] / sum(damage)
+            curves[t.name] = {r: d * share for r, d in kind_curve.items()}
+    return curves
 
 
 @torch.no_grad()
@@ -68,6 +145,13 @@ def main() -> None:
     parser.add_argument("--held-out-windows", type=int, default=24)
     parser.add_argument("--test-docs", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--per-layer", action="store_true", help="step 4: per-layer shares and the per_layer arm")
+    parser.add_argument(
+        "--layer-levels",
+        nargs="+",
+        default=[f"{k}={v}" for k, v in LAYER_LEVELS.items()],
+        help="kind=level at which each kind's per-layer shares are measured",
+    )
     add_docs_flag(parser)
     args = parser.parse_args()
     if args.threads:
@@ -106,24 +190,32 @@ def main() -> None:
             if curve[f"{level}"] > args.stop:
                 break
     curves = {k: {float(r): d for r, d in c.items()} for k, c in result["curves"].items()}
+    if args.per_layer:
+        per_layer(args, result, ids, held, kinds, save)
     for ratio in args.ratios:  # 2. allocation, 3. check
         check = result["checks"].setdefault(f"{ratio}", {})
-        module_ratios = R.ratios_from_sensitivity(sizes, curves, math.ceil(ratio * sum(sizes.values())))
+        budget = math.ceil(ratio * sum(sizes.values()))
+        module_ratios = R.ratios_from_sensitivity(sizes, curves, budget)
         check["allocation"] = module_ratios
         arms = {
             "uniform": lambda ts, ratio=ratio: R.uniform(ts, ratio),
             "module_ratios": lambda ts, ratio=ratio, m=module_ratios: R.by_module_ratio(ts, ratio, m),
         }
+        if args.per_layer:
+            units = {t.name: t.params for t in targets}
+            matrix_ratios = R.ratios_from_sensitivity(units, layer_curves(result, targets, kinds), budget)
+            arms["per_layer"] = lambda ts, ratio=ratio, m=matrix_ratios: R.by_module_ratio(ts, ratio, m)
         for arm, ranks_of in arms.items():
-            if arm in check and check[arm].get("module_ratios", module_ratios) == module_ratios:
-                continue  # measured (the module_ratios arm: with these very ratios)
+            wanted = matrix_ratios if arm == "per_layer" else module_ratios
+            if arm in check and check[arm].get("module_ratios", wanted) == wanted:
+                continue  # measured (the allocation arms: with these very ratios)
             model, seconds = compressed(args, ids, ranks_of, R.DEFAULT_TARGETS)
             ranks = ranks_of(targets)
             check[arm] = {
                 "perplexity": perplexity(model, tokenizer, tests, max_length=args.seq_len)["perplexity"],
                 "achieved_ratio": R.achieved_ratio(targets, ranks),
                 "compress_seconds": seconds,
-                **({"module_ratios": module_ratios} if arm == "module_ratios" else {}),
+                **({"module_ratios": wanted} if arm != "uniform" else {}),
             }
             print(f"{ratio:.0%} {arm}: {check[arm]}", flush=True)
             save()

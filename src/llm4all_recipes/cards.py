@@ -34,6 +34,8 @@ class CardInfo:
     limitations: str = ""
     load_kwargs: str = ""  # set by outputs.finish from the saved config
     speech: bool = False  # a speech-to-text model (Whisper): set by outputs.finish from the saved config
+    speech_llm: bool = False  # a speech-text model (audio + chat in, text out): set by outputs.finish
+    speech_prompt: str = "Transcris mot à mot cet extrait d'appel au SAMU."  # its snippet's instruction
 
 
 def parent_card_data(model_path: str | None) -> dict[str, Any]:
@@ -182,6 +184,8 @@ def render_model_card(
     limitations: str = "",
     load_kwargs: str = "",
     speech: bool = False,
+    speech_llm: bool = False,
+    speech_prompt: str = "",
 ) -> str:
     """Markdown of a model card; `results` rows are {dataset_name, metric_type, metric_value}; `datasets` are
     Hub ids (see dataset_repo_ids)."""
@@ -198,7 +202,11 @@ def render_model_card(
         license=license or inherited.get("license"),
         language=language or inherited.get("language"),
         library_name="transformers",
-        pipeline_tag="automatic-speech-recognition" if speech else "text-generation",
+        pipeline_tag="audio-text-to-text"
+        if speech_llm
+        else "automatic-speech-recognition"
+        if speech
+        else "text-generation",
         tags=sorted({"llm4all", f"llm4all-{stage}", *(tags or [])}),
         eval_results=eval_results or None,
     )
@@ -236,6 +244,8 @@ def render_model_card(
         limitations=limitations or "A research artefact: evaluate it on your own data before any use.",
         load_kwargs=load_kwargs,
         speech=speech,
+        speech_llm=speech_llm,
+        speech_prompt=speech_prompt,
     )
     return str(card)
 

@@ -16,9 +16,10 @@ from .errors import RecipeError
 USAGE = """usage: llm4all <command> [--config RECIPE.yaml] [--key value ...]
 
 stages (recipes/<model>/<stage>/<variant>.yaml):
-  tiny-model       the embedded default: tiny Llama + French tokenizer (no args); or a tiny random Whisper
+  tiny-model       the embedded default: tiny Llama + French tokenizer (no args); a tiny random Whisper; a speech-llm
   build-dataset    a dataset + card from the simsamu, meetings or text layout (recipes/datasets/)
   transcribe       Whisper: recordings (simsamu layout, audio manifests) -> the same rows + WER/CER
+  speech-sft       speech-text model (Whisper encoder + projector + LM): audio + text rows, projector / LoRA
   compress         SVD-family low-rank initialisation of the linear layers (Whisper: both stacks), layer by layer
   feature-distill  Lillama: heal a low-rank model block by block against its original
   export-dense     multiply a low-rank checkpoint's factors out into a plain one

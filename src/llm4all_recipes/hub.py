@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RecipeError
-from .paths import is_repo_id, local_hub_dir
+from .paths import is_hub_id, is_repo_id, local_hub_dir
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,14 @@ def is_dataset_folder(folder: str | os.PathLike) -> bool:
 
 
 AUDIO_FILES = ["*.m4a", "*.wav", "*.mp3", "*.flac"]
+
+
+def local_source(source: str) -> Path:
+    """A data source as a local path: itself when it exists (or is not a Hub id), else a Hub dataset's snapshot
+    (audio included)."""
+    if Path(source).exists() or not is_hub_id(source):
+        return Path(source)
+    return Path(download_dataset(source))
 
 
 def download_dataset(repo_id: str, *, audio: bool = True, key: str = "source") -> str:

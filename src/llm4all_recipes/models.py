@@ -113,9 +113,10 @@ def load_model(
     (`model_type: llm4all_lowrank`, with a `compression_config`) load through the package's own class, no
     remote code needed."""
     from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM, AutoModelForSpeechSeq2Seq
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSpeechSeq2Seq
 
     from . import compression  # noqa: F401  (registers the low-rank checkpoint format)
+    from .speech import speech_llm  # noqa: F401  (registers the speech-text checkpoint format)
 
     path = local_hub_copy(path)
     if problem := weights_problem(path, pickle):
@@ -129,7 +130,8 @@ def load_model(
     }
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    auto = AutoModelForSpeechSeq2Seq if is_speech_model(path, revision, key) else AutoModelForCausalLM
+    kind = model_kind(path, revision, key)
+    auto = {"speech-llm": AutoModel, "speech": AutoModelForSpeechSeq2Seq}.get(kind, AutoModelForCausalLM)
     try:
         return auto.from_pretrained(path, **kwargs)
     except pickle_module.UnpicklingError as exc:  # weights_only refused an object that is not a tensor
@@ -147,6 +149,7 @@ def base_model_type(path: str, revision: str | None = None, key: str = "model_na
     from transformers import AutoConfig
 
     from .compression import MODEL_TYPE
+    from .speech import speech_llm  # noqa: F401  (registers the speech-text checkpoint format)
 
     path = local_hub_copy(path)
     try:
@@ -154,6 +157,19 @@ def base_model_type(path: str, revision: str | None = None, key: str = "model_na
     except (OSError, ValueError) as exc:
         raise _explain(path, exc, key) from None
     return config.base_config.get("model_type", "") if config.model_type == MODEL_TYPE else config.model_type
+
+
+def model_kind(path: str, revision: str | None = None, key: str = "model_name_or_path") -> str:
+    """`speech-llm` (audio encoder + projector + causal LM), `speech` (Whisper-like encoder-decoder) or `text`
+    (a causal LM), from the config alone."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+
+    from .speech.speech_llm import MODEL_TYPE
+
+    kind = base_model_type(path, revision, key)
+    if kind == MODEL_TYPE:
+        return "speech-llm"
+    return "speech" if kind in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES else "text"
 
 
 def is_speech_model(path: str, revision: str | None = None, key: str = "model_name_or_path") -> bool:
@@ -198,6 +214,7 @@ def load_processor(path: str, revision: str | None = None, key: str = "model_nam
     from transformers import AutoProcessor
 
     from . import compression  # noqa: F401
+    from .speech import speech_llm  # noqa: F401
 
     path = local_hub_copy(path)
     try:

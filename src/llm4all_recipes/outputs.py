@@ -432,11 +432,14 @@ def finish(tmp: Path, *, stage: str, recipe: Any, metrics: dict, parent: str | N
     if config.is_file():
         from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
 
+        from .speech.speech_llm import MODEL_TYPE as SPEECH_LLM_TYPE
+
         values = json.loads(config.read_text())
         if "auto_map" in values:
             card.load_kwargs = ", trust_remote_code=True"
         model_type = values.get("base_config", values).get("model_type")
         card.speech = model_type in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
+        card.speech_llm = model_type == SPEECH_LLM_TYPE
     text = render_model_card(stage=stage, lineage=lineage, parent=parent, **vars(card))
     (tmp / "README.md").write_text(text, encoding="utf-8")
 

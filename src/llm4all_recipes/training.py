@@ -215,7 +215,11 @@ def set_trainable(model, mode: str, use_peft: bool = False) -> str:
 
     factors = [m for m in model.modules() if isinstance(m, LowRankLinear)]
     if use_peft or mode == "lora":
-        return "lora"  # peft freezes the base model itself
+        return "lora"  # peft freezes the base model itself (speech-sft's projector: its modules_to_save)
+    if mode == "projector":  # a speech-text model's first stage: encoder and LM frozen
+        model.requires_grad_(False)
+        model.projector.requires_grad_(True)
+        return mode
     if mode == "auto":
         mode = "factors" if factors else "all"
     if mode == "all":

@@ -7,9 +7,10 @@ YAML and the command line is parsing.py's job (`parse_recipe`).
 
 One module per stage family: common (the shared argument groups), trainer (TrainerArgs: every TRL-trainer
 key), training (sft, kd, cpt, tiny-model), data (cache-teacher, select, generate, build-dataset), speech
-(transcribe), evaluation (eval), compression (compress, feature-distill, prune, export-dense, convert), release
-(merge, publish); the value checks they share are in checks. Here: `RECIPES` (stage name -> recipe class) and
-the pipeline recipe, which runs stage recipes and checks their stages against `RECIPES` (so they live together).
+(transcribe, speech-sft), evaluation (eval), compression (compress, feature-distill, prune, export-dense,
+convert), release (merge, publish); the value checks they share are in checks. Here: `RECIPES` (stage name ->
+recipe class) and the pipeline recipe, which runs stage recipes and checks their stages against `RECIPES` (so they
+live together).
 """
 
 import json
@@ -27,7 +28,7 @@ from .compression import CompressRecipe, ConvertRecipe, ExportDenseRecipe, Featu
 from .data import BuildDatasetRecipe, CacheTeacherRecipe, GenerateRecipe, SelectRecipe
 from .evaluation import EvalRecipe
 from .release import MergeRecipe, PublishRecipe
-from .speech import TranscribeRecipe
+from .speech import SpeechSFTRecipe, TranscribeRecipe
 from .training import CPTRecipe, KDRecipe, SFTRecipe, TinyModelRecipe
 
 
@@ -89,6 +90,7 @@ class PipelineRecipe:
 RECIPES: dict[str, type] = {
     "build-dataset": BuildDatasetRecipe,
     "transcribe": TranscribeRecipe,
+    "speech-sft": SpeechSFTRecipe,
     "tiny-model": TinyModelRecipe,
     "compress": CompressRecipe,
     "feature-distill": FeatureDistillRecipe,

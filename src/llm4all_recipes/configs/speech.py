@@ -7,9 +7,10 @@ from typing import Literal
 from ..errors import RecipeError
 from ..fields import arg
 from ..paths import check_path
-from .checks import _positive, check_hub, check_model, check_output_dir
-from .common import ModelArgs, StageArgs
+from .checks import _positive, check_hub, check_model, check_output_dir, local_config
+from .common import LoraArgs, ModelArgs, StageArgs
 from .data import SimsamuArgs, SplitArgs
+from .trainer import TrainerArgs
 
 
 @dataclass
@@ -66,3 +67,134 @@ class TranscribeRecipe(ModelArgs, SplitArgs, SimsamuArgs, StageArgs):
             check_path(self.summaries, "summaries", static)
         check_output_dir(self, static)
         check_hub(self.push_to_hub, self.hub_dataset_id, "hub_dataset_id")
+
+
+SPEECH_TASKS = ("transcription", "next_turn", "fiche")
+DEFAULT_PROMPTS = {
+    "transcription": "Transcris mot à mot cet extrait d'appel au SAMU.",
+    "next_turn": "Voici ce que vient de dire l'appelant. Réponds comme le médecin régulateur.",
+    "fiche": "Écris la fiche de régulation de cet appel.",
+}
+
+
+@dataclass
+class SpeechSFTRecipe(ModelArgs, LoraArgs, SplitArgs, TrainerArgs):
+    """`llm4all speech-sft`: trains a speech-text model (Whisper encoder + projector + causal LM) on audio + text."""
+
+    COLUMNS: typing.ClassVar[tuple[str, ...]] = ()
+
+    audio_encoder: str | None = arg(
+        None,
+        help="A Whisper checkpoint (Hub id or folder): model_name_or_path is then a causal LM, and the two are "
+        "assembled with a new projector (as `tiny-model` assembles a speech-llm). Without it, model_name_or_path "
+        "is a speech-llm checkpoint (e.g. the projector-only stage's output).",
+    )
+    stack_factor: int = arg(4, help="With audio_encoder: encoder frames stacked into one LM position (20 ms each).")
+    projector_hidden_size: int | None = arg(
+        None, help="With audio_encoder: the projector MLP's hidden size (default: the LM's hidden size)."
+    )
+    source: str | None = arg(
+        None,
+        help="Recordings, read as `transcribe` reads them: a simsamu-layout folder (<call>/<call>.m4a + .rttm + "
+        ".srt), a .jsonl manifest (or a folder of them, one split per file: `audio` path + `text`), a "
+        "save_to_disk dataset with an `audio` column, or a Hub dataset id.",
+    )
+    tasks: list[str] = arg(
+        factory=lambda: ["transcription"],
+        help="Rows built from the source: transcription (each turn's audio -> its reference text; manifests: audio "
+        "-> text), next_turn (a caller's turn -> the regulator's next turn), fiche (a whole call -> its summary from "
+        "`summaries`). simsamu calls are split by situation (`splits`), as build-dataset and transcribe split them.",
+    )
+    prompts: dict[str, str] = arg(
+        factory=lambda: dict(DEFAULT_PROMPTS),
+        help="The instruction that follows the audio in the user turn, per task (French defaults).",
+    )
+    skip_speakers: list[str] = arg(
+        factory=lambda: ["inintelligible"], help="simsamu: speaker labels skipped (and counted) instead of an error."
+    )
+    summaries: str | None = arg(
+        None, help="task fiche: jsonl of {id, summary}; default summaries.jsonl at the source root."
+    )
+    validation_split: str = arg(
+        "validation",
+        help="The split whose loss is measured (keep_best chooses on it): simsamu's split name, or a manifest "
+        "file's stem (e.g. eval for eval.jsonl).",
+    )
+    max_audio_seconds: float = arg(
+        60.0, help="Rows whose audio is longer are left out (counted): whole calls need it raised for task fiche."
+    )
+    trainable: Literal["projector", "projector+lora"] = arg(
+        "projector",
+        help="projector: the projector only (encoder and LM frozen: the first stage of Ultravox / LLaMA-Omni "
+        "recipes); projector+lora: the projector and LoRA adapters on the LM's linear layers (lora_* keys), merged "
+        "into the saved model.",
+    )
+    keep_best: bool = arg(
+        True,
+        help="Evaluate the held-out loss on the `validation` split every eval_steps (default: save_steps), keep the "
+        "best checkpoint, and write the starting model unchanged if no step beats it.",
+    )
+
+    def __post_init__(self):
+        self.use_peft = self.trainable == "projector+lora"
+        if self.keep_best:
+            self.eval_strategy = self.save_strategy = "steps"
+            self.eval_steps = self.eval_steps or self.save_steps
+            self.load_best_model_at_end, self.greater_is_better = True, False
+            self.metric_for_best_model = "eval_validation_loss"
+        self.remove_unused_columns = False  # the collator reads the audio columns
+        super().__post_init__()
+
+    def check_data(self, static: bool) -> None:
+        for key in ("datasets", "eval_datasets"):
+            if getattr(self, key):
+                raise RecipeError("speech-sft reads its rows from `source` (audio + text): remove it", key=key)
+        if not self.source:
+            raise RecipeError("required: a simsamu-layout folder, an audio manifest or a Hub dataset id", key="source")
+        check_path(self.source, "source", static, hub_ok=True)
+        if not self.tasks or any(t not in SPEECH_TASKS for t in self.tasks):
+            raise RecipeError(f"a non-empty list of {', '.join(SPEECH_TASKS)}; got {self.tasks}", key="tasks")
+        for task in self.tasks:
+            if not self.prompts.get(task, "").strip():
+                raise RecipeError(f"no instruction for task {task}", key=f"prompts.{task}")
+        if self.summaries:
+            check_path(self.summaries, "summaries", static)
+
+    def check(self, static: bool) -> None:
+        check_model(self.model_name_or_path, static, "a speech-llm checkpoint, or a causal LM with audio_encoder")
+        if self.audio_encoder:
+            check_model(self.audio_encoder, static, "a Whisper checkpoint", key="audio_encoder")
+        _check_speech_models(self.model_name_or_path, self.audio_encoder)
+        super().check(static)
+        self.check_splits()
+        _positive(self, "stack_factor", "max_audio_seconds")
+        if self.use_peft:
+            _positive(self, "lora_r", "lora_alpha")
+
+
+def _check_speech_models(model: str, audio_encoder: str | None) -> None:
+    """One line, from the configs alone (local folders; a Hub id is checked when it loads), when the checkpoints
+    cannot make a speech-text model."""
+    from ..models import model_kind
+
+    kind = model_kind(model) if local_config(model) is not None else None
+    if audio_encoder:
+        if kind == "speech-llm":
+            raise RecipeError(f"{model} is already a speech-llm: drop audio_encoder", key="audio_encoder")
+        if kind is not None and local_config(audio_encoder) is not None:
+            from ..speech.assembly import check_parts
+
+            check_parts(audio_encoder, model, "audio_encoder", "model_name_or_path")
+        return
+    if kind == "text":
+        raise RecipeError(
+            f"{model} is a text-only model: give audio_encoder (a Whisper) to assemble a speech-text model with it, "
+            "or start from a speech-llm checkpoint",
+            key="model_name_or_path",
+        )
+    if kind == "speech":
+        raise RecipeError(
+            f"{model} is an audio-only model (speech recognition): give it as audio_encoder and a causal LM as "
+            "model_name_or_path, or start from a speech-llm checkpoint",
+            key="model_name_or_path",
+        )

@@ -22,6 +22,7 @@ from .checks import (
     check_model,
     check_output_dir,
     is_local_speech_model,
+    local_config,
 )
 from .common import LoraArgs, ModelArgs
 from .trainer import TrainerArgs
@@ -359,20 +360,36 @@ class TinyModelRecipe(TrainerArgs):
         choices=["bfd", "bfd_split", "wrapped"],
     )
     max_length: int | None = arg(256, help="Block length in tokens.")
+    audio_encoder: str | None = arg(
+        None,
+        help="`model_type: speech-llm`: the Whisper checkpoint (Hub id or folder) whose encoder hears the audio.",
+    )
+    language_model: str | None = arg(
+        None, help="`model_type: speech-llm`: the causal LM checkpoint (Hub id or folder) that reads and writes."
+    )
 
     @property
     def whisper(self) -> bool:
         return self.model_config.get("model_type") == "whisper"
 
+    @property
+    def speech_llm(self) -> bool:
+        return self.model_config.get("model_type") == "speech-llm"
+
     def check(self, static: bool) -> None:
         if not self.model_config:
             raise RecipeError("required: the LlamaConfig of the tiny model", key="model_config")
+        if self.speech_llm:
+            return self._check_speech_llm(static)
+        for key in ("audio_encoder", "language_model"):
+            if getattr(self, key):
+                raise RecipeError("only with model_config.model_type: speech-llm", key=key)
         if not self.tokenizer_files:
             raise RecipeError("required: text files to train the tokenizer on", key="tokenizer_files")
         for i, path in enumerate(self.tokenizer_files):
             check_path(path, f"tokenizer_files[{i}]", static)
         if self.model_config.get("model_type", "llama") not in ("llama", "whisper"):
-            raise RecipeError("model_type: llama (default) or whisper", key="model_config.model_type")
+            raise RecipeError("model_type: llama (default), whisper or speech-llm", key="model_config.model_type")
         if self.whisper:  # random weights: no training data, no perplexity
             for key in ("datasets", "eval_datasets"):
                 if getattr(self, key):
@@ -386,3 +403,27 @@ class TinyModelRecipe(TrainerArgs):
         super().check(static)
         _positive(self, "tokenizer_vocab_size")
         self.chat_template_path = check_chat_template(self.chat_template_path, require_generation=True)
+
+    def _check_speech_llm(self, static: bool) -> None:
+        """Assembled from two checkpoints, not trained here (speech-sft trains it)."""
+        unknown = set(self.model_config) - {"model_type", "stack_factor", "projector_hidden_size"}
+        if unknown:
+            raise RecipeError(
+                f"unknown key(s) {sorted(unknown)}: a speech-llm takes stack_factor, projector_hidden_size",
+                key="model_config",
+            )
+        for key in ("stack_factor", "projector_hidden_size"):
+            value = self.model_config.get(key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise RecipeError(f"must be a positive integer, got {value!r}", key=f"model_config.{key}")
+        for key in ("tokenizer_files", "datasets", "eval_datasets"):
+            if getattr(self, key):
+                raise RecipeError("a speech-llm is assembled, not trained here: remove it", key=key)
+        for key in ("audio_encoder", "language_model"):
+            check_model(getattr(self, key), static, "a checkpoint", key=key)
+        if local_config(self.audio_encoder) is not None and local_config(self.language_model) is not None:
+            from ..speech.assembly import check_parts
+
+            check_parts(self.audio_encoder, self.language_model, "audio_encoder", "language_model")
+        check_output_dir(self, static)
+        check_hub(self.push_to_hub, self.hub_model_id, "hub_model_id")

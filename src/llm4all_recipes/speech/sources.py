@@ -202,3 +202,63 @@ def _dataset_recordings(source: Path) -> list[Recording]:
                 recording.audio_bytes = audio["bytes"]
             out.append(recording)
     return out
+
+
+def is_call_layout(root: Path) -> bool:
+    """A simsamu-layout folder: call folders at its root (`metadata.csv` or a `<name>/<name>.*` file)."""
+    if not root.is_dir():
+        return False
+    if (root / "metadata.csv").is_file():
+        return True
+    return any(p.is_dir() and any(p.glob(f"{p.name}.*")) for p in root.iterdir())
+
+
+def read_source(
+    root: Path, *, skip_speakers: set[str], summaries: str | None, need_turns: str | None
+) -> tuple[list[Recording], dict]:
+    """(recordings, report) of a simsamu-layout folder or a manifest, with every problem of the layout found before
+    any model loads: root tables and summaries are errors (they concern every call); a call's own files are counted
+    failures. `need_turns` (what needs them, e.g. `task dialogue`): calls without speaker turns (RTTM) are counted
+    and left out."""
+    from collections import Counter
+
+    from ..data import simsamu
+
+    report = {"layout": "simsamu" if is_call_layout(root) else "manifest", "failed": {}, "skipped": Counter()}
+    if report["layout"] == "manifest":
+        recordings = manifest_recordings(root)
+        seen = Counter(r.id for r in recordings)
+        if dupes := [k for k, n in seen.items() if n > 1]:
+            raise RecipeError(f"ids must be unique across files and splits; repeated: {dupes[:5]}", source=str(root))
+        return recordings, report
+    folders = simsamu.call_folders(root)
+    simsamu.read_tables(root)
+    summary_file = Path(summaries) if summaries else root / "summaries.jsonl"
+    if summary_file.is_file():
+        simsamu.read_summaries(summary_file, {f.name for f in folders})
+    recordings = []
+    for folder in folders:
+        try:
+            recording, skipped = call_recording(folder, skip_speakers)
+        except RecipeError as err:
+            report["failed"][folder.name] = str(err)
+            continue
+        if skipped:
+            report["skipped"]["turns of skipped speakers"] += skipped
+        if recording.audio is None:
+            report["failed"][folder.name] = f"{folder}: no audio file ({folder.name}.m4a, .wav, .flac ...)"
+            continue
+        turns = recording.segments or []
+        if need_turns and (not turns or any(t.speaker is None for t in turns)):
+            report["skipped"][f"calls without speaker turns (RTTM), needed by {need_turns}"] += 1
+            continue
+        try:  # every speaker label maps to a role, before any model loads
+            for t in turns:
+                if t.speaker is not None:
+                    simsamu._role(t.speaker, skip_speakers, "speaker column", folder / f"{folder.name}.rttm")
+        except RecipeError as err:
+            report["failed"][folder.name] = str(err)
+            continue
+        recordings.append(recording)
+    report["situations"] = {f.name: simsamu.situation_of(f.name) for f in folders}
+    return recordings, report

@@ -21,6 +21,7 @@ from . import (
     publish,
     select,
     sft,
+    speech_sft,
     tiny_model,
     transcribe,
 )
@@ -41,6 +42,7 @@ STAGES = {
     "publish": publish,
     "select": select,
     "sft": sft,
+    "speech-sft": speech_sft,
     "tiny-model": tiny_model,
     "transcribe": transcribe,
 }

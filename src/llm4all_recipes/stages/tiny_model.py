@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 def run(recipe: TinyModelRecipe, callbacks=None):
     if recipe.whisper:
         return run_whisper(recipe)
+    if recipe.speech_llm:
+        return run_speech_llm(recipe)
     # 1. Tokenizer, then data (token-weighted mixture): all before any model exists.
     template = read_chat_template(recipe.chat_template_path)
     from transformers import LlamaConfig
@@ -129,6 +131,57 @@ def run_whisper(recipe: TinyModelRecipe):
                 language=["fr"],
                 chat=False,
                 tags=["automatic-speech-recognition", "whisper"],
+            ),
+        )
+    return metrics
+
+
+def run_speech_llm(recipe: TinyModelRecipe):
+    """A speech-text model assembled from a Whisper and a causal LM (new projector, not trained): speech-sft's start."""
+    import json
+
+    from ..models import count_parameters
+    from ..speech.assembly import assemble
+
+    if recipe.dry_run:
+        print(json.dumps({"audio_encoder": recipe.audio_encoder, "language_model": recipe.language_model}, indent=2))
+        return {}
+    model, processor = assemble(
+        recipe.audio_encoder,
+        recipe.language_model,
+        stack_factor=recipe.model_config.get("stack_factor", 4),
+        projector_hidden_size=recipe.model_config.get("projector_hidden_size"),
+        seed=recipe.seed,
+        encoder_key="audio_encoder",
+        lm_key="language_model",
+    )
+    parts = {
+        "audio_encoder": sum(p.numel() for p in model.audio_encoder.parameters()),
+        "projector": sum(p.numel() for p in model.projector.parameters()),
+        "language_model": sum(p.numel() for p in model.language_model.parameters()),
+    }
+    metrics = {**count_parameters(model), "parts": parts, "stack_factor": model.config.stack_factor}
+    with staged_output(recipe, "tiny-model") as tmp:
+        model.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
+        finish(
+            tmp,
+            stage="tiny-model",
+            recipe=recipe,
+            metrics=metrics,
+            parent=None,
+            card=CardInfo(
+                model_name=recipe.hub_model_id or "speech-llm",
+                summary=f'A speech-text model ("LLM voix+texte") assembled from `{recipe.audio_encoder}`\'s Whisper '
+                f"encoder and the causal LM `{recipe.language_model}`, joined by a new projector (frames stacked by "
+                f"{model.config.stack_factor}, then a two-layer MLP). The projector is untrained: `llm4all speech-sft` "
+                "trains it.",
+                training=f"Not trained. Parameters: encoder {parts['audio_encoder']:,}, projector "
+                f"{parts['projector']:,}, language model {parts['language_model']:,}.",
+                license="apache-2.0",
+                language=["fr"],
+                chat=False,
+                tags=["automatic-speech-recognition", "speech-llm"],
             ),
         )
     return metrics

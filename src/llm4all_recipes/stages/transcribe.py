@@ -15,7 +15,6 @@ import json
 import logging
 import shutil
 import time
-from collections import Counter
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -23,77 +22,15 @@ from tqdm.auto import tqdm
 from ..configs import TranscribeRecipe
 from ..data import simsamu
 from ..errors import RecipeError
-from ..hub import download_dataset
+from ..hub import local_source
 from ..models import is_speech_model, load_model, load_processor, resolve_device
 from ..outputs import finish_dataset, staged_output
-from ..paths import atomic_write, is_hub_id
+from ..paths import atomic_write
 from ..speech.audio import SAMPLING_RATE, AudioError, cut, decode
-from ..speech.sources import Recording, Segment, call_recording, manifest_recordings
+from ..speech.sources import Recording, Segment, read_source
 from ..speech.wer import error_rates
 
 logger = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- 1. what to transcribe
-def fetch_source(recipe: TranscribeRecipe) -> Path:
-    """A local path as is; a Hub dataset id through snapshot_download (audio included)."""
-    if Path(recipe.source).exists() or not is_hub_id(recipe.source):
-        return Path(recipe.source)
-    return Path(download_dataset(recipe.source))
-
-
-def is_call_layout(root: Path) -> bool:
-    """A simsamu-layout folder: call folders at its root (`metadata.csv` or a `<name>/<name>.*` file)."""
-    if not root.is_dir():
-        return False
-    if (root / "metadata.csv").is_file():
-        return True
-    return any(p.is_dir() and any(p.glob(f"{p.name}.*")) for p in root.iterdir())
-
-
-def read_source(recipe: TranscribeRecipe, root: Path) -> tuple[list[Recording], dict]:
-    """(recordings, report) with every problem of the layout found before any model loads: root tables and
-    summaries are errors (they concern every call); a call's own files are counted failures."""
-    report = {"layout": "simsamu" if is_call_layout(root) else "manifest", "failed": {}, "skipped": Counter()}
-    if report["layout"] == "manifest":
-        recordings = manifest_recordings(root)
-        seen = Counter(r.id for r in recordings)
-        if dupes := [k for k, n in seen.items() if n > 1]:
-            raise RecipeError(f"ids must be unique across files and splits; repeated: {dupes[:5]}", source=str(root))
-        return recordings, report
-    folders = simsamu.call_folders(root)
-    simsamu.read_tables(root)
-    summaries = Path(recipe.summaries) if recipe.summaries else root / "summaries.jsonl"
-    if summaries.is_file():
-        simsamu.read_summaries(summaries, {f.name for f in folders})
-    recordings = []
-    for folder in folders:
-        try:
-            recording, skipped = call_recording(folder, set(recipe.skip_speakers))
-        except RecipeError as err:
-            report["failed"][folder.name] = str(err)
-            continue
-        if skipped:
-            report["skipped"]["turns of skipped speakers"] += skipped
-        if recording.audio is None:
-            report["failed"][folder.name] = f"{folder}: no audio file ({folder.name}.m4a, .wav, .flac ...)"
-            continue
-        turns = recording.segments or []
-        if recipe.task != "transcript" and (not turns or any(t.speaker is None for t in turns)):
-            report["skipped"][f"calls without speaker turns (RTTM), needed by task {recipe.task}"] += 1
-            continue
-        try:  # every speaker label maps to a role, before any model loads
-            for t in turns:
-                if t.speaker is not None:
-                    simsamu._role(
-                        t.speaker, set(recipe.skip_speakers), "speaker column", folder / f"{folder.name}.rttm"
-                    )
-        except RecipeError as err:
-            report["failed"][folder.name] = str(err)
-            continue
-        recordings.append(recording)
-    report["situations"] = {f.name: simsamu.situation_of(f.name) for f in folders}
-    return recordings, report
 
 
 # --------------------------------------------------------------------------- 2. transcription, shard by shard
@@ -244,8 +181,13 @@ def run(recipe: TranscribeRecipe, callbacks=None):
     import datasets
 
     # 1. The recordings, their turns and references; the checkpoint's kind: all before any model loads.
-    root = fetch_source(recipe)
-    recordings, report = read_source(recipe, root)
+    root = local_source(recipe.source)
+    recordings, report = read_source(
+        root,
+        skip_speakers=set(recipe.skip_speakers),
+        summaries=recipe.summaries,
+        need_turns=None if recipe.task == "transcript" else f"task {recipe.task}",
+    )
     plan = check_recordings(recipe, recordings, report)
     if recipe.dry_run:
         print(json.dumps(plan, indent=2))
