@@ -219,7 +219,7 @@ def test_collator_trains_on_the_answer_and_its_end_of_turn_only(speech_llm):
 
     processor = load_processor(str(speech_llm))
     collator = SpeechCollator(processor, 4096, "<|im_end|>")
-    collator.decode = lambda path: np.zeros(16000 * 3, np.float32)
+    collator.audio.decode = lambda path: np.zeros(16000 * 3, np.float32)
     rows = [
         {"audio": "a", "start": 0.5, "end": 2.0, "prompt": "Transcris.", "completion": "Bonjour, le SAMU."},
         {"audio": "a", "start": None, "end": None, "prompt": "Transcris.", "completion": "Oui."},
@@ -252,3 +252,43 @@ def test_card_snippet_runs_verbatim_without_the_package(projector_run):
         stdin=subprocess.DEVNULL,
     )
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_eval_scores_the_held_out_calls_beside_the_cascade(projector_run, tiny_whisper, tiny_model, tmp_path):
+    """eval on the speech-sft recipe's validation call: the speech-text model's next-turn perplexity is the model's
+    own loss on those rows (recomputed here), the cascade is scored on the same rows, and the card says which wins."""
+    import math
+
+    from llm4all_recipes.models import chat_markers
+    from llm4all_recipes.parsing import parse_recipe
+    from llm4all_recipes.speech.sft_data import SpeechCollator
+    from llm4all_recipes.stages.speech_sft import build_rows
+
+    out = tmp_path / "eval"
+    argv = ["eval", "--config", "recipes/tiny-speech-llm/eval/simsamu.yaml", "--model_name_or_path", str(projector_run)]
+    argv += ["--speech_recipe", STAGE1, "--cascade_asr", str(tiny_whisper), "--cascade_lm", str(tiny_model)]
+    assert main([*argv, "--output_dir", str(out), "--update_model_card", "false"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    recipe = parse_recipe("speech-sft", ["--config", STAGE1, "--model_name_or_path", str(projector_run)])
+    rows = [r for r in build_rows(recipe)[0]["validation"] if r["task"] == "next_turn"]
+    model, processor = load_model(str(projector_run)), load_processor(str(projector_run))
+    collator = SpeechCollator(processor, None, chat_markers(processor.tokenizer)[1])
+    nll = tokens = 0
+    with torch.no_grad():
+        for row in rows:
+            batch = collator([row])
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            nll, tokens = nll + float(model(**batch).loss) * n, tokens + n
+    ours, cascade = metrics["speech"]["speech-llm"]["next_turn"], metrics["speech"]["cascade"]["next_turn"]
+    assert ours["rows"] == cascade["rows"] == len(rows) > 0
+    assert math.isclose(ours["perplexity"], math.exp(nll / tokens), rel_tol=1e-4)
+    assert ours["generations"] == cascade["generations"] == min(2, len(rows))
+    for row in metrics["comparison"]:
+        lower = row["metric"] in ("wer", "cer", "perplexity")
+        if row["speech-llm"] != row["cascade"]:
+            assert row["better"] == ("speech-llm" if (row["speech-llm"] < row["cascade"]) == lower else "cascade")
+    assert {(r["task"], r["metric"]) for r in metrics["comparison"]} >= {
+        ("next_turn", "perplexity"),
+        ("transcription", "wer"),
+    }
+    assert "Against the cascade" in (out / "README.md").read_text()

@@ -8,7 +8,7 @@ from ..data.mixture import check_sources
 from ..errors import RecipeError
 from ..fields import DatasetSource, _to_sources, arg
 from ..paths import check_path
-from .checks import _positive, check_context, check_model, check_output_dir
+from .checks import _positive, check_context, check_model, check_output_dir, local_config
 from .common import ModelArgs, StageArgs
 
 
@@ -53,6 +53,19 @@ class EvalRecipe(ModelArgs, StageArgs):
         "meetings_dataset, offline), or any lighteval task string (needs the Hub).",
     )
     lighteval_max_samples: int | None = arg(None, help="Samples per lighteval task (default: all).")
+    speech_recipe: str | None = arg(
+        None,
+        help="A speech-text model (speech-llm): the speech-sft recipe it was trained with. Its source, tasks, "
+        "instructions and splits give the held-out rows (the same calls it never saw), scored per task: WER/CER of "
+        "transcriptions, perplexity and ROUGE of next turns and fiches.",
+    )
+    speech_split: str = arg("test", help="The split of speech_recipe's rows that is evaluated.")
+    cascade_asr: str | None = arg(
+        None, help="The cascade the speech-text model is compared with: this Whisper transcribes the same audio ..."
+    )
+    cascade_lm: str | None = arg(
+        None, help="... and this causal LM answers from the transcript (the instruction after it, same template)."
+    )
     perplexity_max_length: int = arg(256, help="Window of the strided perplexity.")
     device: str = arg("auto", help="Where the models run.")
     update_model_card: bool = arg(
@@ -72,11 +85,14 @@ class EvalRecipe(ModelArgs, StageArgs):
                 check_path(getattr(self, key), key, static, hub_ok=True)
         for i, path in enumerate(self.compare_to or []):
             check_model(path, static, "", key=f"compare_to[{i}]")
+        if self.speech_recipe or self.cascade_asr or self.cascade_lm:
+            self.check_speech(static)
         if (
             self.simsamu_dataset is None
             and self.meetings_dataset is None
             and not self.perplexity_datasets
             and not self.lighteval_tasks
+            and not self.speech_recipe
         ):
             raise RecipeError(
                 "nothing to evaluate: give perplexity_datasets, a task dataset or lighteval_tasks",
@@ -92,3 +108,31 @@ class EvalRecipe(ModelArgs, StageArgs):
         if not 0 <= self.chunk_overlap < self.chunk_tokens:
             raise RecipeError("need 0 <= chunk_overlap < chunk_tokens", key="chunk_overlap")
         check_output_dir(self, static)
+
+    def check_speech(self, static: bool) -> None:
+        if not self.speech_recipe:
+            raise RecipeError(
+                "the cascade is compared on speech_recipe's rows: give speech_recipe", key="speech_recipe"
+            )
+        check_path(self.speech_recipe, "speech_recipe", static)
+        if bool(self.cascade_asr) != bool(self.cascade_lm):
+            raise RecipeError("a cascade is a Whisper and a text model: give both, or neither", key="cascade_lm")
+        for key in ("cascade_asr", "cascade_lm"):
+            if getattr(self, key):
+                check_model(getattr(self, key), static, "", key=key)
+        if local_config(self.model_name_or_path) is not None:
+            from ..models import model_kind
+
+            if (kind := model_kind(self.model_name_or_path)) != "speech-llm":
+                raise RecipeError(
+                    f"speech_recipe evaluates a speech-llm; {self.model_name_or_path} is a {kind} model",
+                    key="model_name_or_path",
+                )
+            if (
+                self.cascade_asr
+                and local_config(self.cascade_asr) is not None
+                and local_config(self.cascade_lm) is not None
+            ):
+                from ..speech.assembly import check_parts
+
+                check_parts(self.cascade_asr, self.cascade_lm, "cascade_asr", "cascade_lm")

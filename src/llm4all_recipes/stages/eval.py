@@ -15,10 +15,12 @@ from pathlib import Path
 from ..cards import dataset_id, eval_result, perplexity_results, result, results_table
 from ..configs import EvalRecipe
 from ..data.mixture import load_eval_sets, load_source
+from ..errors import RecipeError
 from ..evaluation import forgetting
 from ..evaluation.generation import Budget, meeting_summaries, simsamu_next_turn
 from ..evaluation.perplexity import held_out_meter
 from ..fields import DatasetSource
+from ..hub import local_source
 from ..models import load_model, load_tokenizer, resolve_device
 from ..outputs import read_lineage, staged_output, write_run_files
 
@@ -39,6 +41,8 @@ def lineage_models(model_path: str) -> list[tuple[str, str]]:
 
 
 def run(recipe: EvalRecipe, callbacks=None):
+    if recipe.speech_recipe:
+        return run_speech(recipe)
     # 1. Data first (errors before any model loads).
     tokenizer = load_tokenizer(recipe.model_name_or_path, recipe.model_revision)
     ppl_sets = load_eval_sets(recipe.perplexity_datasets, needed=("text",), key="perplexity_datasets")
@@ -96,6 +100,80 @@ def run(recipe: EvalRecipe, callbacks=None):
         if recipe.update_model_card and Path(recipe.model_name_or_path, "README.md").is_file():
             add_to_model_card(Path(recipe.model_name_or_path), recipe, metrics, results, tmp / "forgetting.png")
     return metrics
+
+
+def run_speech(recipe: EvalRecipe):
+    """A speech-text model, beside the cascade when one is given, on the held-out rows of its speech-sft recipe."""
+    from ..evaluation import speech
+    from ..models import chat_markers, load_processor
+    from ..parsing import parse_recipe
+    from ..speech.asr import Transcriber
+    from ..speech.sft_data import speech_rows
+
+    # 1. The rows (errors before any model loads): the training recipe's source, tasks, instructions and splits.
+    trained = parse_recipe("speech-sft", ["--config", recipe.speech_recipe], static=True)
+    splits, report = speech_rows(local_source(trained.source), trained)
+    rows = splits.get(recipe.speech_split) or []
+    if not rows:
+        raise RecipeError(
+            f"no row in split {recipe.speech_split!r} of {trained.source} (splits: "
+            f"{ {k: len(v) for k, v in splits.items()} })",
+            key="speech_split",
+        )
+    if recipe.dry_run:
+        print(f"# eval {recipe.model_name_or_path}: {len(rows)} {recipe.speech_split} rows {report['rows']}")
+        return {}
+
+    with staged_output(recipe, "eval") as tmp:
+        # 2. The speech-text model, then the cascade, on the same rows and budget.
+        device = resolve_device(recipe.device)
+        budget = {"generations": recipe.max_generations, "max_new_tokens": recipe.max_new_tokens}
+        model = load_model(recipe.model_name_or_path, dtype=recipe.dtype).to(device).eval()
+        processor = load_processor(recipe.model_name_or_path)
+        scores = {
+            "speech-llm": speech.speech_llm_scores(
+                model, processor, rows, end=chat_markers(processor.tokenizer)[1], **budget
+            )
+        }
+        del model
+        if recipe.cascade_asr:
+            asr = load_model(recipe.cascade_asr, dtype=recipe.dtype, key="cascade_asr")
+            transcriber = Transcriber(
+                asr, load_processor(recipe.cascade_asr, key="cascade_asr"), language="fr", device=device
+            )
+            lm = load_model(recipe.cascade_lm, dtype=recipe.dtype, key="cascade_lm").to(device).eval()
+            tokenizer = load_tokenizer(recipe.cascade_lm, key="cascade_lm")
+            scores["cascade"] = speech.cascade_scores(
+                transcriber, lm, tokenizer, rows, end=chat_markers(tokenizer)[1], **budget
+            )
+        compared = speech.comparison(scores["speech-llm"], scores.get("cascade", {}))
+        metrics = {
+            "speech": {"split": recipe.speech_split, "rows": report["rows"].get(recipe.speech_split), **scores},
+            "comparison": compared,
+        }
+        # 3. Run files, the report card, and the model's own card.
+        results = speech_results(scores["speech-llm"], trained.source, recipe.speech_split)
+        write_run_files(tmp, stage="eval", recipe=recipe, metrics=metrics, parent=recipe.model_name_or_path)
+        body = results_table(results)
+        if compared:
+            body += (
+                f"\n\nAgainst the cascade (`{recipe.cascade_asr}` transcribes, `{recipe.cascade_lm}` answers from the "
+                f"transcript), on the same {len(rows)} rows:\n\n" + speech.comparison_md(compared)
+            )
+        (tmp / "README.md").write_text(report_card(recipe, metrics, results, body), encoding="utf-8")
+        if recipe.update_model_card and Path(recipe.model_name_or_path, "README.md").is_file():
+            add_to_model_card(Path(recipe.model_name_or_path), recipe, metrics, results, tmp / "none.png", body)
+    return metrics
+
+
+def speech_results(scores: dict, source: str, split: str) -> list[dict]:
+    names = {"transcription": "transcription", "next_turn": "next regulator turn", "fiche": "fiche"}
+    return [
+        result(f"simsamu {names[task]} (from the audio)", metric, value, dataset=dataset_id(source), split=split)
+        for task, values in scores.items()
+        for metric, value in values.items()
+        if metric in ("wer", "cer", "perplexity", "rouge1", "rouge2", "rougeL")
+    ]
 
 
 def task_sets(recipe: EvalRecipe):
@@ -204,7 +282,7 @@ def results_md(metrics: dict, results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def report_card(recipe: EvalRecipe, metrics: dict, results: list[dict]) -> str:
+def report_card(recipe: EvalRecipe, metrics: dict, results: list[dict], body: str | None = None) -> str:
     from huggingface_hub import ModelCardData
 
     data = ModelCardData(
@@ -214,13 +292,15 @@ def report_card(recipe: EvalRecipe, metrics: dict, results: list[dict]) -> str:
         eval_results=[eval_result(r) for r in results] or None,
     )
     title = f"# Evaluation of `{recipe.model_name_or_path}`"
-    return f"---\n{data.to_yaml()}\n---\n\n{title}\n\n{results_md(metrics, results)}\n"
+    return f"---\n{data.to_yaml()}\n---\n\n{title}\n\n{body or results_md(metrics, results)}\n"
 
 
 EVAL_SUBSECTION = "### By llm4all eval"
 
 
-def add_to_model_card(folder: Path, recipe: EvalRecipe, metrics: dict, results: list[dict], plot: Path) -> None:
+def add_to_model_card(
+    folder: Path, recipe: EvalRecipe, metrics: dict, results: list[dict], plot: Path, body: str | None = None
+) -> None:
     """Merge the results into the evaluated model's card (model-index) and add an evaluation section."""
     from huggingface_hub import ModelCard
 
@@ -237,7 +317,7 @@ def add_to_model_card(folder: Path, recipe: EvalRecipe, metrics: dict, results: 
         head, rest = card.text.rstrip(), ""
     section, nxt, tail = rest.partition("\n## ")
     section = section.split(EVAL_SUBSECTION)[0].rstrip()
-    added = f"{EVAL_SUBSECTION} (`{recipe.origin.path}`)\n\n{results_md(metrics, results)}\n"
+    added = f"{EVAL_SUBSECTION} (`{recipe.origin.path}`)\n\n{body or results_md(metrics, results)}\n"
     text = f"{head}\n## Evaluation\n{section}\n\n{added}" + (f"\n## {tail}" if nxt else "")
     card.text = text
     if plot.is_file():

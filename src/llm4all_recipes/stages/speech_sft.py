@@ -14,18 +14,14 @@ resume from the last complete checkpoint, keep-best on the validation loss, card
 
 import json
 import logging
-from collections import Counter
-from pathlib import Path
 
 from ..cards import CardInfo
 from ..configs import SpeechSFTRecipe
-from ..data.simsamu import read_summaries, split_calls
 from ..errors import RecipeError
 from ..hub import local_source
 from ..models import chat_markers, load_model, load_processor
 from ..outputs import finish, staged_output
 from ..speech import sft_data
-from ..speech.sources import read_source
 from ..trainers.speech import SpeechSFTTrainer
 from ..training import fit, training_facts_md
 
@@ -74,29 +70,7 @@ def run(recipe: SpeechSFTRecipe, callbacks=None):
 
 def build_rows(recipe: SpeechSFTRecipe) -> tuple[dict[str, list[dict]], dict]:
     """({train, validation, ...: rows}, report), or a RecipeError when a split the run needs is empty."""
-    root = local_source(recipe.source)
-    need = "speech-sft tasks next_turn" if "next_turn" in recipe.tasks else None
-    recordings, report = read_source(
-        root, skip_speakers=set(recipe.skip_speakers), summaries=recipe.summaries, need_turns=need
-    )
-    if report["layout"] == "manifest":
-        if recipe.tasks != ["transcription"]:
-            raise RecipeError("an audio manifest gives transcription rows only", key="tasks")
-        splits = sft_data.manifest_rows(recordings, recipe.prompts)
-    else:
-        summary_file = Path(recipe.summaries) if recipe.summaries else root / "summaries.jsonl"
-        if "fiche" in recipe.tasks and not summary_file.is_file():
-            raise RecipeError(f"task fiche needs summaries: no {summary_file}", key="summaries")
-        summaries = read_summaries(summary_file, set(report["situations"])) if "fiche" in recipe.tasks else {}
-        rows = [
-            row
-            for rec in recordings
-            for row in sft_data.call_rows(rec, recipe.tasks, recipe.prompts, summaries, set(recipe.skip_speakers))
-        ]
-        splits, report = split_calls(recipe, rows, report)
-    splits = sft_data.too_long(splits, recipe.max_audio_seconds, report)
-    report["rows"] = {name: dict(Counter(r["task"] for r in rows)) for name, rows in splits.items()}
-    report["skipped"] = dict(report.get("skipped", {}))
+    splits, report = sft_data.speech_rows(local_source(recipe.source), recipe)
     for name in ("train", recipe.validation_split):
         if not splits.get(name):
             raise RecipeError(
