@@ -114,6 +114,8 @@ def _row(step, recipe, status: str, seconds: float) -> dict:
             rouge |= {f"{task} {k}": v for k, v in scores.items() if k.startswith("rouge")}
     asr = (metrics.get("asr") or {}).get("overall") or {}
     rouge |= {k.upper(): asr[k] for k in ("wer", "cer") if k in asr}  # transcribe
+    for c in metrics.get("comparison") or []:  # a speech-text model's eval, beside the cascade
+        rouge[f"{c['task']} {c['metric']} (cascade {c['cascade']:.3g})"] = c["speech-llm"]
     blocks = metrics.get("blocks") or []
     if metrics.get("train", {}).get("kept") == "start" or (blocks and all(b["best_step"] == 0 for b in blocks)):
         status += " — UNCHANGED: no step improved the held-out loss"
