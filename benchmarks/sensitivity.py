@@ -101,16 +101,22 @@ def per_layer(args, result, ids, held, kinds, save) -> None:
         save()
 
 
-def layer_curves(result, targets, kinds) -> dict[str, dict[float, float]]:
-    """Each matrix's curve: its kind's, scaled by its layer's share of the kind's measured damage."""
-    curves = {}
+def layer_curves(result, targets, kinds, layer_kinds, shrink: float) -> tuple[dict, dict]:
+    """(sizes, curves) of the allocation units: each matrix of `layer_kinds` alone, with its kind's curve scaled by its
+    layer's share of the kind's measured damage (shrunk towards the even share 1/layers by `shrink`: one level's
+    per-layer damages are noisy), and every other kind as one unit with its own curve."""
+    sizes, curves = {}, {}
     for kind in kinds:
-        damage = [max(d, 1e-4) for d in result["layers"][kind]["damage"]]
         kind_curve = {float(r): d for r, d in result["curves"][kind].items()}
-        for t in (t for t in targets if t.name.endswith("." + kind)):
-            share = damage[int(t.block.rsplit(".", 1)[-1])] / sum(damage)
-            curves[t.name] = {r: d * share for r, d in kind_curve.items()}
-    return curves
+        mine = [t for t in targets if t.name.endswith("." + kind)]
+        if kind not in layer_kinds:
+            sizes[kind], curves[kind] = sum(t.params for t in mine), kind_curve
+            continue
+        damage = [max(d, 0.0) for d in result["layers"][kind]["damage"]]
+        for t in mine:
+            share = (1 - shrink) * damage[int(t.block.rsplit(".", 1)[-1])] / sum(damage) + shrink / len(damage)
+            sizes[t.name], curves[t.name] = t.params, {r: d * share for r, d in kind_curve.items()}
+    return sizes, curves
 
 
 @torch.no_grad()
@@ -135,7 +141,12 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--text", required=True, help="calibration jsonl (`text`)")
     parser.add_argument("--held-out", required=True, help="jsonl whose windows measure the damage")
-    parser.add_argument("--test", required=True, help="jsonl of the final check (perplexity)")
+    parser.add_argument(
+        "--test",
+        required=True,
+        help="jsonl of the final check (perplexity); the --held-out file itself: its second half (the first half "
+        "measures the damage)",
+    )
     parser.add_argument("--method", default="whitening")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.4])
     parser.add_argument("--levels", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
@@ -152,6 +163,10 @@ def main() -> None:
         default=[f"{k}={v}" for k, v in LAYER_LEVELS.items()],
         help="kind=level at which each kind's per-layer shares are measured",
     )
+    parser.add_argument("--layer-kinds", nargs="+", default=None, help="kinds split per layer (default: all)")
+    parser.add_argument(
+        "--shrink", type=float, default=0.0, help="per-layer shares pulled this far towards the even share (0-1)"
+    )
     add_docs_flag(parser)
     args = parser.parse_args()
     if args.threads:
@@ -160,8 +175,11 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model)
     stream = corpus_ids(tokenizer, read_texts(args.text))
     ids = calibration_ids(stream[: int(len(stream) * 0.9)], args.samples, args.seq_len, 0)  # compression.py's
-    held = calibration_ids(corpus_ids(tokenizer, read_texts(args.held_out)), args.held_out_windows, args.seq_len, 0)
-    tests = read_texts(args.test, args.test_docs)
+    held_docs, tests = read_texts(args.held_out), read_texts(args.test)
+    if args.held_out == args.test:  # one held-out file: its first half measures the damage, the second half tests
+        held_docs, tests = held_docs[: len(held_docs) // 2], tests[len(tests) // 2 :]
+    held = calibration_ids(corpus_ids(tokenizer, held_docs), args.held_out_windows, args.seq_len, 0)
+    tests = tests[: args.test_docs]
     out = RESULTS / f"sensitivity-{args.name}.json"
     result = json.loads(out.read_text()) if out.is_file() else {"curves": {}, "checks": {}}
     result.update(command=command_line(), machine=machine(), model=args.model)
@@ -202,8 +220,8 @@ def main() -> None:
             "module_ratios": lambda ts, ratio=ratio, m=module_ratios: R.by_module_ratio(ts, ratio, m),
         }
         if args.per_layer:
-            units = {t.name: t.params for t in targets}
-            matrix_ratios = R.ratios_from_sensitivity(units, layer_curves(result, targets, kinds), budget)
+            units, unit_curves = layer_curves(result, targets, kinds, args.layer_kinds or kinds, args.shrink)
+            matrix_ratios = R.ratios_from_sensitivity(units, unit_curves, budget)
             arms["per_layer"] = lambda ts, ratio=ratio, m=matrix_ratios: R.by_module_ratio(ts, ratio, m)
         for arm, ranks_of in arms.items():
             wanted = matrix_ratios if arm == "per_layer" else module_ratios
@@ -225,14 +243,15 @@ def main() -> None:
 
 def markdown(args, result: dict, kinds: list[str], sizes: dict[str, int]) -> str:
     levels = sorted({float(r) for c in result["curves"].values() for r in c})
+    half = " (its first half)" if args.test == args.held_out else ""
     lines = [
         f"## Rank allocation measured on the model: {args.name}",
         "",
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']}. Model `{args.model}`; method `{args.method}`; calibration {args.samples} × "
         f"{args.seq_len} tokens of `{args.text}` (compression.py's windows); damage = rise of the loss (nats) on "
-        f"{args.held_out_windows} windows of `{args.held_out}` when only that kind of matrix is compressed (dense "
-        f"loss {result['dense_loss']:.4f}); a kind is not pushed past a damage of {args.stop}.",
+        f"{args.held_out_windows} windows of `{args.held_out}`{half} when only that kind of matrix is compressed "
+        f"(dense loss {result['dense_loss']:.4f}); a kind is not pushed past a damage of {args.stop}.",
         "",
         "| kind | parameters | " + " | ".join(f"{level:.0%}" for level in levels) + " |",
         "|---|---:|" + "---:|" * len(levels),
@@ -243,24 +262,40 @@ def markdown(args, result: dict, kinds: list[str], sizes: dict[str, int]) -> str
         lines.append(f"| {kind} | {sizes[kind]:,} | {cells} |")
     lines += [
         "",
-        f"Perplexity on the first {args.test_docs} documents of `{args.test}` (window {args.seq_len}; dense "
+        f"Perplexity on the first {args.test_docs} documents of `{args.test}`"
+        + (" (of its second half)" if args.test == args.held_out else "")
+        + f" (window {args.seq_len}; dense "
         f"**{result['dense_test']:.2f}**), same calibration, same targets, same budget:",
         "",
-        "| removed | uniform (SVD-LLM) | module_ratios | rise vs uniform's | module_ratios (from the curves) | "
-        "compress s (uniform / ratios) |",
-        "|---:|---:|---:|---:|---|---:|",
+        "| removed | uniform (SVD-LLM) | module_ratios (per kind) | rise vs uniform's | per_layer (per matrix) | "
+        "rise vs uniform's | module_ratios (from the curves) | compress s (uniform / kinds / matrices) |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
+    rise = lambda arm: (arm["perplexity"] - result["dense_test"]) / (u["perplexity"] - result["dense_test"])  # noqa: E731
     for ratio, check in sorted(result["checks"].items(), key=lambda kv: float(kv[0])):
         if "uniform" not in check or "module_ratios" not in check:
             continue
-        u, m = check["uniform"], check["module_ratios"]
-        rise = (m["perplexity"] - result["dense_test"]) / (u["perplexity"] - result["dense_test"])
+        u, m, p = check["uniform"], check["module_ratios"], check.get("per_layer")
         spec = ", ".join(f"{k} {v:.2f}" for k, v in m["module_ratios"].items())
+        layer_cells = f"**{p['perplexity']:.2f}** | {rise(p):.2f} ×" if p else "- | -"
+        seconds = "/".join(f"{a['compress_seconds']:.0f}" for a in (u, m, p) if a)
         lines.append(
-            f"| {float(ratio):.0%} (achieved {u['achieved_ratio']:.3f} / {m['achieved_ratio']:.3f}) | "
-            f"{u['perplexity']:.2f} | **{m['perplexity']:.2f}** | {rise:.2f} × | {spec} | "
-            f"{u['compress_seconds']:.0f} / {m['compress_seconds']:.0f} |"
+            f"| {float(ratio):.0%} (achieved {u['achieved_ratio']:.3f}) | {u['perplexity']:.2f} | "
+            f"**{m['perplexity']:.2f}** | {rise(m):.2f} × | {layer_cells} | {spec} | {seconds} |"
         )
+    if "layers" in result:
+        kinds_measured = [k for k in kinds if k in result["layers"]]
+        lines += [
+            "",
+            "Per layer (step 4): the loss rise (nats) when only that layer's matrices of one kind are compressed, "
+            "at the level in the header, and when the whole layer is skipped (what depth pruning would cost):",
+            "",
+            "| layer | skip | " + " | ".join(f"{k} {result['layers'][k]['level']:.0%}" for k in kinds_measured) + " |",
+            "|---:|---:|" + "---:|" * len(kinds_measured),
+        ]
+        for i, skip in enumerate(result.get("skip", [])):
+            cells = " | ".join(f"{result['layers'][k]['damage'][i]:.3f}" for k in kinds_measured)
+            lines.append(f"| {i} | {skip:.3f} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

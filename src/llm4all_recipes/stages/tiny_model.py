@@ -108,31 +108,20 @@ def run_whisper(recipe: TinyModelRecipe):
         print(json.dumps(metrics, indent=2))
         return metrics
     cfg = model.config
-    with staged_output(recipe, "tiny-model") as tmp:
-        model.save_pretrained(str(tmp))
-        processor.save_pretrained(str(tmp))
-        finish(
-            tmp,
-            stage="tiny-model",
-            recipe=recipe,
-            metrics=metrics,
-            parent=None,
-            card=CardInfo(
-                model_name=recipe.hub_model_id or "tiny-whisper-fr",
-                summary="A tiny random Whisper (WhisperForConditionalGeneration + processor) with a byte-level BPE "
-                "trained on French text and Whisper's special tokens: the speech tests' model of llm4all-recipes. Its "
-                "weights are random: it does not transcribe.",
-                training=f"Built from a `WhisperConfig` ({cfg.encoder_layers}+{cfg.decoder_layers} layers, d_model "
-                f"{cfg.d_model}, {cfg.num_mel_bins} mel bins, {metrics['parameters']:,} parameters) and a "
-                f"{len(tokenizer)}-token vocabulary (BPE trained on "
-                f"{', '.join(f'`{f}`' for f in recipe.tokenizer_files)}); "
-                "not trained.",
-                license="apache-2.0",
-                language=["fr"],
-                chat=False,
-                tags=["automatic-speech-recognition", "whisper"],
-            ),
-        )
+    card = CardInfo(
+        model_name=recipe.hub_model_id or "tiny-whisper-fr",
+        summary="A tiny random Whisper (WhisperForConditionalGeneration + processor) with a byte-level BPE "
+        "trained on French text and Whisper's special tokens: the speech tests' model of llm4all-recipes. Its "
+        "weights are random: it does not transcribe.",
+        training=f"Built from a `WhisperConfig` ({cfg.encoder_layers}+{cfg.decoder_layers} layers, d_model "
+        f"{cfg.d_model}, {cfg.num_mel_bins} mel bins, {metrics['parameters']:,} parameters) and a "
+        f"{len(tokenizer)}-token vocabulary (BPE trained on {', '.join(f'`{f}`' for f in recipe.tokenizer_files)}); "
+        "not trained.",
+        license="apache-2.0",
+        language=["fr"],
+        tags=["automatic-speech-recognition", "whisper"],
+    )
+    write_built(recipe, model, processor, metrics, card)
     return metrics
 
 
@@ -161,27 +150,25 @@ def run_speech_llm(recipe: TinyModelRecipe):
         "language_model": sum(p.numel() for p in model.language_model.parameters()),
     }
     metrics = {**count_parameters(model), "parts": parts, "stack_factor": model.config.stack_factor}
+    card = CardInfo(
+        model_name=recipe.hub_model_id or "speech-llm",
+        summary=f'A speech-text model ("LLM voix+texte") assembled from `{recipe.audio_encoder}`\'s Whisper encoder '
+        f"and the causal LM `{recipe.language_model}`, joined by a new projector (frames stacked by "
+        f"{model.config.stack_factor}, then a two-layer MLP). The projector is untrained: `llm4all speech-sft` "
+        "trains it.",
+        training=f"Not trained. Parameters: encoder {parts['audio_encoder']:,}, projector {parts['projector']:,}, "
+        f"language model {parts['language_model']:,}.",
+        license="apache-2.0",
+        language=["fr"],
+        tags=["automatic-speech-recognition", "speech-llm"],
+    )
+    write_built(recipe, model, processor, metrics, card)
+    return metrics
+
+
+def write_built(recipe: TinyModelRecipe, model, processor, metrics: dict, card: CardInfo) -> None:
+    """A model built, not trained here (with its processor): the output folder, its run files and card."""
     with staged_output(recipe, "tiny-model") as tmp:
         model.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
-        finish(
-            tmp,
-            stage="tiny-model",
-            recipe=recipe,
-            metrics=metrics,
-            parent=None,
-            card=CardInfo(
-                model_name=recipe.hub_model_id or "speech-llm",
-                summary=f'A speech-text model ("LLM voix+texte") assembled from `{recipe.audio_encoder}`\'s Whisper '
-                f"encoder and the causal LM `{recipe.language_model}`, joined by a new projector (frames stacked by "
-                f"{model.config.stack_factor}, then a two-layer MLP). The projector is untrained: `llm4all speech-sft` "
-                "trains it.",
-                training=f"Not trained. Parameters: encoder {parts['audio_encoder']:,}, projector "
-                f"{parts['projector']:,}, language model {parts['language_model']:,}.",
-                license="apache-2.0",
-                language=["fr"],
-                chat=False,
-                tags=["automatic-speech-recognition", "speech-llm"],
-            ),
-        )
-    return metrics
+        finish(tmp, stage="tiny-model", recipe=recipe, metrics=metrics, parent=None, card=card)
