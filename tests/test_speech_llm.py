@@ -165,7 +165,9 @@ def test_lora_stage_trains_the_language_model_merged_and_never_the_encoder(proje
     assert any(k.startswith("projector.") for k in changed)
     assert not any(k.startswith("audio_encoder.") for k in changed)
     assert (out / "adapter" / "adapter_config.json").is_file()
-    assert json.loads((out / "metrics.json").read_text())["train"]["trainable"] == "lora"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["trainable"] == "lora"
+    assert metrics["parameters"] == sum(t.numel() for t in after.values())  # the merged model, no adapter
 
 
 @pytest.mark.parametrize("which", ["text-only", "audio-only"])

@@ -19,7 +19,7 @@ from ..cards import CardInfo
 from ..configs import SpeechSFTRecipe
 from ..errors import RecipeError
 from ..hub import local_source
-from ..models import chat_markers, load_model, load_processor
+from ..models import chat_markers, count_parameters, load_model, load_processor
 from ..outputs import finish, staged_output
 from ..speech import sft_data
 from ..trainers.speech import SpeechSFTTrainer
@@ -122,6 +122,7 @@ def save(trainer, tmp, recipe: SpeechSFTRecipe, metrics: dict, processor) -> Non
         model.save_pretrained(str(tmp / "adapter"))
         model = model.merge_and_unload()
     model.config.use_cache = True
+    metrics.update(count_parameters(model))  # the saved model's (LoRA merged), not the adapters' wrapper
     if trainer.is_world_process_zero():
         model.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
