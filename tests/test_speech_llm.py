@@ -294,3 +294,34 @@ def test_eval_scores_the_held_out_calls_beside_the_cascade(projector_run, tiny_w
         ("transcription", "wer"),
     }
     assert "Against the cascade" in (out / "README.md").read_text()
+
+
+def test_fiche_rows_are_whole_calls_with_their_summary(speech_llm):
+    from llm4all_recipes.parsing import parse_recipe
+    from llm4all_recipes.stages.speech_sft import build_rows
+
+    argv = ["--config", STAGE1, "--model_name_or_path", str(speech_llm), "--tasks", '["transcription", "fiche"]']
+    splits, report = build_rows(parse_recipe("speech-sft", [*argv, "--max_audio_seconds", "600"]))
+    summaries = {}
+    for line in Path("tests/fixtures/simsamu-audio/summaries.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        summaries[row["id"]] = row["summary"]
+    rows = [r for split in splits.values() for r in split if r["task"] == "fiche"]
+    assert {r["id"].split("#")[0] for r in rows} == set(summaries) and len(rows) == len(summaries) == 1
+    for r in rows:  # the whole call (no span) with its summary
+        assert r["start"] is None and r["completion"] == summaries[r["id"].split("#")[0]].strip()
+        assert r["audio"].endswith(".m4a")
+    assert sum(counts.get("fiche", 0) for counts in report["rows"].values()) == 1
+
+
+def test_speech_sft_assembles_a_whisper_and_a_causal_lm(tiny_whisper, tiny_model, tmp_path):
+    """audio_encoder + a causal LM in model_name_or_path: assembled, then trained; the encoder is Whisper's own."""
+    out = tmp_path / "assembled"
+    argv = ["speech-sft", "--config", STAGE1, "--model_name_or_path", str(tiny_model)]
+    argv += ["--audio_encoder", str(tiny_whisper), "--output_dir", str(out), "--max_steps", "1", "--keep_best", "false"]
+    assert main(argv) == 0
+    whisper, trained = load_file(tiny_whisper / "model.safetensors"), load_file(out / "model.safetensors")
+    encoder = {k.removeprefix("audio_encoder."): t for k, t in trained.items() if k.startswith("audio_encoder.")}
+    assert encoder and all(torch.equal(t, whisper[f"model.encoder.{k}"]) for k, t in encoder.items())
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llm4all_speech_llm" and config["stack_factor"] == 4
