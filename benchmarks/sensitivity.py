@@ -135,6 +135,7 @@ def choose_shrink(args, result, check, ids, held, targets, kinds, budget, ratio,
             save()
     best = min(args.shrink, key=lambda x: search[f"{x}"])
     check["shrink"] = best
+    save()
     return best
 
 
