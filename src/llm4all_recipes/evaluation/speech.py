@@ -85,10 +85,10 @@ def speech_llm_scores(model, processor, rows: list[dict], *, end: str | None, ge
 def cascade_scores(transcriber, lm, tokenizer, rows: list[dict], *, end, generations: int, max_new_tokens: int):
     """{task: scores} of the cascade: Whisper's transcript of each row's audio, then the text model."""
     audio = AudioCache()
-    transcripts = transcriber.clips([audio.clip(r) for r in rows], batch_size=8)
+    transcripts = dict(zip((r["id"] for r in rows), transcriber.clips([audio.clip(r) for r in rows], batch_size=8)))
     out = {}
     for task, task_rows in by_task(rows).items():
-        said = [transcripts[rows.index(r)] for r in task_rows]
+        said = [transcripts[r["id"]] for r in task_rows]
         if task == "transcription":  # the cascade's transcription is Whisper's: nothing for the text model to do
             out[task] = _scores(task, 0.0, 0, task_rows, said[:generations])
             continue
