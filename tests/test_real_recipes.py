@@ -41,6 +41,7 @@ def test_every_base_config_fixture_has_a_recipe_folder():
         "gemma-2-2b-it",
         "gemma-3-1b-it",
         "phi-3-mini-4k-instruct",
+        "whisper-large-v3-turbo",  # the speech-text folder's encoder (its tests below)
     }  # test_architectures only
     assert set(FOLDERS) == {p.name for p in CONFIGS.iterdir() if p.is_dir()} - families
     assert len(FOLDERS) >= 6
@@ -295,6 +296,80 @@ def test_readme_launch_lines_run_on_a_tiny_model_of_the_family(folder, tiny_mode
     ]
     student = json.loads((out / "kd" / ("heal-cached-20" if cached else "heal-20") / "config.json").read_text())
     assert student["model_type"] == "llm4all_lowrank" and student["base_config"]["model_type"] == config["model_type"]
+
+
+# --------------------------------------------------------------------------- the speech-text folder
+SPEECH = "lucie-7b-instruct-speech"
+SPEECH_PARTS = {  # the folder's two Hub models -> the config fixtures that size them
+    "OpenLLM-France/Lucie-7B-Instruct": CONFIGS / "lucie-7b-instruct",
+    "openai/whisper-large-v3-turbo": CONFIGS / "whisper-large-v3-turbo",
+}
+
+
+def test_speech_folder_estimates_are_what_the_package_computes():
+    readme = (REPO / "recipes" / SPEECH / "README.md").read_text()
+    blocks = re.findall(r"<!-- estimate: (.*?) -->\n(.*?)\n<!-- end estimate -->", readme, re.S)
+    assert [flags for flags, _ in blocks] == ["--gpus 1", "--gpus 8 --shard false"]
+    parts = [f for hub, path in SPEECH_PARTS.items() for f in ("--base_config", f"{hub}={path}")]
+    for flags, table in blocks:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert estimate([f"recipes/{SPEECH}", *flags.split(), *parts]) == 0
+        assert table == out.getvalue().strip(), f"recipes/{SPEECH}/README.md is stale: see its Hardware section"
+    one = blocks[0][1]
+    # whisper-large-v3-turbo's encoder (published total 809M, decoder included) + projector + Lucie-7B (6.71B)
+    stage1 = next(line for line in one.splitlines() if "speech-sft/simsamu.yaml" in line).split("|")
+    assert stage1[3].strip() == "7.38 B" and stage1[4].strip() == "37.8 M" and "encoder 637.0 M frozen" in stage1[8]
+    stage2 = next(line for line in one.splitlines() if "simsamu-lora.yaml" in line).split("|")
+    assert stage2[3] == stage1[3] and float(stage2[4].split()[0]) > 37.8  # + LoRA, on the same model
+
+
+def test_speech_folder_launch_lines_run_on_a_tiny_whisper_and_llama(tiny_model, tiny_whisper, tmp_path, monkeypatch):
+    """Every launch line of the speech folder, with the tiny Whisper and the tiny Llama in place of the two Hub
+    models and the two fixture calls in place of medkit/simsamu (one trains, one is held out)."""
+    lines = launch_lines(SPEECH)
+    assert lines[0] == f"llm4all pipeline --config recipes/{SPEECH}/pipeline.yaml"
+    swap = {"OpenLLM-France/Lucie-7B-Instruct": str(tiny_model), "openai/whisper-large-v3-turbo": str(tiny_whisper)}
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "recipes" / "accelerate_configs", root / "recipes" / "accelerate_configs")
+    for src in (REPO / "recipes" / SPEECH).rglob("*.yaml"):
+        recipe = yaml.safe_load(src.read_text())
+        if src.name != "pipeline.yaml":
+            for key in ("model_name_or_path", "audio_encoder", "cascade_asr", "cascade_lm"):
+                if recipe.get(key) in swap:
+                    recipe[key] = swap[recipe[key]]
+            if recipe.get("source") == "medkit/simsamu":
+                recipe.update(source=str(REPO / "tests" / "fixtures" / "simsamu-audio"))
+                recipe.update(splits={"train": 0.5, "validation": 0.5})
+            if recipe.get("speech_split") == "test":
+                recipe["speech_split"] = "validation"
+            recipe.update({k: v for k, v in SMALL.items() if k in recipe})
+            recipe.pop("num_train_epochs", None)
+            if "max_length" in recipe:
+                recipe.update(max_length=512, max_steps=1, save_steps=1, per_device_train_batch_size=2)
+            if "max_generations" in recipe:
+                recipe.update(max_generations=1, max_new_tokens=4, dtype="float32")
+            recipe.update({k: "float32" for k in ("dtype",) if k in recipe})
+        dst = root / src.relative_to(REPO)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(root)
+    ran = []
+    for line in [*lines[1:], lines[0]]:
+        launcher, argv = as_stage_argv(line)
+        if launcher != "llm4all":
+            argv = [*argv, "--dry_run", "true"]
+        assert main(argv) == 0, line
+        ran.append(argv[0])
+    assert ran == ["speech-sft", "speech-sft", "eval", "speech-sft", "pipeline"]
+    out = root / "outputs" / SPEECH
+    lineage = json.loads((out / "speech-sft" / "simsamu-lora" / "lineage.json").read_text())["stages"]
+    assert [step["stage"] for step in lineage][-2:] == ["speech-sft", "speech-sft"]  # after the LM's own (tiny-model)
+    config = json.loads((out / "speech-sft" / "simsamu-lora" / "config.json").read_text())
+    assert config["model_type"] == "llm4all_speech_llm" and config["stack_factor"] == 4
+    metrics = json.loads((out / "eval" / "simsamu" / "metrics.json").read_text())
+    assert {row["metric"] for row in metrics["comparison"]} >= {"wer", "perplexity"}
+    assert metrics["speech"]["cascade"]["next_turn"]["rows"] == metrics["speech"]["speech-llm"]["next_turn"]["rows"]
 
 
 def test_prune_dry_run_gives_minitron_4b_width_from_llama_3_1_8b(capsys):

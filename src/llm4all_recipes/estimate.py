@@ -5,7 +5,9 @@ The model of a recipe is followed up its lineage: an input under `outputs/` is t
 same path under `recipes/` (recipes/<model>/<stage>/<variant>.yaml writes outputs/<model>/<stage>/<variant>),
 so a kd recipe on `outputs/m/feature-distill/w20` is sized as the low-rank model the compress recipe of that
 lineage makes (ranks computed exactly as `compress` does, from the config's shapes). The root is a Hub id or a
-folder with a config.json (`--base_config DIR` replaces the root's config, e.g. with a test fixture).
+folder with a config.json (`--base_config DIR` replaces the root's config, e.g. with a test fixture;
+`--base_config ID=DIR`, repeatable, replaces the config of the model `ID` wherever it appears: a speech-text
+model's two parts).
 
 What is counted, per GPU (a rough model, stated here so that it can be checked):
     training (kd, cpt, sft)  weights + gradients + AdamW's two moments of the trained parameters (in the weights'
@@ -19,6 +21,11 @@ What is counted, per GPU (a rough model, stated here so that it can be checked):
     feature-distill          one teacher block and one student block with AdamW states, and a batch of block
                              activations; the model stays on the CPU.
     cache-teacher            the teacher's weights and one batch's logits; disk for the top-k cache.
+    speech-sft               the speech-text model's weights (Whisper encoder + projector + LM), AdamW in float32
+                             for the trained parameters (projector, + LoRA), the LM's activations as in training
+                             (the loss reaches the projector through the LM), one encoder layer's; time: the LM's
+                             training FLOPs per position + the encoder's forward, 2 N_enc per 20 ms frame, counting
+                             every position as audio (an upper bound).
 Time: 6 N FLOPs per trained token (8 N with activation checkpointing) + 2 N' per token for a teacher/reference
 forward, at `--mfu` of the GPU's dense bf16 peak (an assumption: benchmarks/gpu.sh measures it). compress and
 feature-distill are scaled from the H200 measurements at Llama-3.1-8B shapes (docs/BENCHMARKS.md,
@@ -55,6 +62,7 @@ STAGE_ORDER = (
     "generate",
     "cpt",
     "sft",
+    "speech-sft",
     "eval",
 )
 # H200 measurements at Llama-3.1-8B layer shapes (benchmarks/scale.py): compress 26.0 s per layer for 256 x 2048
@@ -77,17 +85,29 @@ class ModelSize:
     low_rank: bool = False
 
 
-def _base_size(path: str, base_config: str | None) -> ModelSize:
+def _root(base_config: str | dict | None) -> str | None:
+    """The folder standing for the lineage's root (`--base_config DIR`)."""
+    return base_config.get(None) if isinstance(base_config, dict) else base_config
+
+
+def _config(path: str, base_config: str | dict | None, key: str = "model_name_or_path"):
+    """The config of `path`: a `--base_config ID=DIR` for it, else the root's `--base_config DIR`, else its own."""
     from transformers import AutoConfig
+
+    named = base_config.get(path) if isinstance(base_config, dict) else None
+    source = named or _root(base_config) or local_hub_copy(path)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"cannot read the config of {path}: {exc}", key=key) from None
+
+
+def _base_size(path: str, base_config: str | dict | None) -> ModelSize:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     from . import compression
 
-    source = base_config or local_hub_copy(path)
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise RecipeError(f"cannot read the config of {path}: {exc}", key="model_name_or_path") from None
+    config = _config(path, base_config)
     low_rank = config.model_type == compression.MODEL_TYPE
     if low_rank:  # an existing low-rank checkpoint: its own ranks
         import torch
@@ -143,7 +163,7 @@ def model_size(path: str, base_config: str | None = None, _seen: tuple = ()) -> 
     recipe_path = producer(path) if is_produced(path) else None
     if recipe_path is None or recipe_path in _seen:
         # a base no recipe makes: a Hub id, a folder, or a model a benchmark script builds under outputs/bench/
-        by_benchmark = base_config is not None and Path(os.path.normpath(path)).parts[:2] == (
+        by_benchmark = _root(base_config) is not None and Path(os.path.normpath(path)).parts[:2] == (
             "outputs",
             "bench",
         )
@@ -158,13 +178,95 @@ def model_size(path: str, base_config: str | None = None, _seen: tuple = ()) -> 
     if not getattr(recipe, "model_name_or_path", None):  # tiny-model: built from a config, read once it exists
         if os.path.isfile(os.path.join(path, "config.json")):
             return _base_size(path, base_config)
-        raise RecipeError(f"{path} does not exist yet: run {recipe_path} first", key="model_name_or_path")
+        raise RecipeError(
+            f"{path} does not exist yet: run {os.path.relpath(recipe_path)} first", key="model_name_or_path"
+        )
+    if stage == "speech-sft":  # the whole speech-text model; its parts: speech_parts
+        parts = speech_parts(recipe, base_config, (*_seen, recipe_path))
+        return dataclasses.replace(parts.lm, name=path, params=parts.lm.params + parts.encoder + parts.projector)
     parent = model_size(recipe.model_name_or_path, base_config, (*_seen, recipe_path))
     if stage == "prune":
         return _pruned(recipe, parent, path)
     if stage != "compress":  # training stages keep the architecture (LoRA adapters are merged)
         return dataclasses.replace(parent, name=path)
     return _compressed(recipe, parent, path)
+
+
+@dataclasses.dataclass
+class SpeechSize:
+    """A speech-text model's parts: the LM, the audio encoder's and the projector's parameters, frames per LM
+    position, the encoder's width."""
+
+    lm: ModelSize
+    encoder: int
+    projector: int
+    stack_factor: int
+    d_model: int
+
+
+def speech_parts(recipe, base_config=None, _seen: tuple = ()) -> SpeechSize:
+    """The parts of a speech-sft recipe's model: assembled from `audio_encoder` + a causal LM, or a speech-text model
+    made by an earlier speech-sft recipe (followed up the lineage), or an existing speech-llm checkpoint."""
+    import torch
+
+    from .speech.speech_llm import Projector, _encoder_class
+
+    if recipe.audio_encoder:
+        lm = model_size(recipe.model_name_or_path, base_config, _seen)
+        whisper = _config(recipe.audio_encoder, base_config, key="audio_encoder")
+        stack, hidden = recipe.stack_factor, recipe.projector_hidden_size
+    else:
+        path = recipe.model_name_or_path
+        parent = producer(path) if is_produced(path) else None
+        if parent is not None and parent not in _seen:
+            stage, parent_recipe = _parse(parent)
+            if stage == "speech-sft":
+                return speech_parts(parent_recipe, base_config, (*_seen, parent))
+        if is_produced(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            raise RecipeError(
+                f"{path} does not exist yet: run {os.path.relpath(parent) if parent else 'its step'} first",
+                key="model_name_or_path",
+            )
+        config = _config(path, base_config)
+        if not hasattr(config, "whisper_config"):
+            raise RecipeError(f"{path} is not a speech-text model: set audio_encoder", key="model_name_or_path")
+        whisper, stack, hidden = config.whisper_config, config.stack_factor, config.projector_hidden_size
+        lm = _measured(path, config.lm_config, empty_model(config.lm_config))
+    with torch.device("meta"):
+        encoder = _encoder_class(whisper)(whisper)
+        projector = Projector(whisper.d_model, lm.config.hidden_size, stack, hidden)
+    return SpeechSize(
+        lm,
+        sum(p.numel() for p in encoder.parameters()),
+        sum(p.numel() for p in projector.parameters()),
+        stack,
+        whisper.d_model,
+    )
+
+
+def _estimate_speech(recipe, name, base_config, gpus, speed, shard) -> "Estimate":
+    parts = speech_parts(recipe, base_config)
+    lm, config = parts.lm, parts.lm.config
+    wb = _bytes(recipe.dtype, config)
+    trainable = parts.projector + (_trainable(recipe, lm) if recipe.use_peft else 0)
+    params = lm.params + parts.encoder + parts.projector
+    states = params * wb + trainable * 16  # float32 weights, gradients and AdamW moments of the trained ones
+    checkpointing = bool(recipe.activation_checkpointing or recipe.gradient_checkpointing or (shard and gpus > 1))
+    batch, seq = recipe.per_device_train_batch_size, recipe.max_length
+    encoder_layer = batch * 1500 * 40 * parts.d_model * wb  # one 30 s window per row, one layer alive (no grad)
+    device = (states / gpus if shard else states) + _activations(config, batch, seq, checkpointing, wb) + encoder_layer
+    tokens = None
+    if recipe.max_steps and recipe.max_steps > 0:
+        tokens = recipe.max_steps * batch * recipe.gradient_accumulation_steps * gpus * seq
+    flops_per_token = (8 if checkpointing else 6) * lm.params + 2 * parts.encoder * parts.stack_factor
+    hours = flops_per_token * tokens / speed / 3600 if tokens else None
+    note = (
+        f"effective batch {batch * recipe.gradient_accumulation_steps * gpus} × {seq} positions; "
+        f"{recipe.trainable}; encoder {_fmt_params(parts.encoder)} frozen"
+    )
+    if not tokens:
+        note += "; steps from the data (max_steps unset): see --dry_run"
+    return Estimate(name, "speech-sft", recipe.model_name_or_path, params, trainable, int(device), tokens, hours, note)
 
 
 def _pruned(recipe, dense: ModelSize, path: str) -> ModelSize:
@@ -314,6 +416,8 @@ def estimate(
             hours,
             f"forward only, ≤ max_rows × max_length tokens{disk}",
         )
+    if stage == "speech-sft":
+        return _estimate_speech(recipe, name, base_config, gpus, speed, shard)
     if stage in ("kd", "cpt", "sft"):
         return _estimate_training(stage, recipe, name, base_config, gpus, speed, shard, GPUS[gpu][1] * GiB)
     if stage == "generate":
@@ -506,13 +610,20 @@ def main(argv: list[str]) -> int:
         default=True,
         help="shard weights and optimizer states across GPUs (FSDP / ZeRO-3; default true)",
     )
-    parser.add_argument("--base_config", help="a folder whose config.json stands for the lineage's root model")
+    parser.add_argument(
+        "--base_config",
+        action="append",
+        default=[],
+        help="DIR: a folder whose config.json stands for the lineage's root model; ID=DIR (repeatable): the one that "
+        "stands for model ID wherever it appears (e.g. openai/whisper-large-v3-turbo=tests/fixtures/configs/...)",
+    )
     parser.add_argument(
         "--write-readme",
         action="store_true",
         help="rewrite the `<!-- estimate: FLAGS -->` tables of the folder's README.md (one folder)",
     )
     args = parser.parse_args(argv)
+    args.base_config = _base_configs(args.base_config)
     if args.write_readme:
         return write_readme(Path(args.paths[0]), args.base_config, args.mfu)
     if args.gpus < 1 or not 0 < args.mfu <= 1:
@@ -534,10 +645,29 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _base_configs(values: list[str]) -> str | dict | None:
+    """--base_config values: None, one root folder, or {model id: folder, None: root folder}."""
+    named = dict(v.split("=", 1) for v in values if "=" in v)
+    roots = [v for v in values if "=" not in v]
+    if len(roots) > 1:
+        raise RecipeError("at most one --base_config DIR (the root); name the others ID=DIR", source="command line")
+    if not named:
+        return roots[0] if roots else None
+    return {**named, None: roots[0] if roots else None}
+
+
 README_BLOCK = re.compile(r"(<!-- estimate: (.*?) -->\n)(.*?)(\n<!-- end estimate -->)", re.S)
 
 
-def write_readme(folder: Path, base_config: str | None, mfu: float) -> int:
+def _base_config_flags(base_config: str | dict | None) -> list[str]:
+    if isinstance(base_config, dict):
+        root = [base_config[None]] if base_config.get(None) else []
+        named = [f"{k}={v}" for k, v in base_config.items() if k is not None]
+        return [flag for value in [*root, *named] for flag in ("--base_config", value)]
+    return ["--base_config", base_config] if base_config else []
+
+
+def write_readme(folder: Path, base_config: str | dict | None, mfu: float) -> int:
     """Recompute every estimate table of `folder`/README.md with the flags its marker names."""
     import contextlib
     import io
@@ -552,7 +682,7 @@ def write_readme(folder: Path, base_config: str | None, mfu: float) -> int:
             *match.group(2).split(),
             "--mfu",
             str(mfu),
-            *(["--base_config", base_config] if base_config else []),
+            *_base_config_flags(base_config),
         ]
         with contextlib.redirect_stdout(out):
             main([str(folder), *flags])
