@@ -27,6 +27,7 @@ from llm4all_recipes.evaluation.perplexity import perplexity
 from llm4all_recipes.models import load_model, load_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ALLOCATIONS = {"loss": R.loss_based, "svd_llm_v2": R.by_truncation_loss}  # and uniform: from the spectra
 
 
 def read_texts(path: str, limit: int | None = None) -> list[str]:
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
     parser.add_argument("--methods", nargs="+", default=["svd", "asvd", "whitening"])
-    parser.add_argument("--allocations", nargs="+", default=["uniform", "loss"])
+    parser.add_argument("--allocations", nargs="+", default=["uniform", "loss"], choices=["uniform", *ALLOCATIONS])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=256)
@@ -112,7 +113,8 @@ def main() -> None:
     base_latency = latency_ms(dense, args.latency_seq_len, args.device) if args.latency_seq_len else None
     print(f"dense: perplexity {base_ppl:.3f}, {base_latency} ms, {base_bytes} bytes")
     out = RESULTS / f"compression-{args.name}.json"
-    rows = json.loads(out.read_text())["rows"] if args.resume and out.is_file() else []
+    previous = json.loads(out.read_text()) if args.resume and out.is_file() else {}
+    rows = previous.get("rows", [])
     done = {(r["ratio"], r["method"], r["allocation"], r["seed"]) for r in rows}
     RESULTS.mkdir(exist_ok=True)
     result = {
@@ -122,9 +124,11 @@ def main() -> None:
         "dense_latency_ms": base_latency,
         "dense_bytes": base_bytes,
         "rows": rows,
-        "command": command_line(),
+        "command": previous.get("command", command_line()),  # the run before per-row commands
+        "commands": [],  # every run that added rows, in order; a row's "command" indexes it
         "machine": machine(),
     }
+    result["commands"] = [*previous.get("commands", []), f"{command_line()}  (threads: {torch.get_num_threads()})"]
     for ratio in args.ratios:
         for method in args.methods:
             for allocation in args.allocations:
@@ -138,7 +142,7 @@ def main() -> None:
                     plan = (
                         R.uniform(targets, ratio)
                         if allocation == "uniform"
-                        else (lambda s, t=targets, r=ratio: R.loss_based(t, r, s))
+                        else (lambda s, t=targets, r=ratio, a=ALLOCATIONS[allocation]: a(t, r, s))
                     )
                     start = time.perf_counter()
                     ranks, _ = compress_model(model, ids, targets, plan, method=method, device=args.device)
@@ -149,6 +153,7 @@ def main() -> None:
                         "method": method,
                         "allocation": allocation,
                         "seed": seed,
+                        "command": len(result["commands"]) - 1,
                         "achieved_ratio": R.achieved_ratio(targets, ranks),
                         "compress_seconds": seconds,
                         "perplexity": ppl,
@@ -185,12 +190,21 @@ def main() -> None:
         write_section(f"compression-{args.name}", markdown(args, result))
 
 
+def _commands(result: dict) -> list[str]:
+    """The numbered commands the `command` column refers to (0: rows from before commands were kept per row)."""
+    lines = ["Commands (the table's `command` column; rows are resumed across runs):", ""]
+    if any("command" not in r for r in result["rows"]):
+        lines.append(f"0. earlier runs, last of them: `{result['command']}`")
+    lines += [f"{i}. `{c}`" for i, c in enumerate(result.get("commands", []), 1)]
+    return [*lines, ""]
+
+
 def markdown(args, result: dict) -> str:
     rows = result["rows"]
     lines = [
         f"## Compression: {args.name}",
         "",
-        f"Command: `{result['command']}`  ",
+        *_commands(result),
         f"Machine: {result['machine']}. Model `{args.model}`; calibration {args.samples} windows × {args.seq_len} "
         f"tokens of `{args.text}` (seeds {args.seeds}); perplexity on `{args.eval}` (window {args.seq_len}); "
         f"feature distillation: {args.fd_tokens} tokens per block, lr {args.fd_lr}.",
@@ -198,8 +212,8 @@ def markdown(args, result: dict) -> str:
         f"Dense perplexity: **{result['dense_perplexity']:.2f}**. Cells: mean perplexity over seeds (± half the "
         "spread between seeds); `+FD` after Lillama feature distillation.",
         "",
-        "| ratio | method | ranks | perplexity | +FD | achieved ratio | compress s |",
-        "|---:|---|---|---:|---:|---:|---:|",
+        "| ratio | method | ranks | perplexity | +FD | achieved ratio | compress s | command |",
+        "|---:|---|---|---:|---:|---:|---:|---|",
     ]
     keys = sorted(
         {(r["ratio"], r["method"], r["allocation"]) for r in rows},
@@ -223,7 +237,8 @@ def markdown(args, result: dict) -> str:
         lines.append(
             f"| {ratio:.0%} | {method} | {allocation} | {cell('perplexity')} | {cell('perplexity_distilled')} | "
             f"{statistics.mean(r['achieved_ratio'] for r in group):.3f} | "
-            f"{statistics.mean(r['compress_seconds'] for r in group):.1f} |"
+            f"{statistics.mean(r['compress_seconds'] for r in group):.1f} | "
+            f"{', '.join(sorted({str(r['command'] + 1) if 'command' in r else '0' for r in group}))} |"
         )
     if not args.latency_seq_len:
         return "\n".join(lines) + "\n"

@@ -72,6 +72,22 @@ def test_export_dense_stage(compressed_model, tmp_path):
     assert torch.allclose(plain(input_ids=ids).logits, low(input_ids=ids).logits, atol=1e-5)
 
 
+def test_svd_llm_v2_through_the_stage(tiny_model, compressed_model, tmp_path):
+    """method + rank_allocation svd_llm_v2 from the recipe keys: the same budget as uniform whitening, ranks that
+    differ within a kind (each matrix's truncation loss), and the model's loss no further from dense than whitening
+    at uniform ranks on the same calibration, beyond noise."""
+    out = tmp_path / "v2"
+    assert compress(tiny_model, out, "--method", "svd_llm_v2", "--rank_allocation", "svd_llm_v2") == 0
+    cc = json.loads((out / "config.json").read_text())["compression_config"]
+    assert cc["method"] == "svd_llm_v2" and cc["rank_allocation"] == "svd_llm_v2"
+    assert 0.6 <= cc["achieved_ratio"] <= 0.61
+    q = [r for name, r in cc["ranks"].items() if name.endswith("q_proj")]
+    assert len(q) == 4 and len(set(q)) > 1
+    v2 = json.loads((out / "metrics.json").read_text())["eval"]["old_eval"]["perplexity"]
+    uniform = json.loads((compressed_model / "metrics.json").read_text())["eval"]["old_eval"]["perplexity"]
+    assert v2 <= uniform * 1.05
+
+
 def test_dry_run_needs_no_calibration(tiny_model, tmp_path, capsys, monkeypatch):
     import llm4all_recipes.compression.compressor as compressor
 

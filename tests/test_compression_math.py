@@ -159,6 +159,39 @@ def test_singular_gram_falls_back_to_jitter():
     assert output_error(w, torch.matmul(*factorize(w, s, "whitening", 6)), x) < 1e-4 * float(torch.linalg.norm(w @ x.T))
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("rank", [1, 6, 16])
+def test_svd_llm_v2_is_whitening_on_a_full_rank_gram(seed, rank):
+    """Two SVDs instead of Cholesky: any square root of G gives the same truncation (float64 reference: the
+    symmetric square root G^½ = Q S^½ Qᵀ, W G^½ truncated, times G^-½)."""
+    w, x = problem(seed=seed)
+    s = stats_of(x)
+    v2 = torch.matmul(*factorize(w, s, "svd_llm_v2", rank))
+    values, q = torch.linalg.eigh(x.T @ x)
+    root = q @ torch.diag(values.sqrt()) @ q.T
+    u, sv, vh = torch.linalg.svd(w @ root)
+    reference = (u[:, :rank] * sv[:rank]) @ vh[:rank] @ torch.linalg.inv(root)
+    assert torch.allclose(v2, reference, atol=1e-8)
+    assert torch.allclose(v2, torch.matmul(*factorize(w, s, "whitening", rank)), atol=1e-8)
+    assert torch.allclose(energies(w, s, "svd_llm_v2"), energies(w, s, "whitening"), rtol=1e-9)
+
+
+@pytest.mark.parametrize("rank", [2, 4, 6])
+def test_svd_llm_v2_reaches_the_truncation_loss_exactly_where_the_gram_is_singular(rank):
+    """Inputs of rank 6 in 32 dimensions: whitening needs a jitter, svd_llm_v2 drops the null directions of G and
+    its output error is the tail of the spectrum, Σ_{i>r} σ_i² of W G^½ on the input subspace."""
+    w, x = problem(low_rank_inputs=True)
+    s = stats_of(x)
+    up, down = factorize(w, s, "svd_llm_v2", rank)
+    assert torch.isfinite(up).all() and torch.isfinite(down).all()
+    sv = torch.linalg.svdvals(w @ x.T)  # the reference: ‖W X‖'s own singular values (Eckart-Young on W X)
+    error = output_error(w, up @ down, x)
+    assert error**2 == pytest.approx(float((sv[rank:] ** 2).sum()), rel=1e-6, abs=1e-8 * float(sv[0] ** 2))
+    assert error <= output_error(w, torch.matmul(*factorize(w, s, "whitening", rank)), x) + 1e-9
+    null = torch.linalg.svd(x)[2][6:]  # directions no calibration input had: W' gives them nothing
+    assert float((up @ down @ null.T).abs().max()) < 1e-8 * float((up @ down).abs().max())
+
+
 # ----------------------------------------------------------------------------- refit (sequential calibration)
 def shifted_problem(seed=0, rank=6):
     """W, the original inputs X and the inputs X̃ a compressed model gives instead (X plus a correlated error)."""
@@ -341,6 +374,46 @@ def test_loss_based_gives_rank_where_the_error_is(targets):
     attn = [ranks[t.name] / t.max_rank for t in targets if "self_attn" in t.name]
     mlp = [ranks[t.name] / t.max_rank for t in targets if "mlp" in t.name]
     assert min(attn) > max(mlp)
+
+
+def reference_v2_ratios(losses, ratio):
+    """SVD-LLM V2's allocation written directly: ratio_i = n · R · (1 / log L_i) / Σ_j (1 / log L_j)."""
+    inverse = [1 / math.log(loss) for loss in losses]
+    return [len(losses) * ratio * v / sum(inverse) for v in inverse]
+
+
+def test_svd_llm_v2_ratios_are_inverse_to_the_log_truncation_loss():
+    losses = [30.0, 300.0, 3000.0, 9.0]
+    ratios = R.heterogeneous_ratios(losses, 0.3, cap=0.99)
+    assert ratios == pytest.approx(reference_v2_ratios(losses, 0.3), rel=1e-12)
+    assert sum(ratios) / 4 == pytest.approx(0.3)
+    assert ratios[3] > ratios[0] > ratios[1] > ratios[2]  # the smallest loss is compressed the most
+    capped = R.heterogeneous_ratios([1.5, 300.0, 3000.0, 400.0], 0.5, cap=0.8)
+    assert capped[0] == 0.8 and max(capped) == 0.8 and sum(capped) / 4 == pytest.approx(0.5)
+    rest = R.heterogeneous_ratios([300.0, 3000.0, 400.0], (0.5 * 4 - 0.8) / 3, cap=0.8)
+    assert capped[1:] == pytest.approx(rest, rel=1e-12)  # the excess is shared as the formula shares it
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.4])
+def test_svd_llm_v2_allocation_per_kind_meets_the_budget(targets, ratio):
+    g = torch.Generator().manual_seed(0)
+    spectra = {}
+    for t in targets:  # each layer's spectrum decays at its own speed: steeper in the upper layers
+        k = min(t.out_features, t.in_features)
+        slope = 0.5 + 0.3 * t.layer + 0.1 * float(torch.rand(1, generator=g))
+        spectra[t.name] = 1e6 * torch.arange(1, k + 1, dtype=torch.float64) ** -slope
+    ranks = R.by_truncation_loss(targets, ratio, spectra)
+    assert R.kept(targets, ranks) <= R.budget(targets, ratio)
+    assert ratio <= R.achieved_ratio(targets, ranks) <= ratio + 0.01
+    for kind in ("self_attn.q_proj", "mlp.down_proj"):
+        group = [t for t in targets if t.local == kind]
+        start = R.uniform(group[:1], ratio)[group[0].name]
+        losses = [float(spectra[t.name][start:].sum().sqrt()) for t in group]
+        expected = reference_v2_ratios(losses, ratio)
+        for t, share in zip(group, expected):  # before the top-up, each rank is the reference ratio's, rounded down
+            assert abs(ranks[t.name] - math.floor((1 - share) * t.params / (t.out_features + t.in_features))) <= 1
+        ranks_up = [ranks[t.name] for t in group]
+        assert ranks_up == sorted(ranks_up, reverse=True)  # upper layers: steeper spectra, less loss, fewer ranks
 
 
 def test_explicit_rank_must_shrink_the_matrix(targets):

@@ -4,12 +4,18 @@ that layer: the Gram matrix G = Σ x xᵀ (n x n) and the mean absolute activati
     svd        W = U Σ Vᵀ,             W' = U_r Σ_r V_rᵀ                  minimises ‖W − W'‖_F
     asvd       S = diag(a^α), W S = U Σ Vᵀ,  W' = U_r Σ_r V_rᵀ S⁻¹         activation-aware scaling (ASVD)
     whitening  G = L Lᵀ (Cholesky), W L = U Σ Vᵀ,  W' = U_r Σ_r V_rᵀ L⁻¹   minimises ‖(W − W') X‖_F (SVD-LLM)
+    svd_llm_v2 G = Q S Qᵀ (eigh, the first SVD), W Q_+ S_+^½ = U Σ Vᵀ (the second),
+               W' = U_r Σ_r V_rᵀ S_+^-½ Q_+ᵀ                                the same minimum, no Cholesky (SVD-LLM V2)
     outcov     C = W G Wᵀ, U_r = top-r eigenvectors of C,  W' = U_r U_rᵀ W   projection on the output subspace
 
     refit      the layer's inputs shifted by the compression below it (x̃ instead of x): G̃ = Σ x̃ x̃ᵀ = L Lᵀ,
                C = Σ x x̃ᵀ, W C L⁻ᵀ = U Σ Vᵀ,  W' = U_r Σ_r V_rᵀ L⁻¹      minimises ‖W' X̃ − W X‖_F
                (whitening when x̃ = x; compression/compressor.py feeds it, one input of a block at a time)
 
+svd_llm_v2 keeps only the eigen-directions of G above the pseudo-inverse tolerance (n · ε · max eigenvalue, the
+`+` subscript): where G is singular (fewer tokens than dimensions, dead channels) it reaches the truncation loss
+Σ_{i>r} σ_i² exactly, where whitening needs a jitter, and W' ignores directions no calibration input had. Where G
+is full rank it is whitening's W' (any square root of G gives the same truncation).
 Whitening and outcov give the same W' when G is full rank (W L and W X share their left singular vectors).
 Factors are returned as (up m x r, down r x n) with W' = up @ down; for the SVD family the singular values
 are split evenly (√Σ on each side). The math runs in float64.
@@ -19,7 +25,7 @@ import torch
 
 from .calibration import InputStats, PairedStats
 
-METHODS = ("svd", "asvd", "whitening", "outcov", "refit")
+METHODS = ("svd", "asvd", "whitening", "svd_llm_v2", "outcov", "refit")
 
 
 def cholesky_with_jitter(gram: torch.Tensor, jitter: float = 1e-6, tries: int = 8) -> tuple[torch.Tensor, float]:
@@ -53,6 +59,11 @@ def _transform(weight: torch.Tensor, stats: InputStats, method: str, alpha: floa
     if method == "whitening":
         lower, _ = cholesky_with_jitter(stats.gram, jitter)
         return weight @ lower, lambda x: torch.linalg.solve_triangular(lower, x, upper=False, left=False)
+    if method == "svd_llm_v2":
+        values, vectors = torch.linalg.eigh(stats.gram)
+        kept = values > values.shape[0] * torch.finfo(values.dtype).eps * values.max().clamp_min(0)
+        root, basis = values[kept].sqrt(), vectors[:, kept]
+        return (weight @ basis) * root, lambda x: (x / root) @ basis.T
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 

@@ -9,6 +9,10 @@ dense. Uniform rank: r = ⌊(1 − ratio) · mn / (m + n)⌋. The budget is ⌊(
                   step, down to `min_rank_fraction` · mn/(m+n), then the next layer, until the budget is met
     loss          greedy on truncation errors: repeatedly give `rank_multiple` more rank to the matrix whose next
                   singular directions remove the most relative error (σ² / Σσ² of that matrix) per parameter
+    svd_llm_v2    SVD-LLM V2's heterogeneous ratios: within each kind of matrix (same block-local name, same
+                  stack), the truncation loss L_i = √(Σ_{j>r} σ_j²) of each matrix at the kind's uniform rank, then
+                  ratio_i ∝ 1 / log L_i with the kind's mean ratio kept (equal shapes: its parameters too); a ratio
+                  above what rank `rank_multiple` allows is capped and the excess shared by the others
     explicit      `ranks: {glob: rank}` from the recipe (the ratio is then only reported)
     module_ratios `module_ratios: {pattern: ratio}`: each matched matrix at the uniform rank of its own ratio, the
                   first matching pattern deciding; unmatched matrices stay dense. The ratios come from a
@@ -239,6 +243,48 @@ def loss_based(
     return ranks
 
 
+def heterogeneous_ratios(losses: list[float], ratio: float, cap: float) -> list[float]:
+    """SVD-LLM V2's ratios for one group of equal-shape matrices: ratio_i ∝ 1 / log L_i, mean `ratio`, none above
+    `cap` (capped ones fixed, the rest rescaled, until none exceeds). A loss ≤ 1 (log ≤ 0) counts as barely above 1:
+    such a matrix loses almost nothing at any rank, so it takes the cap."""
+    weights = [1 / max(math.log(loss), 1e-6) if loss > 0 else 1e6 for loss in losses]
+    ratios, free = [0.0] * len(losses), set(range(len(losses)))
+    while free:
+        left = ratio * len(losses) - sum(ratios[i] for i in range(len(losses)) if i not in free)
+        scale = left / sum(weights[i] for i in free)
+        over = {i for i in free if weights[i] * scale > cap}
+        if not over:
+            for i in free:
+                ratios[i] = weights[i] * scale
+            return ratios
+        for i in over:
+            ratios[i] = cap
+        free -= over
+    return ratios
+
+
+def by_truncation_loss(
+    targets: list[Target], ratio: float, energies: dict[str, torch.Tensor], multiple: int = 1
+) -> dict[str, int | None]:
+    """SVD-LLM V2 allocation (module docstring): per kind, ratios from each matrix's truncation loss at the kind's
+    uniform rank; ranks rounded down to `multiple`, then topped up to the budget."""
+    groups: dict[tuple[str, str], list[Target]] = {}
+    for t in targets:
+        groups.setdefault((t.block.rsplit(".", 1)[0], t.local), []).append(t)
+    ranks: dict[str, int | None] = {}
+    for group in groups.values():
+        shape = (group[0].out_features, group[0].in_features)
+        if any((t.out_features, t.in_features) != shape for t in group):
+            raise RecipeError(f"svd_llm_v2 needs equal shapes per kind ({group[0].local})", key="rank_allocation")
+        start = uniform(group[:1], ratio, multiple)[group[0].name]
+        losses = [float(energies[t.name][start:].sum().clamp_min(0).sqrt()) for t in group]
+        cap = 1 - multiple * sum(shape) / (shape[0] * shape[1])
+        for t, share in zip(group, heterogeneous_ratios(losses, ratio, cap)):
+            r = _round(min(math.floor((1 - share) * t.params / sum(shape)), t.max_rank), multiple)
+            ranks[t.name] = max(r, multiple)
+    return _top_up(targets, ranks, budget(targets, ratio), multiple)
+
+
 def explicit(targets: list[Target], ranks_by_pattern: dict[str, int]) -> dict[str, int | None]:
     ranks: dict[str, int | None] = dict.fromkeys((t.name for t in targets), None)
     for pattern, rank in ranks_by_pattern.items():
@@ -394,7 +440,7 @@ def memory_estimate(
 
 
 def allocate(recipe, targets):
-    """A compress recipe's rank map, or (rank_allocation: loss) a function of the spectra measured during
+    """A compress recipe's rank map, or (rank_allocation: loss, svd_llm_v2) a function of the spectra measured during
     calibration; `exclude`d matrices stay dense, the ratio still counted on all targets."""
     if recipe.rank_allocation == "module_ratios":
         return by_module_ratio(targets, recipe.ratio, recipe.module_ratios, recipe.rank_multiple)
@@ -424,4 +470,6 @@ def _allocate(recipe, targets, ratio):
         return uniform(targets, ratio, recipe.rank_multiple)
     if recipe.rank_allocation == "bottom_first":
         return bottom_first(targets, ratio, recipe.rank_multiple, recipe.min_rank_fraction, recipe.skip_first_layers)
+    if recipe.rank_allocation == "svd_llm_v2":
+        return lambda spectra: by_truncation_loss(targets, ratio, spectra, recipe.rank_multiple)
     return lambda spectra: loss_based(targets, ratio, spectra, recipe.rank_multiple)

@@ -73,19 +73,22 @@ class CompressRecipe(ModelArgs, MixtureArgs, CalibrationArgs, StageArgs):
         "full name (model.layers.1?.mlp.*). Embeddings and lm_head are never touched.",
     )
     ratio: float = arg(0.2, help="Fraction of the targeted linear parameters removed (SVD-LLM convention), in (0, 1).")
-    method: Literal["svd", "asvd", "whitening", "outcov", "refit"] = arg(
+    method: Literal["svd", "asvd", "whitening", "svd_llm_v2", "outcov", "refit"] = arg(
         "whitening",
         help="Initialiser: svd (plain truncated SVD), asvd (activation-scaled), whitening (SVD-LLM, Cholesky of "
-        "the input Gram), outcov (projection on the top output-covariance eigenvectors), refit (whitening fitted "
-        "to the original model's outputs from the inputs the already compressed layers give, one input of a block "
-        "at a time: docs/COMPRESSION.md).",
+        "the input Gram), svd_llm_v2 (SVD-LLM V2's truncation: eigendecomposition of the Gram, no Cholesky, exact "
+        "where the Gram is singular), outcov (projection on the top output-covariance eigenvectors), refit "
+        "(whitening fitted to the original model's outputs from the inputs the already compressed layers give, one "
+        "input of a block at a time: docs/COMPRESSION.md).",
     )
     asvd_alpha: float = arg(0.5, help="asvd: the scaling is diag(mean|x|^alpha).")
     jitter: float = arg(1e-6, help="whitening: first relative jitter tried when the Gram is not positive definite.")
-    rank_allocation: Literal["uniform", "bottom_first", "loss", "explicit", "module_ratios"] = arg(
+    rank_allocation: Literal["uniform", "bottom_first", "loss", "svd_llm_v2", "explicit", "module_ratios"] = arg(
         "uniform",
         help="uniform ranks; bottom_first (Lillama: lower ranks from the first layers upward until the budget is "
-        "met); loss (greedy on each matrix's truncation error); explicit (`ranks`); module_ratios (`module_ratios`, "
+        "met); loss (greedy on each matrix's truncation error); svd_llm_v2 (SVD-LLM V2: within each kind of "
+        "matrix, ratios inversely proportional to the log of each one's truncation loss); "
+        "explicit (`ranks`); module_ratios (`module_ratios`, "
         "measured on the model by benchmarks/sensitivity.py).",
     )
     ranks: dict[str, int] = arg(factory=dict, help="explicit allocation: {module name or glob: rank}.")

@@ -41,7 +41,7 @@ def print_plan(recipe: CompressRecipe, model, targets, ranks) -> dict:
     print(f"# llm4all compress --dry_run: {recipe.model_name_or_path}, {recipe.method}, {recipe.rank_allocation}")
     if callable(ranks):
         print(
-            "# ranks: decided after calibration (rank_allocation: loss); budget",
+            f"# ranks: decided after calibration (rank_allocation: {recipe.rank_allocation}); budget",
             budget(targets, recipe.ratio),
             "parameters",
         )
