@@ -65,9 +65,12 @@ def test_readme_estimates_are_what_the_package_computes(folder):
             f"tests/fixtures/configs/{folder} --write-readme"
         )
     one = blocks[0][1]
-    # the lineage is followed: kd trains the low-rank 20 % student, eval sees the same size
+    # the lineage is followed: kd trains the low-rank 20 % student its feature-distill step heals
     kd = next(line for line in one.splitlines() if "/kd/" in line).split("|")
-    compress20 = next(line for line in one.splitlines() if "whitening-20.yaml` | compress" in line).split("|")
+    student = yaml.safe_load((REPO / kd[1].strip(" `")).read_text())["model_name_or_path"]
+    start = yaml.safe_load((REPO / "recipes" / Path(student).relative_to("outputs")).with_suffix(".yaml").read_text())
+    compress20 = next(line for line in one.splitlines() if f"{start['model_name_or_path'][8:]}.yaml` |" in line)
+    compress20 = compress20.split("|")
     assert kd[3] == compress20[3] and "effective batch 16 × " in kd[8]
 
 
