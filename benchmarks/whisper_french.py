@@ -80,6 +80,14 @@ def parse_args(argv=None):
     p.add_argument("--eval-limit", type=int, default=0, help="eval utterances at the end (0: all)")
     p.add_argument("--eval-batch", type=int, default=32)
     p.add_argument("--save-every-minutes", type=float, default=10.0)
+    p.add_argument(
+        "--snapshot-steps",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also save the model as it is after each of these step counts to <out>-step<N> (the encoder of a "
+        "speech-text model given the rest of the budget: benchmarks/speech_llm.py)",
+    )
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -310,7 +318,7 @@ def main(argv=None) -> None:
     }
 
     model.train()
-    step, samples_seen, tokens_seen, train_seconds = 0, 0, 0, 0.0
+    step, samples_seen, tokens_seen, train_seconds, train_cpu = 0, 0, 0, 0.0, 0.0
     order: list[int] = []
     progress: dict = {}
     next_eval = args.eval_every_minutes * 60 if args.eval_every_minutes > 0 else float("inf")
@@ -318,7 +326,7 @@ def main(argv=None) -> None:
     acc = {"loss": 0.0, "att": 0.0, "ctc": 0.0, "n": 0}
     t_log = time.time()
     while step < args.steps and train_seconds < budget:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         if len(order) < args.batch:
             order += random.sample(range(len(labels_all)), len(labels_all))
         idx, order = order[: args.batch], order[args.batch :]
@@ -355,6 +363,7 @@ def main(argv=None) -> None:
         samples_seen += len(idx)
         tokens_seen += int((labels != -100).sum())
         train_seconds += time.perf_counter() - t0
+        train_cpu += time.process_time() - cpu0  # CPU seconds of the training steps (all threads)
         acc["loss"] += loss.item()
         acc["att"] += att_loss
         acc["ctc"] += ctc_loss
@@ -386,7 +395,13 @@ def main(argv=None) -> None:
             "samples": samples_seen,
             "label_tokens": tokens_seen,
             "train_minutes": round(train_seconds / 60, 2),
+            "train_cpu_seconds": round(train_cpu, 1),
         }
+        if step in args.snapshot_steps:
+            snapshot = argparse.Namespace(**{**vars(args), "out": args.out.with_name(f"{args.out.name}-step{step}")})
+            save(model, processor, snapshot, {**metrics, **progress, "status": f"snapshot after {step} steps"})
+            print(f"[snapshot] {snapshot.out} after {step} steps, {train_cpu:.0f} CPU s", flush=True)
+            t_log = time.time()
         if train_seconds >= next_eval and train_seconds < budget - 60:
             rates = evaluate(model, processor, evals, args.mid_eval, args)
             metrics["mid_evals"].append({**progress, **rates})

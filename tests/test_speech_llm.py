@@ -74,6 +74,16 @@ def test_processor_expands_one_placeholder_per_audio_into_its_frames(speech_llm)
     assert (inputs["input_ids"] == placeholder).sum(-1).tolist() == expected == [19, 513]
 
 
+def test_audio_is_cut_into_the_encoders_own_windows(speech_llm):
+    """An encoder trained on shorter windows (the benchmark's French Whisper: 10 s) gets 10 s windows, not 30 s ones
+    its feature extractor would truncate."""
+    processor = load_processor(str(speech_llm))
+    rate = processor.feature_extractor.sampling_rate
+    assert [len(w) for w in processor.windows(np.zeros(65 * rate))] == [30 * rate, 30 * rate, 5 * rate]
+    processor.feature_extractor.chunk_length = 10
+    assert [len(w) for w in processor.windows(np.zeros(25 * rate))] == [10 * rate, 10 * rate, 5 * rate]
+
+
 def test_text_only_input_gives_the_language_models_own_logits(speech_llm, tiny_model):
     """The assembled model leaves the LM as it was: without audio it is the tiny Llama (plus one token row)."""
     model, lm = load_model(str(speech_llm)), load_model(str(tiny_model))

@@ -16,8 +16,8 @@ This file is self-contained (torch + transformers only): it is copied into every
 
 The checkpoint's config.json has `model_type: llm4all_speech_llm`, the encoder's Whisper config under
 `whisper_config`, the LM's config under `lm_config`, the projector's shape (`stack_factor`, `projector_hidden_size`)
-and the placeholder's id (`audio_token_id`). Audio longer than Whisper's 30 s window is cut into 30 s windows, each
-encoded alone, their frames concatenated: one placeholder in the text stands for the whole audio.
+and the placeholder's id (`audio_token_id`). Audio longer than the encoder's window (Whisper's 30 s) is cut into
+windows, each encoded alone, their frames concatenated: one placeholder in the text stands for the whole audio.
 """
 
 import contextlib
@@ -258,7 +258,7 @@ class SpeechLLMProcessor(ProcessorMixin):
     def windows(self, samples) -> list[np.ndarray]:
         rate = self.feature_extractor.sampling_rate
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        step = WINDOW_SECONDS * rate
+        step = int(getattr(self.feature_extractor, "chunk_length", WINDOW_SECONDS) * rate)  # the encoder's window
         return [samples[i : i + step] for i in range(0, max(len(samples), 1), step)]
 
     def __call__(self, text=None, audio=None, return_tensors="pt", padding=True, **kwargs):
