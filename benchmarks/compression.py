@@ -128,7 +128,8 @@ def main() -> None:
         "commands": [],  # every run that added rows, in order; a row's "command" indexes it
         "machine": machine(),
     }
-    result["commands"] = [*previous.get("commands", []), f"{command_line()}  (threads: {torch.get_num_threads()})"]
+    result["commands"] = previous.get("commands", [])
+    this_run = f"{command_line()}  (threads: {torch.get_num_threads()})"  # listed once it adds a row
     for ratio in args.ratios:
         for method in args.methods:
             for allocation in args.allocations:
@@ -153,7 +154,7 @@ def main() -> None:
                         "method": method,
                         "allocation": allocation,
                         "seed": seed,
-                        "command": len(result["commands"]) - 1,
+                        "command": _command_index(result["commands"], this_run),
                         "achieved_ratio": R.achieved_ratio(targets, ranks),
                         "compress_seconds": seconds,
                         "perplexity": ppl,
@@ -188,6 +189,12 @@ def main() -> None:
                         write_section(f"compression-{args.name}", markdown(args, result))
     if args.write_docs:  # every row resumed: the section from the results file
         write_section(f"compression-{args.name}", markdown(args, result))
+
+
+def _command_index(commands: list[str], command: str) -> int:
+    if not commands or commands[-1] != command:
+        commands.append(command)
+    return len(commands) - 1
 
 
 def _commands(result: dict) -> list[str]:
