@@ -11,8 +11,8 @@ again). Both systems start from the same two models trained or converted here: t
 **Speech-text model**: the Whisper's encoder after `--encoder-steps` steps + a projector trained with
 `llm4all speech-sft` (its recipes under benchmarks/recipes/speech-llm/): first on the sentences (transcription),
 then on the synthetic SAMU calls (transcription + the regulator's next turn). **Cascade**: the Whisper checkpoint
-(a snapshot or the final model) whose training CPU is the closest to, without exceeding, the speech-text model's
-(the encoder's steps + the projector's), transcribing for SmolLM2. Training CPU is counted the same way on both
+(a snapshot or the final model) whose training CPU is the closest to the speech-text model's (the encoder's steps +
+the projector's), transcribing for SmolLM2. Training CPU is counted the same way on both
 sides: process CPU seconds (`time.process_time()`) of the training steps only — not loading, feature caching or the
 held-out evaluations. Then `llm4all eval` scores both on the same held-out rows (the sentences' eval split; the
 calls' test split). Results: benchmarks/results/speech-llm.json and the `speech-llm` section of docs/BENCHMARKS.md.
@@ -64,6 +64,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--whisper", type=Path, default=Path("outputs/bench/whisper-fr"))
     parser.add_argument("--encoder-steps", type=int, default=600, help="the snapshot the speech-text model starts from")
+    parser.add_argument(
+        "--without-final",
+        action="store_true",
+        help="choose the cascade's Whisper among the snapshots only (when the final model is missing)",
+    )
     add_docs_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -90,12 +95,11 @@ def main() -> None:
             result_path.write_text(json.dumps(result, indent=1))
     cpu["encoder"] = found[args.encoder_steps]["cpu"]
     cpu["speech_llm_total"] = cpu["encoder"] + cpu["stage1"] + cpu["stage2"]
-    if not any(c["path"] == str(args.whisper) for c in found.values()):
-        raise SystemExit(f"trained; {args.whisper} is not finished yet: run again once it is")
+    if not any(c["path"] == str(args.whisper) for c in found.values()) and not args.without_final:
+        raise SystemExit(f"trained; {args.whisper} is not finished yet: run again once it is (or --without-final)")
 
-    # 2. The cascade's Whisper: the most trained checkpoint within the speech-text model's CPU.
-    within = [k for k, c in found.items() if c["cpu"] <= cpu["speech_llm_total"]]
-    cascade_steps = max(within) if within else min(found)
+    # 2. The cascade's Whisper: the checkpoint whose training CPU is the closest to the speech-text model's.
+    cascade_steps = min(found, key=lambda k: abs(found[k]["cpu"] - cpu["speech_llm_total"]))
     cpu["cascade_total"] = found[cascade_steps]["cpu"]
     cascade = found[cascade_steps]["path"]
 
@@ -109,7 +113,7 @@ def main() -> None:
             raise SystemExit(f"failed: eval {recipe}")
         metrics = json.loads((out / "metrics.json").read_text())
         scores[name] = {"speech": metrics["speech"], "comparison": metrics["comparison"]}
-    final = json.loads((args.whisper / "metrics.json").read_text())
+    cascade_metrics = json.loads((Path(cascade) / "metrics.json").read_text())
     result.update(
         command=command_line(),
         machine=machine(),
@@ -118,9 +122,7 @@ def main() -> None:
             "cascade_steps": cascade_steps,
             "cascade": cascade,
             "checkpoints": found,
-            "final_steps": final["steps"],
-            "final_wer": final["eval"].get("wer"),
-            "parameters": final["parameters"],
+            "parameters": cascade_metrics["parameters"],
         },
         scores=scores,
     )
@@ -148,14 +150,13 @@ def markdown(result: dict) -> str:
         "```",
         "",
         f"{result['machine']}. Both systems from the same two models: a French Whisper trained here from scratch on "
-        f"espeak-ng sentences ({whisper['parameters']:,} parameters; WER {_fmt(whisper['final_wer'])} on its 300 "
-        f"held-out sentences after all its {whisper['final_steps']} steps) and SmolLM2-135M-Instruct, frozen in "
+        f"espeak-ng sentences ({whisper['parameters']:,} parameters) and SmolLM2-135M-Instruct, frozen in "
         f"both. **Speech-text model**: the Whisper's encoder after {whisper['encoder_steps']} steps "
         f"({cpu['encoder'] / 60:.1f} CPU-min) + a projector trained by `llm4all speech-sft`, {steps['stage1']} "
         f"steps on the sentences ({cpu['stage1'] / 60:.1f} CPU-min) then {steps['stage2']} on the synthetic SAMU "
         f"calls ({cpu['stage2'] / 60:.1f} CPU-min): **{cpu['speech_llm_total'] / 60:.1f} CPU-min** of training. "
         f"**Cascade**: the Whisper after {whisper['cascade_steps']} steps (**{cpu['cascade_total'] / 60:.1f} "
-        "CPU-min**, the most trained checkpoint within that budget) transcribes, SmolLM2 reads the transcript. "
+        "CPU-min**, the checkpoint closest to that budget) transcribes, SmolLM2 reads the transcript. "
         "Scored by `llm4all eval` on the same held-out rows: the sentences' eval split (transcription), the calls' "
         "test split (each turn's transcription; the regulator's next turn after each caller turn: teacher-forced "
         "perplexity, ROUGE-L of a generated one). CPU is process time of training steps only, 1 thread.",
