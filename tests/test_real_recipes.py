@@ -325,6 +325,13 @@ def test_speech_folder_estimates_are_what_the_package_computes():
     assert stage1[3].strip() == "7.38 B" and stage1[4].strip() == "37.8 M" and "encoder 637.0 M frozen" in stage1[8]
     stage2 = next(line for line in one.splitlines() if "simsamu-lora.yaml" in line).split("|")
     assert stage2[3] == stage1[3] and float(stage2[4].split()[0]) > 37.8  # + LoRA, on the same model
+    from llm4all_recipes.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="at most one --base_config DIR"):
+        estimate([f"recipes/{SPEECH}", "--base_config", "a", "--base_config", "b"])
+    swapped = ["--base_config", f"openai/whisper-large-v3-turbo={SPEECH_PARTS['OpenLLM-France/Lucie-7B-Instruct']}"]
+    with pytest.raises(RecipeError, match="is a llama, not a Whisper"):
+        estimate([f"recipes/{SPEECH}", *parts[:2], *swapped])
 
 
 def test_speech_folder_launch_lines_run_on_a_tiny_whisper_and_llama(tiny_model, tiny_whisper, tmp_path, monkeypatch):

@@ -90,12 +90,13 @@ def _root(base_config: str | dict | None) -> str | None:
     return base_config.get(None) if isinstance(base_config, dict) else base_config
 
 
-def _config(path: str, base_config: str | dict | None, key: str = "model_name_or_path"):
-    """The config of `path`: a `--base_config ID=DIR` for it, else the root's `--base_config DIR`, else its own."""
+def _config(path: str, base_config: str | dict | None, key: str = "model_name_or_path", root: bool = True):
+    """The config of `path`: a `--base_config ID=DIR` for it, else (`root`: the lineage's root model) the root's
+    `--base_config DIR`, else its own."""
     from transformers import AutoConfig
 
     named = base_config.get(path) if isinstance(base_config, dict) else None
-    source = named or _root(base_config) or local_hub_copy(path)
+    source = named or (_root(base_config) if root else None) or local_hub_copy(path)
     try:
         return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
@@ -213,7 +214,9 @@ def speech_parts(recipe, base_config=None, _seen: tuple = ()) -> SpeechSize:
 
     if recipe.audio_encoder:
         lm = model_size(recipe.model_name_or_path, base_config, _seen)
-        whisper = _config(recipe.audio_encoder, base_config, key="audio_encoder")
+        whisper = _config(recipe.audio_encoder, base_config, key="audio_encoder", root=False)
+        if whisper.model_type != "whisper":
+            raise RecipeError(f"{recipe.audio_encoder} is a {whisper.model_type}, not a Whisper", key="audio_encoder")
         stack, hidden = recipe.stack_factor, recipe.projector_hidden_size
     else:
         path = recipe.model_name_or_path
