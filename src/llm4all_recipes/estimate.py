@@ -51,6 +51,7 @@ GPUS = {
     "h100": (989, 80, 3.35),
     "h200": (989, 141, 4.8),
 }
+FROM_DATA = "; steps from the data (max_steps unset): see --dry_run"  # a training row's note without max_steps
 GENERATE_ROWS = 1000  # generate's time is given per this many rows (the input's length is not in the recipe)
 DEFAULT_MFU = 0.35
 STAGE_ORDER = (
@@ -258,9 +259,7 @@ def _estimate_speech(recipe, name, base_config, gpus, speed, shard) -> "Estimate
     batch, seq = recipe.per_device_train_batch_size, recipe.max_length
     encoder_layer = batch * 1500 * 40 * parts.d_model * wb  # one 30 s window per row, one layer alive (no grad)
     device = (states / gpus if shard else states) + _activations(config, batch, seq, checkpointing, wb) + encoder_layer
-    tokens = None
-    if recipe.max_steps and recipe.max_steps > 0:
-        tokens = recipe.max_steps * batch * recipe.gradient_accumulation_steps * gpus * seq
+    tokens = _trained_tokens(recipe, gpus)
     flops_per_token = (8 if checkpointing else 6) * lm.params + 2 * parts.encoder * parts.stack_factor
     hours = flops_per_token * tokens / speed / 3600 if tokens else None
     note = (
@@ -268,7 +267,7 @@ def _estimate_speech(recipe, name, base_config, gpus, speed, shard) -> "Estimate
         f"{recipe.trainable}; encoder {_fmt_params(parts.encoder)} frozen"
     )
     if not tokens:
-        note += "; steps from the data (max_steps unset): see --dry_run"
+        note += FROM_DATA
     return Estimate(name, "speech-sft", recipe.model_name_or_path, params, trainable, int(device), tokens, hours, note)
 
 
@@ -500,6 +499,14 @@ def _estimate_generate(recipe, name, base_config, gpu, mfu) -> Estimate:
     )
 
 
+def _trained_tokens(recipe, gpus: int) -> int | None:
+    """Tokens (positions) a training recipe trains on, when max_steps says it; None when the data decides."""
+    if not (recipe.max_steps and recipe.max_steps > 0):
+        return None
+    batch = recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps * gpus
+    return recipe.max_steps * batch * recipe.max_length
+
+
 def _trainable(recipe, model: ModelSize) -> int:
     how = getattr(recipe, "trainable", "all")
     if how == "auto":
@@ -539,9 +546,7 @@ def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard, mem
         other = recipe.reference_model_name_or_path or recipe.model_name_or_path
     extra = model_size(other, base_config).params if other else 0
     device += (extra * wb / gpus if shard else extra * wb) + (2 * batch * seq * config.vocab_size * 4 if other else 0)
-    tokens = None
-    if recipe.max_steps and recipe.max_steps > 0:
-        tokens = recipe.max_steps * batch * recipe.gradient_accumulation_steps * gpus * seq
+    tokens = _trained_tokens(recipe, gpus)
     flops_per_token = (8 if checkpointing else 6) * model.params + 2 * extra
     hours = flops_per_token * tokens / speed / 3600 if tokens else None
     note = f"effective batch {batch * recipe.gradient_accumulation_steps * gpus} × {seq} tokens"
@@ -551,7 +556,7 @@ def _estimate_training(stage, recipe, name, base_config, gpus, speed, shard, mem
     if other:
         note += f"; + {'teacher' if stage == 'kd' else 'KL reference'} {short_model_name(other)}"
     if not tokens:
-        note += "; steps from the data (max_steps unset): see --dry_run"
+        note += FROM_DATA
     return Estimate(name, stage, recipe.model_name_or_path, model.params, trainable, int(device), tokens, hours, note)
 
 
